@@ -1,0 +1,1 @@
+"""Faust agents: thin wiring of pipeline pieces to Kafka topics and tables."""

@@ -1,0 +1,289 @@
+"""One settings object for the whole of cachecast.
+
+Every knob is read from the environment (or passed in code), validated once at
+start-up, and documented here: its type, its default and its variable name.
+The Redis names are the ones the original TypeScript cache layer used, so an
+existing deployment's environment keeps working.
+
+>>> s = Settings(redis_port=6380, kafka_bootstrap_servers="k1:9092,k2:9092")
+>>> s.redis_port, s.kafka_brokers()
+(6380, ['k1:9092', 'k2:9092'])
+"""
+
+from __future__ import annotations
+
+import re
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ConfigError", "Settings", "load_settings", "parse_memory_size"]
+
+_MEMORY_RE = re.compile(r"^\s*(\d+)\s*(b|k|kb|m|mb|g|gb)?\s*$", re.IGNORECASE)
+_MEMORY_UNITS = {
+    None: 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1024,
+    "m": 1000**2,
+    "mb": 1024**2,
+    "g": 1000**3,
+    "gb": 1024**3,
+}
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+class ConfigError(ValueError):
+    """A setting has an invalid value; the message names the environment variable."""
+
+
+def parse_memory_size(value: str) -> int:
+    """Parse a Redis-style memory size ("256mb", "1gb", "100000") into bytes.
+
+    Units follow redis.conf: ``k``/``m``/``g`` are powers of 1000,
+    ``kb``/``mb``/``gb`` powers of 1024.
+
+    >>> parse_memory_size("256mb")
+    268435456
+    >>> parse_memory_size("2g")
+    2000000000
+    """
+    match = _MEMORY_RE.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a memory size such as '256mb', '1gb' or '1048576'")
+    unit = match.group(2).lower() if match.group(2) else None
+    return int(match.group(1)) * _MEMORY_UNITS[unit]
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """cachecast settings. Environment variable names are given per field."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="",
+        case_sensitive=False,
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # --- Redis (the seed's names) -------------------------------------------------
+    redis_host: str = Field("127.0.0.1", validation_alias=_env("REDIS_HOST", "redis_host"))
+    redis_port: int = Field(
+        6379, ge=1, le=65535, validation_alias=_env("REDIS_PORT", "redis_port")
+    )
+    redis_password: str | None = Field(
+        None, validation_alias=_env("REDIS_PASSWORD", "redis_password")
+    )
+    redis_db: int = Field(0, ge=0, le=15, validation_alias=_env("REDIS_DB", "redis_db"))
+    redis_key_prefix: str = Field(
+        "cache:",
+        max_length=64,
+        validation_alias=_env("REDIS_KEY_PREFIX", "redis_key_prefix"),
+        description="Prepended to every key: prefix + namespace + ':' + key.",
+    )
+    redis_default_ttl: int = Field(
+        3600,
+        ge=1,
+        le=365 * 24 * 3600,
+        validation_alias=_env("REDIS_DEFAULT_TTL", "redis_default_ttl"),
+        description="Seconds; used when neither the caller nor the smart TTL gives one.",
+    )
+    redis_max_memory: str | None = Field(
+        None,
+        validation_alias=_env("REDIS_MAX_MEMORY", "redis_max_memory"),
+        description="Redis maxmemory to apply with configure_redis, e.g. '256mb'.",
+    )
+    redis_compression_threshold: int = Field(
+        1024,
+        ge=0,
+        validation_alias=_env("REDIS_COMPRESSION_THRESHOLD", "redis_compression_threshold"),
+        description="Payloads of at least this many bytes are lz4-compressed.",
+    )
+    redis_enable_compression: bool = Field(
+        True, validation_alias=_env("REDIS_ENABLE_COMPRESSION", "redis_enable_compression")
+    )
+    redis_enable_clustering: bool = Field(
+        False, validation_alias=_env("REDIS_ENABLE_CLUSTERING", "redis_enable_clustering")
+    )
+    redis_cluster_nodes: str = Field(
+        "",
+        validation_alias=_env("REDIS_CLUSTER_NODES", "redis_cluster_nodes"),
+        description="Comma-separated host:port startup nodes when clustering is on.",
+    )
+    redis_retry_delay: float = Field(
+        0.1,
+        gt=0,
+        le=60,
+        validation_alias=_env("REDIS_RETRY_DELAY", "redis_retry_delay"),
+        description="Base delay in seconds for exponential backoff between retries.",
+    )
+    redis_max_retries: int = Field(
+        3, ge=0, le=20, validation_alias=_env("REDIS_MAX_RETRIES", "redis_max_retries")
+    )
+    redis_socket_timeout: float = Field(
+        1.0, gt=0, le=60, validation_alias=_env("REDIS_SOCKET_TIMEOUT", "redis_socket_timeout")
+    )
+
+    # --- Kafka ------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
+    )
+    topic_access: str = Field(
+        "cachecast.access", validation_alias=_env("CACHECAST_TOPIC_ACCESS", "topic_access")
+    )
+    topic_warmup: str = Field(
+        "cachecast.warmup", validation_alias=_env("CACHECAST_TOPIC_WARMUP", "topic_warmup")
+    )
+    topic_outcomes: str = Field(
+        "cachecast.outcomes",
+        validation_alias=_env("CACHECAST_TOPIC_OUTCOMES", "topic_outcomes"),
+    )
+    topic_metrics: str = Field(
+        "cachecast.metrics", validation_alias=_env("CACHECAST_TOPIC_METRICS", "topic_metrics")
+    )
+    topic_dead_letter: str = Field(
+        "cachecast.dead-letter",
+        validation_alias=_env("CACHECAST_TOPIC_DEAD_LETTER", "topic_dead_letter"),
+    )
+    topic_partitions: int = Field(
+        4, ge=1, le=1024, validation_alias=_env("CACHECAST_TOPIC_PARTITIONS", "topic_partitions")
+    )
+
+    # --- Access-event emitter (client side) --------------------------------------
+    emitter_enabled: bool = Field(
+        True, validation_alias=_env("CACHECAST_EMITTER_ENABLED", "emitter_enabled")
+    )
+    emitter_sample_rate: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        validation_alias=_env("CACHECAST_SAMPLE_RATE", "emitter_sample_rate"),
+        description="Fraction of cache operations that emit an access event.",
+    )
+    emitter_buffer_size: int = Field(
+        100_000,
+        ge=1,
+        validation_alias=_env("CACHECAST_EMITTER_BUFFER", "emitter_buffer_size"),
+        description="Events held in memory while Kafka is slow; the oldest are dropped.",
+    )
+    emitter_batch_size: int = Field(
+        500,
+        ge=1,
+        le=10_000,
+        validation_alias=_env("CACHECAST_EMITTER_BATCH", "emitter_batch_size"),
+        description="Events per Kafka record (a JSON array).",
+    )
+    emitter_linger_ms: float = Field(
+        20.0, ge=0, le=10_000, validation_alias=_env("CACHECAST_EMITTER_LINGER_MS", "emitter_linger_ms")
+    )
+    client_name: str = Field(
+        "cachecast", max_length=128, validation_alias=_env("CACHECAST_CLIENT_NAME", "client_name")
+    )
+
+    # --- Models ------------------------------------------------------------------
+    model_max_tracked_keys: int = Field(
+        200_000,
+        ge=16,
+        validation_alias=_env("CACHECAST_MAX_TRACKED_KEYS", "model_max_tracked_keys"),
+    )
+    model_admission_threshold: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        validation_alias=_env("CACHECAST_ADMISSION_THRESHOLD", "model_admission_threshold"),
+        description="Minimum ensemble score for a candidate to be warmed.",
+    )
+    model_horizon_s: float = Field(
+        60.0, gt=0, validation_alias=_env("CACHECAST_HORIZON_S", "model_horizon_s")
+    )
+    smart_ttl_min: int = Field(
+        30, ge=1, validation_alias=_env("CACHECAST_TTL_MIN", "smart_ttl_min")
+    )
+    smart_ttl_max: int = Field(
+        86_400, ge=1, validation_alias=_env("CACHECAST_TTL_MAX", "smart_ttl_max")
+    )
+    seed: int = Field(0, validation_alias=_env("CACHECAST_SEED", "seed"))
+
+    @field_validator("redis_max_memory")
+    @classmethod
+    def _check_memory(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            parse_memory_size(value)
+            return value.strip()
+        return None
+
+    @field_validator("kafka_bootstrap_servers", "redis_cluster_nodes")
+    @classmethod
+    def _check_hostports(cls, value: str) -> str:
+        for item in (part.strip() for part in value.split(",") if part.strip()):
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{item!r} is not host:port")
+        return value
+
+    @field_validator(
+        "topic_access", "topic_warmup", "topic_outcomes", "topic_metrics", "topic_dead_letter"
+    )
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        if not _TOPIC_RE.match(value) or value in {".", ".."}:
+            raise ValueError(f"{value!r} is not a Kafka topic name ([A-Za-z0-9._-], 1-249 chars)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> Settings:
+        if self.smart_ttl_min > self.smart_ttl_max:
+            raise ValueError("CACHECAST_TTL_MIN must not exceed CACHECAST_TTL_MAX")
+        if self.redis_enable_clustering and not self.cluster_nodes():
+            raise ValueError("REDIS_ENABLE_CLUSTERING is on but REDIS_CLUSTER_NODES is empty")
+        return self
+
+    def kafka_brokers(self) -> list[str]:
+        """The bootstrap servers as a list."""
+        return [s.strip() for s in self.kafka_bootstrap_servers.split(",") if s.strip()]
+
+    def cluster_nodes(self) -> list[tuple[str, int]]:
+        """Redis Cluster startup nodes as (host, port) pairs."""
+        nodes = []
+        for item in (p.strip() for p in self.redis_cluster_nodes.split(",") if p.strip()):
+            host, _, port = item.rpartition(":")
+            nodes.append((host, int(port)))
+        return nodes
+
+    def redis_max_memory_bytes(self) -> int | None:
+        """REDIS_MAX_MEMORY in bytes, or None when unset."""
+        return parse_memory_size(self.redis_max_memory) if self.redis_max_memory else None
+
+
+def _variable_name(field_name: str) -> str:
+    field = Settings.model_fields.get(field_name)
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, AliasChoices) and alias.choices:
+        first = alias.choices[0]
+        if isinstance(first, str):
+            return first
+    return field_name.upper()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment (and overrides), or fail clearly.
+
+    A bad value raises :class:`ConfigError` whose message names the environment
+    variable, the bad value and what was expected, one line per problem.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = err.get("loc", ())
+            name = _variable_name(str(loc[0])) if loc else "settings"
+            given = err.get("input")
+            shown = "" if isinstance(given, dict) else f" (got {given!r})"
+            lines.append(f"{name}: {err.get('msg', 'invalid value')}{shown}")
+        raise ConfigError("invalid cachecast configuration:\n  " + "\n  ".join(lines)) from None
+
