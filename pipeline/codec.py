@@ -187,10 +187,7 @@ class ValueCodec:
         payload = memoryview(data)[HEADER_SIZE:]
         if zlib.crc32(payload) != header.checksum:
             raise CodecError("corrupt value: payload checksum mismatch")
-        if header.compressed:
-            raw = _inflate(payload)
-        else:
-            raw = bytes(payload)
+        raw = _inflate(payload) if header.compressed else bytes(payload)
         try:
             value = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:

@@ -13,6 +13,7 @@ existing deployment's environment keeps working.
 from __future__ import annotations
 
 import re
+
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -71,9 +72,7 @@ class Settings(BaseSettings):
 
     # --- Redis (the seed's names) -------------------------------------------------
     redis_host: str = Field("127.0.0.1", validation_alias=_env("REDIS_HOST", "redis_host"))
-    redis_port: int = Field(
-        6379, ge=1, le=65535, validation_alias=_env("REDIS_PORT", "redis_port")
-    )
+    redis_port: int = Field(6379, ge=1, le=65535, validation_alias=_env("REDIS_PORT", "redis_port"))
     redis_password: str | None = Field(
         None, validation_alias=_env("REDIS_PASSWORD", "redis_password")
     )
@@ -178,7 +177,10 @@ class Settings(BaseSettings):
         description="Events per Kafka record (a JSON array).",
     )
     emitter_linger_ms: float = Field(
-        20.0, ge=0, le=10_000, validation_alias=_env("CACHECAST_EMITTER_LINGER_MS", "emitter_linger_ms")
+        20.0,
+        ge=0,
+        le=10_000,
+        validation_alias=_env("CACHECAST_EMITTER_LINGER_MS", "emitter_linger_ms"),
     )
     client_name: str = Field(
         "cachecast", max_length=128, validation_alias=_env("CACHECAST_CLIENT_NAME", "client_name")
@@ -286,4 +288,3 @@ def load_settings(**overrides: object) -> Settings:
             shown = "" if isinstance(given, dict) else f" (got {given!r})"
             lines.append(f"{name}: {err.get('msg', 'invalid value')}{shown}")
         raise ConfigError("invalid cachecast configuration:\n  " + "\n  ".join(lines)) from None
-

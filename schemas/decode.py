@@ -100,7 +100,9 @@ def _parse(data: Raw, what: str) -> Any:
         raise InvalidEvent(f"not valid JSON: {exc}") from None
 
 
-def _documents(data: Raw, validate: Validator, what: str) -> tuple[list[dict[str, Any]], list[Reject]]:
+def _documents(
+    data: Raw, validate: Validator, what: str
+) -> tuple[list[dict[str, Any]], list[Reject]]:
     doc = _parse(data, what)
     if isinstance(doc, dict):
         try:
@@ -108,9 +110,7 @@ def _documents(data: Raw, validate: Validator, what: str) -> tuple[list[dict[str
         except FieldError as exc:
             raise InvalidEvent(str(exc), field=exc.field) from None
     if not isinstance(doc, list):
-        raise InvalidEvent(
-            f"expected a JSON {what} or an array of them, got {type(doc).__name__}"
-        )
+        raise InvalidEvent(f"expected a JSON {what} or an array of them, got {type(doc).__name__}")
     if len(doc) > contracts.MAX_BATCH_EVENTS:
         raise InvalidEvent(
             f"batch holds {len(doc)} events; the limit is {contracts.MAX_BATCH_EVENTS}"

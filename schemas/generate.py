@@ -1,7 +1,7 @@
 """Write (or check) the ``*.schema.json`` files from the contracts.
 
-    python -m schemas.generate          # rewrite the files
-    python -m schemas.generate --check  # exit 1 if a file is out of date
+python -m schemas.generate          # rewrite the files
+python -m schemas.generate --check  # exit 1 if a file is out of date
 """
 
 from __future__ import annotations

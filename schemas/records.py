@@ -52,7 +52,7 @@ class AccessEvent(_Contract):
     ttl: int | None = None
     user: str | None = None
     session: str | None = None
-    tags: list[str] = []  # noqa: RUF012 - faust copies field defaults per instance
+    tags: list[str] = []
     warmed: bool = False
     client: str | None = None
     version: int = 1

@@ -35,7 +35,8 @@ EcmaValidator = jsonschema.validators.extend(
 
 
 def _load(name: str) -> dict[str, Any]:
-    return json.loads((SCHEMA_DIR / name).read_text())
+    doc: dict[str, Any] = json.loads((SCHEMA_DIR / name).read_text())
+    return doc
 
 
 REGISTRY = Registry().with_resources(
@@ -59,12 +60,13 @@ def test_schema_files_are_generated_from_the_contracts() -> None:
 def test_records_have_exactly_the_contract_fields(
     name: str, specs: tuple[FieldSpec, ...], _decoder: Any
 ) -> None:
-    record = {
+    records: dict[str, Any] = {
         "access_event.schema.json": schemas.AccessEvent,
         "warmup_command.schema.json": schemas.WarmupCommand,
         "warmup_outcome.schema.json": schemas.WarmupOutcome,
         "metrics_snapshot.schema.json": schemas.MetricsSnapshot,
-    }[name]
+    }
+    record = records[name]
     assert list(record._options.fields) == [s.name for s in specs]
     EcmaValidator.check_schema(_load(name))
 
