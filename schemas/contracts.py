@@ -161,6 +161,14 @@ ACCESS_EVENT: Final[tuple[FieldSpec, ...]] = (
         maximum=MAX_SIZE_BYTES,
     ),
     FieldSpec(
+        "raw_bytes",
+        "integer",
+        "Uncompressed payload size on writes (0 when unknown): gives the compression ratio.",
+        default=0,
+        minimum=0,
+        maximum=MAX_SIZE_BYTES,
+    ),
+    FieldSpec(
         "ttl",
         "integer",
         "TTL in seconds given on a write, or null.",
@@ -211,6 +219,11 @@ WARMUP_COMMAND: Final[tuple[FieldSpec, ...]] = (
     ),
     _ts("deadline", "After this time (Unix seconds) the command is stale and must be skipped."),
     _ts("issued_at", "When the command was issued (Unix seconds).", required=False),
+    _ts(
+        "trigger_ts",
+        "Time of the access event that led to this prediction (Unix seconds), 0 if none.",
+        required=False,
+    ),
     FieldSpec(
         "model_version",
         "string",
@@ -227,7 +240,10 @@ WARMUP_OUTCOME: Final[tuple[FieldSpec, ...]] = (
     FieldSpec("status", "string", "What the writer did.", required=True, enum=STATUSES),
     _ts("ts", "When the writer finished (Unix seconds)."),
     FieldSpec("reason", "string", "The command's reason.", default="manual", enum=REASONS),
-    _micros("latency_us", "From the command's issue to the write, in microseconds."),
+    _micros(
+        "latency_us",
+        "From the triggering access event (or the command's issue) to the write, in microseconds.",
+    ),
     _micros("load_us", "Time spent in the loader, in microseconds."),
     FieldSpec(
         "size_bytes",

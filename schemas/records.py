@@ -49,6 +49,7 @@ class AccessEvent(_Contract):
     outcome: str
     latency_us: int = 0
     size_bytes: int = 0
+    raw_bytes: int = 0
     ttl: int | None = None
     user: str | None = None
     session: str | None = None
@@ -68,6 +69,7 @@ class WarmupCommand(_Contract):
     ttl: int
     deadline: float
     issued_at: float = 0.0
+    trigger_ts: float = 0.0
     model_version: str = ""
     version: int = 1
 

@@ -45,6 +45,7 @@ _FIELDS: Final = (
     "outcome",
     "latency_us",
     "size_bytes",
+    "raw_bytes",
     "ttl",
     "user",
     "session",
@@ -133,6 +134,7 @@ class AccessEmitter:
         tags: Sequence[str] | None = None,
         warmed: bool = False,
         ts: float | None = None,
+        raw_bytes: int = 0,
     ) -> None:
         """Queue one access event. O(1); never blocks, never raises."""
         if self._sample_rate < 1.0 and self._random.random() >= self._sample_rate:
@@ -150,6 +152,7 @@ class AccessEmitter:
                 outcome,
                 latency_us,
                 size_bytes,
+                raw_bytes,
                 ttl,
                 user,
                 session,

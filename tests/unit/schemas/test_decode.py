@@ -39,6 +39,7 @@ def test_a_full_event_round_trips_through_its_json() -> None:
         **GOOD,
         "latency_us": 250,
         "size_bytes": 1024,
+        "raw_bytes": 4096,
         "ttl": 60,
         "user": "u1",
         "session": "s1",

@@ -1,0 +1,226 @@
+"""Mergeable statistics of a namespace over a window: what the stats agent aggregates.
+
+Workers compute a :class:`WindowStats` delta per batch of access events (and per
+batch of warmup outcomes), send it on, and the stats agent merges deltas into a
+windowed table. Everything here merges exactly: counters add, and latencies go
+into a fixed log-bucket histogram (:class:`LatencyHistogram`) whose buckets add,
+so quantiles of a merged window are the quantiles of all its events (to within
+a bucket's width, 5%).
+
+>>> stats = WindowStats()
+>>> stats.add_access([
+...     {"op": "get", "outcome": "hit", "latency_us": 120, "size_bytes": 10, "warmed": True},
+...     {"op": "get", "outcome": "miss", "latency_us": 300, "size_bytes": 0, "warmed": False},
+...     {"op": "set", "outcome": "none", "latency_us": 200, "size_bytes": 50, "warmed": False,
+...      "raw_bytes": 100},
+... ])
+>>> stats.hits, stats.misses, stats.sets, stats.warms_useful, stats.hit_ratio()
+(1, 1, 1, 1, 0.5)
+>>> stats.snapshot("users", 0.0, 10.0).compression_ratio
+0.5
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Final
+
+from schemas.records import MetricsSnapshot
+
+__all__ = ["LatencyHistogram", "WindowStats"]
+
+_GROWTH: Final = 1.05
+_LOG_GROWTH: Final = math.log(_GROWTH)
+_MAX_BUCKET: Final = 500  # 1.05**500 µs is about 1.3 hours
+
+
+class LatencyHistogram:
+    """Counts of values in buckets ``[1.05**i, 1.05**(i+1))``; bucket 0 also holds [0, 1).
+
+    >>> h = LatencyHistogram()
+    >>> for v in range(1, 101):
+    ...     h.add(v)
+    >>> round(h.quantile(0.5)), round(h.quantile(0.99))  # within a bucket (5%)
+    (51, 101)
+    """
+
+    __slots__ = ("buckets", "count")
+
+    def __init__(self, buckets: Mapping[int, int] | None = None) -> None:
+        self.buckets: dict[int, int] = dict(buckets or {})
+        self.count = sum(self.buckets.values())
+
+    @staticmethod
+    def bucket_of(value: float) -> int:
+        if value < 1.0:
+            return 0
+        return min(int(math.log(value) / _LOG_GROWTH), _MAX_BUCKET)
+
+    def add(self, value: float, n: int = 1) -> None:
+        b = self.bucket_of(value)
+        self.buckets[b] = self.buckets.get(b, 0) + n
+        self.count += n
+
+    def merge(self, other: LatencyHistogram) -> None:
+        for b, n in other.buckets.items():
+            self.buckets[b] = self.buckets.get(b, 0) + n
+        self.count += other.count
+
+    def quantile(self, q: float) -> float:
+        """The value below which a fraction ``q`` of values lie (bucket midpoint); 0 if empty."""
+        if self.count == 0:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for b in sorted(self.buckets):
+            seen += self.buckets[b]
+            if seen >= rank:
+                return 0.5 if b == 0 else float(_GROWTH ** (b + 0.5))
+        return float(_GROWTH ** (max(self.buckets) + 0.5))
+
+
+@dataclass(slots=True)
+class WindowStats:
+    """Counters of one namespace over one window; every field merges by addition."""
+
+    events: int = 0
+    hits: int = 0
+    misses: int = 0
+    sets: int = 0
+    deletes: int = 0
+    errors: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    raw_bytes_written: int = 0
+    stored_bytes_compressible: int = 0
+    warms_issued: int = 0
+    warms_written: int = 0
+    warms_useful: int = 0
+    warms_skipped: int = 0
+    warms_failed: int = 0
+    predicted_true: int = 0
+    predicted_false: int = 0
+    missed_true: int = 0
+    dead_letters: int = 0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    warm_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def add_access(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Count validated access events (dicts with the AccessEvent fields)."""
+        latency = self.latency
+        for event in events:
+            self.events += 1
+            op, outcome = event["op"], event["outcome"]
+            if outcome == "hit":
+                self.hits += 1
+                self.bytes_read += event["size_bytes"]
+                if event["warmed"]:
+                    self.warms_useful += 1
+            elif outcome == "miss":
+                self.misses += 1
+            elif outcome == "error":
+                self.errors += 1
+            if op in ("set", "mset"):
+                self.sets += 1
+                self.bytes_written += event["size_bytes"]
+                if event["raw_bytes"]:
+                    self.stored_bytes_compressible += event["size_bytes"]
+                    self.raw_bytes_written += event["raw_bytes"]
+            elif op == "delete":
+                self.deletes += 1
+            latency.add(event["latency_us"])
+
+    def add_outcomes(self, outcomes: Iterable[Mapping[str, Any]]) -> None:
+        """Count validated warmup outcomes."""
+        for outcome in outcomes:
+            status = outcome["status"]
+            if status == "written":
+                self.warms_written += 1
+                self.warm_latency.add(outcome["latency_us"])
+            elif status in ("skipped-present", "skipped-stale", "rate-limited"):
+                self.warms_skipped += 1
+            else:
+                self.warms_failed += 1
+
+    def merge(self, other: WindowStats) -> None:
+        for f in fields(self):
+            if f.name in ("latency", "warm_latency"):
+                continue
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        self.latency.merge(other.latency)
+        self.warm_latency.merge(other.warm_latency)
+
+    def hit_ratio(self) -> float | None:
+        reads = self.hits + self.misses
+        return self.hits / reads if reads else None
+
+    def warm_precision(self) -> float | None:
+        if not self.warms_written:
+            return None
+        return min(1.0, self.warms_useful / self.warms_written)
+
+    def prediction_precision(self) -> float | None:
+        total = self.predicted_true + self.predicted_false
+        return self.predicted_true / total if total else None
+
+    def prediction_recall(self) -> float | None:
+        total = self.predicted_true + self.missed_true
+        return self.predicted_true / total if total else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (histogram bucket keys become strings)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, LatencyHistogram):
+                out[f.name] = {str(b): n for b, n in value.buckets.items()}
+            else:
+                out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WindowStats:
+        stats = cls()
+        for f in fields(stats):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            if f.name in ("latency", "warm_latency"):
+                setattr(stats, f.name, LatencyHistogram({int(b): n for b, n in value.items()}))
+            else:
+                setattr(stats, f.name, int(value))
+        return stats
+
+    def snapshot(
+        self, namespace: str, window_start: float, window_end: float, worker: str | None = None
+    ) -> MetricsSnapshot:
+        """The public MetricsSnapshot of this window."""
+        ratio = self.raw_bytes_written and self.stored_bytes_compressible / self.raw_bytes_written
+        return MetricsSnapshot(
+            namespace=namespace,
+            window_start=window_start,
+            window_end=window_end,
+            events=self.events,
+            hits=self.hits,
+            misses=self.misses,
+            sets=self.sets,
+            deletes=self.deletes,
+            errors=self.errors,
+            hit_ratio=self.hit_ratio(),
+            latency_p50_us=self.latency.quantile(0.5),
+            latency_p90_us=self.latency.quantile(0.9),
+            latency_p99_us=self.latency.quantile(0.99),
+            bytes_read=self.bytes_read,
+            bytes_written=self.bytes_written,
+            compression_ratio=ratio or None,
+            warms_issued=self.warms_issued,
+            warms_written=self.warms_written,
+            warms_useful=self.warms_useful,
+            warm_precision=self.warm_precision(),
+            prediction_precision=self.prediction_precision(),
+            prediction_recall=self.prediction_recall(),
+            dead_letters=self.dead_letters,
+            worker=worker,
+        )
