@@ -12,7 +12,9 @@ existing deployment's environment keeps working.
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -209,6 +211,88 @@ class Settings(BaseSettings):
         86_400, ge=1, validation_alias=_env("CACHECAST_TTL_MAX", "smart_ttl_max")
     )
     seed: int = Field(0, validation_alias=_env("CACHECAST_SEED", "seed"))
+    warm_deadline_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        validation_alias=_env("CACHECAST_WARM_DEADLINE_S", "warm_deadline_s"),
+        description="A warmup command not carried out within this many seconds is stale.",
+    )
+    warm_dedup_s: float = Field(
+        30.0,
+        ge=0,
+        validation_alias=_env("CACHECAST_WARM_DEDUP_S", "warm_dedup_s"),
+        description="A key warmed this recently is not warmed again.",
+    )
+
+    # --- Worker ------------------------------------------------------------------
+    app_id: str = Field(
+        "cachecast",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        validation_alias=_env("CACHECAST_APP_ID", "app_id"),
+    )
+    topic_state: str = Field(
+        "cachecast.model-state",
+        validation_alias=_env("CACHECAST_TOPIC_STATE", "topic_state"),
+        description="Compacted topic of model-state snapshots, one key per access partition.",
+    )
+    topic_stats: str = Field(
+        "cachecast.stats-deltas",
+        validation_alias=_env("CACHECAST_TOPIC_STATS", "topic_stats"),
+        description="Per-batch statistics, re-partitioned by namespace for the stats table.",
+    )
+    topic_sequence: str = Field(
+        "cachecast.access-by-session",
+        validation_alias=_env("CACHECAST_TOPIC_SEQUENCE", "topic_sequence"),
+        description="Access events re-partitioned by session (or user, or client).",
+    )
+    topic_candidates: str = Field(
+        "cachecast.candidates",
+        validation_alias=_env("CACHECAST_TOPIC_CANDIDATES", "topic_candidates"),
+        description="Co-access candidates, re-partitioned by candidate key.",
+    )
+    worker_session_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        validation_alias=_env("CACHECAST_SESSION_TIMEOUT_S", "worker_session_timeout_s"),
+        description="Consumer-group session timeout; the broker's group.min.session.timeout.ms"
+        " must allow it.",
+    )
+    worker_heartbeat_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        validation_alias=_env("CACHECAST_HEARTBEAT_S", "worker_heartbeat_s"),
+    )
+    web_host: str = Field("127.0.0.1", validation_alias=_env("CACHECAST_WEB_HOST", "web_host"))
+    web_port: int = Field(
+        6066, ge=1, le=65535, validation_alias=_env("CACHECAST_WEB_PORT", "web_port")
+    )
+    checkpoint_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        validation_alias=_env("CACHECAST_CHECKPOINT_S", "checkpoint_s"),
+        description="How often model state is snapshotted and input offsets committed.",
+    )
+    stats_window_s: float = Field(
+        10.0,
+        gt=0,
+        le=86_400,
+        validation_alias=_env("CACHECAST_STATS_WINDOW_S", "stats_window_s"),
+        description="Length of a stats window; a MetricsSnapshot is published per window.",
+    )
+    loaders: str = Field(
+        "",
+        validation_alias=_env("CACHECAST_LOADERS", "loaders"),
+        description="Per-namespace loaders as JSON, or @path/to/file.json (see pipeline/loaders).",
+    )
+    warming_enabled: bool = Field(
+        True,
+        validation_alias=_env("CACHECAST_WARMING", "warming_enabled"),
+        description="When off, the worker learns and reports but issues no warmup commands.",
+    )
 
     @field_validator("redis_max_memory")
     @classmethod
@@ -228,12 +312,35 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "topic_access", "topic_warmup", "topic_outcomes", "topic_metrics", "topic_dead_letter"
+        "topic_access",
+        "topic_warmup",
+        "topic_outcomes",
+        "topic_metrics",
+        "topic_dead_letter",
+        "topic_state",
+        "topic_stats",
+        "topic_sequence",
+        "topic_candidates",
     )
     @classmethod
     def _check_topic(cls, value: str) -> str:
         if not _TOPIC_RE.match(value) or value in {".", ".."}:
             raise ValueError(f"{value!r} is not a Kafka topic name ([A-Za-z0-9._-], 1-249 chars)")
+        return value
+
+    @field_validator("loaders")
+    @classmethod
+    def _check_loaders(cls, value: str) -> str:
+        text = value.strip()
+        if text and not text.startswith("@"):
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON: {exc}") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("must be a JSON object mapping namespaces to loader options")
+        elif text and not Path(text[1:]).is_file():
+            raise ValueError(f"loader file {text[1:]!r} does not exist")
         return value
 
     @model_validator(mode="after")
@@ -255,6 +362,18 @@ class Settings(BaseSettings):
             host, _, port = item.rpartition(":")
             nodes.append((host, int(port)))
         return nodes
+
+    def loader_config(self) -> dict[str, dict[str, object]]:
+        """CACHECAST_LOADERS parsed: inline JSON, or ``@file`` holding JSON."""
+        text = self.loaders.strip()
+        if not text:
+            return {}
+        if text.startswith("@"):
+            text = Path(text[1:]).read_text()
+        parsed = json.loads(text)
+        if not isinstance(parsed, dict) or not all(isinstance(v, dict) for v in parsed.values()):
+            raise ValueError("CACHECAST_LOADERS must map namespaces to objects")
+        return parsed
 
     def redis_max_memory_bytes(self) -> int | None:
         """REDIS_MAX_MEMORY in bytes, or None when unset."""

@@ -37,8 +37,10 @@ __all__ = [
     "decode_access_event",
     "decode_metrics_snapshot",
     "decode_warmup_command",
+    "decode_warmup_command_dicts",
     "decode_warmup_commands",
     "decode_warmup_outcome",
+    "decode_warmup_outcome_dicts",
     "decode_warmup_outcomes",
     "validate_access_event",
     "validate_metrics_snapshot",
@@ -157,6 +159,16 @@ def _decoder(
 def decode_access_dicts(data: Raw) -> tuple[list[dict[str, Any]], list[Reject]]:
     """Like :func:`decode_access` but yields validated dicts: the agents' fast path."""
     return _documents(data, validate_access_event, "object (an access event)")
+
+
+def decode_warmup_command_dicts(data: Raw) -> tuple[list[dict[str, Any]], list[Reject]]:
+    """Validated WarmupCommand dicts (and rejects) from one record value."""
+    return _documents(data, validate_warmup_command, "object (a warmup command)")
+
+
+def decode_warmup_outcome_dicts(data: Raw) -> tuple[list[dict[str, Any]], list[Reject]]:
+    """Validated WarmupOutcome dicts (and rejects) from one record value."""
+    return _documents(data, validate_warmup_outcome, "object (a warmup outcome)")
 
 
 decode_access, decode_access_event = _decoder(

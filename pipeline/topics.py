@@ -1,0 +1,65 @@
+"""Create cachecast's topics before workers start (idempotent).
+
+A consumer that subscribes before its topic exists may never see it (observed
+with Faust on a fresh broker), so the worker command creates every topic first,
+with the configured partition counts; existing topics are left as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from pipeline.config import Settings
+
+__all__ = ["ensure_topics", "topic_specs"]
+
+log = logging.getLogger(__name__)
+
+
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    """Every topic with its partitions and config."""
+    parts = settings.topic_partitions
+    names = [
+        settings.topic_access,
+        settings.topic_sequence,
+        settings.topic_candidates,
+        settings.topic_warmup,
+        settings.topic_outcomes,
+        settings.topic_stats,
+        settings.topic_metrics,
+        settings.topic_dead_letter,
+    ]
+    specs = [NewTopic(name, parts, 1) for name in names]
+    specs.append(
+        NewTopic(
+            settings.topic_state,
+            parts,
+            1,
+            topic_configs={"cleanup.policy": "compact", "segment.ms": "60000"},
+        )
+    )
+    return specs
+
+
+async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Create the missing topics; returns the names created."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_brokers(), request_timeout_ms=int(timeout * 1000)
+    )
+    await asyncio.wait_for(admin.start(), timeout)
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in topic_specs(settings) if t.name not in existing]
+        if not wanted:
+            return []
+        try:
+            await admin.create_topics(wanted, timeout_ms=int(timeout * 1000))
+        except TopicAlreadyExistsError:
+            log.debug("topics were created concurrently")
+        return [t.name for t in wanted]
+    finally:
+        await admin.close()
