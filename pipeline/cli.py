@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline import devstack
+from pipeline import devstack, worker
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cachecast")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     devstack.register(sub)
+    worker.register(sub)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()

@@ -195,11 +195,12 @@ class Settings(BaseSettings):
         validation_alias=_env("CACHECAST_MAX_TRACKED_KEYS", "model_max_tracked_keys"),
     )
     model_admission_threshold: float = Field(
-        0.5,
+        0.9,
         ge=0.0,
         le=1.0,
         validation_alias=_env("CACHECAST_ADMISSION_THRESHOLD", "model_admission_threshold"),
-        description="Minimum ensemble score for a candidate to be warmed.",
+        description="Initial ensemble score a candidate needs to be warmed; the engine then"
+        " steers it to keep wasted warms within budget.",
     )
     model_horizon_s: float = Field(
         60.0, gt=0, validation_alias=_env("CACHECAST_HORIZON_S", "model_horizon_s")

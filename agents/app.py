@@ -1,0 +1,115 @@
+"""The Faust application: settings in, topics and tables declared, nothing decided here.
+
+Topics (names and partition counts from :mod:`pipeline.config`):
+
+=================  =========================  =========================================
+topic              key / partitioning         value
+=================  =========================  =========================================
+access             murmur2(ns:key)            AccessEvent object or array (producers)
+access-by-session  session/user/client        AccessEvent arrays, re-batched
+candidates         murmur2(ns:key)            co-access candidates, re-batched
+warmup             murmur2(ns:key)            WarmupCommand arrays
+outcomes           namespace                  WarmupOutcome arrays
+stats-deltas       namespace                  WindowStats deltas
+metrics            namespace                  MetricsSnapshot objects, one per window
+dead-letter        source key                 original bytes, reason in headers
+model-state        access partition (compact) model snapshots
+=================  =========================  =========================================
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from pipeline.config import Settings, load_settings
+from pipeline.devstack import cache_root
+
+__all__ = ["app", "settings", "topics"]
+
+
+def _faust_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.app_id,
+        broker=[f"kafka://{b}" for b in settings.kafka_brokers()],
+        store="memory://",
+        topic_partitions=settings.topic_partitions,
+        topic_allow_declare=True,
+        broker_session_timeout=settings.worker_session_timeout_s,
+        broker_heartbeat_interval=settings.worker_heartbeat_s,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        producer_compression_type="lz4",
+        producer_linger_ms=1,
+        producer_max_request_size=2 * 1024 * 1024,
+        stream_wait_empty=False,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        table_cleanup_interval=30.0,
+        autodiscover=False,
+        origin="agents",
+        datadir=str(_datadir(settings)),
+    )
+
+
+def _datadir(settings: Settings) -> Path:
+    # Tables live in memory (rebuilt from their changelogs); Faust still wants a directory.
+    path = cache_root() / "worker" / f"{settings.app_id}-{settings.web_port}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Topics:
+    """Every topic the worker reads or writes; values are raw bytes (we decode)."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        parts = settings.topic_partitions
+
+        def raw(name: str, partitions: int = parts, **kwargs: Any) -> faust.TopicT:
+            return app.topic(
+                name,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=partitions,
+                internal=True,
+                **kwargs,
+            )
+
+        self.access = raw(settings.topic_access)
+        self.sequence = raw(settings.topic_sequence)
+        self.candidates = raw(settings.topic_candidates)
+        self.warmup = raw(settings.topic_warmup)
+        self.outcomes = raw(settings.topic_outcomes)
+        self.stats = raw(settings.topic_stats)
+        self.metrics = raw(settings.topic_metrics)
+        self.dead_letter = raw(settings.topic_dead_letter)
+        self.state = raw(
+            settings.topic_state,
+            compacting=True,
+            config={"cleanup.policy": "compact", "segment.ms": "60000"},
+        )
+
+    def all(self) -> list[faust.TopicT]:
+        return [
+            self.access,
+            self.sequence,
+            self.candidates,
+            self.warmup,
+            self.outcomes,
+            self.stats,
+            self.metrics,
+            self.dead_letter,
+            self.state,
+        ]
+
+
+settings = load_settings()
+app = _faust_app(settings)
+topics = Topics(app, settings)
+worker_name = f"{socket.gethostname()}:{settings.web_port}"

@@ -1,0 +1,122 @@
+"""Per-partition model state with snapshot-then-ack checkpoints (see pipeline.checkpoint).
+
+A stateful agent iterates its stream with manual acks. Every record it has
+processed is remembered; at a checkpoint the models of every partition are
+snapshotted to the state topic, the producer is flushed, and only then are the
+remembered records acknowledged (so Faust commits their offsets). After a crash
+the new owner of a partition loads the snapshot and is redelivered exactly the
+records the snapshot does not cover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+import faust
+from faust.types import TP, EventT
+
+from agents.app import app, settings, topics
+from pipeline.checkpoint import SnapshotError, encode_snapshot, load_snapshot, snapshot_key
+
+__all__ = ["Checkpointer", "Stateful"]
+
+log = logging.getLogger(__name__)
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+M = TypeVar("M", bound=Stateful)
+
+
+class Checkpointer(Generic[M]):
+    """Holds one model per partition of ``topic`` for ``stage``; checkpoints them."""
+
+    def __init__(self, stage: str, topic_name: str, factory: Callable[[], M]) -> None:
+        self.stage = stage
+        self.topic_name = topic_name
+        self.factory = factory
+        self.models: dict[int, M] = {}
+        self.lock = asyncio.Lock()
+        self.stream: faust.StreamT[Any] | None = None
+        self._pending: list[EventT] = []
+        self._last = time.monotonic()
+        self.snapshots_written = 0
+        self.snapshot_bytes = 0
+        self.snapshot_seconds = 0.0
+        app.on_partitions_revoked.connect(self._on_revoked)
+
+    async def model(self, partition: int) -> M:
+        """The model of ``partition``, restored from its latest snapshot on first use."""
+        model = self.models.get(partition)
+        if model is None:
+            model = self.factory()
+            try:
+                state = await load_snapshot(
+                    settings.kafka_brokers(), settings.topic_state, self.stage, partition
+                )
+            except (SnapshotError, TimeoutError) as exc:
+                log.error(
+                    "%s: snapshot of partition %d unusable (%s); starting fresh",
+                    self.stage,
+                    partition,
+                    exc,
+                )
+                state = None
+            if state is not None:
+                model.load_state_dict(state)
+                log.info("%s: restored partition %d from its snapshot", self.stage, partition)
+            self.models[partition] = model
+        return model
+
+    def processed(self, event: EventT) -> None:
+        """Remember a record whose effects are in the models; it is acked at the checkpoint."""
+        self._pending.append(event)
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= settings.checkpoint_s
+
+    async def checkpoint(self) -> None:
+        """Snapshot every model, wait for Kafka, then ack the records they cover.
+
+        Call with :attr:`lock` held.
+        """
+        started = time.perf_counter()
+        deliveries = []
+        for partition, model in self.models.items():
+            blob = encode_snapshot(model.state_dict(), stage=self.stage, partition=partition)
+            self.snapshot_bytes = len(blob)
+            deliveries.append(
+                await topics.state.send(
+                    key=snapshot_key(self.stage, partition),
+                    value=blob,
+                    partition=partition,
+                    force=True,
+                )
+            )
+        for delivery in deliveries:
+            await delivery
+        await app.producer.flush()
+        pending, self._pending = self._pending, []
+        if self.stream is not None:
+            for event in pending:
+                await self.stream.ack(event)
+        self.snapshots_written += len(deliveries)
+        self.snapshot_seconds = time.perf_counter() - started
+        self._last = time.monotonic()
+
+    async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
+        mine = {tp.partition for tp in revoked if tp.topic == self.topic_name}
+        if not mine:
+            return
+        async with self.lock:
+            await self.checkpoint()
+            for partition in mine:
+                self.models.pop(partition, None)

@@ -1,0 +1,181 @@
+"""The observe agent: access records in (key-partitioned), three things out.
+
+For each record on the access topic:
+
+1. decode and validate; bad records and bad events go to the dead-letter topic;
+2. feed the per-key smart-TTL model of this partition (every access of a key
+   arrives here, so its inter-arrival statistics are complete) and, every flush,
+   publish changed TTLs to Redis where the client reads them;
+3. count the events into per-namespace stats deltas (sent every flush);
+4. re-batch the events by sequence key (session, else user, else client) onto
+   the sequence topic, where the predict agent sees each sequence in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict, defaultdict
+from typing import Any
+
+import faust
+import orjson
+
+from agents.app import app, settings, topics
+from agents.checkpointing import Checkpointer
+from agents.runtime import runtime
+from pipeline.client.keys import smart_ttl_key
+from pipeline.models import SmartTTL
+from pipeline.partitioning import PartitionCache
+from schemas.decode import InvalidEvent, decode_access_dicts
+
+__all__ = ["observe", "sequence_key"]
+
+log = logging.getLogger(__name__)
+
+FLUSH_S = 1.0
+_TTL_CHANGE = 0.1  # republish a smart TTL when it moved by more than 10%
+_TTL_MEMO = 200_000
+
+
+def sequence_key(event: dict[str, Any]) -> str:
+    """What orders an event for the sequence models: its session, user, or client."""
+    return event["session"] or event["user"] or event["client"] or "-"
+
+
+def _new_ttl_model() -> SmartTTL:
+    return SmartTTL(
+        min_ttl=settings.smart_ttl_min,
+        max_ttl=settings.smart_ttl_max,
+        default_ttl=min(
+            max(settings.redis_default_ttl, settings.smart_ttl_min), settings.smart_ttl_max
+        ),
+        seed=settings.seed,
+        max_keys=settings.model_max_tracked_keys,
+    )
+
+
+ttl_models: Checkpointer[SmartTTL] = Checkpointer("ttl", settings.topic_access, _new_ttl_model)
+_sequence_partition = PartitionCache(settings.topic_partitions)
+_deltas = runtime.deltas
+_touched: dict[int, set[str]] = defaultdict(set)
+_published_ttl: OrderedDict[str, int] = OrderedDict()
+_last_flush = time.monotonic()
+
+
+@app.agent(topics.access, name="cachecast.observe")
+async def observe(stream: faust.StreamT[bytes]) -> None:
+    """Validate, learn TTLs, count, and re-partition access records."""
+    ttl_models.stream = stream
+    async for event in stream.noack().events():
+        async with ttl_models.lock:
+            await _process(event)
+            ttl_models.processed(event)
+            if time.monotonic() - _last_flush >= FLUSH_S:
+                await _flush()
+            if ttl_models.due():
+                await _flush()
+                await ttl_models.checkpoint()
+
+
+async def _process(event: Any) -> None:
+    message = event.message
+    source = f"{message.topic}/{message.partition}/{message.offset}"
+    try:
+        events, rejects = decode_access_dicts(event.value)
+    except InvalidEvent as exc:
+        await runtime.dead_letter(event.value or b"", exc.reason, source=source, agent="observe")
+        _deltas["-"].dead_letters += 1
+        return
+    for reject in rejects:
+        await runtime.dead_letter(
+            reject.raw,
+            reject.reason,
+            source=source,
+            agent="observe",
+            field=reject.field,
+            index=reject.index,
+        )
+    if rejects:
+        _deltas["-"].dead_letters += len(rejects)
+    if not events:
+        return
+    runtime.counters["events"] += len(events)
+    model = await ttl_models.model(message.partition)
+    touched = _touched[message.partition]
+    by_namespace: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    learn = model.learn_one
+    for e in events:
+        full = e["namespace"] + ":" + e["key"]
+        if e["op"] in ("get", "mget", "set", "mset"):
+            learn(full, e["ts"])
+            touched.add(full)
+        by_namespace[e["namespace"]].append(e)
+        by_partition[_sequence_partition(sequence_key(e))].append(e)
+    for namespace, items in by_namespace.items():
+        _deltas[namespace].add_access(items)
+    for partition, items in by_partition.items():
+        await topics.sequence.send(value=orjson.dumps(items), partition=partition, force=True)
+
+
+async def _flush() -> None:
+    """Send the stats deltas and publish the smart TTLs that changed."""
+    global _last_flush
+    _last_flush = time.monotonic()
+    deltas = dict(_deltas)
+    _deltas.clear()
+    for namespace, delta in deltas.items():
+        if namespace == "-":
+            continue
+        await topics.stats.send(
+            key=namespace.encode(),
+            value=orjson.dumps({"namespace": namespace, "stats": delta.to_dict()}),
+            force=True,
+        )
+    if "-" in deltas:
+        runtime.counters["dead_letter_events"] += deltas["-"].dead_letters
+    await _publish_ttls()
+
+
+async def _publish_ttls() -> None:
+    writes: list[tuple[str, int]] = []
+    for partition, keys in _touched.items():
+        model = ttl_models.models.get(partition)
+        if model is None:
+            continue
+        for full in keys:
+            ttl = model.predict_one(full)
+            before = _published_ttl.get(full)
+            if before is None or abs(ttl - before) > _TTL_CHANGE * before:
+                writes.append((full, ttl))
+                _published_ttl[full] = ttl
+                _published_ttl.move_to_end(full)
+        keys.clear()
+    while len(_published_ttl) > _TTL_MEMO:
+        _published_ttl.popitem(last=False)
+    if not writes:
+        return
+    prefix = settings.redis_key_prefix
+    try:
+        async with runtime.redis.pipeline(transaction=False) as pipe:
+            for full, ttl in writes:
+                namespace, _, key = full.partition(":")
+                # The record outlives the value it describes, so a returning key finds it.
+                pipe.set(smart_ttl_key(prefix, namespace, key), ttl, ex=max(3600, 10 * ttl))
+            await pipe.execute()
+        runtime.counters["smart_ttl_published"] += len(writes)
+    except Exception as exc:  # Redis down: TTLs are advice, try again next flush
+        log.warning("could not publish %d smart TTLs: %s", len(writes), exc)
+        for full, _ in writes:
+            _published_ttl.pop(full, None)
+
+
+@app.timer(interval=FLUSH_S, name="cachecast.observe-flush")
+async def flush_when_quiet() -> None:
+    """Flush and checkpoint on time even when no record arrives."""
+    async with ttl_models.lock:
+        if time.monotonic() - _last_flush >= FLUSH_S:
+            await _flush()
+        if ttl_models.due():
+            await ttl_models.checkpoint()

@@ -1,0 +1,74 @@
+"""What a worker process holds besides Faust: Redis, loaders, codec, counters.
+
+Built once per process, connected lazily (redis-py connects on first use), so
+importing the agents never touches the network.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+import orjson
+
+from agents.app import settings, topics, worker_name
+from pipeline.client.connection import connect_async
+from pipeline.codec import ValueCodec
+from pipeline.deadletter import dead_letter_headers
+from pipeline.loaders import loaders_from_config
+from pipeline.stats import WindowStats
+from pipeline.warming import WarmWriter
+
+__all__ = ["Runtime", "runtime"]
+
+
+class Runtime:
+    """Process-wide resources and counters shared by the agents."""
+
+    def __init__(self) -> None:
+        self.settings = settings
+        self.worker = worker_name
+        self.started_at = time.time()
+        self.redis = connect_async(settings)
+        self.codec = ValueCodec(
+            threshold=settings.redis_compression_threshold,
+            enable_compression=settings.redis_enable_compression,
+        )
+        self.loaders = loaders_from_config(settings.loader_config())
+        self.writer = WarmWriter(self.redis, settings.redis_key_prefix, self.loaders, self.codec)
+        self.counters: Counter[str] = Counter()
+        #: Per-namespace statistics not yet sent to the stats topic ("-": no namespace).
+        self.deltas: defaultdict[str, WindowStats] = defaultdict(WindowStats)
+
+    async def dead_letter(
+        self,
+        original: bytes,
+        reason: str,
+        *,
+        source: str,
+        agent: str,
+        field: str | None = None,
+        index: int | None = None,
+    ) -> None:
+        """Send one dead letter (original bytes, reason in headers) and count it."""
+        self.counters["dead_letters"] += 1
+        await topics.dead_letter.send(
+            value=original,
+            headers=dead_letter_headers(
+                reason, source=source, agent=agent, field=field, index=index
+            ),
+            force=True,
+        )
+
+    async def close(self) -> None:
+        for loader in self.loaders.values():
+            await loader.close()
+        await self.redis.aclose()
+
+
+def encode_batch(items: list[dict[str, Any]]) -> bytes:
+    return orjson.dumps(items)
+
+
+runtime = Runtime()

@@ -1,0 +1,142 @@
+"""The stats agents: deltas and outcomes in, a windowed stats table, MetricsSnapshots out.
+
+Both input topics are keyed by namespace, so each namespace's table entry lives
+on one partition and one worker. An entry holds the open window, the totals of
+all closed windows, and which window was last published. A window is published
+to the metrics topic once it is over: by the next update of the namespace, or by
+the timer when the namespace went quiet.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import faust
+import orjson
+
+from agents.app import app, settings, topics, worker_name
+from agents.runtime import runtime
+from pipeline.stats import WindowStats
+from schemas.decode import InvalidEvent, decode_warmup_outcome_dicts
+
+__all__ = ["aggregate_deltas", "aggregate_outcomes", "namespace_stats", "stats_table"]
+
+WINDOW = settings.stats_window_s
+
+stats_table = app.Table(
+    "cachecast-stats",
+    default=None,
+    partitions=settings.topic_partitions,
+    key_type=str,
+    help="Per-namespace window statistics: open window, closed totals, last published.",
+)
+
+#: Windows published by this process (ns -> window start), so the timer and the
+#: agents do not publish the same window twice.
+_published: dict[str, float] = {}
+
+
+def window_start(now: float) -> float:
+    return math.floor(now / WINDOW) * WINDOW
+
+
+def _load(namespace: str) -> dict[str, Any]:
+    entry: dict[str, Any] | None = stats_table.get(namespace)
+    if entry is None:
+        return {"window_start": window_start(time.time()), "current": {}, "total": {}}
+    return dict(entry)
+
+
+async def _publish(namespace: str, start: float, stats: WindowStats) -> None:
+    if _published.get(namespace, -1.0) >= start:
+        return
+    _published[namespace] = start
+    snapshot = stats.snapshot(namespace, start, start + WINDOW, worker=worker_name)
+    await topics.metrics.send(key=namespace.encode(), value=snapshot.dumps(), force=True)
+
+
+async def _update(namespace: str, delta: WindowStats) -> None:
+    entry = _load(namespace)
+    now_start = window_start(time.time())
+    current = WindowStats.from_dict(entry["current"])
+    if entry["window_start"] < now_start:
+        await _publish(namespace, entry["window_start"], current)
+        total = WindowStats.from_dict(entry["total"])
+        total.merge(current)
+        entry["total"] = total.to_dict()
+        entry["window_start"] = now_start
+        current = WindowStats()
+    current.merge(delta)
+    entry["current"] = current.to_dict()
+    stats_table[namespace] = entry
+
+
+@app.agent(topics.stats, name="cachecast.stats-deltas")
+async def aggregate_deltas(stream: faust.StreamT[bytes]) -> None:
+    """Merge the per-batch deltas the observe agent sends, keyed by namespace."""
+    async for event in stream.events():
+        try:
+            doc = orjson.loads(event.value)
+            namespace = str(doc["namespace"])
+            delta = WindowStats.from_dict(doc["stats"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            message = event.message
+            await runtime.dead_letter(
+                event.value,
+                f"not a stats delta: {exc!r}",
+                source=f"{message.topic}/{message.partition}/{message.offset}",
+                agent="stats",
+            )
+            continue
+        await _update(namespace, delta)
+
+
+@app.agent(topics.outcomes, name="cachecast.stats-outcomes")
+async def aggregate_outcomes(stream: faust.StreamT[bytes]) -> None:
+    """Count warmup outcomes per namespace."""
+    async for event in stream.events():
+        message = event.message
+        source = f"{message.topic}/{message.partition}/{message.offset}"
+        try:
+            outcomes, rejects = decode_warmup_outcome_dicts(event.value)
+        except InvalidEvent as exc:
+            await runtime.dead_letter(event.value, exc.reason, source=source, agent="stats")
+            continue
+        for reject in rejects:
+            await runtime.dead_letter(
+                reject.raw, reject.reason, source=source, agent="stats", index=reject.index
+            )
+        by_namespace: dict[str, WindowStats] = {}
+        for outcome in outcomes:
+            by_namespace.setdefault(outcome["namespace"], WindowStats()).add_outcomes([outcome])
+        for namespace, delta in by_namespace.items():
+            await _update(namespace, delta)
+
+
+@app.timer(interval=max(0.5, WINDOW / 4), name="cachecast.stats-publish")
+async def publish_quiet_windows() -> None:
+    """Publish windows that ended while their namespace received nothing."""
+    now_start = window_start(time.time())
+    for namespace, entry in list(stats_table.items()):
+        if entry["window_start"] < now_start:
+            await _publish(
+                namespace, entry["window_start"], WindowStats.from_dict(entry["current"])
+            )
+
+
+def namespace_stats() -> dict[str, dict[str, Any]]:
+    """This worker's namespaces: the open window, closed-window totals, and all-time view."""
+    out: dict[str, dict[str, Any]] = {}
+    for namespace, entry in list(stats_table.items()):
+        current = WindowStats.from_dict(entry["current"])
+        total = WindowStats.from_dict(entry["total"])
+        total.merge(current)
+        start = entry["window_start"]
+        out[namespace] = {
+            "window": current.snapshot(namespace, start, start + WINDOW, worker_name).asdict(),
+            "total": total.snapshot(namespace, 0.0, start + WINDOW, worker_name).asdict(),
+            "counters": total,
+        }
+    return out

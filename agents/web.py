@@ -1,0 +1,148 @@
+"""HTTP: /api/cache/monitor (JSON), /dashboard (HTML), /metrics (Prometheus).
+
+Each worker serves the namespaces whose stats partitions it owns; with several
+workers, scrape each one (Prometheus does this naturally) or read the metrics
+topic, which carries every namespace.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.web import Request, Response, View
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from agents.app import app, settings, worker_name
+from agents.runtime import runtime
+from agents.stats import namespace_stats
+
+__all__ = ["DashboardView", "MonitorView", "monitor_document"]
+
+
+def monitor_document() -> dict[str, Any]:
+    """What /api/cache/monitor answers."""
+    namespaces = {
+        ns: {"window": view["window"], "total": view["total"]}
+        for ns, view in namespace_stats().items()
+    }
+    return {
+        "worker": worker_name,
+        "uptime_s": round(time.time() - runtime.started_at, 3),
+        "window_s": settings.stats_window_s,
+        "warming_enabled": settings.warming_enabled,
+        "counters": dict(runtime.counters),
+        "namespaces": namespaces,
+    }
+
+
+@app.page("/api/cache/monitor")
+class MonitorView(View):
+    async def get(self, request: Request) -> Response:
+        return self.json(monitor_document())
+
+
+_DASHBOARD = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>cachecast</title>
+<style>
+ body{font:14px system-ui,sans-serif;margin:2em;color:#222}
+ table{border-collapse:collapse;margin-top:1em}
+ td,th{padding:.35em .8em;border-bottom:1px solid #ddd;text-align:right}
+ th:first-child,td:first-child{text-align:left}
+ .muted{color:#777}
+</style></head><body>
+<h1>cachecast</h1>
+<p class="muted" id="meta">loading…</p>
+<table id="t"><thead><tr><th>namespace</th><th>events</th><th>hit ratio</th>
+<th>p50 µs</th><th>p99 µs</th><th>warms written</th><th>warms useful</th>
+<th>warm precision</th><th>prediction precision</th><th>recall</th></tr></thead>
+<tbody></tbody></table>
+<script>
+const pct = v => v === null || v === undefined ? "-" : (100 * v).toFixed(1) + "%";
+const num = v => v === null || v === undefined ? "-" : Math.round(v).toLocaleString();
+async function refresh() {
+  const doc = await (await fetch("/api/cache/monitor")).json();
+  document.getElementById("meta").textContent =
+    `worker ${doc.worker} · up ${Math.round(doc.uptime_s)} s · window ${doc.window_s} s · ` +
+    `warming ${doc.warming_enabled ? "on" : "off"} · ` +
+    `dead letters ${doc.counters.dead_letters || 0}`;
+  const rows = Object.entries(doc.namespaces).map(([ns, v]) => {
+    const t = v.total;
+    return `<tr><td>${ns}</td><td>${num(t.events)}</td><td>${pct(t.hit_ratio)}</td>` +
+      `<td>${num(t.latency_p50_us)}</td><td>${num(t.latency_p99_us)}</td>` +
+      `<td>${num(t.warms_written)}</td><td>${num(t.warms_useful)}</td>` +
+      `<td>${pct(t.warm_precision)}</td><td>${pct(t.prediction_precision)}</td>` +
+      `<td>${pct(t.prediction_recall)}</td></tr>`;
+  });
+  document.querySelector("#t tbody").innerHTML = rows.join("");
+}
+refresh(); setInterval(refresh, 2000);
+</script></body></html>
+"""
+
+
+@app.page("/dashboard")
+class DashboardView(View):
+    async def get(self, request: Request) -> Response:
+        return self.html(_DASHBOARD)
+
+
+class StatsCollector(Collector):
+    """Exposes the stats table (all-time per namespace) at scrape time."""
+
+    _COUNTERS = (
+        ("events", "Access events"),
+        ("hits", "Reads that hit"),
+        ("misses", "Reads that missed"),
+        ("sets", "Writes"),
+        ("deletes", "Deletes"),
+        ("errors", "Operations that failed in Redis"),
+        ("warms_issued", "Warmup commands issued"),
+        ("warms_written", "Warmed values written"),
+        ("warms_useful", "Warmed values read before eviction or expiry"),
+        ("dead_letters", "Records sent to the dead-letter topic"),
+    )
+
+    def collect(self) -> Iterator[Any]:
+        views = namespace_stats()
+        for name, text in self._COUNTERS:
+            family = CounterMetricFamily(f"cachecast_{name}", text, labels=["namespace"])
+            for ns, view in views.items():
+                family.add_metric([ns], float(getattr(view["counters"], name)))
+            yield family
+        ratio = GaugeMetricFamily(
+            "cachecast_hit_ratio", "Hit ratio, all time", labels=["namespace"]
+        )
+        precision = GaugeMetricFamily(
+            "cachecast_warm_precision", "Useful warms / written warms", labels=["namespace"]
+        )
+        latency = GaugeMetricFamily(
+            "cachecast_latency_us",
+            "Operation latency quantiles in the open window",
+            labels=["namespace", "quantile"],
+        )
+        for ns, view in views.items():
+            total, window = view["total"], view["window"]
+            if total["hit_ratio"] is not None:
+                ratio.add_metric([ns], total["hit_ratio"])
+            if total["warm_precision"] is not None:
+                precision.add_metric([ns], total["warm_precision"])
+            for q in ("50", "90", "99"):
+                latency.add_metric([ns, f"0.{q}"], window[f"latency_p{q}_us"])
+        yield ratio
+        yield precision
+        yield latency
+        worker = CounterMetricFamily(
+            "cachecast_worker_events", "Worker counters by kind", labels=["kind"]
+        )
+        for kind, value in runtime.counters.items():
+            worker.add_metric([kind], float(value))
+        yield worker
+
+
+setup_prometheus_sensors(app, pattern="/metrics", name_prefix="cachecast_faust")
+REGISTRY.register(StatsCollector())
