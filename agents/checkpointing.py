@@ -22,7 +22,7 @@ from faust.types import TP, EventT
 from agents.app import app, settings, topics
 from pipeline.checkpoint import SnapshotError, encode_snapshot, load_snapshot, snapshot_key
 
-__all__ = ["Checkpointer", "Stateful"]
+__all__ = ["Checkpointer", "Stateful", "checkpointers"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,10 @@ class Stateful(Protocol):
 
 
 M = TypeVar("M", bound=Stateful)
+
+
+#: Every checkpointer of this process, for the monitor view.
+checkpointers: list[Checkpointer[Any]] = []
 
 
 class Checkpointer(Generic[M]):
@@ -52,6 +56,17 @@ class Checkpointer(Generic[M]):
         self.snapshot_bytes = 0
         self.snapshot_seconds = 0.0
         app.on_partitions_revoked.connect(self._on_revoked)
+        checkpointers.append(self)
+
+    def describe(self) -> dict[str, Any]:
+        """Snapshot sizes and timings, for the monitor view."""
+        return {
+            "partitions": sorted(self.models),
+            "snapshots_written": self.snapshots_written,
+            "last_snapshot_bytes": self.snapshot_bytes,
+            "last_checkpoint_s": round(self.snapshot_seconds, 4),
+            "pending_records": len(self._pending),
+        }
 
     async def model(self, partition: int) -> M:
         """The model of ``partition``, restored from its latest snapshot on first use."""

@@ -68,6 +68,7 @@ async def observe(stream: faust.StreamT[bytes]) -> None:
     """Validate, learn TTLs, count, and re-partition access records."""
     ttl_models.stream = stream
     async for event in stream.noack().events():
+        runtime.record_lag("observe", event.message.timestamp)
         async with ttl_models.lock:
             await _process(event)
             ttl_models.processed(event)

@@ -44,6 +44,7 @@ async def predict(stream: faust.StreamT[bytes]) -> None:
     """Learn from each batch in order; emit the warmup commands it admits."""
     engines.stream = stream
     async for event in stream.noack().events():
+        runtime.record_lag("predict", event.message.timestamp)
         async with engines.lock:
             partition = event.message.partition
             engine = await engines.model(partition)

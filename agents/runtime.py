@@ -17,7 +17,7 @@ from pipeline.client.connection import connect_async
 from pipeline.codec import ValueCodec
 from pipeline.deadletter import dead_letter_headers
 from pipeline.loaders import loaders_from_config
-from pipeline.stats import WindowStats
+from pipeline.stats import LatencyHistogram, WindowStats
 from pipeline.warming import WarmWriter
 
 __all__ = ["Runtime", "runtime"]
@@ -40,6 +40,22 @@ class Runtime:
         self.counters: Counter[str] = Counter()
         #: Per-namespace statistics not yet sent to the stats topic ("-": no namespace).
         self.deltas: defaultdict[str, WindowStats] = defaultdict(WindowStats)
+        #: Per agent: time from a record's production to its processing, in µs.
+        self.consume_lag: defaultdict[str, LatencyHistogram] = defaultdict(LatencyHistogram)
+
+    def record_lag(self, agent: str, message_timestamp: float) -> None:
+        """Note how long a record waited in Kafka and in Faust before ``agent`` got it."""
+        self.consume_lag[agent].add(max(0.0, (time.time() - message_timestamp) * 1e6))
+
+    def lag_summary(self) -> dict[str, dict[str, float]]:
+        return {
+            agent: {
+                "records": h.count,
+                "p50_ms": round(h.quantile(0.5) / 1000, 2),
+                "p99_ms": round(h.quantile(0.99) / 1000, 2),
+            }
+            for agent, h in self.consume_lag.items()
+        }
 
     async def dead_letter(
         self,

@@ -18,6 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agents.app import app, settings, worker_name
+from agents.checkpointing import checkpointers
+from agents.predict import engines
 from agents.runtime import runtime
 from agents.stats import namespace_stats
 
@@ -35,7 +37,12 @@ def monitor_document() -> dict[str, Any]:
         "uptime_s": round(time.time() - runtime.started_at, 3),
         "window_s": settings.stats_window_s,
         "warming_enabled": settings.warming_enabled,
+        "assigned_partitions": len(app.consumer.assignment()) if app.consumer else 0,
+        "rebalancing": bool(app.rebalancing),
         "counters": dict(runtime.counters),
+        "consume_lag": runtime.lag_summary(),
+        "checkpoints": {c.stage: c.describe() for c in checkpointers},
+        "models": {str(p): engine.stats() for p, engine in sorted(engines.models.items())},
         "namespaces": namespaces,
     }
 

@@ -19,6 +19,7 @@ async def write_warmups(stream: faust.StreamT[bytes]) -> None:
     """Carry out each batch of commands; publish one outcome per command, by namespace."""
     async for event in stream.events():
         message = event.message
+        runtime.record_lag("writer", message.timestamp)
         source = f"{message.topic}/{message.partition}/{message.offset}"
         try:
             commands, rejects = decode_warmup_command_dicts(event.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline import devstack, worker
+from pipeline import demo, devstack, replay, worker
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,6 +13,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     devstack.register(sub)
     worker.register(sub)
+    replay.register(sub)
+    demo.register(sub)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()

@@ -202,9 +202,6 @@ class Settings(BaseSettings):
         description="Initial ensemble score a candidate needs to be warmed; the engine then"
         " steers it to keep wasted warms within budget.",
     )
-    model_horizon_s: float = Field(
-        60.0, gt=0, validation_alias=_env("CACHECAST_HORIZON_S", "model_horizon_s")
-    )
     smart_ttl_min: int = Field(
         30, ge=1, validation_alias=_env("CACHECAST_TTL_MIN", "smart_ttl_min")
     )

@@ -3,8 +3,15 @@
 The engine says which keys it expects soon; the decider adds what a production
 warmer needs around that: only reads teach the models (a write after a miss is
 the same request, not a new one), events are fed in time order, a key warmed
-recently is not warmed again, and every command carries the key's smart TTL, a
-deadline after which it is stale, and the time of the access that triggered it.
+recently is not warmed again, and every command carries a TTL, a deadline after
+which it is stale, and the time of the access that triggered it.
+
+The engine runs on a request clock: its ``ts`` is the number of reads this
+partition has seen, exactly as in the offline simulator (where ``ts`` is the
+request index), so every knob tuned offline (horizons, windows, budgets, all in
+requests) means the same online, whatever the traffic rate. The command's TTL is
+the default; the Redis writer replaces it with the key's smart TTL, which the
+observe agent learns in wall-clock seconds from every access of the key.
 
 >>> from pipeline.config import Settings
 >>> from pipeline.models import WarmEngine
@@ -35,18 +42,12 @@ _DEDUP_MEMO: Final = 200_000
 
 
 def engine_config(settings: Settings) -> EngineConfig:
-    """The engine's knobs from the settings (times in seconds: events carry Unix time)."""
-    default_ttl = min(
-        max(settings.redis_default_ttl, settings.smart_ttl_min), settings.smart_ttl_max
-    )
+    """The engine's knobs from the settings (time in requests, see the module doc)."""
     return EngineConfig(
         max_keys=settings.model_max_tracked_keys,
-        horizon=settings.model_horizon_s,
         threshold=settings.model_admission_threshold,
         min_threshold=min(0.5, settings.model_admission_threshold),
-        min_ttl=settings.smart_ttl_min,
-        max_ttl=settings.smart_ttl_max,
-        default_ttl=default_ttl,
+        wall_clock=False,
         seed=settings.seed,
     )
 
@@ -64,7 +65,7 @@ class Decider:
         self.settings = settings
         self.model_version = model_version
         self.clock = clock
-        self._last_ts = 0.0
+        self.requests = 0
         self._warmed_at: OrderedDict[str, float] = OrderedDict()
         self.suppressed = 0
 
@@ -75,17 +76,20 @@ class Decider:
         deadline = now + self.settings.warm_deadline_s
         dedup = self.settings.warm_dedup_s
         warming = self.settings.warming_enabled
+        if self.requests == 0:
+            # Resume the request clock where a restored engine stopped.
+            self.requests = int(engine.stats()["events"])
         observe = engine.observe
+        ttl = self.settings.redis_default_ttl
         for event in sorted(events, key=lambda e: e["ts"]):
             if event["op"] not in _READS:
                 continue
-            ts = max(event["ts"], self._last_ts)  # the engine needs a non-decreasing clock
-            self._last_ts = ts
+            self.requests += 1
             outcome = event["outcome"]
             hit = True if outcome == "hit" else False if outcome == "miss" else None
             candidates = observe(
                 event["namespace"] + ":" + event["key"],
-                ts,
+                float(self.requests),
                 user=event["user"],
                 hit=hit,
                 warmed=event["warmed"],
@@ -107,7 +111,7 @@ class Decider:
                         "key": key,
                         "score": min(1.0, max(0.0, float(candidate.score))),
                         "reason": candidate.reason,
-                        "ttl": engine.smart_ttl(candidate.key),
+                        "ttl": ttl,
                         "deadline": deadline,
                         "issued_at": now,
                         "trigger_ts": event["ts"],

@@ -3,7 +3,9 @@
 For each command, in order of cheapness:
 
 1. past its deadline -> ``skipped-stale`` (a late warm is worth nothing);
-2. the key is already in Redis -> ``skipped-present`` (one pipelined EXISTS per batch);
+2. the key is already in Redis -> ``skipped-present`` (one pipelined EXISTS per
+   batch, which also reads each key's smart TTL as published by the observe
+   agent; it replaces the command's TTL when present);
 3. the namespace's guarded loader refuses (rate, concurrency, open circuit)
    -> ``rate-limited``; the loader fails -> ``load-failed``;
 4. otherwise the value is written with SET NX EX in the codec envelope marked
@@ -26,7 +28,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from pipeline.client.keys import data_key
+from pipeline.client.keys import data_key, smart_ttl_key
 from pipeline.client.warm import write_warmed
 from pipeline.codec import CodecError, ValueCodec
 from pipeline.loaders import GuardedLoader, LoadError, LoadRefused
@@ -84,30 +86,32 @@ class WarmWriter:
                 seen.add(ident)
                 todo.append(i)
         present = await self._present([commands[i] for i in todo])
-        load: list[int] = []
-        for i, is_present in zip(todo, present, strict=True):
+        load: list[tuple[int, int]] = []
+        for i, (is_present, smart_ttl) in zip(todo, present, strict=True):
             if is_present:
                 outcomes[i] = self._outcome(commands[i], "skipped-present", self.clock())
             else:
-                load.append(i)
-        results = await asyncio.gather(*(self._warm_one(commands[i]) for i in load))
-        for i, outcome in zip(load, results, strict=True):
+                load.append((i, smart_ttl or commands[i]["ttl"]))
+        results = await asyncio.gather(*(self._warm_one(commands[i], ttl) for i, ttl in load))
+        for (i, _), outcome in zip(load, results, strict=True):
             outcomes[i] = outcome
         return [o for o in outcomes if o is not None]
 
-    async def _present(self, commands: Sequence[Mapping[str, Any]]) -> list[bool]:
+    async def _present(self, commands: Sequence[Mapping[str, Any]]) -> list[tuple[bool, int]]:
+        """(already cached?, published smart TTL or 0) per command."""
         if not commands:
             return []
-        keys = [data_key(self.prefix, c["namespace"], c["key"]) for c in commands]
-        if isinstance(self.redis, RedisCluster):
-            found = await asyncio.gather(*(self.redis.exists(k) for k in keys))
-            return [bool(n) for n in found]
+        prefix = self.prefix
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.exists(key)
-            return [bool(n) for n in await pipe.execute()]
+            for c in commands:
+                pipe.exists(data_key(prefix, c["namespace"], c["key"]))
+                pipe.get(smart_ttl_key(prefix, c["namespace"], c["key"]))
+            replies = await pipe.execute()
+        return [
+            (bool(replies[j]), _as_ttl(replies[j + 1])) for j in range(0, len(replies), 2)
+        ]
 
-    async def _warm_one(self, command: Mapping[str, Any]) -> dict[str, Any]:
+    async def _warm_one(self, command: Mapping[str, Any], ttl: int) -> dict[str, Any]:
         namespace, key = command["namespace"], command["key"]
         loader = self.loaders.get(namespace)
         if loader is None:
@@ -132,7 +136,7 @@ class WarmWriter:
             return self._outcome(command, "load-failed", loaded, error=str(exc), load_us=load_us)
         try:
             written = await write_warmed(
-                self.redis, self.prefix, namespace, key, encoded.data, command["ttl"]
+                self.redis, self.prefix, namespace, key, encoded.data, ttl
             )
         except Exception as exc:  # Redis down: the warm failed, the worker goes on
             log.warning("warm write of %s:%s failed: %s", namespace, key, exc)
@@ -143,7 +147,7 @@ class WarmWriter:
         if not written:
             return self._outcome(command, "skipped-present", done, load_us=load_us)
         return self._outcome(
-            command, "written", done, load_us=load_us, size_bytes=len(encoded.data)
+            command, "written", done, load_us=load_us, size_bytes=len(encoded.data), ttl=ttl
         )
 
     @staticmethod
@@ -155,6 +159,7 @@ class WarmWriter:
         error: str | None = None,
         load_us: float = 0.0,
         size_bytes: int = 0,
+        ttl: int | None = None,
     ) -> dict[str, Any]:
         since = command.get("trigger_ts") or command.get("issued_at") or now
         return {
@@ -166,8 +171,17 @@ class WarmWriter:
             "latency_us": min(max(0.0, (now - since) * 1e6), 3.6e9),
             "load_us": min(load_us, 3.6e9),
             "size_bytes": size_bytes,
-            "ttl": command["ttl"] if status == "written" else None,
+            "ttl": ttl,
             "error": error[:256] if error else None,
             "model_version": command.get("model_version", ""),
             "version": 1,
         }
+
+
+def _as_ttl(raw: Any) -> int:
+    """A published smart TTL (bytes of an integer), or 0 when absent or unreadable."""
+    try:
+        value = int(raw) if raw is not None else 0
+    except (TypeError, ValueError):
+        return 0
+    return value if 0 < value <= 10 * 365 * 24 * 3600 else 0

@@ -1,0 +1,197 @@
+"""``cachecast demo``: the whole pipeline on the bundled trace, warming off and then on.
+
+For each of the two runs: a fresh devstack (real Kafka and Redis), a worker
+process (``cachecast worker``), and a replay of the bundled cache2k trace slice
+through the real client at a fixed request rate into a Redis sized to hold a
+fraction of the keys. The first run learns but does not warm; the second warms.
+The table at the end compares what the application saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pipeline.config import load_settings
+from pipeline.devstack import DevStack, free_port
+from pipeline.replay import BUNDLED_TRACE, ReplayResult, load_trace, replay
+
+__all__ = ["register", "run_demo"]
+
+NAMESPACE = "orders"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run the whole pipeline on the bundled trace, warming off then on",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--requests", type=int, default=100_000, help="trace requests to replay")
+    parser.add_argument("--rate", type=float, default=2_000.0, help="requests per second")
+    parser.add_argument("--cache-fraction", type=float, default=0.05)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--json", default=None, help="also write both results as JSON here")
+    parser.set_defaults(func=run_demo)
+
+
+@contextlib.contextmanager
+def _worker(env: dict[str, str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "worker", "--web-port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_ready(proc, port, log)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 90) -> None:
+    """Until the worker answers and holds partitions of every topic it consumes."""
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{port}/api/cache/monitor"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                doc = orjson.loads(response.read())
+            if doc.get("assigned_partitions", 0) > 0 and not doc.get("rebalancing", True):
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"worker not ready after {timeout:.0f}s; see {log}")
+
+
+def _run_once(
+    args: argparse.Namespace, warming: bool, workdir: Path, console: Console
+) -> ReplayResult:
+    trace = load_trace(BUNDLED_TRACE, max_requests=args.requests)
+    n_values = max(1, int(trace.n_unique * args.cache_fraction))
+    label = "warming on " if warming else "warming off"
+    with DevStack(kafka=True, redis=True, kafka_partitions=args.partitions) as stack:
+        port = free_port()
+        env = {
+            **os.environ,
+            **stack.env(),
+            "CACHECAST_TOPIC_PARTITIONS": str(args.partitions),
+            "CACHECAST_SESSION_TIMEOUT_S": "2",
+            "CACHECAST_HEARTBEAT_S": "0.5",
+            "CACHECAST_WARMING": "true" if warming else "false",
+            "CACHECAST_LOADERS": orjson.dumps(
+                {NAMESPACE: {"callable": "pipeline.replay:demo_origin", "rate": 5000}}
+            ).decode(),
+        }
+        servers = stack.env()
+        settings = load_settings(
+            kafka_bootstrap_servers=servers["KAFKA_BOOTSTRAP_SERVERS"],
+            redis_host=servers["REDIS_HOST"],
+            redis_port=int(servers["REDIS_PORT"]),
+            topic_partitions=args.partitions,
+        )
+        log = workdir / f"worker-{'on' if warming else 'off'}.log"
+        with (
+            _worker(env, port, log),
+            Progress(
+                TextColumn(f"[bold]{label}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("requests"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
+            ) as bar,
+        ):
+            task = bar.add_task(label, total=len(trace))
+            result = asyncio.run(
+                replay(
+                    trace,
+                    settings,
+                    namespace=NAMESPACE,
+                    rate=args.rate,
+                    cache_values=n_values,
+                    progress=lambda done, total: bar.update(task, completed=done),
+                )
+            )
+    return result
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    console = Console()
+    workdir = Path(os.environ.get("CACHECAST_DEMO_DIR", ".")).resolve() / "out" / "demo"
+    workdir.mkdir(parents=True, exist_ok=True)
+    console.print(
+        f"[bold]cachecast demo[/]: {args.requests:,} requests of the cache2k orm trace at "
+        f"{args.rate:,.0f}/s, Redis holding {100 * args.cache_fraction:.0f}% of the keys, "
+        f"real Kafka + Redis started here. Worker logs in {workdir}."
+    )
+    off = _run_once(args, False, workdir, console)
+    on = _run_once(args, True, workdir, console)
+    table = Table(title="what the application saw")
+    table.add_column("")
+    table.add_column("warming off", justify="right")
+    table.add_column("warming on", justify="right")
+    rows: list[tuple[str, str, str]] = [
+        ("requests", f"{off.requests:,}", f"{on.requests:,}"),
+        ("hit ratio", _pct(off.hit_ratio), _pct(on.hit_ratio)),
+        ("misses", f"{off.misses:,}", f"{on.misses:,}"),
+        ("warms written", f"{off.warms_written:,}", f"{on.warms_written:,}"),
+        (
+            "origin fetches / request",
+            f"{off.fetches_per_request:.4f}",
+            f"{on.fetches_per_request:.4f}",
+        ),
+        ("warm precision", _pct(off.warm_precision), _pct(on.warm_precision)),
+        ("warm latency p50", _ms(off.warm_latency_p50_ms), _ms(on.warm_latency_p50_ms)),
+        ("warm latency p99", _ms(off.warm_latency_p99_ms), _ms(on.warm_latency_p99_ms)),
+        ("access events dropped", f"{off.events_dropped:,}", f"{on.events_dropped:,}"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    gained = on.hit_ratio - off.hit_ratio
+    console.print(
+        f"Warming changed the hit ratio by {100 * gained:+.1f} points "
+        f"({100 * (1 - on.misses / off.misses) if off.misses else 0:.1f}% fewer misses)."
+    )
+    if args.json:
+        doc: dict[str, Any] = {"off": off.as_dict(), "on": on.as_dict()}
+        Path(args.json).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    return 0
