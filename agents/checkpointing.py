@@ -86,8 +86,12 @@ class Checkpointer(Generic[M]):
                 )
                 state = None
             if state is not None:
-                model.load_state_dict(state)
-                log.info("%s: restored partition %d from its snapshot", self.stage, partition)
+                try:
+                    model.load_state_dict(state)
+                    log.info("%s: restored partition %d from its snapshot", self.stage, partition)
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    log.error("%s: snapshot of partition %d does not fit this configuration"
+                              " (%s); starting fresh", self.stage, partition, exc)
             self.models[partition] = model
         return model
 
