@@ -1,5 +1,9 @@
 """The observe agent: access records in (key-partitioned), three things out.
 
+Smart TTLs are published only for keys with at least one inter-arrival and a TTL
+that differs from the default by more than 10%: each record costs Redis memory
+that would otherwise hold cached values.
+
 For each record on the access topic:
 
 1. decode and validate; bad records and bad events go to the dead-letter topic;
@@ -145,10 +149,14 @@ async def _publish_ttls() -> None:
         model = ttl_models.models.get(partition)
         if model is None:
             continue
+        default = model.default_ttl
         for full in keys:
-            ttl = model.predict_one(full)
-            before = _published_ttl.get(full)
-            if before is None or abs(ttl - before) > _TTL_CHANGE * before:
+            rhythm = model.recency.rhythm(full)
+            if rhythm is None:
+                continue  # no inter-arrival yet: the client's default TTL is the answer
+            ttl = model.ttl_from(full, rhythm)
+            before = _published_ttl.get(full, default)
+            if abs(ttl - before) > _TTL_CHANGE * before:
                 writes.append((full, ttl))
                 _published_ttl[full] = ttl
                 _published_ttl.move_to_end(full)

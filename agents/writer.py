@@ -13,8 +13,12 @@ from schemas.decode import InvalidEvent, decode_warmup_command_dicts
 
 __all__ = ["write_warmups"]
 
+#: Batches carried out at once: a slow origin for one batch must not hold up the next
+#: (every write is idempotent, so order across batches does not matter).
+WRITER_CONCURRENCY = 4
 
-@app.agent(topics.warmup, name="cachecast.writer")
+
+@app.agent(topics.warmup, name="cachecast.writer", concurrency=WRITER_CONCURRENCY)
 async def write_warmups(stream: faust.StreamT[bytes]) -> None:
     """Carry out each batch of commands; publish one outcome per command, by namespace."""
     async for event in stream.events():

@@ -44,6 +44,7 @@ __all__ = [
     "register",
     "replay",
     "size_cache",
+    "synthetic_value",
 ]
 
 BUNDLED_TRACE: Final = Path(__file__).parent / "data" / "cache2k_orm_busy_200k.csv.zst"
@@ -51,8 +52,17 @@ _BUNDLED_MAPPING: Final = "key=1,ts=0,op=none,header=1"
 _FILLER: Final = "cachecast demo value " * 64
 
 
-def demo_origin(namespace: str, key: str) -> dict[str, Any]:
-    """The synthetic origin: a deterministic record of about CACHECAST_DEMO_VALUE_BYTES bytes."""
+async def demo_origin(namespace: str, key: str) -> dict[str, Any]:
+    """The synthetic origin: a deterministic record of about CACHECAST_DEMO_VALUE_BYTES bytes.
+
+    Asynchronous, so the worker's loader calls it on its event loop (a sync callable
+    would run in a thread, as a blocking database call must).
+    """
+    return synthetic_value(namespace, key)
+
+
+def synthetic_value(namespace: str, key: str) -> dict[str, Any]:
+    """The value :func:`demo_origin` serves for ``namespace:key``."""
     size = int(os.environ.get("CACHECAST_DEMO_VALUE_BYTES", "1000"))
     body = (_FILLER * (size // len(_FILLER) + 1))[: max(0, size - 60)]
     return {"namespace": namespace, "key": key, "body": body}
@@ -94,7 +104,7 @@ async def size_cache(cache: IntelligentCache, n_values: int) -> int:
         threshold=cache.settings.redis_compression_threshold,
         enable_compression=cache.settings.redis_enable_compression,
     )
-    encoded = codec.encode(demo_origin("probe", "x" * 8)).data
+    encoded = codec.encode(synthetic_value("probe", "x" * 8)).data
     async with redis.pipeline(transaction=False) as pipe:
         for i in range(probe):
             pipe.set(f"{cache.settings.redis_key_prefix}probe:{i:08d}", encoded)
@@ -220,7 +230,7 @@ async def replay(
         keys = [str(k) for k in trace.keys.tolist()]
 
         def origin_for(key: str) -> Callable[[], Any]:
-            return lambda: demo_origin(namespace, key)
+            return lambda: synthetic_value(namespace, key)
 
         started = time.perf_counter()
         get = cache.get
