@@ -7,7 +7,6 @@ topic              key / partitioning         value
 =================  =========================  =========================================
 access             murmur2(ns:key)            AccessEvent object or array (producers)
 access-by-session  session/user/client        AccessEvent arrays, re-batched
-candidates         murmur2(ns:key)            co-access candidates, re-batched
 warmup             murmur2(ns:key)            WarmupCommand arrays
 outcomes           namespace                  WarmupOutcome arrays
 stats-deltas       namespace                  WindowStats deltas
@@ -83,7 +82,6 @@ class Topics:
 
         self.access = raw(settings.topic_access)
         self.sequence = raw(settings.topic_sequence)
-        self.candidates = raw(settings.topic_candidates)
         self.warmup = raw(settings.topic_warmup)
         self.outcomes = raw(settings.topic_outcomes)
         self.stats = raw(settings.topic_stats)
@@ -99,7 +97,6 @@ class Topics:
         return [
             self.access,
             self.sequence,
-            self.candidates,
             self.warmup,
             self.outcomes,
             self.stats,

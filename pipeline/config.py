@@ -35,6 +35,18 @@ _MEMORY_UNITS = {
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
+_TOPIC_ROLES = {
+    "topic_access": "access",
+    "topic_warmup": "warmup",
+    "topic_outcomes": "outcomes",
+    "topic_metrics": "metrics",
+    "topic_dead_letter": "dead-letter",
+    "topic_state": "model-state",
+    "topic_stats": "stats-deltas",
+    "topic_sequence": "access-by-session",
+}
+
+
 class ConfigError(ValueError):
     """A setting has an invalid value; the message names the environment variable."""
 
@@ -129,25 +141,31 @@ class Settings(BaseSettings):
     )
 
     # --- Kafka ------------------------------------------------------------------
+    topic_namespace: str = Field(
+        "cachecast",
+        pattern=r"^[A-Za-z0-9._-]{1,200}$",
+        validation_alias=_env("CACHECAST_TOPIC_NAMESPACE", "topic_namespace"),
+        description="Topics not named explicitly are called '<namespace>.<role>'.",
+    )
     kafka_bootstrap_servers: str = Field(
         "127.0.0.1:9092",
         validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
     )
     topic_access: str = Field(
-        "cachecast.access", validation_alias=_env("CACHECAST_TOPIC_ACCESS", "topic_access")
+        "", validation_alias=_env("CACHECAST_TOPIC_ACCESS", "topic_access")
     )
     topic_warmup: str = Field(
-        "cachecast.warmup", validation_alias=_env("CACHECAST_TOPIC_WARMUP", "topic_warmup")
+        "", validation_alias=_env("CACHECAST_TOPIC_WARMUP", "topic_warmup")
     )
     topic_outcomes: str = Field(
-        "cachecast.outcomes",
+        "",
         validation_alias=_env("CACHECAST_TOPIC_OUTCOMES", "topic_outcomes"),
     )
     topic_metrics: str = Field(
-        "cachecast.metrics", validation_alias=_env("CACHECAST_TOPIC_METRICS", "topic_metrics")
+        "", validation_alias=_env("CACHECAST_TOPIC_METRICS", "topic_metrics")
     )
     topic_dead_letter: str = Field(
-        "cachecast.dead-letter",
+        "",
         validation_alias=_env("CACHECAST_TOPIC_DEAD_LETTER", "topic_dead_letter"),
     )
     topic_partitions: int = Field(
@@ -230,24 +248,19 @@ class Settings(BaseSettings):
         validation_alias=_env("CACHECAST_APP_ID", "app_id"),
     )
     topic_state: str = Field(
-        "cachecast.model-state",
+        "",
         validation_alias=_env("CACHECAST_TOPIC_STATE", "topic_state"),
         description="Compacted topic of model-state snapshots, one key per access partition.",
     )
     topic_stats: str = Field(
-        "cachecast.stats-deltas",
+        "",
         validation_alias=_env("CACHECAST_TOPIC_STATS", "topic_stats"),
         description="Per-batch statistics, re-partitioned by namespace for the stats table.",
     )
     topic_sequence: str = Field(
-        "cachecast.access-by-session",
+        "",
         validation_alias=_env("CACHECAST_TOPIC_SEQUENCE", "topic_sequence"),
         description="Access events re-partitioned by session (or user, or client).",
-    )
-    topic_candidates: str = Field(
-        "cachecast.candidates",
-        validation_alias=_env("CACHECAST_TOPIC_CANDIDATES", "topic_candidates"),
-        description="Co-access candidates, re-partitioned by candidate key.",
     )
     worker_session_timeout_s: float = Field(
         10.0,
@@ -318,10 +331,11 @@ class Settings(BaseSettings):
         "topic_state",
         "topic_stats",
         "topic_sequence",
-        "topic_candidates",
     )
     @classmethod
     def _check_topic(cls, value: str) -> str:
+        if value == "":
+            return value  # filled in from topic_namespace
         if not _TOPIC_RE.match(value) or value in {".", ".."}:
             raise ValueError(f"{value!r} is not a Kafka topic name ([A-Za-z0-9._-], 1-249 chars)")
         return value
@@ -340,6 +354,13 @@ class Settings(BaseSettings):
         elif text and not Path(text[1:]).is_file():
             raise ValueError(f"loader file {text[1:]!r} does not exist")
         return value
+
+    @model_validator(mode="after")
+    def _name_topics(self) -> Settings:
+        for field, role in _TOPIC_ROLES.items():
+            if not getattr(self, field):
+                setattr(self, field, f"{self.topic_namespace}.{role}")
+        return self
 
     @model_validator(mode="after")
     def _check_relations(self) -> Settings:

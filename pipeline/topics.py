@@ -26,7 +26,6 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     names = [
         settings.topic_access,
         settings.topic_sequence,
-        settings.topic_candidates,
         settings.topic_warmup,
         settings.topic_outcomes,
         settings.topic_stats,
