@@ -90,8 +90,13 @@ class Checkpointer(Generic[M]):
                     model.load_state_dict(state)
                     log.info("%s: restored partition %d from its snapshot", self.stage, partition)
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                    log.error("%s: snapshot of partition %d does not fit this configuration"
-                              " (%s); starting fresh", self.stage, partition, exc)
+                    log.error(
+                        "%s: snapshot of partition %d does not fit this configuration"
+                        " (%s); starting fresh",
+                        self.stage,
+                        partition,
+                        exc,
+                    )
             self.models[partition] = model
         return model
 

@@ -6,6 +6,7 @@ importing the agents never touches the network.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -42,19 +43,34 @@ class Runtime:
         self.deltas: defaultdict[str, WindowStats] = defaultdict(WindowStats)
         #: Per agent: time from a record's production to its processing, in µs.
         self.consume_lag: defaultdict[str, LatencyHistogram] = defaultdict(LatencyHistogram)
+        #: Event-loop stalls (how late a 50 ms timer fires) and garbage-collection pauses, in µs.
+        self.loop_stall = LatencyHistogram()
+        self.gc_pause = LatencyHistogram()
+        self._gc_started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started:
+            self.gc_pause.add((time.perf_counter() - self._gc_started) * 1e6)
 
     def record_lag(self, agent: str, message_timestamp: float) -> None:
         """Note how long a record waited in Kafka and in Faust before ``agent`` got it."""
         self.consume_lag[agent].add(max(0.0, (time.time() - message_timestamp) * 1e6))
 
     def lag_summary(self) -> dict[str, dict[str, float]]:
+        histograms = {**self.consume_lag, "loop_stall": self.loop_stall, "gc_pause": self.gc_pause}
         return {
-            agent: {
-                "records": h.count,
+            name: {
+                "count": h.count,
                 "p50_ms": round(h.quantile(0.5) / 1000, 2),
                 "p99_ms": round(h.quantile(0.99) / 1000, 2),
+                "max_ms": round(h.quantile(1.0) / 1000, 2),
             }
-            for agent, h in self.consume_lag.items()
+            for name, h in histograms.items()
         }
 
     async def dead_letter(

@@ -7,6 +7,7 @@ topic, which carries every namespace.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -45,6 +46,15 @@ def monitor_document() -> dict[str, Any]:
         "models": {str(p): engine.stats() for p, engine in sorted(engines.models.items())},
         "namespaces": namespaces,
     }
+
+
+@app.task
+async def watch_event_loop() -> None:
+    """Measure how late the event loop runs a 50 ms sleep: every stall delays every agent."""
+    while True:
+        started = time.perf_counter()
+        await asyncio.sleep(0.05)
+        runtime.loop_stall.add(max(0.0, time.perf_counter() - started - 0.05) * 1e6)
 
 
 @app.page("/api/cache/monitor")

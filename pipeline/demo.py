@@ -11,14 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +20,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pipeline.config import load_settings
+from pipeline.config import Settings, load_settings
 from pipeline.devstack import DevStack, free_port
 from pipeline.replay import BUNDLED_TRACE, ReplayResult, load_trace, replay
+from pipeline.sim.traces import Trace
+from pipeline.worker import WorkerProcess
 
 __all__ = ["register", "run_demo"]
 
@@ -49,47 +44,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--json", default=None, help="also write both results as JSON here")
     parser.set_defaults(func=run_demo)
-
-
-@contextlib.contextmanager
-def _worker(env: dict[str, str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "worker", "--web-port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_ready(proc, port, log)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 90) -> None:
-    """Until the worker answers and holds partitions of every topic it consumes."""
-    deadline = time.monotonic() + timeout
-    url = f"http://127.0.0.1:{port}/api/cache/monitor"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode}; see {log}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                doc = orjson.loads(response.read())
-            if doc.get("assigned_partitions", 0) > 0 and not doc.get("rebalancing", True):
-                return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"worker not ready after {timeout:.0f}s; see {log}")
 
 
 def _run_once(
@@ -119,30 +73,41 @@ def _run_once(
             topic_partitions=args.partitions,
         )
         log = workdir / f"worker-{'on' if warming else 'off'}.log"
-        with (
-            _worker(env, port, log),
-            Progress(
-                TextColumn(f"[bold]{label}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("requests"),
-                TimeRemainingColumn(),
-                console=console,
-                transient=False,
-            ) as bar,
-        ):
-            task = bar.add_task(label, total=len(trace))
-            result = asyncio.run(
-                replay(
-                    trace,
-                    settings,
-                    namespace=NAMESPACE,
-                    rate=args.rate,
-                    cache_values=n_values,
-                    progress=lambda done, total: bar.update(task, completed=done),
-                )
+        log.unlink(missing_ok=True)
+        worker = WorkerProcess(env, log, web_port=port).start()
+        try:
+            return _replay_with_progress(args, trace, settings, n_values, label, console)
+        finally:
+            worker.stop()
+
+
+def _replay_with_progress(
+    args: argparse.Namespace,
+    trace: Trace,
+    settings: Settings,
+    n_values: int,
+    label: str,
+    console: Console,
+) -> ReplayResult:
+    columns = (
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("requests"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(label, total=len(trace))
+        return asyncio.run(
+            replay(
+                trace,
+                settings,
+                namespace=NAMESPACE,
+                rate=args.rate,
+                cache_values=n_values,
+                progress=lambda done, total: bar.update(task, completed=done),
             )
-    return result
+        )
 
 
 def _pct(value: float | None) -> str:
