@@ -1,0 +1,66 @@
+"""Workers of the real pipeline, each test on its own topics and consumer group."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pipeline.config import Settings, load_settings
+from pipeline.devstack import DevStack, free_port
+from pipeline.worker import WorkerProcess
+
+NAMESPACE = "orders"
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def pipeline_env(devstack: DevStack, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment of one test's pipeline: own app id and topics, fast timings.
+
+    Also applied to this process (monkeypatch), so ``load_settings()`` here sees it.
+    """
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        **devstack.env(),
+        "CACHECAST_APP_ID": f"it-{tag}",
+        "CACHECAST_TOPIC_NAMESPACE": f"it-{tag}",
+        "CACHECAST_TOPIC_PARTITIONS": "4",
+        "CACHECAST_SESSION_TIMEOUT_S": "2",
+        "CACHECAST_HEARTBEAT_S": "0.5",
+        "CACHECAST_CHECKPOINT_S": "2",
+        "CACHECAST_STATS_WINDOW_S": "2",
+        "CACHECAST_LOADERS": orjson.dumps(
+            {NAMESPACE: {"callable": "pipeline.replay:demo_origin", "rate": 5000}}
+        ).decode(),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def settings(pipeline_env: dict[str, str]) -> Settings:
+    return load_settings()
+
+
+@pytest.fixture
+def start_worker(pipeline_env: dict[str, str], tmp_path: Path) -> Iterator[StartWorker]:
+    """Start ``cachecast worker`` processes; all are stopped when the test ends."""
+    started: list[WorkerProcess] = []
+
+    def start(**overrides: str) -> WorkerProcess:
+        env = {**os.environ, **pipeline_env, **overrides}
+        log = tmp_path / f"worker-{len(started)}.log"
+        worker = WorkerProcess(env, log, web_port=free_port())
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()
