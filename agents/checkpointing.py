@@ -55,6 +55,7 @@ class Checkpointer(Generic[M]):
         self.snapshots_written = 0
         self.snapshot_bytes = 0
         self.snapshot_seconds = 0.0
+        self.restored = 0
         app.on_partitions_revoked.connect(self._on_revoked)
         checkpointers.append(self)
 
@@ -66,6 +67,7 @@ class Checkpointer(Generic[M]):
             "last_snapshot_bytes": self.snapshot_bytes,
             "last_checkpoint_s": round(self.snapshot_seconds, 4),
             "pending_records": len(self._pending),
+            "partitions_restored": self.restored,
         }
 
     async def model(self, partition: int) -> M:
@@ -88,6 +90,7 @@ class Checkpointer(Generic[M]):
             if state is not None:
                 try:
                     model.load_state_dict(state)
+                    self.restored += 1
                     log.info("%s: restored partition %d from its snapshot", self.stage, partition)
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
                     log.error(
