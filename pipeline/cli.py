@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from pipeline import demo, devstack, replay, worker
+from pipeline.sim import cli as simulate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.register(sub)
     replay.register(sub)
     demo.register(sub)
+    simulate.register(sub)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()

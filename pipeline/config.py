@@ -197,7 +197,7 @@ class Settings(BaseSettings):
         description="Events per Kafka record (a JSON array).",
     )
     emitter_linger_ms: float = Field(
-        20.0,
+        5.0,
         ge=0,
         le=10_000,
         validation_alias=_env("CACHECAST_EMITTER_LINGER_MS", "emitter_linger_ms"),
@@ -219,6 +219,15 @@ class Settings(BaseSettings):
         validation_alias=_env("CACHECAST_ADMISSION_THRESHOLD", "model_admission_threshold"),
         description="Initial ensemble score a candidate needs to be warmed; the engine then"
         " steers it to keep wasted warms within budget.",
+    )
+    model_lookahead: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        validation_alias=_env("CACHECAST_LOOKAHEAD", "model_lookahead"),
+        description="How many requests ahead the sequence model predicts. Set it to about"
+        " 2 + the pipeline's warm latency times the request rate of one sequence"
+        " (e.g. 2 + 0.05 s x 600/s = 32): a warm must land before its request.",
     )
     smart_ttl_min: int = Field(
         30, ge=1, validation_alias=_env("CACHECAST_TTL_MIN", "smart_ttl_min")

@@ -1,0 +1,201 @@
+"""Pipeline throughput and warm latency, on the devstack (real Kafka + Redis).
+
+    .venv/bin/python benchmarks/pipeline_throughput.py [--events 300000] [--rate 2000]
+
+1. Baseline: a bare aiokafka consumer reads the pre-produced access records and
+   decodes every event (schemas.decode_access_dicts): the cost of just getting
+   the events into Python.
+2. Pipeline: one ``cachecast worker`` (all agents, models on, warming on)
+   consumes the same records from the start; events/s is measured from the
+   worker's own counters (observe saw them all and the engine learnt from them).
+3. Their ratio.
+4. Warm latency at a steady rate: the real client replays the bundled trace at
+   ``--rate`` requests/s and the writer's outcomes give the time from the access
+   event that triggered a prediction to the key being written in Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from pipeline.config import Settings, load_settings
+from pipeline.devstack import DevStack, free_port
+from pipeline.partitioning import PartitionCache
+from pipeline.replay import BUNDLED_TRACE, load_trace, replay
+from pipeline.worker import WorkerProcess
+from schemas.decode import decode_access_dicts
+
+BATCH = 500
+
+
+def _env(stack: DevStack, tag: str, partitions: int) -> dict[str, str]:
+    return {
+        **stack.env(),
+        "CACHECAST_APP_ID": f"bench-{tag}",
+        "CACHECAST_TOPIC_NAMESPACE": f"bench-{tag}",
+        "CACHECAST_TOPIC_PARTITIONS": str(partitions),
+        "CACHECAST_SESSION_TIMEOUT_S": "2",
+        "CACHECAST_HEARTBEAT_S": "0.5",
+        "CACHECAST_CHECKPOINT_S": "30",
+        "CACHECAST_LOADERS": orjson.dumps(
+            {"bench": {"callable": "pipeline.replay:demo_origin", "rate": 20000}}
+        ).decode(),
+    }
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    os.environ.update(env)
+    return load_settings()
+
+
+async def produce(settings: Settings, n_events: int) -> None:
+    """Access records as the client's emitter writes them: batches per key partition."""
+    keys = [str(k) for k in load_trace(BUNDLED_TRACE).keys.tolist()]
+    partition_of = PartitionCache(settings.topic_partitions)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_brokers(),
+        compression_type="lz4",
+        max_batch_size=1024 * 1024,
+        max_request_size=2 * 1024 * 1024,
+        linger_ms=5,
+    )
+    await producer.start()
+    try:
+        groups: dict[int, list[dict[str, object]]] = {}
+        now = time.time()
+        for i in range(n_events):
+            key = keys[i % len(keys)]
+            event = {
+                "ts": now + i * 1e-4,
+                "namespace": "bench",
+                "key": key,
+                "op": "get",
+                "outcome": "miss",
+                "latency_us": 90,
+                "client": "bench",
+            }
+            group = groups.setdefault(partition_of(f"bench:{key}"), [])
+            group.append(event)
+            if len(group) == BATCH:
+                await producer.send(
+                    settings.topic_access,
+                    orjson.dumps(group),
+                    partition=partition_of(f"bench:{key}"),
+                )
+                group.clear()
+        for partition, group in groups.items():
+            if group:
+                await producer.send(settings.topic_access, orjson.dumps(group), partition=partition)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def baseline(settings: Settings, n_events: int) -> float:
+    """events/s of a bare consumer that decodes every event."""
+    consumer = AIOKafkaConsumer(
+        settings.topic_access,
+        bootstrap_servers=settings.kafka_brokers(),
+        group_id=None,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    seen = 0
+    started = time.perf_counter()
+    try:
+        while seen < n_events:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=1000)
+            for records in batch.values():
+                for record in records:
+                    events, _ = decode_access_dicts(record.value or b"")
+                    seen += len(events)
+    finally:
+        await consumer.stop()
+    return seen / (time.perf_counter() - started)
+
+
+def pipeline_rate(worker: WorkerProcess, n_events: int, timeout: float = 900) -> float:
+    """events/s of one worker, from its first counted event to all events learnt."""
+    started = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        doc = worker.monitor()
+        seen = int(doc["counters"].get("events", 0))
+        learnt = sum(int(m["events"]) for m in doc["models"].values())
+        if started is None and seen > 0:
+            started, first = time.perf_counter(), seen
+        if seen >= n_events and learnt >= n_events:
+            assert started is not None
+            return (n_events - first) / (time.perf_counter() - started)
+        time.sleep(0.2)
+    raise TimeoutError("the worker did not get through the events in time")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--rate", type=float, default=2_000.0)
+    parser.add_argument("--latency-requests", type=int, default=40_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="cachecast-bench-"))
+    with DevStack(kafka=True, redis=True, kafka_partitions=args.partitions) as stack:
+        env = _env(stack, uuid.uuid4().hex[:6], args.partitions)
+        settings = _settings(env)
+        from pipeline.topics import ensure_topics
+
+        asyncio.run(ensure_topics(settings))
+        asyncio.run(produce(settings, args.events))
+        base = asyncio.run(baseline(settings, args.events))
+        worker = WorkerProcess(
+            {**os.environ, **env}, workdir / "throughput.log", web_port=free_port()
+        )
+        worker.start()
+        try:
+            rate = pipeline_rate(worker, args.events)
+        finally:
+            worker.stop()
+
+        env = _env(stack, uuid.uuid4().hex[:6], args.partitions)
+        settings = _settings(env)
+        worker = WorkerProcess({**os.environ, **env}, workdir / "latency.log", web_port=free_port())
+        worker.start()
+        try:
+            trace = load_trace(BUNDLED_TRACE, max_requests=args.latency_requests)
+            result = asyncio.run(
+                replay(
+                    trace,
+                    settings,
+                    namespace="bench",
+                    rate=args.rate,
+                    cache_values=int(trace.n_unique * 0.05),
+                )
+            )
+        finally:
+            worker.stop()
+
+    print(f"events produced:                 {args.events:,} in batches of {BATCH}")
+    print(f"bare consumer + decode:          {base:,.0f} events/s")
+    print(f"pipeline, one worker:            {rate:,.0f} events/s  (target >= 50,000)")
+    print(f"ratio pipeline / bare consumer:  {rate / base:.3f}")
+    achieved = result.requests / result.seconds
+    print(
+        f"warm latency at {achieved:,.0f} events/s:   "
+        f"p50 {result.warm_latency_p50_ms or float('nan'):.1f} ms, "
+        f"p99 {result.warm_latency_p99_ms or float('nan'):.1f} ms  (target p99 <= 50 ms); "
+        f"{result.warms_written:,} warms written"
+    )
+
+
+if __name__ == "__main__":
+    main()
