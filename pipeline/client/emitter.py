@@ -156,7 +156,7 @@ class AccessEmitter:
                 ttl,
                 user,
                 session,
-                list(tags) if tags else [],
+                tuple(tags) if tags else (),
                 warmed,
                 self._client,
             )

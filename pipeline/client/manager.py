@@ -1,0 +1,504 @@
+"""RedisCacheManager: the asyncio cache client, instrumented with access events.
+
+It does what the original cache manager did (namespaced keys, TTLs, tags,
+compression, pattern and tag invalidation, counters, health and stats, memory
+configuration) on redis-py's asyncio client or ``RedisCluster``, and every
+operation hands an :class:`~schemas.AccessEvent` to a non-blocking emitter:
+the cache path never waits for Kafka.
+
+Failures: a Redis error (after the connection's retries) raises
+:class:`~pipeline.client.errors.CacheUnavailableError` (cannot reach Redis) or
+:class:`~pipeline.client.errors.CacheCommandError` (Redis said no), counted in
+``get_stats()`` and emitted as ``outcome="error"`` events. After an outage-type
+failure a short circuit breaker makes further calls fail at once instead of
+each waiting out its retries; the first call after the cool-down tries Redis
+again. Bad arguments raise :class:`~pipeline.client.keys.InvalidKeyError` before
+any I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar, cast
+
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import MaxConnectionsError, RedisError
+
+from pipeline.client.connection import (
+    DEFAULT_MAX_CONNECTIONS,
+    POOL_WAIT_S,
+    AsyncRedisClient,
+    connect_async,
+)
+from pipeline.client.core import MISS, SLOW, CacheCore, Command, Plan, summarize_info
+from pipeline.client.emitter import AccessEmitter
+from pipeline.client.keys import pattern_for
+from pipeline.config import Settings, load_settings
+
+__all__ = ["RedisCacheManager"]
+
+T = TypeVar("T")
+_SCAN_COUNT = 500
+
+
+def _slot(key: str) -> int:
+    return key_slot(key.encode("utf-8", "surrogateescape"))
+
+
+class RedisCacheManager:
+    """Namespaced Redis cache with access events (asyncio).
+
+    Keys are ``REDIS_KEY_PREFIX + namespace + ":" + key``; values are stored in
+    the :mod:`pipeline.codec` envelope (lz4 above ``REDIS_COMPRESSION_THRESHOLD``).
+
+    Parameters
+    ----------
+    config
+        Settings; by default read from the environment with
+        :func:`~pipeline.config.load_settings`.
+    redis
+        An existing redis-py asyncio client to use (not closed by :meth:`close`);
+        by default one is built from ``config`` (pool, retries, cluster).
+    emitter
+        The access-event emitter to use (not closed by :meth:`close`); by default
+        one is made from ``config`` unless ``CACHECAST_EMITTER_ENABLED`` is off.
+    max_connections
+        Pool size per Redis server.
+    breaker_cooldown
+        Seconds to fail fast after Redis was found unreachable; by default the
+        longest retry backoff, between 0.5 and 5 s.
+
+    Examples
+    --------
+    ::
+
+        async with RedisCacheManager(load_settings()) as cache:
+            await cache.set("users", "42", {"name": "Ada"}, ttl=300, tags=["team:7"])
+            user = await cache.get("users", "42")
+            await cache.delete_by_tags("users", ["team:7"])
+    """
+
+    def __init__(
+        self,
+        config: Settings | None = None,
+        *,
+        redis: AsyncRedisClient | None = None,
+        emitter: AccessEmitter | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        breaker_cooldown: float | None = None,
+    ) -> None:
+        self.settings = config if config is not None else load_settings()
+        self._owns_redis = redis is None
+        self._redis: AsyncRedisClient = (
+            redis
+            if redis is not None
+            else connect_async(self.settings, max_connections=max_connections)
+        )
+        self.cluster = isinstance(self._redis, RedisCluster)
+        # redis-py's async RedisCluster initialises lazily, and concurrent first
+        # commands race its slot table (MOVED, then connections closed under
+        # other commands); so the client initialises it once, up front.
+        self._cold = self.cluster
+        self._init_lock = asyncio.Lock()
+        self._owns_emitter = emitter is None and self.settings.emitter_enabled
+        self.emitter: AccessEmitter | None = (
+            emitter
+            if emitter is not None
+            else AccessEmitter(self.settings)
+            if self._owns_emitter
+            else None
+        )
+        self._core = CacheCore(
+            self.settings,
+            None,
+            slot_of=_slot if self.cluster else None,
+            breaker_cooldown=breaker_cooldown,
+        )
+        self._emitter_started = False
+        self._emitter_starting: asyncio.Task[None] | None = None
+        if self.emitter is not None:
+            self._core.emit = self._first_emit
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def redis(self) -> AsyncRedisClient:
+        """The underlying redis-py client."""
+        return self._redis
+
+    @property
+    def core(self) -> CacheCore:
+        """Keys, codec and counters shared with :class:`IntelligentCache`."""
+        return self._core
+
+    async def start(self) -> None:
+        """Connect a cluster client and start the access-event emitter.
+
+        Both also happen by themselves on first use.
+        """
+        if self._cold:
+            try:
+                await self._warm_up()
+            except RedisError as exc:  # Redis may come later; operations will report it
+                self._core.failure("connect", None, (), time.perf_counter_ns(), exc)
+        if self.emitter is not None and not self._emitter_started:
+            self._emitter_started = True
+            self._core.emit = self.emitter.emit
+            if self._owns_emitter:
+                await self.emitter.start()
+
+    def _first_emit(self, *args: Any) -> None:
+        emitter = self.emitter
+        assert emitter is not None
+        self._core.emit = emitter.emit
+        if not self._emitter_started:
+            self._emitter_started = True
+            if self._owns_emitter:
+                self._emitter_starting = asyncio.get_running_loop().create_task(emitter.start())
+        emitter.emit(*args)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Flush buffered events (at most ``timeout`` s) and close what this client owns."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.emitter is not None and self._owns_emitter:
+            if self._emitter_starting is not None:
+                await self._emitter_starting
+            if self._emitter_started:
+                await self.emitter.close(timeout)
+        if self._owns_redis:
+            await self._redis.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- plumbing --------------------------------------------------------------------
+
+    async def _warm_up(self) -> None:
+        async with self._init_lock:
+            if self._cold and isinstance(self._redis, RedisCluster):
+                await self._redis.initialize()
+            self._cold = False
+
+    async def _call(self, method: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run one command, waiting (up to POOL_WAIT_S) for a connection if the pool is full."""
+        deadline = time.monotonic() + POOL_WAIT_S
+        pause = 0.001
+        while True:
+            try:
+                return await method(*args)
+            except MaxConnectionsError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.05)
+
+    async def _execute(self, commands: list[Command]) -> list[Any]:
+        if len(commands) == 1:
+            return [await self._call(self._redis.execute_command, *commands[0])]
+        pipe = self._redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        replies: list[Any] = await self._call(pipe.execute)
+        return replies
+
+    async def _drive(
+        self,
+        plan: Plan[T],
+        op: str,
+        namespace: str | None,
+        keys: Sequence[str] = (),
+        user: str | None = None,
+        session: str | None = None,
+        emit: bool = True,
+    ) -> T:
+        core = self._core
+        if core.down_until and core.breaker_open():
+            plan.close()
+            raise core.rejected(op, namespace or "", keys if namespace else (), user, session, emit)
+        started = time.perf_counter_ns()
+        try:
+            if self._cold:
+                await self._warm_up()
+            commands = next(plan)
+            while True:
+                replies = await self._execute(commands)
+                commands = plan.send(replies)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        except RedisError as exc:
+            plan.close()
+            raise core.failure(op, namespace, keys, started, exc, user, session, emit) from exc
+
+    # -- values ----------------------------------------------------------------------
+
+    async def get(self, namespace: str, key: str) -> Any:
+        """The value of ``key``, or None when it is not cached (or cannot be decoded)."""
+        core = self._core
+        dkey = core.data_key(namespace, key)
+        if core.down_until and core.breaker_open():
+            raise core.rejected("get", namespace, (key,))
+        started = time.perf_counter_ns()
+        try:
+            if self._cold:
+                await self._warm_up()
+            data: bytes | None = await self._redis.execute_command("GET", dkey)
+        except RedisError as exc:
+            data = await self._get_after_error(exc, namespace, key, dkey, started)
+        elapsed = (time.perf_counter_ns() - started) // 1000
+        if data is None:
+            core.record_miss(namespace, key, elapsed, None, None, True)
+            return None
+        value = core.read_hit(namespace, key, data, elapsed, None, None, True)
+        if value is SLOW:
+            warmed = core.warm_pending(dkey, data) and await self._consume_warm(namespace, key)
+            value = core.record_hit(namespace, key, data, elapsed, None, None, warmed, True)
+            if value is MISS:
+                return None
+        return value
+
+    async def _get_after_error(
+        self,
+        exc: RedisError,
+        namespace: str,
+        key: str,
+        dkey: str,
+        started: int,
+        user: str | None = None,
+        session: str | None = None,
+        emit: bool = True,
+    ) -> bytes | None:
+        """A GET failed: wait for a pooled connection if that was all, else report."""
+        if isinstance(exc, MaxConnectionsError):
+            try:
+                data = cast("bytes | None", await self._call(self._redis.get, dkey))
+                return data
+            except RedisError as again:
+                exc = again
+        raise self._core.failure(
+            "get", namespace, (key,), started, exc, user, session, emit
+        ) from exc
+
+    async def _consume_warm(self, namespace: str, key: str) -> bool:
+        """Delete the warm marker: only the first reader of a warmed value gets True."""
+        try:
+            removed = await self._redis.delete(self._core.marker_key(namespace, key))
+        except RedisError:
+            self._core.stats.errors += 1
+            return False
+        return bool(removed)
+
+    async def set(
+        self,
+        namespace: str,
+        key: str,
+        value: Any,
+        ttl: int | None = None,
+        tags: Iterable[str] | None = None,
+        compress: bool | None = None,
+    ) -> bool:
+        """Store ``value`` for ``ttl`` seconds (default ``REDIS_DEFAULT_TTL``) under ``tags``.
+
+        ``compress`` forces lz4 on (True) or off (False); by default values of at
+        least ``REDIS_COMPRESSION_THRESHOLD`` bytes are compressed.
+        """
+        plan = self._core.set_plan(namespace, key, value, ttl, tags, compress)
+        (stored,) = await self._drive(plan, "set", namespace, (key,))
+        return stored
+
+    async def delete(self, namespace: str, key: str) -> bool:
+        """Delete ``key`` (and its tag index); True if it existed."""
+        plan = self._core.delete_plan(namespace, (key,))
+        return bool(await self._drive(plan, "delete", namespace, (key,)))
+
+    async def exists(self, namespace: str, key: str) -> bool:
+        """True if ``key`` is cached."""
+        return await self._drive(
+            self._core.exists_plan(namespace, key), "exists", namespace, (key,)
+        )
+
+    async def mget(self, namespace: str, keys: Sequence[str]) -> list[Any]:
+        """Values of ``keys`` in order, None where missing (one MGET per hash slot)."""
+        return await self._drive(self._core.mget_plan(namespace, keys), "mget", namespace, keys)
+
+    async def mset(
+        self,
+        namespace: str,
+        items: Mapping[str, Any],
+        ttl: int | None = None,
+        tags: Iterable[str] | None = None,
+        compress: bool | None = None,
+    ) -> bool:
+        """Store many values in one pipelined round trip (not atomic); True if all stored."""
+        plan = self._core.mset_plan(namespace, items, ttl, tags, compress)
+        return all(await self._drive(plan, "mset", namespace, list(items)))
+
+    async def increment(
+        self, namespace: str, key: str, amount: int = 1, ttl: int | None = None
+    ) -> int:
+        """Add ``amount`` to an integer counter and return the new value.
+
+        Counters are plain Redis integers (``get`` returns them as ``int``). A new
+        counter expires after ``ttl`` or the default TTL; ``ttl`` given on an
+        existing counter resets its expiry.
+        """
+        plan = self._core.increment_plan(namespace, key, amount, ttl)
+        return await self._drive(plan, "incr", namespace, (key,))
+
+    async def expire(self, namespace: str, key: str, ttl: int) -> bool:
+        """Set ``key`` to expire in ``ttl`` seconds; False if it does not exist."""
+        return await self._drive(
+            self._core.expire_plan(namespace, key, ttl), "expire", namespace, (key,)
+        )
+
+    # -- invalidation ----------------------------------------------------------------
+
+    async def delete_by_pattern(self, namespace: str, pattern: str) -> int:
+        """Delete the keys of ``namespace`` whose key part matches the glob ``pattern``.
+
+        Uses SCAN (never KEYS), on every primary of a cluster. The prefix and
+        namespace are matched literally, so no pattern can reach another
+        namespace, another prefix or cachecast's internal keys. Returns the
+        number of values deleted.
+        """
+        match = pattern_for(self._core.prefix, namespace, pattern)
+        core = self._core
+        if core.down_until and core.breaker_open():
+            raise core.rejected("delete", namespace, ())
+        started = time.perf_counter_ns()
+        deleted = 0
+        batch: list[bytes] = []
+        try:
+            if self._cold:
+                await self._warm_up()
+            async for found in self._redis.scan_iter(match=match, count=_SCAN_COUNT):
+                batch.append(found)
+                if len(batch) >= _SCAN_COUNT:
+                    deleted += await self._drive(
+                        core.delete_found_plan(namespace, batch), "delete", namespace
+                    )
+                    batch = []
+        except RedisError as exc:
+            raise core.failure("delete", namespace, (), started, exc) from exc
+        if batch:
+            deleted += await self._drive(
+                core.delete_found_plan(namespace, batch), "delete", namespace
+            )
+        return deleted
+
+    async def delete_by_tags(self, namespace: str, tags: Iterable[str]) -> int:
+        """Delete every value of ``namespace`` tagged with any of ``tags``; returns the count."""
+        return await self._drive(
+            self._core.delete_by_tags_plan(namespace, tags), "delete", namespace
+        )
+
+    # -- health, statistics, configuration -------------------------------------------
+
+    async def health_check(self) -> dict[str, Any]:
+        """``{"healthy": bool, "latency_ms": float, "error": str | None}`` from a PING."""
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(self._redis.ping(), self.settings.redis_socket_timeout * 5)
+        except (RedisError, OSError, TimeoutError) as exc:
+            return {
+                "healthy": False,
+                "latency_ms": (time.perf_counter() - started) * 1000.0,
+                "error": f"{type(exc).__name__}: {exc}",
+            }
+        self._core.down_until = 0.0  # Redis answers: no need to wait out the breaker
+        return {
+            "healthy": True,
+            "latency_ms": (time.perf_counter() - started) * 1000.0,
+            "error": None,
+        }
+
+    async def get_stats(self) -> dict[str, Any]:
+        """Client counters and latency quantiles, emitter counters, and Redis INFO figures.
+
+        The ``redis`` part has memory, keyspace and evictions (summed over the
+        primaries of a cluster), or ``{"error": ...}`` when Redis cannot be reached.
+        """
+        stats: dict[str, Any] = {"client": self._core.stats.snapshot()}
+        stats["emitter"] = _emitter_stats(self.emitter)
+        try:
+            stats["redis"] = summarize_info(await self._infos())
+        except RedisError as exc:
+            stats["redis"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return stats
+
+    async def _infos(self) -> list[Mapping[str, Any]]:
+        client = self._redis
+        if isinstance(client, RedisCluster):
+            await client.initialize()
+            infos: list[Mapping[str, Any]] = []
+            for node in client.get_primaries():
+                infos.append(await client.info(target_nodes=node))
+            return infos
+        return [await client.info()]
+
+    async def configure_redis(self, options: Mapping[str, Any] | None = None) -> dict[str, str]:
+        """Apply memory settings (``maxmemory``, ``maxmemory-policy``, ``maxmemory-samples``).
+
+        ``maxmemory`` takes bytes or a size such as ``"256mb"``. With no options,
+        ``REDIS_MAX_MEMORY`` is applied. Values are validated before anything is
+        sent; on a cluster they are applied to every primary. Returns the values
+        Redis reports afterwards.
+        """
+        pairs = self._core.memory_settings(options)
+        client = self._redis
+        try:
+            if isinstance(client, RedisCluster):
+                await client.initialize()
+                for node in client.get_primaries():
+                    for name, value in pairs:
+                        await client.config_set(name, value, target_nodes=node)
+                node = client.get_primaries()[0]
+                current = [await client.config_get(name, target_nodes=node) for name, _ in pairs]
+            else:
+                for name, value in pairs:
+                    await client.config_set(name, value)
+                current = [await client.config_get(name) for name, _ in pairs]
+        except RedisError as exc:
+            raise self._core.failure("configure", None, (), time.perf_counter_ns(), exc) from exc
+        applied: dict[str, str] = {}
+        for reply in current:
+            for setting, reported in reply.items():
+                applied[_str(setting)] = _str(reported)
+        return applied
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _emitter_stats(emitter: Any) -> dict[str, Any] | None:
+    if emitter is None:
+        return None
+    stats = emitter.stats()
+    return {
+        "emitted": stats.emitted,
+        "sampled_out": stats.sampled_out,
+        "sent": stats.sent,
+        "batches": stats.batches,
+        "dropped": stats.dropped,
+        "dropped_overflow": stats.dropped_overflow,
+        "dropped_send_failed": stats.dropped_send_failed,
+        "pending": stats.pending,
+        "connected": stats.connected,
+    }

@@ -1,0 +1,150 @@
+"""Client-side counters and latency histograms, cheap enough for the cache path.
+
+A latency sample costs one ``int.bit_length``, two shifts and a list increment:
+no list of samples, no sorting, bounded memory. Quantiles are read from fixed
+log-spaced buckets (8 per power of two), so a reported quantile is within
+about 6 % of the true value.
+
+>>> h = LatencyHistogram()
+>>> for us in range(1, 1001):
+...     h.record(us)
+>>> h.count, h.quantile(0.5), h.quantile(0.99), h.maximum
+(1000, 495, 991, 1000)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from schemas.contracts import OPS
+
+__all__ = ["ClientStats", "LatencyHistogram"]
+
+_SUB_BITS: Final = 3
+_SUB: Final = 1 << _SUB_BITS
+#: Values below this are their own bucket; above, 8 buckets per power of two.
+_LINEAR: Final = 2 * _SUB
+#: Enough buckets for any 64-bit microsecond value.
+_BUCKETS: Final = (64 - _SUB_BITS) * _SUB + _LINEAR
+
+
+def _bucket_low(index: int) -> int:
+    if index < _LINEAR:
+        return index
+    octave, sub = divmod(index - _LINEAR, _SUB)
+    return (_SUB + sub) << (octave + 1)
+
+
+class LatencyHistogram:
+    """Fixed log-bucket histogram of non-negative integer latencies (microseconds)."""
+
+    __slots__ = ("counts", "max")
+
+    def __init__(self) -> None:
+        self.counts = [0] * _BUCKETS
+        self.max = 0
+
+    def record(self, value: int) -> None:
+        """Add one sample (negative values count as 0)."""
+        if value < _LINEAR:
+            if value < 0:
+                value = 0
+            self.counts[value] += 1
+        else:
+            shift = value.bit_length() - _SUB_BITS - 1
+            self.counts[(shift << _SUB_BITS) + (value >> shift)] += 1
+            if value > self.max:
+                self.max = value
+
+    @property
+    def count(self) -> int:
+        """Samples recorded (summed on demand: recording stays two operations)."""
+        return sum(self.counts)
+
+    def quantile(self, q: float) -> int:
+        """The ``q`` quantile (0..1): midpoint of the bucket holding it, 0 when empty."""
+        count = self.count
+        if count == 0:
+            return 0
+        rank = max(1, round(q * count))
+        seen = 0
+        for index, n in enumerate(self.counts):
+            seen += n
+            if seen >= rank:
+                low = _bucket_low(index)
+                high = _bucket_low(index + 1)
+                return min(self.maximum, (low + high - 1) // 2)
+        return self.maximum
+
+    @property
+    def maximum(self) -> int:
+        """The largest sample (exact above 15 µs; the largest small bucket otherwise)."""
+        if self.max:
+            return self.max
+        return max((i for i, n in enumerate(self.counts[:_LINEAR]) if n), default=0)
+
+    def summary(self) -> dict[str, int]:
+        """count, p50, p90, p99 and max, in microseconds."""
+        return {
+            "count": self.count,
+            "p50": self.quantile(0.50),
+            "p90": self.quantile(0.90),
+            "p99": self.quantile(0.99),
+            "max": self.maximum,
+        }
+
+
+def _histograms() -> dict[str, LatencyHistogram]:
+    return {op: LatencyHistogram() for op in OPS}
+
+
+@dataclass(slots=True)
+class ClientStats:
+    """What one client did since it was made. Plain ints: updated on the cache path.
+
+    Under threads (the sync client) an increment can very rarely be lost; these
+    are operational counters, not accounting.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    sets: int = 0
+    deletes: int = 0
+    errors: int = 0
+    decode_errors: int = 0
+    warmed_hits: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    raw_bytes_written: int = 0
+    loads: int = 0
+    load_errors: int = 0
+    load_joins: int = 0
+    early_refreshes: int = 0
+    breaker_rejections: int = 0
+    latency: dict[str, LatencyHistogram] = field(default_factory=_histograms)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-ready view: counters, hit ratio, compression ratio, latency quantiles."""
+        reads = self.hits + self.misses
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_ratio": self.hits / reads if reads else None,
+            "sets": self.sets,
+            "deletes": self.deletes,
+            "errors": self.errors,
+            "decode_errors": self.decode_errors,
+            "warmed_hits": self.warmed_hits,
+            "bytes_read": self.bytes_read,
+            "bytes_written": self.bytes_written,
+            "compression_ratio": (
+                self.bytes_written / self.raw_bytes_written if self.raw_bytes_written else None
+            ),
+            "loads": self.loads,
+            "load_errors": self.load_errors,
+            "load_joins": self.load_joins,
+            "early_refreshes": self.early_refreshes,
+            "breaker_rejections": self.breaker_rejections,
+            "latency_us": {op: hist.summary() for op, hist in self.latency.items() if hist.count},
+        }

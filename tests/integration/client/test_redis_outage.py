@@ -1,0 +1,151 @@
+"""A Redis restart under a live client, and a Redis outage behind IntelligentCache.
+
+Each test runs its own Redis server (``redis_factory``), never the shared one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from pipeline.client import (
+    CacheError,
+    CacheUnavailableError,
+    IntelligentCache,
+    RedisCacheManager,
+)
+from pipeline.client.sync import SyncIntelligentCache
+from tests.integration.client.conftest import Backend, MakeCache, RecordingSink
+from tests.integration.conftest import RedisFactory
+
+
+async def test_client_survives_a_restart_without_help(
+    redis_factory: RedisFactory, make_cache: MakeCache
+) -> None:
+    server = redis_factory()
+    cache: RedisCacheManager = make_cache(Backend("single", server=server))
+    for i in range(20):  # several pooled connections in use
+        await asyncio.gather(*(cache.set("r", f"{i}-{j}", j) for j in range(5)))
+    assert await cache.get("r", "3-3") == 3
+
+    await asyncio.to_thread(server.restart)  # same port, empty
+
+    assert await cache.get("r", "3-3") is None  # a miss, not an error
+    assert await cache.set("r", "after", {"ok": True}) is True
+    assert await cache.get("r", "after") == {"ok": True}
+    results = await asyncio.gather(*(cache.get("r", "after") for _ in range(20)))
+    assert results == [{"ok": True}] * 20
+    assert cache.core.stats.errors == 0
+    assert (await cache.health_check())["healthy"] is True
+
+
+async def test_reads_keep_flowing_through_a_restart(
+    redis_factory: RedisFactory, make_cache: MakeCache
+) -> None:
+    server = redis_factory()
+    cache: IntelligentCache = make_cache(
+        Backend("single", server=server), IntelligentCache, breaker_cooldown=0.2
+    )
+    loads = 0
+
+    async def origin() -> str:
+        nonlocal loads
+        loads += 1
+        return "value"
+
+    stop = asyncio.Event()
+    served: list[str] = []
+
+    async def reader() -> None:
+        while not stop.is_set():
+            served.append(await cache.get("r", "k", fallback_data=origin))
+            await asyncio.sleep(0.002)
+
+    readers = [asyncio.create_task(reader()) for _ in range(4)]
+    await asyncio.sleep(0.1)
+    await asyncio.to_thread(server.restart)
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*readers)
+    assert served
+    assert set(served) == {"value"}
+    assert loads >= 2  # the restart emptied Redis: the value was loaded again
+    assert await cache.get("r", "k") == "value"  # and stored again
+
+
+async def test_redis_down_serves_from_the_loader_and_reports(
+    redis_factory: RedisFactory, make_cache: MakeCache, sink: RecordingSink
+) -> None:
+    server = redis_factory()
+    errors: list[CacheError] = []
+    cache: IntelligentCache = make_cache(
+        Backend("single", server=server),
+        IntelligentCache,
+        breaker_cooldown=0.3,
+        on_error=errors.append,
+        redis_socket_timeout=0.5,
+    )
+    await cache.set("d", "k", "cached")
+    server.stop()
+
+    loads = 0
+
+    async def origin() -> str:
+        nonlocal loads
+        loads += 1
+        await asyncio.sleep(0.01)
+        return "from origin"
+
+    started = time.monotonic()
+    values = await asyncio.gather(*(cache.get("d", "k", fallback_data=origin) for _ in range(50)))
+    assert values == ["from origin"] * 50
+    assert loads == 1  # single-flight holds during an outage too: the origin is not stampeded
+    for _ in range(50):  # the breaker is open: these do not wait on Redis at all
+        assert await cache.get("d", "k", fallback_data=origin) == "from origin"
+    assert time.monotonic() - started < 3.0
+    assert errors
+    assert isinstance(errors[0], CacheUnavailableError)
+    assert cache.last_error is not None
+    assert cache.core.stats.errors >= 1
+    assert any(e["outcome"] == "error" for e in sink.of("get", "k"))
+    health = await cache.health_check()
+    assert health["healthy"] is False
+    assert health["error"]
+    with pytest.raises(CacheUnavailableError):
+        await cache.get("d", "k")  # without a loader there is nothing to serve
+    stats = await cache.get_stats()
+    assert "error" in stats["redis"]
+
+    server.start()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            assert await cache.set("d", "k", "cached again") is True
+            break
+        except CacheUnavailableError:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    assert await cache.get("d", "k", fallback_data=origin) == "cached again"
+
+
+def test_sync_client_serves_from_the_loader_when_redis_is_down(
+    redis_factory: RedisFactory, make_sync_cache: MakeCache
+) -> None:
+    server = redis_factory()
+    cache: SyncIntelligentCache = make_sync_cache(
+        Backend("single", server=server), SyncIntelligentCache, breaker_cooldown=0.3
+    )
+    assert cache.get("d", "k", fallback_data=lambda: "v1") == "v1"
+    server.restart()
+    assert cache.get("d", "k") is None
+    server.stop()
+    assert cache.get("d", "k", fallback_data=lambda: "v2") == "v2"
+    assert isinstance(cache.last_error, CacheUnavailableError)
+    with pytest.raises(CacheUnavailableError):
+        cache.get("d", "k")
+    server.start()
+    time.sleep(0.35)
+    assert cache.get("d", "k", fallback_data=lambda: "v3") == "v3"
+    assert cache.get("d", "k") == "v3"
