@@ -12,8 +12,9 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import orjson
+from redis.asyncio.cluster import RedisCluster
 
-from agents.app import settings, topics, worker_name
+from agents.app import app, settings, topics, worker_name
 from pipeline.client.connection import connect_async
 from pipeline.codec import ValueCodec
 from pipeline.deadletter import dead_letter_headers
@@ -93,6 +94,15 @@ class Runtime:
             force=True,
         )
 
+    async def start(self) -> None:
+        """Set up a cluster client before the agents use it concurrently.
+
+        redis-py's asyncio cluster client discovers its slots lazily; many commands
+        racing on a fresh client can hit MOVED errors and closed connections.
+        """
+        if isinstance(self.redis, RedisCluster):
+            await self.redis.initialize()
+
     async def close(self) -> None:
         for loader in self.loaders.values():
             await loader.close()
@@ -104,3 +114,8 @@ def encode_batch(items: list[dict[str, Any]]) -> bytes:
 
 
 runtime = Runtime()
+
+
+@app.task
+async def start_runtime() -> None:
+    await runtime.start()
