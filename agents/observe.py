@@ -144,6 +144,9 @@ async def _flush() -> None:
 
 
 async def _publish_ttls() -> None:
+    if not settings.smart_ttl_publish:
+        _touched.clear()
+        return
     writes: list[tuple[str, int]] = []
     for partition, keys in _touched.items():
         model = ttl_models.models.get(partition)

@@ -229,6 +229,11 @@ class Settings(BaseSettings):
         " 2 + the pipeline's warm latency times the request rate of one sequence"
         " (e.g. 2 + 0.05 s x 600/s = 32): a warm must land before its request.",
     )
+    smart_ttl_publish: bool = Field(
+        True,
+        validation_alias=_env("CACHECAST_PUBLISH_TTL", "smart_ttl_publish"),
+        description="Publish learned TTLs to Redis for the client to use on a miss.",
+    )
     smart_ttl_min: int = Field(
         30, ge=1, validation_alias=_env("CACHECAST_TTL_MIN", "smart_ttl_min")
     )

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
 import os
+import random
 import sys
 import time
 from collections import Counter
@@ -49,7 +52,10 @@ __all__ = [
 
 BUNDLED_TRACE: Final = Path(__file__).parent / "data" / "cache2k_orm_busy_200k.csv.zst"
 _BUNDLED_MAPPING: Final = "key=1,ts=0,op=none,header=1"
-_FILLER: Final = "cachecast demo value " * 64
+#: Size of a synthetic value. Values are incompressible (random base64): with
+#: compressible filler a 5% cache would be a few hundred kilobytes, where Redis's
+#: per-connection buffers alone would crowd out a noticeable share of the values.
+DEMO_VALUE_BYTES: Final = 16_384
 
 
 async def demo_origin(namespace: str, key: str) -> dict[str, Any]:
@@ -63,9 +69,10 @@ async def demo_origin(namespace: str, key: str) -> dict[str, Any]:
 
 def synthetic_value(namespace: str, key: str) -> dict[str, Any]:
     """The value :func:`demo_origin` serves for ``namespace:key``."""
-    size = int(os.environ.get("CACHECAST_DEMO_VALUE_BYTES", "1000"))
-    body = (_FILLER * (size // len(_FILLER) + 1))[: max(0, size - 60)]
-    return {"namespace": namespace, "key": key, "body": body}
+    size = int(os.environ.get("CACHECAST_DEMO_VALUE_BYTES", DEMO_VALUE_BYTES))
+    seed = hashlib.blake2b(f"{namespace}:{key}".encode(), digest_size=8).digest()
+    raw = random.Random(seed).randbytes(max(0, size - 80) * 3 // 4)
+    return {"namespace": namespace, "key": key, "body": base64.b64encode(raw).decode()}
 
 
 def load_trace(
