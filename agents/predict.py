@@ -1,7 +1,9 @@
 """The predict agent: sequenced access events in, warmup commands out.
 
 The sequence topic carries access events re-partitioned by session (or user,
-or client), so one partition sees each sequence in order. Per partition, a
+or client); a :class:`~pipeline.reorder.Reorderer` per partition puts the
+batches that arrive interleaved from the access partitions back in time order
+(holding events at most ``CACHECAST_REORDER_S``). Per partition, a
 :class:`~pipeline.models.WarmEngine` learns from every event and raises the keys
 it expects soon; :class:`~pipeline.decide.Decider` turns the admitted ones into
 WarmupCommands (dedup, smart TTL, deadline), which go to the warmup topic in
@@ -22,6 +24,7 @@ from agents.runtime import runtime
 from pipeline.decide import Decider, engine_config
 from pipeline.models import WarmEngine
 from pipeline.partitioning import PartitionCache
+from pipeline.reorder import Reorderer
 
 __all__ = ["engines", "predict"]
 
@@ -29,6 +32,7 @@ engines: Checkpointer[WarmEngine] = Checkpointer(
     "engine", settings.topic_sequence, lambda: WarmEngine(engine_config(settings))
 )
 _deciders: dict[int, Decider] = {}
+_reorderers: dict[int, Reorderer] = {}
 _warmup_partition = PartitionCache(settings.topic_partitions)
 
 
@@ -41,45 +45,76 @@ def decider(partition: int) -> Decider:
 
 @app.agent(topics.sequence, name="cachecast.predict")
 async def predict(stream: faust.StreamT[bytes]) -> None:
-    """Learn from each batch in order; emit the warmup commands it admits."""
+    """Learn from each batch in time order; emit the warmup commands it admits."""
     engines.stream = stream
     async for event in stream.noack().events():
-        runtime.record_lag("predict", event.message.timestamp)
+        message = event.message
+        runtime.record_lag("predict", message.timestamp)
         async with engines.lock:
-            partition = event.message.partition
-            engine = await engines.model(partition)
             try:
                 events: list[dict[str, Any]] = orjson.loads(event.value)
-                commands = decider(partition).decide(engine, events)
+                if not isinstance(events, list):
+                    raise TypeError(f"expected an array, got {type(events).__name__}")
+                due = reorderer(message.partition).push(events)
+                await _decide(message.partition, due)
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                message = event.message
                 await runtime.dead_letter(
                     event.value or b"",
                     f"not a batch of validated access events: {exc!r}",
                     source=f"{message.topic}/{message.partition}/{message.offset}",
                     agent="predict",
                 )
-                engines.processed(event)
-                continue
             engines.processed(event)
-            if commands:
-                await _send(commands)
             if engines.due():
-                await engines.checkpoint()
+                await _checkpoint()
+
+
+def reorderer(partition: int) -> Reorderer:
+    found = _reorderers.get(partition)
+    if found is None:
+        found = _reorderers[partition] = Reorderer(settings.reorder_s)
+    return found
+
+
+async def _decide(partition: int, events: list[dict[str, Any]]) -> None:
+    if not events:
+        return
+    engine = await engines.model(partition)
+    commands = decider(partition).decide(engine, events)
+    if commands:
+        await _send(commands)
+
+
+async def _checkpoint() -> None:
+    """Feed what the reorder buffers hold, then snapshot: acked records are all learnt."""
+    for partition, buffer in list(_reorderers.items()):
+        await _decide(partition, buffer.drain())
+    await engines.checkpoint()
 
 
 async def _send(commands: list[dict[str, Any]]) -> None:
     by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for command in commands:
-        by_partition[_warmup_partition(command["namespace"] + ":" + command["key"])].append(command)
+        full = command["namespace"] + ":" + command["key"]
+        by_partition[_warmup_partition(full)].append(command)
         runtime.deltas[command["namespace"]].warms_issued += 1
     runtime.counters["warms_issued"] += len(commands)
     for partition, items in by_partition.items():
         await topics.warmup.send(value=orjson.dumps(items), partition=partition, force=True)
 
 
+@app.timer(interval=max(0.01, settings.reorder_s), name="cachecast.predict-release")
+async def release_held_events() -> None:
+    """Release events that waited out the reorder delay while their stream was quiet."""
+    if not any(len(buffer) for buffer in _reorderers.values()):
+        return
+    async with engines.lock:
+        for partition, buffer in list(_reorderers.items()):
+            await _decide(partition, buffer.release())
+
+
 @app.timer(interval=1.0, name="cachecast.predict-checkpoint")
 async def checkpoint_when_quiet() -> None:
     async with engines.lock:
         if engines.due() and engines.models:
-            await engines.checkpoint()
+            await _checkpoint()

@@ -220,6 +220,13 @@ class Settings(BaseSettings):
         description="Initial ensemble score a candidate needs to be warmed; the engine then"
         " steers it to keep wasted warms within budget.",
     )
+    reorder_s: float = Field(
+        0.01,
+        ge=0,
+        le=10,
+        validation_alias=_env("CACHECAST_REORDER_S", "reorder_s"),
+        description="How long the predict agent may hold events to restore their time order.",
+    )
     model_lookahead: int = Field(
         32,
         ge=1,

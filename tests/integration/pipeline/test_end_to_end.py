@@ -1,0 +1,128 @@
+"""The whole pipeline on real Kafka and Redis: warming raises the real hit ratio, and
+every topic carries records a third party can read."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import uuid
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+import schemas
+from pipeline.config import Settings, load_settings
+from pipeline.replay import BUNDLED_TRACE, ReplayResult, load_trace, replay
+from tests.integration.pipeline.conftest import NAMESPACE, StartWorker
+
+REQUESTS = 30_000
+RATE = 600.0
+
+
+async def _records(settings: Settings, topic: str) -> list[bytes]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_brokers(),
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=2000)
+            if not batch:
+                return values
+            for records in batch.values():
+                values.extend(r.value for r in records if r.value is not None)
+    finally:
+        await consumer.stop()
+
+
+def _run(start_worker: StartWorker, warming: bool) -> tuple[ReplayResult, Settings]:
+    tag = uuid.uuid4().hex[:8]
+    overrides = {
+        "CACHECAST_APP_ID": f"e2e-{tag}",
+        "CACHECAST_TOPIC_NAMESPACE": f"e2e-{tag}",
+        "CACHECAST_WARMING": "true" if warming else "false",
+        # One partition per topic: one worker, and the lowest latency at this rate.
+        "CACHECAST_TOPIC_PARTITIONS": "1",
+    }
+    worker = start_worker(**overrides)
+    settings = load_settings(topic_namespace=f"e2e-{tag}", topic_partitions=1)
+    trace = load_trace(BUNDLED_TRACE, max_requests=REQUESTS)
+    try:
+        result = asyncio.run(
+            replay(
+                trace,
+                settings,
+                namespace=NAMESPACE,
+                rate=RATE,
+                cache_values=int(trace.n_unique * 0.05),
+            )
+        )
+    finally:
+        worker.stop()
+    return result, settings
+
+
+def test_warming_raises_the_real_hit_ratio(start_worker: StartWorker) -> None:
+    off, _ = _run(start_worker, False)
+    on, settings = _run(start_worker, True)
+
+    assert off.warms_written == 0
+    assert on.warms_written > 100
+    assert on.hit_ratio > off.hit_ratio + 0.004, (off.as_dict(), on.as_dict())
+    assert on.warm_precision is not None
+    assert on.warm_latency_p50_ms is not None
+
+    commands = [
+        c
+        for value in asyncio.run(_records(settings, settings.topic_warmup))
+        for c in schemas.decode_warmup_commands(value).records
+    ]
+    assert commands
+    assert {c.namespace for c in commands} == {NAMESPACE}
+    assert all(0.0 <= c.score <= 1.0 and c.ttl >= 1 and c.deadline > c.issued_at for c in commands)
+
+    outcomes = [
+        o
+        for value in asyncio.run(_records(settings, settings.topic_outcomes))
+        for o in schemas.decode_warmup_outcomes(value).records
+    ]
+    written = [o for o in outcomes if o.status == "written"]
+    assert len(written) == on.warms_written
+    assert all(o.size_bytes > 0 and o.ttl for o in written)
+
+    snapshots = [
+        schemas.decode_metrics_snapshot(v)
+        for v in asyncio.run(_records(settings, settings.topic_metrics))
+    ]
+    mine = [s for s in snapshots if s.namespace == NAMESPACE]
+    assert sum(s.events for s in mine) >= REQUESTS
+    assert sum(s.warms_written for s in mine) > 0
+    assert all(s.window_end > s.window_start for s in mine)
+
+    if shutil.which("kcat"):
+        read = subprocess.run(
+            [
+                "kcat",
+                "-C",
+                "-b",
+                settings.kafka_bootstrap_servers,
+                "-t",
+                settings.topic_warmup,
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        lines = [line for line in read.stdout.splitlines() if line.strip()]
+        parsed = [orjson.loads(line) for line in lines]
+        assert sum(len(batch) for batch in parsed) == len(commands)
+        assert all(item["namespace"] == NAMESPACE for batch in parsed for item in batch)
