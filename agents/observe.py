@@ -1,8 +1,9 @@
 """The observe agent: access records in (key-partitioned), three things out.
 
-Smart TTLs are published only for keys with at least one inter-arrival and a TTL
-that differs from the default by more than 10%: each record costs Redis memory
-that would otherwise hold cached values.
+Smart TTLs go to one hash per namespace (``{prefix}#ttl:{ns}``), only for keys
+with at least one inter-arrival and a TTL that differs from the default by more
+than 10%, and at most 200,000 per worker: every record costs Redis memory that
+would otherwise hold cached values.
 
 For each record on the access topic:
 
@@ -28,7 +29,7 @@ import orjson
 from agents.app import app, settings, topics
 from agents.checkpointing import Checkpointer
 from agents.runtime import runtime
-from pipeline.client.keys import smart_ttl_key
+from pipeline.client.keys import smart_ttl_hash
 from pipeline.models import SmartTTL
 from pipeline.partitioning import PartitionCache
 from schemas.decode import InvalidEvent, decode_access_dicts
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 
 FLUSH_S = 1.0
 _TTL_CHANGE = 0.1  # republish a smart TTL when it moved by more than 10%
-_TTL_MEMO = 200_000
+_TTL_MEMO = 200_000  # most smart TTLs one worker keeps published
+_TTL_TABLE_EXPIRY_S = 86_400
 
 
 def sequence_key(event: dict[str, Any]) -> str:
@@ -164,17 +166,25 @@ async def _publish_ttls() -> None:
                 _published_ttl[full] = ttl
                 _published_ttl.move_to_end(full)
         keys.clear()
+    dropped: list[str] = []
     while len(_published_ttl) > _TTL_MEMO:
-        _published_ttl.popitem(last=False)
-    if not writes:
+        dropped.append(_published_ttl.popitem(last=False)[0])
+    if not writes and not dropped:
         return
     prefix = settings.redis_key_prefix
     try:
         async with runtime.redis.pipeline(transaction=False) as pipe:
+            by_namespace: dict[str, dict[str, int]] = defaultdict(dict)
             for full, ttl in writes:
                 namespace, _, key = full.partition(":")
-                # The record outlives the value it describes, so a returning key finds it.
-                pipe.set(smart_ttl_key(prefix, namespace, key), ttl, ex=max(3600, 10 * ttl))
+                by_namespace[namespace][key] = ttl
+            for namespace, mapping in by_namespace.items():
+                table = smart_ttl_hash(prefix, namespace)
+                pipe.hset(table, mapping=mapping)
+                pipe.expire(table, _TTL_TABLE_EXPIRY_S)  # gone a day after the pipeline stops
+            for full in dropped:  # keep each namespace's table bounded, like the models
+                namespace, _, key = full.partition(":")
+                pipe.hdel(smart_ttl_hash(prefix, namespace), key)
             await pipe.execute()
         runtime.counters["smart_ttl_published"] += len(writes)
     except Exception as exc:  # Redis down: TTLs are advice, try again next flush

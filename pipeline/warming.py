@@ -28,7 +28,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from pipeline.client.keys import data_key, smart_ttl_key
+from pipeline.client.keys import data_key, smart_ttl_hash
 from pipeline.client.warm import write_warmed
 from pipeline.codec import CodecError, ValueCodec
 from pipeline.loaders import GuardedLoader, LoadError, LoadRefused
@@ -105,11 +105,9 @@ class WarmWriter:
         async with self.redis.pipeline(transaction=False) as pipe:
             for c in commands:
                 pipe.exists(data_key(prefix, c["namespace"], c["key"]))
-                pipe.get(smart_ttl_key(prefix, c["namespace"], c["key"]))
+                pipe.hget(smart_ttl_hash(prefix, c["namespace"]), c["key"])
             replies = await pipe.execute()
-        return [
-            (bool(replies[j]), _as_ttl(replies[j + 1])) for j in range(0, len(replies), 2)
-        ]
+        return [(bool(replies[j]), _as_ttl(replies[j + 1])) for j in range(0, len(replies), 2)]
 
     async def _warm_one(self, command: Mapping[str, Any], ttl: int) -> dict[str, Any]:
         namespace, key = command["namespace"], command["key"]
@@ -135,9 +133,7 @@ class WarmWriter:
         except CodecError as exc:
             return self._outcome(command, "load-failed", loaded, error=str(exc), load_us=load_us)
         try:
-            written = await write_warmed(
-                self.redis, self.prefix, namespace, key, encoded.data, ttl
-            )
+            written = await write_warmed(self.redis, self.prefix, namespace, key, encoded.data, ttl)
         except Exception as exc:  # Redis down: the warm failed, the worker goes on
             log.warning("warm write of %s:%s failed: %s", namespace, key, exc)
             return self._outcome(

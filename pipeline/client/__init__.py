@@ -21,7 +21,7 @@ from pipeline.client.intelligent import IntelligentCache, Loader
 from pipeline.client.keys import (
     data_key,
     keytags_key,
-    smart_ttl_key,
+    smart_ttl_hash,
     tag_key,
     warm_marker_key,
 )
@@ -47,7 +47,7 @@ __all__ = [
     "ThreadedAccessEmitter",
     "data_key",
     "keytags_key",
-    "smart_ttl_key",
+    "smart_ttl_hash",
     "tag_key",
     "warm_marker_key",
     "write_warmed",

@@ -55,7 +55,7 @@ from pipeline.client.keys import (
     InvalidKeyError,
     data_key,
     keytags_key,
-    smart_ttl_key,
+    smart_ttl_hash,
     split_data_key,
     tag_key,
     validate_key,
@@ -344,8 +344,8 @@ class CacheCore:
     def marker_key(self, namespace: str, key: str) -> str:
         return warm_marker_key(self.prefix, namespace, key)
 
-    def smart_ttl_key(self, namespace: str, key: str) -> str:
-        return smart_ttl_key(self.prefix, namespace, key)
+    def smart_ttl_hash(self, namespace: str) -> str:
+        return smart_ttl_hash(self.prefix, namespace)
 
     def parse_smart_ttl(self, raw: Any) -> int | None:
         """The published smart TTL, clamped to the configured bounds; None if absent/bad."""

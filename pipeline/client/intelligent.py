@@ -377,7 +377,7 @@ class IntelligentCache(RedisCacheManager):
 
     async def _smart_ttl(self, namespace: str, key: str) -> int | None:
         try:
-            raw = await self._redis.get(self._core.smart_ttl_key(namespace, key))
+            raw = await self._redis.hget(self._core.smart_ttl_hash(namespace), key)
         except RedisError:
             return None
         return self._core.parse_smart_ttl(raw)

@@ -10,7 +10,7 @@ namespace-confined pattern can reach one.
 key                             holds
 ==============================  ===================================================
 ``{p}{ns}:{key}``               the value envelope (or a plain integer counter)
-``{p}#ttl:{ns}:{key}``          smart TTL published by the pipeline: integer seconds
+``{p}#ttl:{ns}``                hash of smart TTLs published by the pipeline: key -> seconds
 ``{p}#tag:{ns}:{tag}``          set of the data keys tagged ``tag``
 ``{p}#keytags:{ns}:{key}``      set of the tags of one data key (to clean the above)
 ``{p}#warm:{ns}:{key}``         "written by the warmer, not read yet" marker
@@ -18,8 +18,8 @@ key                             holds
 
 >>> data_key("cache:", "users", "42")
 'cache:users:42'
->>> smart_ttl_key("cache:", "users", "42")
-'cache:#ttl:users:42'
+>>> smart_ttl_hash("cache:", "users")
+'cache:#ttl:users'
 >>> tag_key("cache:", "users", "team:7")
 'cache:#tag:users:team:7'
 >>> pattern_for("cache:", "users", "session:*")
@@ -51,7 +51,7 @@ __all__ = [
     "keytags_key",
     "namespace_base",
     "pattern_for",
-    "smart_ttl_key",
+    "smart_ttl_hash",
     "split_data_key",
     "tag_key",
     "validate_key",
@@ -161,9 +161,13 @@ def data_key(prefix: str, namespace: str, key: str) -> str:
     return prefix + namespace + ":" + key
 
 
-def smart_ttl_key(prefix: str, namespace: str, key: str) -> str:
-    """Where the pipeline publishes the smart TTL (integer seconds, as a string)."""
-    return prefix + "#ttl:" + namespace + ":" + key
+def smart_ttl_hash(prefix: str, namespace: str) -> str:
+    """The hash where the pipeline publishes smart TTLs: field = key, value = seconds.
+
+    One hash per namespace, bounded by the pipeline, rather than one key per data
+    key: per-key records would compete with cached values for memory and LRU slots.
+    """
+    return prefix + "#ttl:" + namespace
 
 
 def tag_key(prefix: str, namespace: str, tag: str) -> str:

@@ -252,7 +252,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
 
     def _smart_ttl(self, namespace: str, key: str) -> int | None:
         try:
-            raw = self._redis.get(self._core.smart_ttl_key(namespace, key))
+            raw = self._redis.hget(self._core.smart_ttl_hash(namespace), key)
         except RedisError:
             return None
         return self._core.parse_smart_ttl(raw)

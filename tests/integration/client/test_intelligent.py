@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.client import IntelligentCache, InvalidKeyError, smart_ttl_key, write_warmed
+from pipeline.client import IntelligentCache, InvalidKeyError, smart_ttl_hash, write_warmed
 from tests.integration.client.conftest import Backend, MakeCache, RecordingSink
 
 
@@ -78,8 +78,7 @@ async def test_loaded_values_get_the_published_smart_ttl(
     prefix = cache.settings.redis_key_prefix
     raw = backend.raw()
     try:
-        raw.set(smart_ttl_key(prefix, "p", "smart"), "123", ex=600)
-        raw.set(smart_ttl_key(prefix, "p", "garbage"), "soon", ex=600)
+        raw.hset(smart_ttl_hash(prefix, "p"), mapping={"smart": "123", "garbage": "soon"})
         await cache.get("p", "smart", fallback_data=lambda: 1)
         await cache.get("p", "plain", fallback_data=lambda: 2)
         await cache.get("p", "garbage", fallback_data=lambda: 3)

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from pipeline.client import RedisCacheManager, smart_ttl_key, tag_key
+from pipeline.client import RedisCacheManager, smart_ttl_hash, tag_key
 from tests.integration.client.conftest import Backend, MakeCache
 
 ESCAPE_ATTEMPTS = [
@@ -100,12 +100,12 @@ async def test_pattern_deletes_many_keys_across_scan_pages(
     await cache.mset("users", items, tags=["all"])
     raw = backend.raw()
     try:
-        raw.set(smart_ttl_key(cache.settings.redis_key_prefix, "users", "session:1"), 60)
+        raw.hset(smart_ttl_hash(cache.settings.redis_key_prefix, "users"), "session:1", 60)
         assert await cache.delete_by_pattern("users", "session:*") == 1200
         assert await cache.get("users", "session:7") is None
         assert await cache.get("users", "profile:7") == 7
         # the pipeline's smart TTLs are not data: a data pattern leaves them alone
-        assert raw.exists(smart_ttl_key(cache.settings.redis_key_prefix, "users", "session:1"))
+        assert raw.hexists(smart_ttl_hash(cache.settings.redis_key_prefix, "users"), "session:1")
         assert raw.scard(tag_key(cache.settings.redis_key_prefix, "users", "all")) == 50
     finally:
         raw.close()

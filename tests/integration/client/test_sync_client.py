@@ -99,7 +99,7 @@ def test_sync_intelligent_cache_smart_ttl_refresh_and_warm(
     prefix = cache.settings.redis_key_prefix
     raw = backend.raw()
     try:
-        raw.set(f"{prefix}#ttl:p:k", "77", ex=60)
+        raw.hset(f"{prefix}#ttl:p", "k", "77")
         versions = iter(["v1", "v2"])
 
         def origin() -> str:

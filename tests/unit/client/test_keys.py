@@ -12,7 +12,7 @@ from pipeline.client.keys import (
     escape_glob,
     keytags_key,
     pattern_for,
-    smart_ttl_key,
+    smart_ttl_hash,
     split_data_key,
     tag_key,
     validate_key,
@@ -95,7 +95,7 @@ def test_reference_glob_behaves_like_redis() -> None:
 
 def test_key_layout() -> None:
     assert data_key("cache:", "users", "42") == "cache:users:42"
-    assert smart_ttl_key("cache:", "users", "42") == "cache:#ttl:users:42"
+    assert smart_ttl_hash("cache:", "users") == "cache:#ttl:users"
     assert tag_key("cache:", "users", "t") == "cache:#tag:users:t"
     assert keytags_key("cache:", "users", "42") == "cache:#keytags:users:42"
     assert warm_marker_key("cache:", "users", "42") == "cache:#warm:users:42"
@@ -170,7 +170,7 @@ def test_a_pattern_never_matches_outside_its_namespace(
     for candidate in (
         data_key(other_prefix, other_namespace, key),
         data_key(prefix, other_namespace, key),
-        smart_ttl_key(prefix, namespace, key),
+        smart_ttl_hash(prefix, namespace),
         tag_key(prefix, namespace, key),
         keytags_key(prefix, namespace, key),
         warm_marker_key(prefix, namespace, key),
