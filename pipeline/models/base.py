@@ -1,0 +1,120 @@
+"""What every online predictor in :mod:`pipeline.models` shares.
+
+A predictor follows river's verbs: ``learn_one`` updates it with one observation,
+``predict_one`` answers without changing it, ``clone`` returns a fresh copy with
+the same parameters and no state. Every predictor is bounded: it tracks at most
+``max_keys`` keys and evicts with a documented rule when full, so a stream of
+unique keys cannot grow it without limit.
+
+Keys are any hashable id: the simulator uses ints, the Faust agents use
+``"namespace:key"`` strings.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import sys
+import zlib
+from collections.abc import Hashable, Iterable
+from typing import Any, Self
+
+Key = Hashable
+"""A cache key as the models see it: an int in the simulator, ``"ns:key"`` in the agents."""
+
+
+class Predictor:
+    """Base class: parameter introspection, ``clone`` and state snapshots.
+
+    Subclasses store their constructor arguments under the same attribute names,
+    keep all learned state in attributes whose names start with ``_``, and list
+    them in ``_state_attrs`` so that :meth:`state_dict` can snapshot them.
+    """
+
+    _state_attrs: tuple[str, ...] = ()
+
+    def _get_params(self) -> dict[str, Any]:
+        """The constructor arguments this predictor was built with."""
+        signature = inspect.signature(type(self).__init__)
+        return {
+            name: getattr(self, name)
+            for name in signature.parameters
+            if name != "self" and hasattr(self, name)
+        }
+
+    def clone(self) -> Self:
+        """A new predictor with the same parameters and no learned state."""
+        return type(self)(**copy.deepcopy(self._get_params()))
+
+    def state_dict(self) -> dict[str, Any]:
+        """A deep copy of the learned state: picklable, and bounded like the model.
+
+        Copied in one pass, so objects shared between attributes stay shared.
+        """
+        return copy.deepcopy({name: getattr(self, name) for name in self._state_attrs})
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore state produced by :meth:`state_dict` of a predictor with the same parameters."""
+        missing = set(self._state_attrs) - set(state)
+        if missing:
+            raise ValueError(f"state is missing {sorted(missing)}")
+        restored = copy.deepcopy({name: state[name] for name in self._state_attrs})
+        for name, value in restored.items():
+            setattr(self, name, value)
+
+    @property
+    def n_tracked(self) -> int:
+        """How many keys this predictor holds state for (never more than ``max_keys``)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{name}={value!r}" for name, value in self._get_params().items())
+        return f"{type(self).__name__}({params})"
+
+
+def stable_hash(key: Key) -> int:
+    """A hash of ``key`` that is the same in every process (``hash(str)`` is salted).
+
+    >>> stable_hash("users:42") == stable_hash("users:42")
+    True
+    >>> stable_hash(7)
+    7
+    """
+    if isinstance(key, int):
+        return key & 0xFFFFFFFFFFFFFFFF
+    if isinstance(key, bytes):
+        return zlib.crc32(key)
+    return zlib.crc32(str(key).encode())
+
+
+def deep_sizeof(obj: object) -> int:
+    """Bytes held by ``obj`` and everything it references, each object counted once.
+
+    Used to report memory per tracked key; shared singletons (small ints, None,
+    interned strings) count once like everything else.
+
+    >>> deep_sizeof([]) < deep_sizeof([1.5, 2.5])
+    True
+    """
+    seen: set[int] = set()
+    total = 0
+    stack: list[object] = [obj]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        total += sys.getsizeof(item)
+        children: Iterable[object]
+        if isinstance(item, dict):
+            children = [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple | set | frozenset):
+            children = item
+        elif hasattr(item, "__dict__"):
+            children = [vars(item)]
+        elif hasattr(item, "__slots__"):
+            children = [getattr(item, s) for s in item.__slots__ if hasattr(item, s)]
+        else:
+            children = ()
+        stack.extend(children)
+    return total

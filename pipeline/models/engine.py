@@ -1,0 +1,599 @@
+"""The façade the Faust agents and the simulator share: events in, warm candidates out."""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal, NamedTuple
+
+from pipeline.models.base import Key, deep_sizeof
+from pipeline.models.ensemble import FEATURES, WarmScorer
+from pipeline.models.frequency import DecayedFrequency
+from pipeline.models.horizon import CacheHorizon
+from pipeline.models.recency import InterArrival
+from pipeline.models.similarity import CoAccess, SequenceReplay, UserAffinity
+from pipeline.models.temporal import TimeProfile, is_wall_clock
+from pipeline.models.ttl import NewKeyReuse, SmartTTL
+
+Reason = Literal["frequency", "recency", "similarity", "temporal", "ensemble"]
+"""Which model raised a candidate (every candidate is then scored by the ensemble).
+
+``"ensemble"`` is reserved for candidates that no single model raised; the engine
+itself reports the raising model.
+"""
+
+_THIRD = 1.0 / 3.0
+_HOT_EVERY_MASK = 15  # heavy hitters are re-checked every 16 events
+_GATE_EVERY = 1_024  # events between two reads of the new-key TTL gate
+_SRC_RECENCY = FEATURES.index("from_recency")
+_SRC_FREQUENCY = FEATURES.index("from_frequency")
+_SRC_TEMPORAL = FEATURES.index("from_temporal")
+_SRC_USER = FEATURES.index("from_user")
+
+
+class Candidate(NamedTuple):
+    """A key worth warming now.
+
+    ``score`` is the ensemble's probability that the key is requested within
+    ``horizon`` (ts units, counted from the event that raised it).
+    """
+
+    key: Key
+    score: float
+    reason: Reason
+    horizon: float
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Knobs of :class:`WarmEngine`. Times are in the events' ``ts`` units.
+
+    Counts (``max_keys``, ``history``, ``half_life``...) are in events, so they mean
+    the same whether ``ts`` is wall-clock seconds or a request index.
+    """
+
+    max_keys: int = 100_000
+    """Most keys any per-key model tracks; each evicts its least valuable quarter past it."""
+    history: int = 1 << 17
+    """Accesses remembered by the sequence-replay model."""
+    replay_misses_only: bool = True
+    """Replay only accesses the cache could not serve alone (misses, warmed hits)."""
+    match_window: int = 8
+    """How far ahead of a replayed stream's head an access may match it."""
+    lookahead: int = 2
+    """Positions past a stream's head that are predicted (raise it for a slow pipeline)."""
+    replay_skip: int = 0
+    """Positions next to a stream's head not predicted (a slow pipeline lands them late)."""
+    max_streams: int = 4
+    """Replayed streams followed at once."""
+    patience: int = 16
+    """Accesses without a match before a stream is dropped."""
+    coaccess_window: int = 2
+    """Co-access window: a key "follows" another within this many accesses."""
+    max_successors: int = 32
+    """Successors kept per key by the co-access model."""
+    half_life: float = 100_000.0
+    """Accesses after which a decayed frequency has halved."""
+    lead: float = 0.0
+    """Expected time between an event and its warm landing (Kafka, model, loader)."""
+    horizon: float = 1_000.0
+    """Initial estimate of how long an unread key survives in the cache."""
+    adapt_horizon: bool = True
+    """Learn the horizon from hit/miss outcomes (needs ``hit`` on events)."""
+    cached_fraction: float = 0.5
+    """A key idle for less than this fraction of the horizon is taken as still cached."""
+    threshold: float = 0.9
+    """Initial admission threshold of the ensemble."""
+    waste_budget: float | None = 0.03
+    """Wasted warms allowed per demand miss (None: fixed ``threshold``)."""
+    min_threshold: float = 0.5
+    """Lowest admission threshold the waste-budget controller may reach."""
+    learning_rate: float = 0.05
+    """SGD step of the ensemble's logistic regression."""
+    learn_every: int = 2
+    """The ensemble learns from one delayed label in this many (all are counted)."""
+    max_candidates: int = 8
+    """Most candidates admitted per event."""
+    regular_sigma: float = 0.15
+    """Keys whose log-gap deviates less than this are scheduled by their rhythm."""
+    hot_keys: int = 64
+    """Heavy hitters re-checked for warming when idle."""
+    hot_refresh: int = 65_536
+    """Events between two refreshes of the heavy-hitter list."""
+    wall_clock: bool | None = None
+    """Whether ``ts`` is Unix time (enables time-of-week profiles); None: detect."""
+    bins_per_day: int = 24
+    """Time-of-week profile resolution."""
+    session_gap: float = 1_800.0
+    """User silence that opens a new session (user-key affinity)."""
+    new_key_ttl: float = 0.1
+    """TTL of a key seen for the first time, as a fraction of the horizon (0: none).
+
+    Applied only while new keys come back after that TTL less than ``ttl_gate``
+    times as often as known keys come back at all (measured online)."""
+    ttl_gate: float = 0.5
+    """Relative late-return rate of new keys below which they get the short TTL."""
+    min_ttl: int = 60
+    max_ttl: int = 86_400
+    default_ttl: int = 3_600
+    ttl_jitter: float = 0.1
+    time_scale: float = 1.0
+    """Seconds per ts unit, for smart TTLs."""
+    seed: int = 0
+    """Seed of every random choice (the TTL jitter)."""
+
+
+class WarmEngine:
+    """Online models behind one call: observe accesses, get keys to warm.
+
+    The engine runs, on every access event, the frequency, recency, similarity
+    (sequence replay, co-access, user affinity) and temporal models; collects the
+    keys they expect soon and are probably not cached; scores each with the
+    ensemble (:class:`WarmScorer`); and returns those admitted as
+    :class:`Candidate`. Delayed labels are handled inside: a candidate is checked
+    against later accesses (``lead`` to ``lead + horizon`` after it was raised).
+
+    ``hit`` on events (the cache outcome) lets the engine learn the cache's
+    horizon and steer its waste budget; without it the configured horizon and a
+    fixed threshold are used. Keys may be ints (simulator) or ``"ns:key"``
+    strings (agents). All state is bounded by :class:`EngineConfig` and
+    snapshots with :meth:`state_dict`.
+
+    Examples
+    --------
+    >>> from pipeline.models import EngineConfig, WarmEngine
+    >>> engine = WarmEngine(
+    ...     EngineConfig(horizon=30.0, adapt_horizon=False, threshold=0.6, waste_budget=None)
+    ... )
+    >>> session = ["home", "cart", "price", "stock", "checkout", "shipping"]
+    >>> ts, warmed = 0.0, []
+    >>> for visit in range(60):
+    ...     for key in session + [f"noise-{visit}-{i}" for i in range(50)]:
+    ...         warmed += engine.observe(key, ts, hit=False)
+    ...         ts += 1.0
+    >>> {"price", "stock", "checkout"} <= {c.key for c in warmed}
+    True
+    >>> warmed[-1]
+    Candidate(key='shipping', score=0.9..., reason='recency', horizon=30.0)
+    >>> engine.stats()["precision"] > 0.9
+    True
+    >>> 60 <= engine.smart_ttl("home") <= 86_400
+    True
+    """
+
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = cfg = config or EngineConfig()
+        self.frequency = DecayedFrequency(max_keys=cfg.max_keys, half_life=cfg.half_life)
+        self.recency = InterArrival(max_keys=cfg.max_keys)
+        self.coaccess = CoAccess(
+            window=cfg.coaccess_window,
+            max_keys=cfg.max_keys,
+            max_successors=cfg.max_successors,
+            trim_to=max(1, cfg.max_successors // 2),
+        )
+        self.replay = SequenceReplay(
+            history=cfg.history,
+            window=cfg.match_window,
+            lookahead=cfg.lookahead,
+            max_streams=cfg.max_streams,
+            patience=cfg.patience,
+            max_keys=cfg.max_keys,
+            skip=cfg.replay_skip,
+        )
+        self.affinity = UserAffinity(
+            max_users=max(4, cfg.max_keys // 10), session_gap=cfg.session_gap
+        )
+        self.temporal = TimeProfile(
+            max_keys=max(4, cfg.max_keys // 10), bins_per_day=cfg.bins_per_day
+        )
+        self.horizon = CacheHorizon(initial=cfg.horizon)
+        self.scorer = WarmScorer(
+            learning_rate=cfg.learning_rate,
+            threshold=cfg.threshold,
+            waste_budget=cfg.waste_budget,
+            min_threshold=min(cfg.min_threshold, cfg.threshold),
+            max_pending=2 * cfg.max_keys,
+            learn_every=cfg.learn_every,
+        )
+        self.reuse = NewKeyReuse(
+            short_fraction=cfg.new_key_ttl,
+            ratio=cfg.ttl_gate,
+            max_pending=cfg.max_keys,
+            seed=cfg.seed,
+        )
+        self.ttl = SmartTTL(
+            min_ttl=cfg.min_ttl,
+            max_ttl=cfg.max_ttl,
+            default_ttl=cfg.default_ttl,
+            jitter=cfg.ttl_jitter,
+            time_scale=cfg.time_scale,
+            seed=cfg.seed,
+            max_keys=4,
+        )
+        self._wall_clock: bool | None = cfg.wall_clock
+        self._events = 0
+        self._schedule: list[tuple[float, int, Key, float]] = []  # (due, seq, key, last ts)
+        self._scheduled = 0
+        self._hot: list[Key] = []
+        self._hot_cursor = 0
+        self._time_bin = -1
+        self._raised = 0
+        # Hot-path copies of the configuration and bound methods.
+        self._log_distance_norm = 1.0 / math.log1p(cfg.history)
+        self._inv_lookahead = 1.0 / cfg.lookahead
+        self._lead = cfg.lead
+        self._cached_fraction = cfg.cached_fraction
+        self._max_candidates = cfg.max_candidates
+        self._adapt_horizon = cfg.adapt_horizon
+        self._misses_only = cfg.replay_misses_only
+        self._regular_var = cfg.regular_sigma * cfg.regular_sigma
+        self._frequency_learn = self.frequency.learn_one
+        self._recency_learn = self.recency.learn_one
+        self._coaccess_learn = self.coaccess.learn_one
+        self._replay_advance = self.replay.advance
+        self._reuse_learn = self.reuse.learn_one
+        self._last_key: Key | None = None
+        self._last_new_miss = False
+        self._gate_open = False
+        self._gate_checked = -_GATE_EVERY
+
+    # -- observing ---------------------------------------------------------------------------
+
+    def observe(
+        self,
+        key: Key,
+        ts: float,
+        *,
+        user: Key | None = None,
+        hit: bool | None = None,
+        warmed: bool = False,
+    ) -> list[Candidate]:
+        """Learn from one access and return the candidates it raises (admitted ones).
+
+        Parameters
+        ----------
+        key
+            The accessed key.
+        ts
+            Its time (wall-clock seconds or request index; never decreasing).
+        user
+            Who accessed it, when known.
+        hit
+            The cache outcome, when known.
+        warmed
+            Whether a hit was served by a warmed copy.
+        """
+        scorer = self.scorer
+        deadlines = scorer._deadlines
+        if deadlines and deadlines[0][0] < ts:
+            scorer.expire(ts)
+        if key in scorer._pending:
+            scorer.resolve(key, ts)
+        recency_keys = self.recency._keys
+        known = recency_keys.get(key)
+        if hit is not None and known is not None and not warmed and self._adapt_horizon:
+            self.horizon.learn_one(ts - known[0], hit)
+        missed = hit is False
+        # The waste-budget controller's counters (WarmScorer.observe_access, inlined).
+        scorer._window_events += 1
+        if missed:
+            scorer._window_misses += 1
+        if scorer._window_events >= scorer.control_every:
+            scorer._steer()
+        horizon = self.horizon._value
+        if missed or key in self.reuse._pending:
+            self._reuse_learn(key, ts, missed=missed, new=known is None, horizon=horizon)
+        self._last_key = key
+        self._last_new_miss = known is None and missed
+        self._events += 1
+        self._frequency_learn(key)
+        self._recency_learn(key, ts)
+
+        out: list[Candidate] = []
+        miss = 1.0 if hit is False else 0.0
+        # Sequence models see what the cache could not serve alone (misses and warmed
+        # hits): hot keys that always hit would only dilute streams and successor lists.
+        if hit is None or not hit or warmed or not self._misses_only:
+            self._coaccess_learn(key)
+            raised = self._replay_advance(key)
+            if raised:
+                inv_lookahead = self._inv_lookahead
+                consider = self._consider
+                for candidate, matches, offset, distance in raised:
+                    consider(
+                        out,
+                        candidate,
+                        ts,
+                        horizon,
+                        "similarity",
+                        -1,
+                        key,
+                        matches,
+                        offset * inv_lookahead,
+                        distance,
+                        miss,
+                    )
+        state = recency_keys[key]
+        if state[1] >= 3.0 and state[3] < self._regular_var:
+            self._schedule_rhythm(key, ts, horizon, state)
+        schedule = self._schedule
+        while schedule and schedule[0][0] <= ts:
+            _, _, due_key, last_ts = heapq.heappop(schedule)
+            if self.recency.last_seen(due_key) == last_ts:
+                self._consider(
+                    out, due_key, ts, horizon, "recency", _SRC_RECENCY, key, 0, 0.0, 0, miss
+                )
+        if self._events & _HOT_EVERY_MASK == 0:
+            self._check_hot(out, key, ts, horizon, miss)
+        if user is not None:
+            affinity = self.affinity
+            if affinity.is_session_start(user, ts):
+                for favourite, _ in affinity.predict_one(user):
+                    self._consider(
+                        out, favourite, ts, horizon, "similarity", _SRC_USER, key, 0, 0.0, 0, miss
+                    )
+            affinity.learn_one(key, ts, user)
+        if self._wall_clock is None:
+            self._wall_clock = is_wall_clock(ts)
+        if self._wall_clock:
+            self._observe_time(out, key, ts, horizon, miss)
+        return out
+
+    def observe_batch(
+        self,
+        keys: Sequence[Key],
+        ts: Sequence[float],
+        users: Sequence[Key | None] | None = None,
+        hits: Sequence[bool | None] | None = None,
+        warmed: Sequence[bool] | None = None,
+    ) -> list[Candidate]:
+        """:meth:`observe` each event of a batch in order; all admitted candidates.
+
+        A Faust agent maps an ``AccessEvent`` to ``key=f"{namespace}:{key}"``,
+        ``ts``, ``user``, ``hit = outcome == "hit"`` and ``warmed``.
+        """
+        if len(ts) != len(keys):
+            raise ValueError("keys and ts must have the same length")
+        out: list[Candidate] = []
+        for i, key in enumerate(keys):
+            out.extend(
+                self.observe(
+                    key,
+                    ts[i],
+                    user=None if users is None else users[i],
+                    hit=None if hits is None else hits[i],
+                    warmed=False if warmed is None else warmed[i],
+                )
+            )
+        return out
+
+    # -- candidates --------------------------------------------------------------------------
+
+    def _consider(
+        self,
+        out: list[Candidate],
+        candidate: Key,
+        ts: float,
+        horizon: float,
+        reason: Reason,
+        source: int,
+        antecedent: Key,
+        matches: int,
+        offset: float,
+        distance: int,
+        miss: float,
+    ) -> None:
+        """Score one raised key; register it for a label; admit it if good enough."""
+        scorer = self.scorer
+        entry = scorer._pending.get(candidate)
+        if entry is not None and entry[3]:
+            return  # already warmed and not requested since
+        state = self.recency._keys.get(candidate)
+        if state is not None:
+            idle = ts - state[0]
+            if idle < self._cached_fraction * horizon:
+                return  # probably still cached: warming it would be a no-op
+            staleness = math.log1p(idle / horizon) * _THIRD
+            if staleness > 1.0:
+                staleness = 1.0
+            rhythm = self.recency.prob_within(candidate, ts + self._lead, horizon)
+        else:
+            staleness = 1.0
+            rhythm = 0.0
+        coaccess = self.coaccess
+        support = coaccess._seen.get(antecedent, 0)
+        confidence = 0.0
+        if support:
+            successors = coaccess._successors.get(antecedent)
+            if successors:
+                confidence = successors.get(candidate, 0) / support
+        vector = [
+            (matches if matches < 16 else 16) * 0.0625,
+            offset,
+            confidence,
+            math.log1p(support) * 0.125,
+            self.frequency.log_count(candidate) * 0.125,
+            staleness,
+            rhythm,
+            0.0,
+            math.log1p(distance) * self._log_distance_norm if distance else 0.0,
+            miss,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+        ]
+        if self._wall_clock:
+            lift = self.temporal.predict_one(candidate, ts + self._lead)
+            vector[7] = max(-1.0, min(1.0, math.log(lift)))
+        if source >= 0:
+            vector[source] = 1.0
+        p = scorer.score(vector)
+        admitted = p >= scorer._threshold and len(out) < self._max_candidates
+        lead = self._lead
+        scorer.register(candidate, ts, vector, admitted, lead, ts + lead + horizon, p)
+        self._raised += 1
+        if admitted:
+            out.append(Candidate(candidate, p, reason, lead + horizon))
+
+    def _schedule_rhythm(self, key: Key, ts: float, horizon: float, state: list[float]) -> None:
+        """A key with a steady rhythm gets a warm scheduled just before its next access."""
+        gap = math.exp(state[2])
+        if gap < horizon:
+            return  # the cache keeps it between accesses anyway
+        cfg = self.config
+        due = ts + gap * (1.0 - 2.0 * cfg.regular_sigma) - self._lead
+        self._scheduled += 1
+        heapq.heappush(self._schedule, (due, self._scheduled, key, ts))
+        if len(self._schedule) > cfg.max_keys:
+            self._schedule = heapq.nsmallest(cfg.max_keys // 2, self._schedule)
+            heapq.heapify(self._schedule)
+
+    def _check_hot(
+        self, out: list[Candidate], key: Key, ts: float, horizon: float, miss: float
+    ) -> None:
+        """Round-robin over the heavy hitters: one that went idle is worth warming back."""
+        events = self._events
+        if events % self.config.hot_refresh < 16 or events in (1_024, 8_192):
+            self._hot = [hot for hot, _ in self.frequency.most_common(self.config.hot_keys)]
+        if self._hot:
+            self._hot_cursor = (self._hot_cursor + 1) % len(self._hot)
+            hot = self._hot[self._hot_cursor]
+            if hot != key:
+                self._consider(
+                    out, hot, ts, horizon, "frequency", _SRC_FREQUENCY, key, 0, 0.0, 0, miss
+                )
+
+    def _observe_time(
+        self, out: list[Candidate], key: Key, ts: float, horizon: float, miss: float
+    ) -> None:
+        """Time-of-week profiles; at each new time bin, raise the keys that peak in it."""
+        temporal = self.temporal
+        temporal.learn_one(key, ts)
+        upcoming = ts + self.config.lead + horizon / 2.0
+        current = temporal.time_bin(upcoming)
+        if current != self._time_bin:
+            first = self._time_bin < 0
+            self._time_bin = current
+            if not first:
+                for peak, _ in temporal.top_keys(upcoming, self.config.hot_keys):
+                    self._consider(
+                        out, peak, ts, horizon, "temporal", _SRC_TEMPORAL, key, 0, 0.0, 0, miss
+                    )
+
+    # -- TTL, stats, state ---------------------------------------------------------------------
+
+    def smart_ttl(self, key: Key) -> int:
+        """TTL in seconds for ``key``, from its inter-arrival distribution (jittered, clamped).
+
+        A key without a rhythm gets ``default_ttl``, or the short new-key TTL when
+        new keys rarely come back on this traffic (see :meth:`miss_ttl`).
+        """
+        rhythm = self.recency.rhythm(key)
+        default = None
+        if rhythm is None and self.config.new_key_ttl > 0.0 and self.reuse.predict_one():
+            default = self.config.new_key_ttl * self.horizon.predict_one() * self.config.time_scale
+        return self.ttl.ttl_from(key, rhythm, default)
+
+    def miss_ttl(self, key: Key) -> float | None:
+        """TTL (ts units) for a key whose last observed access was a miss on a new key.
+
+        New keys that rarely come back (one-hit wonders) are worth expiring after a
+        fraction ``new_key_ttl`` of the cache horizon: the space goes to keys that do
+        come back. Answers None (no TTL: let the cache decide) unless ``key`` is the
+        key just observed, it missed, it was new, and :class:`NewKeyReuse` says a
+        short TTL pays on this traffic. The agent turns it into an ``EXPIRE``.
+        """
+        if not self._last_new_miss or key != self._last_key or self.config.new_key_ttl <= 0.0:
+            return None
+        if self._events >= self._gate_checked + _GATE_EVERY:
+            self._gate_checked = self._events
+            self._gate_open = self.reuse.predict_one()
+        if not self._gate_open:
+            return None
+        return self.config.new_key_ttl * self.horizon._value
+
+    @property
+    def horizon_estimate(self) -> float:
+        """How long an unread key is believed to survive in the cache (ts units)."""
+        return self.horizon.predict_one()
+
+    def stats(self) -> dict[str, float]:
+        """Online quality and size: the scorer's precision/recall/log-loss and counters."""
+        out = self.scorer.stats()
+        out.update(
+            events=self._events,
+            raised=self._raised,
+            horizon=self.horizon.predict_one(),
+            tracked_keys=self.n_tracked,
+        )
+        return out
+
+    @property
+    def n_tracked(self) -> int:
+        """Keys with per-key state (the largest of the per-key models)."""
+        return max(self.frequency.n_tracked, self.recency.n_tracked, self.replay.n_tracked)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the learned state (all models, pending labels, schedule)."""
+        return deep_sizeof(self.state_dict())
+
+    def _components(self) -> dict[str, Any]:
+        return {
+            "frequency": self.frequency,
+            "recency": self.recency,
+            "coaccess": self.coaccess,
+            "replay": self.replay,
+            "affinity": self.affinity,
+            "temporal": self.temporal,
+            "horizon": self.horizon,
+            "scorer": self.scorer,
+            "reuse": self.reuse,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """A picklable snapshot of all learned state (bounded like the engine)."""
+        state: dict[str, Any] = {name: c.state_dict() for name, c in self._components().items()}
+        state["engine"] = {
+            "config": asdict(self.config),
+            "wall_clock": self._wall_clock,
+            "events": self._events,
+            "schedule": list(self._schedule),
+            "scheduled": self._scheduled,
+            "hot": list(self._hot),
+            "hot_cursor": self._hot_cursor,
+            "time_bin": self._time_bin,
+            "raised": self._raised,
+            "last_key": self._last_key,
+            "last_new_miss": self._last_new_miss,
+            "gate_open": self._gate_open,
+            "gate_checked": self._gate_checked,
+        }
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a snapshot taken by :meth:`state_dict` of an engine with the same config."""
+        engine = state["engine"]
+        if EngineConfig(**engine["config"]) != self.config:
+            raise ValueError("snapshot was taken with a different EngineConfig")
+        for name, component in self._components().items():
+            component.load_state_dict(state[name])
+        self._wall_clock = engine["wall_clock"]
+        self._events = engine["events"]
+        self._schedule = list(engine["schedule"])
+        heapq.heapify(self._schedule)
+        self._scheduled = engine["scheduled"]
+        self._hot = list(engine["hot"])
+        self._hot_cursor = engine["hot_cursor"]
+        self._time_bin = engine["time_bin"]
+        self._raised = engine["raised"]
+        self._last_key = engine["last_key"]
+        self._last_new_miss = engine["last_new_miss"]
+        self._gate_open = engine["gate_open"]
+        self._gate_checked = engine["gate_checked"]
+
+    def clone(self, **changes: Any) -> WarmEngine:
+        """A fresh engine with the same configuration (optionally changed), no state."""
+        return WarmEngine(replace(self.config, **changes))

@@ -1,0 +1,366 @@
+"""The ensemble: score a warm candidate from the models' features, learn from delayed labels."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from river import linear_model, metrics, optim
+
+from pipeline.models.base import Key, Predictor
+
+FEATURES: tuple[str, ...] = (
+    "matches",  # sequence-replay stream confidence, min(matches, 16) / 16
+    "offset",  # how far past the stream head the candidate lies, / lookahead
+    "confidence",  # co-access confidence antecedent -> candidate
+    "support",  # log1p(accesses of the antecedent) / 8
+    "popularity",  # log1p(decayed access count of the candidate) / 8
+    "staleness",  # log1p(candidate idle time / horizon) / 3, at most 1
+    "rhythm",  # P(candidate accessed within the horizon) from its inter-arrival fit
+    "season",  # log of the candidate's time-of-week lift, clipped to [-1, 1]
+    "replay_age",  # log1p(age of the replayed history / horizon) / 3, at most 1
+    "miss",  # 1.0 when the access that raised the candidate missed
+    "from_recency",  # one-hot of the candidate's source (sequence replay: all zero)
+    "from_frequency",
+    "from_temporal",
+    "from_user",
+)
+"""Names of the candidate features, in the order of the vectors given to :class:`WarmScorer`."""
+
+_LOGIT_CLAMP = 30.0
+# A pending candidate: [issue ts, lead, vector, admitted, deadline, probability, state]
+_STATE = 6
+_OPEN, _POSITIVE, _DROPPED = 0, 1, 2
+_CALIBRATION_DECAY = 0.995  # per control window: the calibration remembers ~200 windows
+_REFRESH_MASK = 3  # copy the model's weights to the scoring tuple every 4 labels
+
+
+def _metric(kind: Any, confusion: Any) -> float:
+    """A river classification metric read off a shared confusion matrix."""
+    return float(kind(cm=confusion).get())
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+class WarmScorer(Predictor):
+    """Online logistic model of "will this candidate be requested within its horizon?".
+
+    Each candidate ``(key, horizon)`` raised by the other models is described by the
+    features in :data:`FEATURES` and scored with a river
+    :class:`~river.linear_model.LogisticRegression`. The scorer then learns from
+    *delayed labels*: :meth:`register` remembers the candidate, :meth:`resolve`
+    (called on every access) marks it positive when its key is requested between
+    ``ts + lead`` and the deadline, and :meth:`expire` learns every label whose
+    deadline passed (unmarked ones are negatives). A key requested before
+    ``ts + lead`` is dropped without a label: a warm landing then finds it cached
+    and costs nothing.
+    Every candidate is labelled, admitted or not, so the model also learns where
+    it does not warm.
+
+    A candidate is *admitted* (warmed) when its probability reaches ``threshold``.
+    With ``waste_budget`` set, the threshold is steered online so that wasted warms
+    (admitted, never requested in time: each costs the origin a fetch) stay near
+    ``waste_budget`` times the number of demand misses; with no exploitable
+    structure the threshold rises and the scorer stops warming.
+
+    Online precision, recall (over labelled candidates, "positive" = requested in
+    time, "predicted" = admitted) and log-loss are kept with :mod:`river.metrics`.
+
+    Parameters
+    ----------
+    learning_rate
+        SGD step of the logistic regression.
+    threshold
+        Initial admission threshold on the predicted probability.
+    waste_budget
+        Target wasted warms per demand miss; None keeps ``threshold`` fixed.
+    min_threshold, max_threshold
+        Bounds of the steered threshold.
+    control_every
+        Accesses between two threshold corrections.
+    control_gain
+        Largest change of the threshold's log-odds per correction.
+    max_pending
+        Most candidates awaiting a label (oldest dropped first past it).
+    learn_every
+        Learn from one label in ``learn_every`` (all are counted in the metrics):
+        a cheaper update when candidates are plentiful.
+
+    Examples
+    --------
+    >>> from pipeline.models import WarmScorer
+    >>> scorer = WarmScorer(threshold=0.6, waste_budget=None)
+    >>> good = {"matches": 1.0, "confidence": 0.9}
+    >>> bad = {"matches": 0.0, "confidence": 0.1}
+    >>> for _ in range(300):
+    ...     scorer.learn_one(good, True)
+    ...     scorer.learn_one(bad, False)
+    >>> scorer.predict_proba_one(good) > 0.8 > 0.2 > scorer.predict_proba_one(bad)
+    True
+    >>> scorer.predict_one(good), scorer.predict_one(bad)
+    (True, False)
+
+    Delayed labels: a candidate registered at ``ts=0`` for key 7 with a deadline of
+    100 becomes a positive when key 7 is requested at ``ts=40``.
+
+    >>> vec = [good.get(name, 0.0) for name in FEATURES]
+    >>> scorer.register(7, ts=0.0, vector=vec, admitted=True, lead=0.0, deadline=100.0)
+    >>> scorer.resolve(7, ts=40.0)
+    >>> scorer.expire(ts=101.0)
+    >>> scorer.stats()["labels"], scorer.stats()["precision"]
+    (1, 1.0)
+    """
+
+    _state_attrs = (
+        "_model",
+        "_weights",
+        "_bias",
+        "_threshold",
+        "_pending",
+        "_deadlines",
+        "_confusion",
+        "_log_loss",
+        "_labels",
+        "_positives",
+        "_window_events",
+        "_window_misses",
+        "_window_expected",
+        "_calibration_waste",
+        "_calibration_expected",
+        "_admitted",
+        "_wasted",
+        "_registered",
+    )
+
+    def __init__(
+        self,
+        learning_rate: float = 0.05,
+        threshold: float = 0.9,
+        waste_budget: float | None = 0.03,
+        min_threshold: float = 0.5,
+        max_threshold: float = 0.999,
+        control_every: int = 1024,
+        control_gain: float = 0.1,
+        max_pending: int = 200_000,
+        learn_every: int = 1,
+    ) -> None:
+        if not 0.0 < min_threshold <= threshold <= max_threshold < 1.0:
+            raise ValueError("need 0 < min_threshold <= threshold <= max_threshold < 1")
+        if waste_budget is not None and waste_budget < 0.0:
+            raise ValueError("waste_budget must be >= 0")
+        self.learning_rate = learning_rate
+        self.threshold = threshold
+        self.waste_budget = waste_budget
+        self.min_threshold = min_threshold
+        self.max_threshold = max_threshold
+        self.control_every = control_every
+        self.control_gain = control_gain
+        self.max_pending = max_pending
+        if learn_every < 1:
+            raise ValueError("learn_every must be >= 1")
+        self.learn_every = learn_every
+        self._model = linear_model.LogisticRegression(
+            optimizer=optim.SGD(learning_rate), intercept_lr=learning_rate
+        )
+        self._weights: tuple[float, ...] = (0.0,) * len(FEATURES)
+        self._bias = 0.0
+        self._threshold = threshold
+        self._pending: dict[Key, list[Any]] = {}  # unresolved candidates by key
+        self._deadlines: deque[tuple[float, Key, list[Any]]] = deque()  # all, by deadline
+        self._confusion = metrics.ConfusionMatrix()  # type: ignore[no-untyped-call]
+        self._log_loss = metrics.LogLoss()  # type: ignore[no-untyped-call]
+        self._labels = 0
+        self._positives = 0
+        self._window_events = 0
+        self._window_misses = 0
+        self._window_expected = 0.0
+        self._calibration_waste = 0.0
+        self._calibration_expected = 0.0
+        self._admitted = 0
+        self._wasted = 0
+        self._registered = 0
+
+    # -- the model ------------------------------------------------------------------------
+
+    def score(self, vector: Sequence[float]) -> float:
+        """Probability for a feature vector ordered as :data:`FEATURES` (the fast path)."""
+        z = self._bias
+        for w, v in zip(self._weights, vector, strict=False):
+            z += w * v
+        if z < -_LOGIT_CLAMP:
+            return 0.0
+        if z > _LOGIT_CLAMP:
+            return 1.0
+        return 1.0 / (1.0 + math.exp(-z))
+
+    def predict_proba_one(self, x: dict[str, float]) -> float:
+        """Probability that a candidate described by ``x`` is requested within its horizon."""
+        return self.score([x.get(name, 0.0) for name in FEATURES])
+
+    def predict_one(self, x: dict[str, float]) -> bool:
+        """Whether a candidate described by ``x`` is admitted at the current threshold."""
+        return self.predict_proba_one(x) >= self._threshold
+
+    def learn_one(self, x: dict[str, float], y: bool) -> None:
+        """Update the logistic regression with one labelled candidate."""
+        self._model.learn_one({name: x.get(name, 0.0) for name in FEATURES}, y)
+        weights = self._model.weights
+        self._weights = tuple(float(weights.get(name, 0.0)) for name in FEATURES)
+        self._bias = float(self._model.intercept)
+
+    @property
+    def current_threshold(self) -> float:
+        """The admission threshold now (steered when ``waste_budget`` is set)."""
+        return self._threshold
+
+    # -- delayed labels ---------------------------------------------------------------------
+
+    def is_pending(self, key: Key) -> bool:
+        """Whether ``key`` was raised as a candidate and awaits its label."""
+        return key in self._pending
+
+    def is_admitted(self, key: Key) -> bool:
+        """Whether ``key`` was admitted (warmed) and has not been requested since."""
+        entry = self._pending.get(key)
+        return entry is not None and bool(entry[3])
+
+    def register(
+        self,
+        key: Key,
+        ts: float,
+        vector: Sequence[float],
+        admitted: bool,
+        lead: float,
+        deadline: float,
+        probability: float | None = None,
+    ) -> None:
+        """Remember a scored candidate until it is requested or its deadline passes.
+
+        Registering a key again replaces its pending candidate (the earlier one gets
+        no label). ``probability`` is the score the candidate was admitted on
+        (computed from ``vector`` when not given).
+        """
+        p = self.score(vector) if probability is None else probability
+        previous = self._pending.get(key)
+        if previous is not None:
+            previous[_STATE] = _DROPPED
+        entry: list[Any] = [ts, lead, vector, admitted, deadline, p, _OPEN]
+        self._pending[key] = entry
+        self._deadlines.append((deadline, key, entry))
+        self._registered += 1
+        if admitted:
+            self._admitted += 1
+            self._window_expected += 1.0 - p
+        if len(self._deadlines) > self.max_pending:
+            _, old_key, old = self._deadlines.popleft()
+            old[_STATE] = _DROPPED
+            if self._pending.get(old_key) is old:
+                del self._pending[old_key]
+
+    def resolve(self, key: Key, ts: float) -> None:
+        """An access to ``key`` at ``ts``: its pending candidate, if any, was right.
+
+        The label is learned at the candidate's deadline, like a negative would be:
+        learning positives early and negatives a horizon later would teach the model
+        how features drift over time instead of what makes a good candidate.
+        """
+        entry = self._pending.pop(key, None)
+        if entry is None:
+            return
+        if ts < entry[0] + entry[1]:
+            entry[_STATE] = _DROPPED  # requested before a warm could land: no cost, no gain
+        else:
+            entry[_STATE] = _POSITIVE
+
+    def expire(self, ts: float) -> None:
+        """Learn the labels of the candidates whose deadline is before ``ts``."""
+        deadlines = self._deadlines
+        pending = self._pending
+        while deadlines and deadlines[0][0] < ts:
+            _, key, entry = deadlines.popleft()
+            state = entry[_STATE]
+            if state == _DROPPED:
+                continue
+            if state == _OPEN and pending.get(key) is entry:
+                del pending[key]
+            self._label(entry, state == _POSITIVE)
+
+    def _label(self, entry: list[Any], y: bool) -> None:
+        vector, admitted, p = entry[2], entry[3], entry[5]
+        self._labels += 1
+        self._positives += y
+        self._confusion.update(y, admitted)  # type: ignore[no-untyped-call]
+        self._log_loss.update(y, p)
+        if admitted:
+            self._calibration_expected += 1.0 - p
+            if not y:
+                self._calibration_waste += 1.0
+                self._wasted += 1
+        if self._labels % self.learn_every:
+            return
+        model = self._model
+        model.learn_one(dict(zip(FEATURES, vector, strict=False)), y)
+        if (self._labels // self.learn_every) & _REFRESH_MASK == 0:
+            weights = model.weights
+            self._weights = tuple([float(weights.get(name, 0.0)) for name in FEATURES])
+            self._bias = float(model.intercept)
+
+    # -- the waste budget -------------------------------------------------------------------
+
+    def observe_access(self, miss: bool | None) -> None:
+        """Count one access (and whether it missed) for the waste-budget controller."""
+        self._window_events += 1
+        if miss:
+            self._window_misses += 1
+        if self._window_events >= self.control_every:
+            self._steer()
+
+    def _steer(self) -> None:
+        # Labels arrive a whole horizon after the decision: steering on them alone
+        # oscillates. Steer on the waste the model expects of what it admits now,
+        # corrected by how the expected and the observed waste compared so far.
+        budget = self.waste_budget
+        if budget is not None and self._window_misses > 0:
+            calibration = (self._calibration_waste + 1.0) / (self._calibration_expected + 1.0)
+            expected = calibration * self._window_expected
+            target = budget * self._window_misses
+            error = (expected - target) / max(target, 1.0)
+            step = self.control_gain * max(-1.0, min(1.0, error))
+            logit = _logit(self._threshold) + step
+            lo, hi = _logit(self.min_threshold), _logit(self.max_threshold)
+            self._threshold = 1.0 / (1.0 + math.exp(-max(lo, min(hi, logit))))
+        self._calibration_waste *= _CALIBRATION_DECAY
+        self._calibration_expected *= _CALIBRATION_DECAY
+        self._window_events = 0
+        self._window_misses = 0
+        self._window_expected = 0.0
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, float]:
+        """Online quality of the scorer.
+
+        ``precision``/``recall`` are over labelled candidates (admitted vs requested in
+        time), ``log_loss`` of the predicted probabilities, ``labels`` and
+        ``positive_rate`` count them, ``admitted``/``wasted`` count warms decided and
+        warms that were not requested in time, and ``threshold`` is the current one.
+        """
+        return {
+            "labels": self._labels,
+            "positive_rate": self._positives / self._labels if self._labels else 0.0,
+            "precision": _metric(metrics.Precision, self._confusion),
+            "recall": _metric(metrics.Recall, self._confusion),
+            "log_loss": float(self._log_loss.get()),  # type: ignore[no-untyped-call]
+            "admitted": self._admitted,
+            "wasted": self._wasted,
+            "pending": len(self._pending),
+            "threshold": self._threshold,
+        }
+
+    @property
+    def n_tracked(self) -> int:
+        return len(self._pending)

@@ -1,0 +1,209 @@
+"""Run the policies over a trace and cache sizes; the admission-threshold sweep."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pipeline.models import EngineConfig
+from pipeline.sim.cache import (
+    ProgressCallback,
+    ReplayCounts,
+    TtlPolicy,
+    WarmPolicy,
+    replay_belady,
+    replay_lru,
+)
+from pipeline.sim.policies import ABLATIONS, POLICIES, CachecastWarmer, SuccessorWarmer
+from pipeline.sim.traces import Trace, next_access_of
+
+DEFAULT_SIZES: tuple[float, ...] = (0.01, 0.05, 0.1)
+"""Cache sizes as fractions of the trace's unique keys."""
+
+DEFAULT_SWEEP: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
+"""Fixed admission thresholds of ``--sweep``."""
+
+ProgressFactory = Callable[[str, int], ProgressCallback | None]
+"""Given a label and a number of requests, returns a progress callback (or None)."""
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """One (policy, cache size) measurement."""
+
+    policy: str
+    size_fraction: float
+    cache_size: int
+    counts: ReplayCounts
+    delay: int
+    seconds: float
+    threshold: float | None = None
+
+    def row(self) -> dict[str, Any]:
+        """The JSON row: policy, size, requests, miss ratio, fetches/request, precision, warms."""
+        row: dict[str, Any] = {
+            "policy": self.policy,
+            "size_fraction": self.size_fraction,
+            "cache_size": self.cache_size,
+            "requests": self.counts.requests,
+            "miss_ratio": self.counts.miss_ratio,
+            "fetches_per_request": self.counts.fetches_per_request,
+            "prefetch_precision": self.counts.prefetch_precision,
+            "warms": self.counts.warms,
+            "delay": self.delay,
+        }
+        if self.threshold is not None:
+            row["threshold"] = self.threshold
+        return row
+
+    @property
+    def requests_per_second(self) -> float:
+        """Replay speed."""
+        return self.counts.requests / self.seconds if self.seconds > 0 else 0.0
+
+
+def cache_size_for(trace: Trace, fraction: float, n_unique: int | None = None) -> int:
+    """Cache size for a fraction of the unique keys, as libCacheSim computes it (floor, >= 1)."""
+    unique = trace.n_unique if n_unique is None else n_unique
+    return max(1, int(unique * fraction))
+
+
+def run_policy(
+    trace: Trace,
+    policy: str,
+    cache_size: int,
+    *,
+    delay: int = 0,
+    max_warms: int = 4,
+    config: EngineConfig | None = None,
+    keys: list[int] | None = None,
+    progress: ProgressCallback | None = None,
+) -> ReplayCounts:
+    """Replay ``trace`` under one policy at one cache size."""
+    key_list = trace.keys.tolist() if keys is None else keys
+    if policy == "lru":
+        return replay_lru(key_list, cache_size, progress=progress)
+    if policy == "lru+successor":
+        return replay_lru(
+            key_list, cache_size, SuccessorWarmer(), delay, max_warms, progress=progress
+        )
+    if policy.startswith("lru+cachecast"):
+        warmer = CachecastWarmer(trace.ts, delay, config, trace.users)
+        warm: WarmPolicy | None = warmer
+        ttl: TtlPolicy | None = warmer.miss_ttl
+        if policy == "lru+cachecast-ttl":
+            warm = _observe_only(warmer)
+        elif policy == "lru+cachecast-warm":
+            ttl = None
+        elif policy != "lru+cachecast":
+            raise ValueError(f"unknown policy {policy!r}")
+        return replay_lru(
+            key_list, cache_size, warm, delay, max_warms, progress=progress, ttl_policy=ttl
+        )
+    if policy == "belady":
+        future = trace.next_access if trace.next_access is not None else next_access_of(trace.keys)
+        return replay_belady(key_list, future, cache_size, progress=progress)
+    raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES + ABLATIONS)}")
+
+
+def _observe_only(warmer: CachecastWarmer) -> WarmPolicy:
+    """The engine keeps learning from every request, but its warms are dropped."""
+
+    def observe(index: int, key: int, hit: bool, warmed: bool) -> Sequence[int]:
+        warmer(index, key, hit, warmed)
+        return ()
+
+    return observe
+
+
+def run(
+    trace: Trace,
+    sizes: Iterable[float] = DEFAULT_SIZES,
+    policies: Sequence[str] = POLICIES,
+    *,
+    delay: int = 0,
+    max_warms: int = 4,
+    config: EngineConfig | None = None,
+    progress: ProgressFactory | None = None,
+) -> list[SimResult]:
+    """Every policy at every cache size; results in (size, policy) order."""
+    keys = trace.keys.tolist()
+    n_unique = trace.n_unique
+    results: list[SimResult] = []
+    for fraction in sizes:
+        size = cache_size_for(trace, fraction, n_unique)
+        for policy in policies:
+            callback = progress(f"{policy} @ {fraction:g}", len(keys)) if progress else None
+            start = time.perf_counter()
+            counts = run_policy(
+                trace,
+                policy,
+                size,
+                delay=delay,
+                max_warms=max_warms,
+                config=config,
+                keys=keys,
+                progress=callback,
+            )
+            results.append(
+                SimResult(policy, fraction, size, counts, delay, time.perf_counter() - start)
+            )
+    return results
+
+
+def sweep(
+    trace: Trace,
+    size_fraction: float,
+    thresholds: Iterable[float] = DEFAULT_SWEEP,
+    *,
+    delay: int = 0,
+    max_warms: int = 4,
+    config: EngineConfig | None = None,
+    progress: ProgressFactory | None = None,
+) -> list[SimResult]:
+    """cachecast at fixed admission thresholds (no waste budget), plus the baselines.
+
+    Traces the miss-ratio vs fetches-per-request curve; ``lru`` and
+    ``lru+successor`` are measured in the same run for comparison.
+    """
+    base = config or EngineConfig()
+    results = run(
+        trace,
+        [size_fraction],
+        ("lru", "lru+successor", "lru+cachecast"),
+        delay=delay,
+        max_warms=max_warms,
+        config=base,
+        progress=progress,
+    )
+    keys = trace.keys.tolist()
+    size = results[0].cache_size
+    for threshold in thresholds:
+        fixed = replace(base, threshold=threshold, min_threshold=threshold, waste_budget=None)
+        label = f"threshold {threshold:g}"
+        callback = progress(label, len(keys)) if progress else None
+        start = time.perf_counter()
+        counts = run_policy(
+            trace,
+            "lru+cachecast",
+            size,
+            delay=delay,
+            max_warms=max_warms,
+            config=fixed,
+            keys=keys,
+            progress=callback,
+        )
+        results.append(
+            SimResult(
+                "lru+cachecast",
+                size_fraction,
+                size,
+                counts,
+                delay,
+                time.perf_counter() - start,
+                threshold=threshold,
+            )
+        )
+    return results
