@@ -227,14 +227,14 @@ class Settings(BaseSettings):
         validation_alias=_env("CACHECAST_REORDER_S", "reorder_s"),
         description="How long the predict agent may hold events to restore their time order.",
     )
-    model_lookahead: int = Field(
-        32,
-        ge=1,
+    model_delay_requests: int = Field(
+        30,
+        ge=0,
         le=4096,
-        validation_alias=_env("CACHECAST_LOOKAHEAD", "model_lookahead"),
-        description="How many requests ahead the sequence model predicts. Set it to about"
-        " 2 + the pipeline's warm latency times the request rate of one sequence"
-        " (e.g. 2 + 0.05 s x 600/s = 32): a warm must land before its request.",
+        validation_alias=_env("CACHECAST_DELAY_REQUESTS", "model_delay_requests"),
+        description="Expected warm latency, in requests of one sequence: latency x request"
+        " rate (e.g. 0.05 s x 600/s = 30). The models predict that much further ahead and"
+        " judge themselves by what is requested after it, as the simulator's --delay does.",
     )
     smart_ttl_publish: bool = Field(
         True,

@@ -48,7 +48,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         threshold=settings.model_admission_threshold,
         min_threshold=min(0.5, settings.model_admission_threshold),
         wall_clock=False,
-        lookahead=settings.model_lookahead,
+        lookahead=2 + settings.model_delay_requests,
         seed=settings.seed,
     )
 

@@ -16,8 +16,8 @@ from pipeline.config import Settings, load_settings
 from pipeline.replay import BUNDLED_TRACE, ReplayResult, load_trace, replay
 from tests.integration.pipeline.conftest import NAMESPACE, StartWorker
 
-REQUESTS = 40_000
-RATE = 600.0
+REQUESTS = 30_000
+RATE = 400.0
 
 
 async def _records(settings: Settings, topic: str) -> list[bytes]:
@@ -50,8 +50,8 @@ def _run(start_worker: StartWorker, warming: bool) -> tuple[ReplayResult, Settin
         "CACHECAST_TOPIC_PARTITIONS": "1",
         # Checkpoints stall the worker for ~0.1-0.3 s; keep them out of the measurement.
         "CACHECAST_CHECKPOINT_S": "60",
-        # A warm must land before its request: 2 + latency (~50 ms) x 600 requests/s.
-        "CACHECAST_LOOKAHEAD": "48",
+        # A warm must land before its request: latency (~50 ms) x 400 requests/s.
+        "CACHECAST_DELAY_REQUESTS": "20",
     }
     worker = start_worker(**overrides)
     settings = load_settings(topic_namespace=f"e2e-{tag}", topic_partitions=1)
