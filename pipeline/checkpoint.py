@@ -73,6 +73,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         numpy_internal = module in ("numpy.core.multiarray", "numpy._core.multiarray")
         if numpy_internal and name not in ("_reconstruct", "scalar"):
             raise SnapshotError(f"snapshot names forbidden numpy function {name!r}")
+        if (module, name) == ("random", "Random"):
+            return super().find_class(module, name)  # a seeded generator's state
         if module == "functools" and name == "partial":
             # partial only binds callables that passed this same allowlist.
             return super().find_class(module, name)
@@ -90,7 +92,8 @@ def snapshot_key(stage: str, partition: int) -> bytes:
 def encode_snapshot(state: Any, *, stage: str, partition: int, level: int = 3) -> bytes:
     """Pickle and compress ``state``; the header records its uncompressed size."""
     raw = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(_MAGIC, len(raw)) + zstandard.ZstdCompressor(level=level).compress(raw)
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    return _HEADER.pack(_MAGIC, len(raw)) + compressor.compress(raw)
 
 
 def decode_snapshot(blob: bytes) -> Any:

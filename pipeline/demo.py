@@ -39,9 +39,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--requests", type=int, default=100_000, help="trace requests to replay")
-    parser.add_argument("--rate", type=float, default=2_000.0, help="requests per second")
+    parser.add_argument("--rate", type=float, default=1_000.0, help="requests per second")
     parser.add_argument("--cache-fraction", type=float, default=0.05)
-    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--partitions", type=int, default=1, help="partitions per topic (one worker needs one)"
+    )
     parser.add_argument("--json", default=None, help="also write both results as JSON here")
     parser.set_defaults(func=run_demo)
 
@@ -61,6 +63,8 @@ def _run_once(
             "CACHECAST_SESSION_TIMEOUT_S": "2",
             "CACHECAST_HEARTBEAT_S": "0.5",
             "CACHECAST_WARMING": "true" if warming else "false",
+            # Warms land ~50 ms after their trigger: that many requests ahead.
+            "CACHECAST_DELAY_REQUESTS": str(max(1, int(args.rate * 0.05))),
             "CACHECAST_LOADERS": orjson.dumps(
                 {NAMESPACE: {"callable": "pipeline.replay:demo_origin", "rate": 5000}}
             ).decode(),
