@@ -9,6 +9,7 @@ import subprocess
 import uuid
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer
 
 import schemas
@@ -71,6 +72,7 @@ def _run(start_worker: StartWorker, warming: bool) -> tuple[ReplayResult, Settin
     return result, settings
 
 
+@pytest.mark.timeout(900)
 def test_warming_raises_the_real_hit_ratio(start_worker: StartWorker) -> None:
     off, _ = _run(start_worker, False)
     on, settings = _run(start_worker, True)
