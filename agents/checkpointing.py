@@ -50,13 +50,13 @@ class Checkpointer(Generic[M]):
         self.models: dict[int, M] = {}
         self.lock = asyncio.Lock()
         self.stream: faust.StreamT[Any] | None = None
-        self._pending: list[EventT] = []
+        self._pending: list[EventT[Any]] = []
         self._last = time.monotonic()
         self.snapshots_written = 0
         self.snapshot_bytes = 0
         self.snapshot_seconds = 0.0
         self.restored = 0
-        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         checkpointers.append(self)
 
     def describe(self) -> dict[str, Any]:
@@ -103,7 +103,7 @@ class Checkpointer(Generic[M]):
             self.models[partition] = model
         return model
 
-    def processed(self, event: EventT) -> None:
+    def processed(self, event: EventT[Any]) -> None:
         """Remember a record whose effects are in the models; it is acked at the checkpoint."""
         self._pending.append(event)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import faust
 import orjson
+from redis.typing import EncodableT
 
 from agents.app import app, settings, topics
 from agents.checkpointing import Checkpointer
@@ -73,7 +74,8 @@ _last_flush = time.monotonic()
 async def observe(stream: faust.StreamT[bytes]) -> None:
     """Validate, learn TTLs, count, and re-partition access records."""
     ttl_models.stream = stream
-    async for event in stream.noack().events():
+    # Manual acks: records are acked at checkpoints (faust's StreamT omits noack).
+    async for event in stream.noack().events():  # type: ignore[attr-defined]
         runtime.record_lag("observe", event.message.timestamp)
         async with ttl_models.lock:
             await _process(event)
@@ -174,7 +176,7 @@ async def _publish_ttls() -> None:
     prefix = settings.redis_key_prefix
     try:
         async with runtime.redis.pipeline(transaction=False) as pipe:
-            by_namespace: dict[str, dict[str, int]] = defaultdict(dict)
+            by_namespace: dict[str, dict[EncodableT, EncodableT]] = defaultdict(dict)
             for full, ttl in writes:
                 namespace, _, key = full.partition(":")
                 by_namespace[namespace][key] = ttl

@@ -47,7 +47,8 @@ def decider(partition: int) -> Decider:
 async def predict(stream: faust.StreamT[bytes]) -> None:
     """Learn from each batch in time order; emit the warmup commands it admits."""
     engines.stream = stream
-    async for event in stream.noack().events():
+    # Manual acks: records are acked at checkpoints (faust's StreamT omits noack).
+    async for event in stream.noack().events():  # type: ignore[attr-defined]
         message = event.message
         runtime.record_lag("predict", message.timestamp)
         async with engines.lock:

@@ -151,12 +151,8 @@ class Settings(BaseSettings):
         "127.0.0.1:9092",
         validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
     )
-    topic_access: str = Field(
-        "", validation_alias=_env("CACHECAST_TOPIC_ACCESS", "topic_access")
-    )
-    topic_warmup: str = Field(
-        "", validation_alias=_env("CACHECAST_TOPIC_WARMUP", "topic_warmup")
-    )
+    topic_access: str = Field("", validation_alias=_env("CACHECAST_TOPIC_ACCESS", "topic_access"))
+    topic_warmup: str = Field("", validation_alias=_env("CACHECAST_TOPIC_WARMUP", "topic_warmup"))
     topic_outcomes: str = Field(
         "",
         validation_alias=_env("CACHECAST_TOPIC_OUTCOMES", "topic_outcomes"),

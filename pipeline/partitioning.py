@@ -19,7 +19,8 @@ __all__ = ["PartitionCache", "partition_for"]
 
 def partition_for(key: str, partitions: int) -> int:
     """Kafka's default partition of ``key`` among ``partitions``."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    digest: int = murmur2(key.encode())
+    return (digest & 0x7FFFFFFF) % partitions
 
 
 class PartitionCache:

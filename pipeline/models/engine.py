@@ -196,6 +196,7 @@ class WarmEngine:
             min_threshold=min(cfg.min_threshold, cfg.threshold),
             max_pending=2 * cfg.max_keys,
             learn_every=cfg.learn_every,
+            seed=cfg.seed,
         )
         self.reuse = NewKeyReuse(
             short_fraction=cfg.new_key_ttl,
@@ -431,7 +432,7 @@ class WarmEngine:
         if source >= 0:
             vector[source] = 1.0
         p = scorer.score(vector)
-        admitted = p >= scorer._threshold and len(out) < self._max_candidates
+        admitted = p >= scorer._threshold and len(out) < self._max_candidates and scorer.admits(p)
         lead = self._lead
         scorer.register(candidate, ts, vector, admitted, lead, ts + lead + horizon, p)
         self._raised += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -33,7 +34,9 @@ _LOGIT_CLAMP = 30.0
 # A pending candidate: [issue ts, lead, vector, admitted, deadline, probability, state]
 _STATE = 6
 _OPEN, _POSITIVE, _DROPPED = 0, 1, 2
-_CALIBRATION_DECAY = 0.995  # per control window: the calibration remembers ~200 windows
+_FLOW_DECAY = 0.9  # per control window: admitted warms and misses over ~10 windows
+_RECENT_DECAY = 0.98  # per control window: the observed waste rate remembers ~50 windows
+_MIN_FRACTION = 0.01  # thinning never shuts warming off entirely: labels must keep coming
 _REFRESH_MASK = 3  # copy the model's weights to the scoring tuple every 4 labels
 
 
@@ -64,7 +67,9 @@ class WarmScorer(Predictor):
     A candidate is *admitted* (warmed) when its probability reaches ``threshold``.
     With ``waste_budget`` set, the threshold is steered online so that wasted warms
     (admitted, never requested in time: each costs the origin a fetch) stay near
-    ``waste_budget`` times the number of demand misses; with no exploitable
+    ``waste_budget`` times the number of demand misses: the warms admitted in each
+    window of ``control_every`` accesses, times the waste rate recently observed
+    among admitted warms, are compared with the budget. With no exploitable
     structure the threshold rises and the scorer stops warming.
 
     Online precision, recall (over labelled candidates, "positive" = requested in
@@ -89,6 +94,8 @@ class WarmScorer(Predictor):
     learn_every
         Learn from one label in ``learn_every`` (all are counted in the metrics):
         a cheaper update when candidates are plentiful.
+    seed
+        Seed of the admission thinning.
 
     Examples
     --------
@@ -128,9 +135,13 @@ class WarmScorer(Predictor):
         "_positives",
         "_window_events",
         "_window_misses",
-        "_window_expected",
-        "_calibration_waste",
-        "_calibration_expected",
+        "_window_admitted",
+        "_flow_admitted",
+        "_flow_misses",
+        "_recent_waste",
+        "_recent_admitted",
+        "_admit_fraction",
+        "_rng",
         "_admitted",
         "_wasted",
         "_registered",
@@ -147,6 +158,7 @@ class WarmScorer(Predictor):
         control_gain: float = 0.1,
         max_pending: int = 200_000,
         learn_every: int = 1,
+        seed: int = 0,
     ) -> None:
         if not 0.0 < min_threshold <= threshold <= max_threshold < 1.0:
             raise ValueError("need 0 < min_threshold <= threshold <= max_threshold < 1")
@@ -163,6 +175,7 @@ class WarmScorer(Predictor):
         if learn_every < 1:
             raise ValueError("learn_every must be >= 1")
         self.learn_every = learn_every
+        self.seed = seed
         self._model = linear_model.LogisticRegression(
             optimizer=optim.SGD(learning_rate), intercept_lr=learning_rate
         )
@@ -177,9 +190,13 @@ class WarmScorer(Predictor):
         self._positives = 0
         self._window_events = 0
         self._window_misses = 0
-        self._window_expected = 0.0
-        self._calibration_waste = 0.0
-        self._calibration_expected = 0.0
+        self._window_admitted = 0
+        self._flow_admitted = 0.0
+        self._flow_misses = 0.0
+        self._recent_waste = 0.0
+        self._recent_admitted = 0.0
+        self._admit_fraction = 1.0
+        self._rng = random.Random(seed)
         self._admitted = 0
         self._wasted = 0
         self._registered = 0
@@ -203,7 +220,17 @@ class WarmScorer(Predictor):
 
     def predict_one(self, x: dict[str, float]) -> bool:
         """Whether a candidate described by ``x`` is admitted at the current threshold."""
-        return self.predict_proba_one(x) >= self._threshold
+        return self.admits(self.predict_proba_one(x))
+
+    def admits(self, p: float) -> bool:
+        """Whether a candidate of probability ``p`` is admitted now.
+
+        Above the threshold; and when even the highest threshold lets too many
+        warms through (an over-confident model), only a steered fraction of them.
+        """
+        if p < self._threshold:
+            return False
+        return self._admit_fraction >= 1.0 or self._rng.random() < self._admit_fraction
 
     def learn_one(self, x: dict[str, float], y: bool) -> None:
         """Update the logistic regression with one labelled candidate."""
@@ -254,7 +281,7 @@ class WarmScorer(Predictor):
         self._registered += 1
         if admitted:
             self._admitted += 1
-            self._window_expected += 1.0 - p
+            self._window_admitted += 1
         if len(self._deadlines) > self.max_pending:
             _, old_key, old = self._deadlines.popleft()
             old[_STATE] = _DROPPED
@@ -296,9 +323,9 @@ class WarmScorer(Predictor):
         self._confusion.update(y, admitted)  # type: ignore[no-untyped-call]
         self._log_loss.update(y, p)
         if admitted:
-            self._calibration_expected += 1.0 - p
+            self._recent_admitted += 1.0
             if not y:
-                self._calibration_waste += 1.0
+                self._recent_waste += 1.0
                 self._wasted += 1
         if self._labels % self.learn_every:
             return
@@ -320,24 +347,33 @@ class WarmScorer(Predictor):
             self._steer()
 
     def _steer(self) -> None:
-        # Labels arrive a whole horizon after the decision: steering on them alone
-        # oscillates. Steer on the waste the model expects of what it admits now,
-        # corrected by how the expected and the observed waste compared so far.
+        # Labels arrive a whole horizon after the decision: steering on wasted warms
+        # as they are observed would oscillate. Steer instead on the warms admitted
+        # lately times the waste rate observed among admitted warms, against the
+        # budget on the misses of the same period (both smoothed over ~10 windows,
+        # as candidates come in bursts).
         budget = self.waste_budget
-        if budget is not None and self._window_misses > 0:
-            calibration = (self._calibration_waste + 1.0) / (self._calibration_expected + 1.0)
-            expected = calibration * self._window_expected
-            target = budget * self._window_misses
+        self._flow_admitted = _FLOW_DECAY * self._flow_admitted + self._window_admitted
+        self._flow_misses = _FLOW_DECAY * self._flow_misses + self._window_misses
+        if budget is not None and self._flow_misses > 0.0:
+            waste_rate = (self._recent_waste + 1.0) / (self._recent_admitted + 2.0)
+            expected = waste_rate * self._flow_admitted
+            target = budget * self._flow_misses
             error = (expected - target) / max(target, 1.0)
             step = self.control_gain * max(-1.0, min(1.0, error))
             logit = _logit(self._threshold) + step
             lo, hi = _logit(self.min_threshold), _logit(self.max_threshold)
+            # Past the highest threshold (an over-confident model), thin admissions.
+            if logit > hi and error > 0.0:
+                self._admit_fraction = max(_MIN_FRACTION, self._admit_fraction * 0.8)
+            elif error < 0.0:
+                self._admit_fraction = min(1.0, self._admit_fraction * 1.25)
             self._threshold = 1.0 / (1.0 + math.exp(-max(lo, min(hi, logit))))
-        self._calibration_waste *= _CALIBRATION_DECAY
-        self._calibration_expected *= _CALIBRATION_DECAY
+        self._recent_waste *= _RECENT_DECAY
+        self._recent_admitted *= _RECENT_DECAY
         self._window_events = 0
         self._window_misses = 0
-        self._window_expected = 0.0
+        self._window_admitted = 0
 
     # -- reporting --------------------------------------------------------------------------
 
@@ -359,6 +395,7 @@ class WarmScorer(Predictor):
             "wasted": self._wasted,
             "pending": len(self._pending),
             "threshold": self._threshold,
+            "admit_fraction": self._admit_fraction,
         }
 
     @property

@@ -83,6 +83,7 @@ async def test_compressed_values_round_trip_through_redis(redis_server: RedisSer
         stored = await client.get("cache:users:42")
         assert stored is not None
         assert await client.strlen("cache:users:42") < encoded.raw_size / 3
+        assert isinstance(stored, bytes)
         envelope = codec.decode(stored)
         assert envelope.value == profile
         assert envelope.origin == "warm"
