@@ -146,7 +146,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--rate", type=float, default=2_000.0)
     parser.add_argument("--latency-requests", type=int, default=40_000)
-    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="partitions per topic; one worker needs one, and more mean smaller records",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="cachecast-bench-"))
     with DevStack(kafka=True, redis=True, kafka_partitions=args.partitions) as stack:
