@@ -232,6 +232,14 @@ class Settings(BaseSettings):
         " rate (e.g. 0.05 s x 600/s = 30). The models predict that much further ahead and"
         " judge themselves by what is requested after it, as the simulator's --delay does.",
     )
+    model_lead_requests: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        validation_alias=_env("CACHECAST_LEAD_REQUESTS", "model_lead_requests"),
+        description="Requests a warm takes to land, as the ensemble labels it: a candidate"
+        " requested sooner is not counted for or against the model.",
+    )
     smart_ttl_publish: bool = Field(
         True,
         validation_alias=_env("CACHECAST_PUBLISH_TTL", "smart_ttl_publish"),

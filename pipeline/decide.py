@@ -49,6 +49,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         min_threshold=min(0.5, settings.model_admission_threshold),
         wall_clock=False,
         lookahead=2 + settings.model_delay_requests,
+        lead=float(settings.model_lead_requests),
         seed=settings.seed,
     )
 
