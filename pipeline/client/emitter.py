@@ -27,9 +27,9 @@ from typing import Any, Final
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 
 from pipeline.config import Settings
+from pipeline.partitioning import PartitionCache
 from schemas.contracts import MAX_RECORD_BYTES
 
 __all__ = ["AccessEmitter", "EmitterStats", "ThreadedAccessEmitter"]
@@ -53,7 +53,6 @@ _FIELDS: Final = (
     "warmed",
     "client",
 )
-_PARTITION_CACHE_LIMIT: Final = 100_000
 _METADATA_REFRESH_S: Final = 30.0
 _MAX_IN_FLIGHT: Final = 16
 
@@ -105,7 +104,7 @@ class AccessEmitter:
         self._producer: AIOKafkaProducer | None = None
         self._partitions: list[int] = []
         self._metadata_at = 0.0
-        self._partition_of: dict[str, int] = {}
+        self._partition_of = PartitionCache(1)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._in_flight: set[asyncio.Future[Any]] = set()
@@ -278,19 +277,11 @@ class AccessEmitter:
         ordered = sorted(partitions) if partitions else [0]
         if ordered != self._partitions:
             self._partitions = ordered
-            self._partition_of.clear()
+            self._partition_of = PartitionCache(len(ordered))
         self._metadata_at = now
 
     def _partition(self, namespace: str, key: str) -> int:
-        full = f"{namespace}:{key}"
-        partition = self._partition_of.get(full)
-        if partition is None:
-            if len(self._partition_of) >= _PARTITION_CACHE_LIMIT:
-                self._partition_of.clear()
-            index = (murmur2(full.encode()) & 0x7FFFFFFF) % len(self._partitions)
-            partition = self._partitions[index]
-            self._partition_of[full] = partition
-        return partition
+        return self._partitions[self._partition_of(f"{namespace}:{key}")]
 
     async def _send_available(self) -> None:
         try:
