@@ -20,7 +20,7 @@ client alike:
 
 from __future__ import annotations
 
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import redis
 import redis.asyncio
@@ -76,6 +76,21 @@ def sync_retry(settings: Settings) -> redis.retry.Retry:
     )
 
 
+def _pool_options(settings: Settings, max_connections: int) -> dict[str, Any]:
+    """Connection-pool options shared by the asyncio and blocking clients."""
+    return {
+        "host": settings.redis_host,
+        "port": settings.redis_port,
+        "db": settings.redis_db,
+        "password": settings.redis_password,
+        "max_connections": max_connections,
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_socket_timeout,
+        "socket_keepalive": True,
+        "client_name": settings.client_name,
+    }
+
+
 def connect_async(
     settings: Settings, *, max_connections: int = DEFAULT_MAX_CONNECTIONS
 ) -> AsyncRedisClient:
@@ -93,16 +108,7 @@ def connect_async(
             socket_connect_timeout=settings.redis_socket_timeout,
         )
     pool = redis.asyncio.ConnectionPool(
-        host=settings.redis_host,
-        port=settings.redis_port,
-        db=settings.redis_db,
-        password=settings.redis_password,
-        max_connections=max_connections,
-        socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=settings.redis_socket_timeout,
-        socket_keepalive=True,
-        retry=async_retry(settings),
-        client_name=settings.client_name,
+        **_pool_options(settings, max_connections), retry=async_retry(settings)
     )
     return redis.asyncio.Redis.from_pool(pool)
 
@@ -125,15 +131,6 @@ def connect_sync(
             client_name=settings.client_name,
         )
     pool = redis.ConnectionPool(
-        host=settings.redis_host,
-        port=settings.redis_port,
-        db=settings.redis_db,
-        password=settings.redis_password,
-        max_connections=max_connections,
-        socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=settings.redis_socket_timeout,
-        socket_keepalive=True,
-        retry=sync_retry(settings),
-        client_name=settings.client_name,
+        **_pool_options(settings, max_connections), retry=sync_retry(settings)
     )
     return redis.Redis.from_pool(pool)

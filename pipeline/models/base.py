@@ -12,6 +12,7 @@ Keys are any hashable id: the simulator uses ints, the Faust agents use
 
 from __future__ import annotations
 
+import abc
 import copy
 import inspect
 import sys
@@ -23,7 +24,7 @@ Key = Hashable
 """A cache key as the models see it: an int in the simulator, ``"ns:key"`` in the agents."""
 
 
-class Predictor:
+class Predictor(abc.ABC):
     """Base class: parameter introspection, ``clone`` and state snapshots.
 
     Subclasses store their constructor arguments under the same attribute names,
@@ -63,9 +64,9 @@ class Predictor:
             setattr(self, name, value)
 
     @property
+    @abc.abstractmethod
     def n_tracked(self) -> int:
         """How many keys this predictor holds state for (never more than ``max_keys``)."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         params = ", ".join(f"{name}={value!r}" for name, value in self._get_params().items())
