@@ -124,8 +124,11 @@ async def _process(event: Any) -> None:
         by_partition[_sequence_partition(sequence_key(e))].append(e)
     for namespace, items in by_namespace.items():
         _deltas[namespace].add_access(items)
+    origin = str(message.partition).encode()  # lets predict keep a watermark per source
     for partition, items in by_partition.items():
-        await topics.sequence.send(value=orjson.dumps(items), partition=partition, force=True)
+        await topics.sequence.send(
+            key=origin, value=orjson.dumps(items), partition=partition, force=True
+        )
 
 
 async def _flush() -> None:

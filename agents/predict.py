@@ -21,6 +21,7 @@ import orjson
 from agents.app import app, settings, topics
 from agents.checkpointing import Checkpointer
 from agents.runtime import runtime
+from agents.writer import claimed_headers, local
 from pipeline.decide import Decider, engine_config
 from pipeline.models import WarmEngine
 from pipeline.partitioning import PartitionCache
@@ -56,7 +57,7 @@ async def predict(stream: faust.StreamT[bytes]) -> None:
                 events: list[dict[str, Any]] = orjson.loads(event.value)
                 if not isinstance(events, list):
                     raise TypeError(f"expected an array, got {type(events).__name__}")
-                due = reorderer(message.partition).push(events)
+                due = reorderer(message.partition).push(events, source=message.key)
                 await _decide(message.partition, due)
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 await runtime.dead_letter(
@@ -94,6 +95,7 @@ async def _checkpoint() -> None:
 
 
 async def _send(commands: list[dict[str, Any]]) -> None:
+    """Publish commands by key partition; each batch the local writer takes is marked claimed."""
     by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for command in commands:
         full = command["namespace"] + ":" + command["key"]
@@ -101,7 +103,10 @@ async def _send(commands: list[dict[str, Any]]) -> None:
         runtime.deltas[command["namespace"]].warms_issued += 1
     runtime.counters["warms_issued"] += len(commands)
     for partition, items in by_partition.items():
-        await topics.warmup.send(value=orjson.dumps(items), partition=partition, force=True)
+        headers = claimed_headers() if local.claim(items) else None
+        await topics.warmup.send(
+            value=orjson.dumps(items), partition=partition, headers=headers, force=True
+        )
 
 
 @app.timer(interval=max(0.01, settings.reorder_s), name="cachecast.predict-release")

@@ -1,28 +1,118 @@
-"""The Redis writer agent: warmup commands in, Redis writes and WarmupOutcomes out."""
+"""The Redis writer: warmup commands in, Redis writes and WarmupOutcomes out.
+
+Two ways in, one way out (:func:`carry_out`):
+
+* In-process: the predict agent hands each batch it issues to :data:`local`
+  straight away, with no Kafka round trip, and publishes it on the warmup topic
+  with a ``cachecast-claimed`` header naming this worker (the topic stays the
+  complete record of what was issued, for any other consumer).
+* The writer agent: consumes the warmup topic and carries out every batch that
+  is not claimed (commands published by other producers, or by a worker whose
+  local writer was busy or is switched off with ``CACHECAST_WARM_LOCAL=0``).
+
+Either way each command gets one WarmupOutcome on the outcomes topic. At most
+``WRITER_CONCURRENCY`` batches run at once per way: a slow origin for one batch
+must not hold up the next, and every write is idempotent, so order across
+batches does not matter. A claimed batch still in flight when its worker dies is
+not retried: its commands would be stale by the time anyone could.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
 
-from agents.app import app, topics
+from agents.app import app, settings, topics, worker_name
 from agents.runtime import encode_batch, runtime
 from schemas.decode import InvalidEvent, decode_warmup_command_dicts
 
-__all__ = ["write_warmups"]
+__all__ = [
+    "CLAIMED_HEADER",
+    "LocalWarms",
+    "carry_out",
+    "claimed_headers",
+    "is_claimed",
+    "local",
+    "write_warmups",
+]
 
-#: Batches carried out at once: a slow origin for one batch must not hold up the next
-#: (every write is idempotent, so order across batches does not matter).
+log = logging.getLogger(__name__)
+
 WRITER_CONCURRENCY = 4
+CLAIMED_HEADER = "cachecast-claimed"
+
+
+async def carry_out(commands: Sequence[Mapping[str, Any]]) -> None:
+    """Write a batch of validated commands; publish one outcome per command, by namespace."""
+    outcomes = await runtime.writer.apply(commands)
+    by_namespace: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for outcome in outcomes:
+        runtime.counters[f"warm_{outcome['status']}"] += 1
+        by_namespace[outcome["namespace"]].append(outcome)
+    for namespace, items in by_namespace.items():
+        await topics.outcomes.send(key=namespace.encode(), value=encode_batch(items), force=True)
+
+
+class LocalWarms:
+    """Carries out the predict agent's own commands in-process, a bounded number at once."""
+
+    def __init__(self, limit: int, enabled: bool) -> None:
+        self.limit = limit
+        self.enabled = enabled
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def claim(self, commands: list[dict[str, Any]]) -> bool:
+        """Start carrying out ``commands`` now; False (leave them to the writer agent) if busy."""
+        if not self.enabled or len(self._tasks) >= self.limit:
+            return False
+        task = asyncio.get_running_loop().create_task(self._run(commands))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _run(self, commands: list[dict[str, Any]]) -> None:
+        try:
+            await carry_out(commands)
+        except Exception:  # a bug here must not go unseen, nor kill the predict agent
+            runtime.counters["warm_local_errors"] += 1
+            log.exception("local warm of %d commands failed", len(commands))
+
+    async def wait(self) -> None:
+        """Let the batches in flight finish (the worker is stopping)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5.0)
+
+
+local = LocalWarms(WRITER_CONCURRENCY, settings.warm_local)
+
+
+def claimed_headers() -> list[tuple[str, bytes]]:
+    return [(CLAIMED_HEADER, worker_name.encode())]
+
+
+def is_claimed(headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None) -> bool:
+    """Whether a warmup record was already carried out by the worker that issued it."""
+    if not headers:
+        return False
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return any(name == CLAIMED_HEADER for name, _ in items)
 
 
 @app.agent(topics.warmup, name="cachecast.writer", concurrency=WRITER_CONCURRENCY)
 async def write_warmups(stream: faust.StreamT[bytes]) -> None:
-    """Carry out each batch of commands; publish one outcome per command, by namespace."""
+    """Carry out each unclaimed batch of commands on the warmup topic."""
     async for event in stream.events():
         message = event.message
+        if is_claimed(message.headers):
+            continue
         runtime.record_lag("writer", message.timestamp)
         source = f"{message.topic}/{message.partition}/{message.offset}"
         try:
@@ -39,14 +129,10 @@ async def write_warmups(stream: faust.StreamT[bytes]) -> None:
                 field=reject.field,
                 index=reject.index,
             )
-        if not commands:
-            continue
-        outcomes = await runtime.writer.apply(commands)
-        by_namespace: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for outcome in outcomes:
-            runtime.counters[f"warm_{outcome['status']}"] += 1
-            by_namespace[outcome["namespace"]].append(outcome)
-        for namespace, items in by_namespace.items():
-            await topics.outcomes.send(
-                key=namespace.encode(), value=encode_batch(items), force=True
-            )
+        if commands:
+            await carry_out(commands)
+
+
+@app.on_before_shutdown.connect
+async def finish_local_warms(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    await local.wait()

@@ -265,6 +265,12 @@ class Settings(BaseSettings):
         validation_alias=_env("CACHECAST_WARM_DEDUP_S", "warm_dedup_s"),
         description="A key warmed this recently is not warmed again.",
     )
+    warm_local: bool = Field(
+        True,
+        validation_alias=_env("CACHECAST_WARM_LOCAL", "warm_local"),
+        description="The predict agent carries out its own warmup commands in-process (no"
+        " Kafka hop) and publishes them marked as claimed; off: the writer agent does all.",
+    )
 
     # --- Worker ------------------------------------------------------------------
     app_id: str = Field(

@@ -1,20 +1,27 @@
-"""Put a re-partitioned stream back in time order, within a bounded delay.
+"""Put a re-partitioned stream back in time order, holding events no longer than needed.
 
 Access events of one sequence (a session, a user, a client) arrive on the
 access topic spread over its partitions, and reach the sequence partition as
-interleaved batches. The sequence models need them in order. A
-:class:`Reorderer` holds events for at most ``delay`` seconds and releases them
-sorted by their timestamp: an event is released once an event at least
-``delay`` newer has been seen (a watermark on the events' own clock), or once it
-has waited ``delay`` on the local clock (so a quiet stream is not held back).
-Events that arrive after newer ones were released are passed on at once: late,
-but never lost.
+interleaved batches, one stream per *source* (the access partition that
+re-batched them). The sequence models need them in order. A :class:`Reorderer`
+keeps a watermark per source: the newest timestamp that source has sent, minus
+the disorder it has shown lately (a source fed by several clients is a little
+out of order itself). An event is released once every active source's
+watermark has passed it, so no event still to come should be older, or once it
+has waited ``delay`` on the local clock (so a quiet or slow source never holds
+the others back longer than that).
+
+One in-order source is therefore never held at all, and several busy sources
+are held only as long as their slowest is behind. Events that arrive after newer
+ones were released are passed on at once: late, but never lost.
 
 >>> r = Reorderer(delay=0.010, clock=lambda: 0.0)
->>> r.push([{"ts": 1.000}, {"ts": 1.002}])
+>>> [e["ts"] for e in r.push([{"ts": 1.000}, {"ts": 1.002}], source=0)]
+[1.0, 1.002]
+>>> r.push([{"ts": 1.005}], source=1)  # a second source: wait for both
 []
->>> [e["ts"] for e in r.push([{"ts": 1.001}, {"ts": 1.020}])]
-[1.0, 1.001, 1.002]
+>>> [e["ts"] for e in r.push([{"ts": 1.004}, {"ts": 1.009}], source=0)]
+[1.004, 1.005]
 """
 
 from __future__ import annotations
@@ -22,10 +29,24 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 __all__ = ["Reorderer"]
+
+#: A source silent for this long (local clock) no longer holds the others back.
+SOURCE_IDLE_S = 1.0
+#: How fast a source's remembered disorder fades (halves per this many seconds).
+SLACK_HALF_LIFE_S = 5.0
+
+
+class _Source:
+    __slots__ = ("max_ts", "seen", "slack")
+
+    def __init__(self, now: float) -> None:
+        self.max_ts = float("-inf")
+        self.slack = 0.0
+        self.seen = now
 
 
 class Reorderer:
@@ -38,32 +59,53 @@ class Reorderer:
         self.clock = clock
         self._heap: list[tuple[float, int, float, dict[str, Any]]] = []
         self._seq = itertools.count()
-        self._max_ts = float("-inf")
+        self._sources: dict[Hashable, _Source] = {}
         self._released_ts = float("-inf")
         self.late = 0
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def push(self, events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Add events; return those now due, in time order."""
+    def push(
+        self, events: Iterable[dict[str, Any]], source: Hashable = None
+    ) -> list[dict[str, Any]]:
+        """Add events from ``source``; return those now due, in time order."""
         now = self.clock()
+        state = self._sources.get(source)
+        if state is None:
+            state = self._sources[source] = _Source(now)
+        else:
+            state.slack *= 0.5 ** ((now - state.seen) / SLACK_HALF_LIFE_S)
+            state.seen = now
         late: list[dict[str, Any]] = []
+        max_ts, slack, delay = state.max_ts, state.slack, self.delay
         for event in events:
             ts = event["ts"]
+            if ts >= max_ts:
+                max_ts = ts
+            elif max_ts - ts > slack:
+                slack = min(delay, max_ts - ts)
             if ts < self._released_ts:
                 late.append(event)
                 continue
-            self._max_ts = max(self._max_ts, ts)
             heapq.heappush(self._heap, (ts, next(self._seq), now, event))
+        state.max_ts, state.slack = max_ts, slack
         self.late += len(late)
         return late + self.release(now)
+
+    def watermark(self, now: float | None = None) -> float:
+        """Events up to this timestamp are not expected from any active source any more."""
+        now = self.clock() if now is None else now
+        marks = [s.max_ts - s.slack for s in self._sources.values() if now - s.seen < SOURCE_IDLE_S]
+        return min(marks) if marks else float("-inf")
 
     def release(self, now: float | None = None) -> list[dict[str, Any]]:
         """Events due by the watermark or by their time in the buffer."""
         now = self.clock() if now is None else now
-        watermark = self._max_ts - self.delay
         heap = self._heap
+        if not heap:
+            return []
+        watermark = self.watermark(now)
         out: list[dict[str, Any]] = []
         while heap and (heap[0][0] <= watermark or now - heap[0][2] >= self.delay):
             ts, _, _, event = heapq.heappop(heap)

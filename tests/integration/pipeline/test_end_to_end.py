@@ -99,6 +99,9 @@ def test_warming_raises_the_real_hit_ratio(start_worker: StartWorker) -> None:
         for value in asyncio.run(_records(settings, settings.topic_outcomes))
         for o in schemas.decode_warmup_outcomes(value).records
     ]
+    # One outcome per command: those the predict agent carried out itself (claimed)
+    # are not carried out again by the writer agent.
+    assert len(outcomes) == len(commands)
     written = [o for o in outcomes if o.status == "written"]
     assert len(written) == on.warms_written
     assert all(o.size_bytes > 0 and o.ttl for o in written)
