@@ -79,6 +79,10 @@ class Reorderer:
             state.seen = now
         late: list[dict[str, Any]] = []
         max_ts, slack, delay = state.max_ts, state.slack, self.delay
+        if not self._heap and isinstance(events, list) and events:
+            batch = self._pass_through(events, state, now)
+            if batch is not None:
+                return batch
         for event in events:
             ts = event["ts"]
             if ts >= max_ts:
@@ -92,6 +96,27 @@ class Reorderer:
         state.max_ts, state.slack = max_ts, slack
         self.late += len(late)
         return late + self.release(now)
+
+    def _pass_through(
+        self, events: list[dict[str, Any]], state: _Source, now: float
+    ) -> list[dict[str, Any]] | None:
+        """The common case, without the heap: nothing held, and a sorted batch all due."""
+        first, last = events[0]["ts"], events[-1]["ts"]
+        if first < self._released_ts or first < state.max_ts - state.slack:
+            return None
+        previous = first
+        for event in events:
+            ts = event["ts"]
+            if ts < previous:
+                return None
+            previous = ts
+        before = state.max_ts
+        state.max_ts = max(before, last)
+        if last > self.watermark(now):
+            state.max_ts = before
+            return None
+        self._released_ts = last
+        return events
 
     def watermark(self, now: float | None = None) -> float:
         """Events up to this timestamp are not expected from any active source any more."""
