@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check clean
+.PHONY: demo test native lint typecheck check clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "cachecast needs Python >= 3.11")'
@@ -13,10 +13,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
+# Compile the hot modules with mypyc (a no-op when up to date; pure Python if it cannot).
+native: $(STAMP)
+	@$(BIN)/python -m pipeline.build_native
+
+demo: native
 	$(BIN)/cachecast demo
 
-test: $(STAMP)
+test: native
 	$(BIN)/python -m pytest -ra -q
 
 lint: $(STAMP)
@@ -29,4 +33,5 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 clean:
+	-$(BIN)/python -m pipeline.build_native --clean
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

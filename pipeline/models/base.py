@@ -13,15 +13,56 @@ Keys are any hashable id: the simulator uses ints, the Faust agents use
 from __future__ import annotations
 
 import abc
+import ast
 import copy
+import importlib.machinery
 import inspect
 import sys
 import zlib
 from collections.abc import Hashable, Iterable
 from typing import Any, Self
 
+from pipeline._native import source_path
+
 Key = Hashable
 """A cache key as the models see it: an int in the simulator, ``"ns:key"`` in the agents."""
+
+_INIT_PARAMS: dict[type, tuple[str, ...]] = {}
+
+
+def init_params(cls: type) -> tuple[str, ...]:
+    """Names of the parameters of ``cls.__init__`` (``self`` excluded).
+
+    Read from the signature; a class compiled with mypyc has none (``*args,
+    **kwargs``), so its parameters are read from the class's source instead.
+    """
+    found = _INIT_PARAMS.get(cls)
+    if found is not None:
+        return found
+    module = sys.modules.get(cls.__module__)
+    loader = getattr(module, "__loader__", None)
+    if isinstance(loader, importlib.machinery.ExtensionFileLoader):
+        owner = next(c for c in cls.__mro__ if "__init__" in vars(c))
+        names = _params_from_source(owner)
+    else:
+        names = tuple(inspect.signature(cls).parameters)
+    _INIT_PARAMS[cls] = names
+    return names
+
+
+def _params_from_source(cls: type) -> tuple[str, ...]:
+    source_file = source_path(cls.__module__)  # a compiled module's __file__ is its .so
+    with open(source_file, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    args = item.args
+                    every = [*args.posonlyargs, *args.args, *args.kwonlyargs]
+                    return tuple(a.arg for a in every if a.arg != "self")
+            return ()
+    raise TypeError(f"cannot find the parameters of {cls.__qualname__}")
 
 
 class Predictor(abc.ABC):
@@ -36,11 +77,8 @@ class Predictor(abc.ABC):
 
     def _get_params(self) -> dict[str, Any]:
         """The constructor arguments this predictor was built with."""
-        signature = inspect.signature(type(self).__init__)
         return {
-            name: getattr(self, name)
-            for name in signature.parameters
-            if name != "self" and hasattr(self, name)
+            name: getattr(self, name) for name in init_params(type(self)) if hasattr(self, name)
         }
 
     def clone(self) -> Self:

@@ -56,7 +56,7 @@ class DecayedFrequency(Predictor):
     True
     """
 
-    _state_attrs = ("_weights", "_base")
+    _state_attrs: tuple[str, ...] = ("_weights", "_base")
 
     def __init__(self, max_keys: int = 100_000, half_life: float = 100_000.0) -> None:
         if max_keys < 4:

@@ -37,7 +37,7 @@ class CacheHorizon(Predictor):
     True
     """
 
-    _state_attrs = ("_value",)
+    _state_attrs: tuple[str, ...] = ("_value",)
 
     def __init__(
         self,

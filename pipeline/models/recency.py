@@ -74,7 +74,7 @@ class InterArrival(Predictor):
     True
     """
 
-    _state_attrs = ("_keys",)
+    _state_attrs: tuple[str, ...] = ("_keys",)
 
     def __init__(self, max_keys: int = 100_000, alpha: float = 0.2) -> None:
         if max_keys < 4:

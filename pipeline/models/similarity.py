@@ -65,7 +65,7 @@ class CoAccess(Predictor):
     []
     """
 
-    _state_attrs = ("_successors", "_seen", "_recent")
+    _state_attrs: tuple[str, ...] = ("_successors", "_seen", "_recent")
 
     def __init__(
         self,
@@ -210,7 +210,7 @@ class SequenceReplay(Predictor):
     []
     """
 
-    _state_attrs = ("_ring", "_n", "_last", "_streams")
+    _state_attrs: tuple[str, ...] = ("_ring", "_n", "_last", "_streams")
 
     def __init__(
         self,
@@ -412,7 +412,7 @@ class UserAffinity(Predictor):
     []
     """
 
-    _state_attrs = ("_users",)
+    _state_attrs: tuple[str, ...] = ("_users",)
 
     def __init__(
         self,

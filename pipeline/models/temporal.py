@@ -70,7 +70,7 @@ class TimeProfile(Predictor):
     1.0
     """
 
-    _state_attrs = ("_keys", "_global")
+    _state_attrs: tuple[str, ...] = ("_keys", "_global")
 
     def __init__(
         self,

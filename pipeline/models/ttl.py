@@ -63,7 +63,7 @@ class SmartTTL(Predictor):
     True
     """
 
-    _state_attrs = ("_recency_state",)
+    _state_attrs: tuple[str, ...] = ("_recency_state",)
 
     def __init__(
         self,
@@ -177,7 +177,7 @@ class NewKeyReuse(Predictor):
     (0.0, 1.0)
     """
 
-    _state_attrs = ("_pending", "_deadlines", "_counts", "_rng")
+    _state_attrs: tuple[str, ...] = ("_pending", "_deadlines", "_counts", "_rng")
 
     def __init__(
         self,

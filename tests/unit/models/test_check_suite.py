@@ -28,6 +28,7 @@ from pipeline.models import (
     UserAffinity,
     stable_hash,
 )
+from pipeline.models.base import _params_from_source, init_params
 
 MONDAY = 1_700_438_400.0
 
@@ -160,3 +161,11 @@ def test_state_dict_round_trips_through_pickle(adapter: Adapter) -> None:
 def test_load_state_dict_rejects_incomplete_state(adapter: Adapter) -> None:
     with pytest.raises(ValueError, match="missing"):
         adapter.make(32).load_state_dict({})
+
+
+def test_parameters_read_from_source_match_the_signature(adapter: Adapter) -> None:
+    """Compiled (mypyc) classes have no signature; their parameters come from the source."""
+    cls = type(adapter.make(64))
+    owner = next(c for c in cls.__mro__ if "__init__" in vars(c))
+    assert _params_from_source(owner) == init_params(cls)
+    assert init_params(cls)  # every predictor takes parameters
