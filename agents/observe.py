@@ -12,8 +12,10 @@ For each record on the access topic:
    arrives here, so its inter-arrival statistics are complete) and, every flush,
    publish changed TTLs to Redis where the client reads them;
 3. count the events into per-namespace stats deltas (sent every flush);
-4. re-batch the events by sequence key (session, else user, else client) onto
-   the sequence topic, where the predict agent sees each sequence in order.
+4. re-batch the reads by sequence key (session, else user, else client) onto
+   the sequence topic, where the predict agent sees each sequence in order. A
+   sequence row keeps only what the models use (ts, namespace, key, op, outcome,
+   user, warmed): half the bytes to compress, send and parse again.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from agents.runtime import runtime
 from pipeline.client.keys import smart_ttl_hash
 from pipeline.models import SmartTTL
 from pipeline.partitioning import PartitionCache
+from schemas.contracts import READ_OPS
 from schemas.decode import InvalidEvent, decode_access_dicts
 
 __all__ = ["observe", "sequence_key"]
@@ -43,6 +46,7 @@ FLUSH_S = 1.0
 _TTL_CHANGE = 0.1  # republish a smart TTL when it moved by more than 10%
 _TTL_MEMO = 200_000  # most smart TTLs one worker keeps published
 _TTL_TABLE_EXPIRY_S = 86_400
+_TTL_OPS = frozenset({"get", "mget", "set", "mset"})  # accesses that (re)start a key's life
 
 
 def sequence_key(event: dict[str, Any]) -> str:
@@ -116,12 +120,24 @@ async def _process(event: Any) -> None:
     by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
     learn = model.learn_one
     for e in events:
-        full = e["namespace"] + ":" + e["key"]
-        if e["op"] in ("get", "mget", "set", "mset"):
+        namespace, key, op = e["namespace"], e["key"], e["op"]
+        full = namespace + ":" + key
+        if op in _TTL_OPS:
             learn(full, e["ts"])
             touched.add(full)
-        by_namespace[e["namespace"]].append(e)
-        by_partition[_sequence_partition(sequence_key(e))].append(e)
+        by_namespace[namespace].append(e)
+        if op in READ_OPS:  # only requests teach the sequence models
+            by_partition[_sequence_partition(sequence_key(e))].append(
+                {
+                    "ts": e["ts"],
+                    "namespace": namespace,
+                    "key": key,
+                    "op": op,
+                    "outcome": e["outcome"],
+                    "user": e["user"],
+                    "warmed": e["warmed"],
+                }
+            )
     for namespace, items in by_namespace.items():
         _deltas[namespace].add_access(items)
     origin = str(message.partition).encode()  # lets predict keep a watermark per source

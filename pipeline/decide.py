@@ -34,10 +34,10 @@ from typing import Any, Final
 
 from pipeline.config import Settings
 from pipeline.models import EngineConfig, WarmEngine
+from schemas.contracts import READ_OPS
 
 __all__ = ["Decider", "engine_config"]
 
-_READS: Final = frozenset({"get", "mget", "exists"})
 _DEDUP_MEMO: Final = 200_000
 
 
@@ -84,7 +84,7 @@ class Decider:
         observe = engine.observe
         ttl = self.settings.redis_default_ttl
         for event in sorted(events, key=lambda e: e["ts"]):
-            if event["op"] not in _READS:
+            if event["op"] not in READ_OPS:
                 continue
             self.requests += 1
             outcome = event["outcome"]

@@ -34,6 +34,7 @@ __all__ = [
     "METRICS_SNAPSHOT",
     "OPS",
     "OUTCOMES",
+    "READ_OPS",
     "REASONS",
     "STATUSES",
     "WARMUP_COMMAND",
@@ -55,6 +56,8 @@ MAX_TTL_S: Final = 10 * 365 * 24 * 3600
 MAX_COUNT: Final = 2**53
 
 OPS: Final = ("get", "set", "delete", "mget", "mset", "exists", "incr", "expire")
+#: The operations that are requests for a value: what the prediction models learn from.
+READ_OPS: Final = frozenset({"get", "mget", "exists"})
 OUTCOMES: Final = ("hit", "miss", "error", "none")
 REASONS: Final = ("frequency", "recency", "similarity", "temporal", "ensemble", "manual")
 STATUSES: Final = ("written", "skipped-present", "skipped-stale", "load-failed", "rate-limited")
