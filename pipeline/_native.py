@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: The hot path: the models, the decide loop, the reorder buffer.
+#: The hot path: the models, the decide loop, the reorder buffer, the window statistics.
 COMPILED: tuple[str, ...] = (
     "pipeline.models.base",
     "pipeline.models.engine",
@@ -55,6 +55,8 @@ COMPILED: tuple[str, ...] = (
     "pipeline.models.ttl",
     "pipeline.decide",
     "pipeline.reorder",
+    "pipeline.stats",
+    "pipeline.partitioning",
 )
 
 
