@@ -51,9 +51,9 @@ def _run(start_worker: StartWorker, warming: bool) -> tuple[ReplayResult, Settin
         "CACHECAST_TOPIC_PARTITIONS": "1",
         # Checkpoints stall the worker for ~0.1-0.3 s; keep them out of the measurement.
         "CACHECAST_CHECKPOINT_S": "60",
-        # A warm must land before its request: latency (~40 ms) x 400 requests/s.
-        "CACHECAST_DELAY_REQUESTS": "20",
-        "CACHECAST_LEAD_REQUESTS": "15",
+        # A warm must land before its request: latency (~10-20 ms) x 400 requests/s.
+        "CACHECAST_DELAY_REQUESTS": "8",
+        "CACHECAST_LEAD_REQUESTS": "5",
     }
     worker = start_worker(**overrides)
     settings = load_settings(topic_namespace=f"e2e-{tag}", topic_partitions=1)
@@ -80,7 +80,8 @@ def test_warming_raises_the_real_hit_ratio(start_worker: StartWorker) -> None:
 
     assert off.warms_written == 0
     assert on.warms_written > 100
-    assert on.hit_ratio > off.hit_ratio, (off.as_dict(), on.as_dict())
+    # Measured: +1.2 to +1.4 points (run-to-run noise about 0.2).
+    assert on.hit_ratio > off.hit_ratio + 0.005, (off.as_dict(), on.as_dict())
     assert on.warm_precision is not None
     assert on.warm_precision > 0.3, on.as_dict()
     assert on.warm_latency_p50_ms is not None
