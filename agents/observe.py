@@ -35,7 +35,7 @@ from agents.runtime import runtime
 from pipeline.client.keys import smart_ttl_hash
 from pipeline.models import SmartTTL
 from pipeline.partitioning import PartitionCache
-from schemas.contracts import READ_OPS
+from pipeline.routing import changed_ttls, route, sequence_key
 from schemas.decode import InvalidEvent, decode_access_dicts
 
 __all__ = ["observe", "sequence_key"]
@@ -46,12 +46,6 @@ FLUSH_S = 1.0
 _TTL_CHANGE = 0.1  # republish a smart TTL when it moved by more than 10%
 _TTL_MEMO = 200_000  # most smart TTLs one worker keeps published
 _TTL_TABLE_EXPIRY_S = 86_400
-_TTL_OPS = frozenset({"get", "mget", "set", "mset"})  # accesses that (re)start a key's life
-
-
-def sequence_key(event: dict[str, Any]) -> str:
-    """What orders an event for the sequence models: its session, user, or client."""
-    return event["session"] or event["user"] or event["client"] or "-"
 
 
 def _new_ttl_model() -> SmartTTL:
@@ -116,28 +110,7 @@ async def _process(event: Any) -> None:
     runtime.counters["events"] += len(events)
     model = await ttl_models.model(message.partition)
     touched = _touched[message.partition]
-    by_namespace: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    learn = model.learn_one
-    for e in events:
-        namespace, key, op = e["namespace"], e["key"], e["op"]
-        full = namespace + ":" + key
-        if op in _TTL_OPS:
-            learn(full, e["ts"])
-            touched.add(full)
-        by_namespace[namespace].append(e)
-        if op in READ_OPS:  # only requests teach the sequence models
-            by_partition[_sequence_partition(sequence_key(e))].append(
-                {
-                    "ts": e["ts"],
-                    "namespace": namespace,
-                    "key": key,
-                    "op": op,
-                    "outcome": e["outcome"],
-                    "user": e["user"],
-                    "warmed": e["warmed"],
-                }
-            )
+    by_namespace, by_partition = route(events, model, touched, _sequence_partition)
     for namespace, items in by_namespace.items():
         _deltas[namespace].add_access(items)
     origin = str(message.partition).encode()  # lets predict keep a watermark per source
@@ -175,17 +148,7 @@ async def _publish_ttls() -> None:
         model = ttl_models.models.get(partition)
         if model is None:
             continue
-        default = model.default_ttl
-        for full in keys:
-            rhythm = model.recency.rhythm(full)
-            if rhythm is None:
-                continue  # no inter-arrival yet: the client's default TTL is the answer
-            ttl = model.ttl_from(full, rhythm)
-            before = _published_ttl.get(full, default)
-            if abs(ttl - before) > _TTL_CHANGE * before:
-                writes.append((full, ttl))
-                _published_ttl[full] = ttl
-                _published_ttl.move_to_end(full)
+        writes += changed_ttls(model, keys, _published_ttl, _TTL_CHANGE)
         keys.clear()
     dropped: list[str] = []
     while len(_published_ttl) > _TTL_MEMO:

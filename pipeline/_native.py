@@ -57,6 +57,7 @@ COMPILED: tuple[str, ...] = (
     "pipeline.reorder",
     "pipeline.stats",
     "pipeline.partitioning",
+    "pipeline.routing",
 )
 
 

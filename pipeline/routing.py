@@ -1,0 +1,107 @@
+"""The observe agent's per-event work, compiled with the models (see pipeline.build_native).
+
+For a batch of validated access events of one access partition: feed the
+partition's smart-TTL model, note the keys whose TTL may have changed, group
+the events by namespace (for the stats) and re-batch the reads by sequence
+partition as slim rows (for the predict agent).
+
+>>> from pipeline.models import SmartTTL
+>>> from pipeline.partitioning import PartitionCache
+>>> touched: set[str] = set()
+>>> events = [
+...     {"ts": 1.0, "namespace": "shop", "key": "a", "op": "get", "outcome": "miss",
+...      "user": "u1", "session": None, "client": "web", "warmed": False},
+...     {"ts": 1.1, "namespace": "shop", "key": "a", "op": "set", "outcome": "none",
+...      "user": "u1", "session": None, "client": "web", "warmed": False},
+... ]
+>>> by_namespace, by_partition = route(events, SmartTTL(), touched, PartitionCache(4))
+>>> sorted(touched), len(by_namespace["shop"])
+(['shop:a'], 2)
+>>> [row["op"] for rows in by_partition.values() for row in rows]  # reads only
+['get']
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Final
+
+from pipeline.models.ttl import SmartTTL
+from pipeline.partitioning import PartitionCache
+from schemas.contracts import READ_OPS
+
+__all__ = ["SEQUENCE_FIELDS", "TTL_OPS", "changed_ttls", "route", "sequence_key"]
+
+#: Accesses that (re)start a key's life in the cache: what the smart TTL learns from.
+TTL_OPS: Final = frozenset({"get", "mget", "set", "mset"})
+#: What a row on the sequence topic keeps of an access event (what the models use).
+SEQUENCE_FIELDS: Final = ("ts", "namespace", "key", "op", "outcome", "user", "warmed")
+
+
+def sequence_key(event: dict[str, Any]) -> str:
+    """What orders an event for the sequence models: its session, user, or client."""
+    found: str = event["session"] or event["user"] or event["client"] or "-"
+    return found
+
+
+def route(
+    events: list[dict[str, Any]],
+    ttl_model: SmartTTL,
+    touched: set[str],
+    partition_of: PartitionCache,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[int, list[dict[str, Any]]]]:
+    """Learn TTLs; return the events by namespace and the read rows by sequence partition."""
+    by_namespace: dict[str, list[dict[str, Any]]] = {}
+    by_partition: dict[int, list[dict[str, Any]]] = {}
+    for e in events:
+        namespace: str = e["namespace"]
+        key: str = e["key"]
+        op: str = e["op"]
+        full = namespace + ":" + key
+        if op in TTL_OPS:
+            ttl_model.learn_one(full, e["ts"])
+            touched.add(full)
+        group = by_namespace.get(namespace)
+        if group is None:
+            by_namespace[namespace] = [e]
+        else:
+            group.append(e)
+        if op in READ_OPS:  # only requests teach the sequence models
+            row = {
+                "ts": e["ts"],
+                "namespace": namespace,
+                "key": key,
+                "op": op,
+                "outcome": e["outcome"],
+                "user": e["user"],
+                "warmed": e["warmed"],
+            }
+            partition = partition_of(sequence_key(e))
+            rows = by_partition.get(partition)
+            if rows is None:
+                by_partition[partition] = [row]
+            else:
+                rows.append(row)
+    return by_namespace, by_partition
+
+
+def changed_ttls(
+    model: SmartTTL, keys: set[str], published: OrderedDict[str, int], change: float
+) -> list[tuple[str, int]]:
+    """The smart TTLs of ``keys`` that moved by more than ``change`` (a fraction) since
+    last published, for keys with at least one inter-arrival; ``published`` is updated.
+    """
+    writes: list[tuple[str, int]] = []
+    default = model.default_ttl
+    recency = model.recency
+    for full in keys:
+        rhythm = recency.rhythm(full)
+        if rhythm is None:
+            continue  # no inter-arrival yet: the client's default TTL is the answer
+        ttl = model.ttl_from(full, rhythm)
+        before = published.get(full, default)
+        if abs(ttl - before) > change * before:
+            writes.append((full, ttl))
+            published[full] = ttl
+            published.move_to_end(full)
+    return writes
