@@ -1,6 +1,6 @@
 """Pipeline throughput and warm latency, on the devstack (real Kafka + Redis).
 
-    .venv/bin/python benchmarks/pipeline_throughput.py [--events 300000] [--rate 2000]
+    .venv/bin/python benchmarks/pipeline_throughput.py [--events 600000] [--rate 2000]
 
 1. Baseline: a bare aiokafka consumer reads the pre-produced access records and
    decodes every event (schemas.decode_access_dicts): the cost of just getting
@@ -8,7 +8,10 @@
 2. Pipeline: one ``cachecast worker`` (all agents, models on, warming on)
    consumes the same records from the start; events/s is measured from the
    worker's own counters (observe saw them all and the engine learnt from them).
-3. Their ratio.
+   The events replay the bundled trace's keys with the outcomes an LRU cache of
+   ``--cache-fraction`` would have had, as an application's cache reports them.
+3. Their ratio; then the worst case, every event a miss (the sequence models
+   learn only from misses, so every event then feeds every model).
 4. Warm latency at a steady rate: the real client replays the bundled trace at
    ``--rate`` requests/s and the writer's outcomes give the time from the access
    event that triggered a prediction to the key being written in Redis.
@@ -22,6 +25,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 import orjson
@@ -31,6 +35,7 @@ from pipeline.config import Settings, load_settings
 from pipeline.devstack import DevStack, free_port
 from pipeline.partitioning import PartitionCache
 from pipeline.replay import BUNDLED_TRACE, load_trace, replay
+from pipeline.topics import ensure_topics
 from pipeline.worker import WorkerProcess
 from schemas.decode import decode_access_dicts
 
@@ -57,9 +62,36 @@ def _settings(env: dict[str, str]) -> Settings:
     return load_settings()
 
 
-async def produce(settings: Settings, n_events: int) -> None:
-    """Access records as the client's emitter writes them: batches per key partition."""
+def lru_outcomes(keys: list[str], n_events: int, fraction: float) -> list[bool]:
+    """Hit or miss of each request in an LRU cache holding ``fraction`` of the keys."""
+    capacity = max(1, int(len(set(keys)) * fraction))
+    cache: OrderedDict[str, None] = OrderedDict()
+    hits: list[bool] = []
+    for i in range(n_events):
+        key = keys[i % len(keys)]
+        if key in cache:
+            cache.move_to_end(key)
+            hits.append(True)
+        else:
+            cache[key] = None
+            if len(cache) > capacity:
+                cache.popitem(last=False)
+            hits.append(False)
+    return hits
+
+
+async def produce(settings: Settings, n_events: int, cache_fraction: float | None) -> None:
+    """Access records as the client's emitter writes them: batches per key partition.
+
+    With ``cache_fraction``, each event carries the outcome an LRU cache of that
+    size would have had (the models see hits and misses as in production); without,
+    every event is a miss (the worst case: every event feeds every model).
+    """
     keys = [str(k) for k in load_trace(BUNDLED_TRACE).keys.tolist()]
+    if cache_fraction is None:
+        hits = [False] * n_events
+    else:
+        hits = lru_outcomes(keys, n_events, cache_fraction)
     partition_of = PartitionCache(settings.topic_partitions)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_brokers(),
@@ -79,7 +111,7 @@ async def produce(settings: Settings, n_events: int) -> None:
                 "namespace": "bench",
                 "key": key,
                 "op": "get",
-                "outcome": "miss",
+                "outcome": "hit" if hits[i] else "miss",
                 "latency_us": 90,
                 "client": "bench",
             }
@@ -141,9 +173,30 @@ def pipeline_rate(worker: WorkerProcess, n_events: int, timeout: float = 900) ->
     raise TimeoutError("the worker did not get through the events in time")
 
 
+def throughput(
+    stack: DevStack, args: argparse.Namespace, workdir: Path, cache_fraction: float | None
+) -> tuple[float, float]:
+    """(bare consumer events/s, one worker's events/s) on freshly produced records."""
+    env = _env(stack, uuid.uuid4().hex[:6], args.partitions)
+    settings = _settings(env)
+    asyncio.run(ensure_topics(settings))
+    asyncio.run(produce(settings, args.events, cache_fraction))
+    base = asyncio.run(baseline(settings, args.events))
+    tag = "lru" if cache_fraction is not None else "miss"
+    worker = WorkerProcess(
+        {**os.environ, **env}, workdir / f"throughput-{tag}.log", web_port=free_port()
+    )
+    worker.start()
+    try:
+        rate = pipeline_rate(worker, args.events)
+    finally:
+        worker.stop()
+    return base, rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--events", type=int, default=600_000)
     parser.add_argument("--rate", type=float, default=2_000.0)
     parser.add_argument("--latency-requests", type=int, default=40_000)
     parser.add_argument(
@@ -152,24 +205,17 @@ def main() -> None:
         default=1,
         help="partitions per topic; one worker needs one, and more mean smaller records",
     )
+    parser.add_argument(
+        "--cache-fraction",
+        type=float,
+        default=0.05,
+        help="events carry the outcomes of an LRU cache this size (as in the demo)",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="cachecast-bench-"))
     with DevStack(kafka=True, redis=True, kafka_partitions=args.partitions) as stack:
-        env = _env(stack, uuid.uuid4().hex[:6], args.partitions)
-        settings = _settings(env)
-        from pipeline.topics import ensure_topics
-
-        asyncio.run(ensure_topics(settings))
-        asyncio.run(produce(settings, args.events))
-        base = asyncio.run(baseline(settings, args.events))
-        worker = WorkerProcess(
-            {**os.environ, **env}, workdir / "throughput.log", web_port=free_port()
-        )
-        worker.start()
-        try:
-            rate = pipeline_rate(worker, args.events)
-        finally:
-            worker.stop()
+        base, rate = throughput(stack, args, workdir, args.cache_fraction)
+        _, worst = throughput(stack, args, workdir, None)
 
         env = _env(stack, uuid.uuid4().hex[:6], args.partitions)
         settings = _settings(env)
@@ -191,8 +237,12 @@ def main() -> None:
 
     print(f"events produced:                 {args.events:,} in batches of {BATCH}")
     print(f"bare consumer + decode:          {base:,.0f} events/s")
-    print(f"pipeline, one worker:            {rate:,.0f} events/s  (target >= 50,000)")
+    print(
+        f"pipeline, one worker:            {rate:,.0f} events/s  (target >= 50,000);"
+        f" outcomes of a {args.cache_fraction:.0%} LRU cache"
+    )
     print(f"ratio pipeline / bare consumer:  {rate / base:.3f}")
+    print(f"worst case, every event a miss:  {worst:,.0f} events/s (every event feeds every model)")
     achieved = result.requests / result.seconds
     print(
         f"warm latency at {achieved:,.0f} events/s:   "
