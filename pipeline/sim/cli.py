@@ -164,8 +164,12 @@ def simulate_command(args: argparse.Namespace) -> int:
     if not args.trace.exists():
         err.print(f"[red]no such trace: {args.trace}[/red]")
         return 2
-    mapping = CsvMapping.parse(args.csv_columns) if args.csv_columns else None
-    trace = read_trace(args.trace, args.format, args.max_requests, mapping)
+    try:
+        mapping = CsvMapping.parse(args.csv_columns) if args.csv_columns else None
+        trace = read_trace(args.trace, args.format, args.max_requests, mapping)
+    except ValueError as exc:
+        err.print(f"[red]cannot read {args.trace}: {exc}[/red]")
+        return 2
     if len(trace) == 0:
         err.print("[red]the trace has no requests[/red]")
         return 2

@@ -218,9 +218,18 @@ def read_csv(
         rows = csv.reader(text, delimiter=mapping.delimiter)
         if mapping.header:
             next(rows, None)
+        needed = 1 + max(
+            c for c in (mapping.key, mapping.ts, mapping.op, mapping.user) if c is not None
+        )
         for row in rows:
             if not row:
                 continue
+            if len(row) < needed:
+                raise ValueError(
+                    f"{path.name}, line {rows.line_num}: {len(row)} column(s), but the column"
+                    f" mapping reads column {needed - 1} (counted from 0); give the right"
+                    " mapping, e.g. --csv-columns key=1,ts=0,op=none,header=1"
+                )
             if mapping.op is not None and row[mapping.op].strip().lower() not in mapping.read_ops:
                 continue
             key_ids.append(keys(row[mapping.key]))

@@ -99,3 +99,11 @@ def test_reads_the_shared_traces() -> None:
     assert trace.keys.dtype == np.int64
     assert trace.keys.min() >= 1
     assert trace.ts[-1] == 99_999
+
+
+def test_csv_with_too_few_columns_for_the_mapping_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "two.csv"
+    path.write_text("ts,key\n1,a\n2,b\n")
+    with pytest.raises(ValueError, match=r"line 1: 2 column\(s\).*column 5"):
+        read_csv(path)  # the default mapping is twitter's, which reads column 5
+    assert read_csv(path, CsvMapping.parse("key=1,ts=0,op=none,header=1")).n_unique == 2
