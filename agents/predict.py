@@ -27,20 +27,22 @@ from pipeline.models import WarmEngine
 from pipeline.partitioning import PartitionCache
 from pipeline.reorder import Reorderer
 
-__all__ = ["engines", "predict"]
+__all__ = ["deciders", "engines", "predict"]
 
 engines: Checkpointer[WarmEngine] = Checkpointer(
     "engine", settings.topic_sequence, lambda: WarmEngine(engine_config(settings))
 )
-_deciders: dict[int, Decider] = {}
+deciders: dict[int, Decider] = {}
 _reorderers: dict[int, Reorderer] = {}
 _warmup_partition = PartitionCache(settings.topic_partitions)
 
 
 def decider(partition: int) -> Decider:
-    found = _deciders.get(partition)
+    found = deciders.get(partition)
     if found is None:
-        found = _deciders[partition] = Decider(settings, model_version=f"engine/p{partition}")
+        found = deciders[partition] = Decider(
+            settings, model_version=f"engine/p{partition}", latency=runtime.warm_latency
+        )
     return found
 
 

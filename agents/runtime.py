@@ -18,6 +18,7 @@ from agents.app import app, settings, topics, worker_name
 from pipeline.client.connection import connect_async
 from pipeline.codec import ValueCodec
 from pipeline.deadletter import dead_letter_headers
+from pipeline.decide import WarmLatency
 from pipeline.loaders import loaders_from_config
 from pipeline.stats import LatencyHistogram, WindowStats
 from pipeline.warming import WarmWriter
@@ -42,6 +43,8 @@ class Runtime:
         self.counters: Counter[str] = Counter()
         #: Per-namespace statistics not yet sent to the stats topic ("-": no namespace).
         self.deltas: defaultdict[str, WindowStats] = defaultdict(WindowStats)
+        #: Trigger-to-written latencies of this worker's warms (they tune the lookahead).
+        self.warm_latency = WarmLatency()
         #: Per agent: time from a record's production to its processing, in µs.
         self.consume_lag: defaultdict[str, LatencyHistogram] = defaultdict(LatencyHistogram)
         #: Event-loop stalls (how late a 50 ms timer fires) and garbage-collection pauses, in µs.

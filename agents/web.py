@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from agents.app import app, settings, worker_name
 from agents.checkpointing import checkpointers
-from agents.predict import engines
+from agents.predict import deciders, engines
 from agents.runtime import runtime
 from agents.stats import namespace_stats
 
@@ -44,8 +44,32 @@ def monitor_document() -> dict[str, Any]:
         "consume_lag": runtime.lag_summary(),
         "checkpoints": {c.stage: c.describe() for c in checkpointers},
         "models": {str(p): engine.stats() for p, engine in sorted(engines.models.items())},
+        "lookahead": _lookahead(),
         "namespaces": namespaces,
     }
+
+
+def _lookahead() -> dict[str, Any]:
+    """How far ahead each partition predicts, and the measurements that set it."""
+    latency = runtime.warm_latency
+    out: dict[str, Any] = {
+        "auto": settings.model_auto_lookahead,
+        "warm_latency_p50_ms": _ms(latency.quantile(0.5)),
+        "warm_latency_p90_ms": _ms(latency.quantile(0.9)),
+        "warms_measured": len(latency),
+    }
+    for partition, found in sorted(deciders.items()):
+        if found.tuner is not None:
+            out[str(partition)] = {
+                "rate_per_s": round(found.tuner.rate, 1),
+                "lead_requests": found.tuner.lead,
+                "delay_requests": found.tuner.delay,
+            }
+    return out
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
 
 
 @app.task

@@ -54,6 +54,8 @@ async def carry_out(commands: Sequence[Mapping[str, Any]]) -> None:
     for outcome in outcomes:
         runtime.counters[f"warm_{outcome['status']}"] += 1
         by_namespace[outcome["namespace"]].append(outcome)
+        if outcome["status"] == "written":
+            runtime.warm_latency.add(outcome["latency_us"] / 1e6)
     for namespace, items in by_namespace.items():
         await topics.outcomes.send(key=namespace.encode(), value=encode_batch(items), force=True)
 

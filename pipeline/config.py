@@ -240,6 +240,13 @@ class Settings(BaseSettings):
         description="Requests a warm takes to land, as the ensemble labels it: a candidate"
         " requested sooner is not counted for or against the model.",
     )
+    model_auto_lookahead: bool = Field(
+        True,
+        validation_alias=_env("CACHECAST_AUTO_LOOKAHEAD", "model_auto_lookahead"),
+        description="Retune the lead and the delay every few seconds from the measured warm"
+        " latency (median and p90) x each partition's request rate; the configured values are"
+        " where they start.",
+    )
     smart_ttl_publish: bool = Field(
         True,
         validation_alias=_env("CACHECAST_PUBLISH_TTL", "smart_ttl_publish"),

@@ -27,8 +27,9 @@ True
 
 from __future__ import annotations
 
+import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -36,7 +37,7 @@ from pipeline.config import Settings
 from pipeline.models import EngineConfig, WarmEngine
 from schemas.contracts import READ_OPS
 
-__all__ = ["Decider", "engine_config"]
+__all__ = ["Decider", "LookaheadTuner", "WarmLatency", "engine_config"]
 
 _DEDUP_MEMO: Final = 200_000
 
@@ -65,8 +66,101 @@ def _in_time_order(events: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]
     return events
 
 
+class WarmLatency:
+    """The latest warm latencies (trigger to written, seconds) a worker measured.
+
+    >>> latency = WarmLatency()
+    >>> for ms in range(1, 101):
+    ...     latency.add(ms / 1000)
+    >>> latency.quantile(0.5), latency.quantile(0.99)
+    (0.05, 0.099)
+    """
+
+    def __init__(self, size: int = 1024, min_samples: int = 20) -> None:
+        self._recent: deque[float] = deque(maxlen=size)
+        self.min_samples = min_samples
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def add(self, seconds: float) -> None:
+        if seconds >= 0.0:
+            self._recent.append(seconds)
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile of the recent latencies; None until ``min_samples`` are in."""
+        if len(self._recent) < self.min_samples:
+            return None
+        ordered = sorted(self._recent)
+        return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1)))]
+
+
+class LookaheadTuner:
+    """Keeps an engine's lead and lookahead at (warm latency x request rate).
+
+    The engine counts time in requests; warms take milliseconds. How many requests
+    pass while a warm is on its way is the partition's request rate times the warm
+    latency, and both move (traffic has a daily rhythm; latency follows load). Every
+    ``every_s`` seconds of event time the tuner measures the rate (reads between
+    two tunings over their time span, smoothed) and sets the engine's lead to
+    rate x median latency and its delay to rate x p90 latency. (The p90, not the
+    p99: predicting further ahead for the slowest warms costs more in precision
+    than it wins; on the demo trace a p99-based delay halved the gain.) Until
+    enough warms are written to measure their latency, ``fallback`` stands in: the
+    decider's measure of how old events are when decided.
+    """
+
+    def __init__(
+        self,
+        latency: WarmLatency,
+        every_s: float = 5.0,
+        max_requests: int = 4096,
+        fallback: WarmLatency | None = None,
+    ) -> None:
+        self.latency = latency
+        self.fallback = fallback
+        self.every_s = every_s
+        self.max_requests = max_requests
+        self.rate = 0.0
+        self.lead = -1.0
+        self.delay = -1
+        self._mark_ts: float | None = None
+        self._mark_requests = 0
+
+    def observe(self, engine: WarmEngine, requests: int, ts: float) -> bool:
+        """Called after each batch with the request count and the newest event time;
+        True when the engine was retuned."""
+        if self._mark_ts is None:
+            self._mark_ts, self._mark_requests = ts, requests
+            return False
+        span = ts - self._mark_ts
+        if span < self.every_s:
+            return False
+        rate = (requests - self._mark_requests) / span
+        self.rate = rate if self.rate == 0.0 else 0.5 * (self.rate + rate)
+        self._mark_ts, self._mark_requests = ts, requests
+        source = self.latency
+        if len(source) < source.min_samples and self.fallback is not None:
+            source = self.fallback  # too few warms written yet: how late events reach decide
+        median, tail = source.quantile(0.5), source.quantile(0.9)
+        if median is None or tail is None:
+            return False  # nothing measured yet: keep the configured values
+        lead = min(float(self.max_requests), round(self.rate * median, 1))
+        delay = min(self.max_requests, math.ceil(self.rate * tail))
+        if abs(lead - self.lead) < 0.5 and delay == self.delay:
+            return False
+        self.lead, self.delay = lead, delay
+        engine.retune(lead, 2 + delay)
+        return True
+
+
 class Decider:
-    """Feeds one engine in time order and turns its candidates into commands."""
+    """Feeds one engine in time order and turns its candidates into commands.
+
+    With a :class:`WarmLatency` and ``model_auto_lookahead`` on, a
+    :class:`LookaheadTuner` keeps the engine's lead and delay in step with the
+    measured warm latency and this partition's request rate.
+    """
 
     def __init__(
         self,
@@ -74,6 +168,7 @@ class Decider:
         *,
         model_version: str,
         clock: Callable[[], float] = time.time,
+        latency: WarmLatency | None = None,
     ) -> None:
         self.settings = settings
         self.model_version = model_version
@@ -81,6 +176,14 @@ class Decider:
         self.requests = 0
         self._warmed_at: OrderedDict[str, float] = OrderedDict()
         self.suppressed = 0
+        #: How old events are when decided (now - ts): the tuner's estimate of the warm
+        #: latency until enough warms have been written to measure it.
+        self.age = WarmLatency()
+        self.tuner: LookaheadTuner | None = (
+            LookaheadTuner(latency, fallback=self.age)
+            if latency is not None and settings.model_auto_lookahead
+            else None
+        )
 
     def decide(self, engine: WarmEngine, events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Learn from ``events`` (validated AccessEvent dicts) and return WarmupCommand dicts."""
@@ -94,7 +197,8 @@ class Decider:
             self.requests = int(engine.stats()["events"])
         observe = engine.observe
         ttl = self.settings.redis_default_ttl
-        for event in _in_time_order(events):
+        ordered = _in_time_order(events)
+        for event in ordered:
             if event["op"] not in READ_OPS:
                 continue
             self.requests += 1
@@ -132,6 +236,9 @@ class Decider:
                         "version": 1,
                     }
                 )
+        if self.tuner is not None and ordered:
+            self.age.add(now - float(ordered[len(ordered) // 2]["ts"]))
+            self.tuner.observe(engine, self.requests, float(ordered[-1]["ts"]))
         return commands
 
     def _remember(self, full: str, now: float) -> None:

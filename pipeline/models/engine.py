@@ -529,6 +529,8 @@ class WarmEngine:
             raised=self._raised,
             horizon=self.horizon.predict_one(),
             tracked_keys=self.n_tracked,
+            lead=self._lead,
+            lookahead=self.replay.lookahead,
         )
         return out
 
@@ -536,6 +538,21 @@ class WarmEngine:
     def n_tracked(self) -> int:
         """Keys with per-key state (the largest of the per-key models)."""
         return max(self.frequency.n_tracked, self.recency.n_tracked, self.replay.n_tracked)
+
+    def retune(self, lead: float, lookahead: int) -> None:
+        """Change how long warms take to land (``lead``) and how far sequences are predicted.
+
+        Takes effect from the next event; learned state is kept. The pipeline calls it
+        as the measured warm latency and request rate move (see pipeline.decide).
+        """
+        if lead < 0.0 or lookahead < 1:
+            raise ValueError("need lead >= 0 and lookahead >= 1")
+        skip = min(self.replay.skip, lookahead - 1)
+        self.config = replace(self.config, lead=lead, lookahead=lookahead, replay_skip=skip)
+        self._lead = lead
+        self._inv_lookahead = 1.0 / lookahead
+        self.replay.lookahead = lookahead
+        self.replay.skip = skip
 
     def memory_bytes(self) -> int:
         """Bytes held by the learned state (all models, pending labels, schedule)."""

@@ -7,6 +7,7 @@ import asyncio
 import shutil
 import subprocess
 import uuid
+from typing import Any
 
 import orjson
 import pytest
@@ -41,7 +42,7 @@ async def _records(settings: Settings, topic: str) -> list[bytes]:
         await consumer.stop()
 
 
-def _run(start_worker: StartWorker, warming: bool) -> tuple[ReplayResult, Settings]:
+def _run(start_worker: StartWorker, warming: bool) -> tuple[ReplayResult, Settings, dict[str, Any]]:
     tag = uuid.uuid4().hex[:8]
     overrides = {
         "CACHECAST_APP_ID": f"e2e-{tag}",
@@ -51,9 +52,7 @@ def _run(start_worker: StartWorker, warming: bool) -> tuple[ReplayResult, Settin
         "CACHECAST_TOPIC_PARTITIONS": "1",
         # Checkpoints stall the worker for ~0.1-0.3 s; keep them out of the measurement.
         "CACHECAST_CHECKPOINT_S": "60",
-        # A warm must land before its request: latency (~10-20 ms) x 400 requests/s.
-        "CACHECAST_DELAY_REQUESTS": "8",
-        "CACHECAST_LEAD_REQUESTS": "5",
+        # How far ahead to predict (warm latency x request rate) is tuned by the worker.
     }
     worker = start_worker(**overrides)
     settings = load_settings(topic_namespace=f"e2e-{tag}", topic_partitions=1)
@@ -68,15 +67,16 @@ def _run(start_worker: StartWorker, warming: bool) -> tuple[ReplayResult, Settin
                 cache_values=int(trace.n_unique * 0.05),
             )
         )
+        monitor = worker.monitor()
     finally:
         worker.stop()
-    return result, settings
+    return result, settings, monitor
 
 
 @pytest.mark.timeout(900)
 def test_warming_raises_the_real_hit_ratio(start_worker: StartWorker) -> None:
-    off, _ = _run(start_worker, False)
-    on, settings = _run(start_worker, True)
+    off, _, _ = _run(start_worker, False)
+    on, settings, on_monitor = _run(start_worker, True)
 
     assert off.warms_written == 0
     assert on.warms_written > 100
@@ -85,6 +85,11 @@ def test_warming_raises_the_real_hit_ratio(start_worker: StartWorker) -> None:
     assert on.warm_precision is not None
     assert on.warm_precision > 0.3, on.as_dict()
     assert on.warm_latency_p50_ms is not None
+    # The lookahead followed the measured latency: ~10-20 ms x 400 requests/s, not the
+    # configured starting point (lead 0, delay 30).
+    tuned = on_monitor["lookahead"]["0"]
+    assert 0 < tuned["lead_requests"] < 30, on_monitor["lookahead"]
+    assert 0 < tuned["delay_requests"] < 30, on_monitor["lookahead"]
 
     commands = [
         c

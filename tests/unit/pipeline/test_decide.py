@@ -1,0 +1,106 @@
+"""The decider's lookahead tuning: lead and delay follow warm latency x request rate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipeline.config import Settings
+from pipeline.decide import Decider, LookaheadTuner, WarmLatency, engine_config
+from pipeline.models import WarmEngine
+
+
+def _events(n: int, rate: float, start: float = 1_700_000_000.0) -> list[dict[str, Any]]:
+    return [
+        {
+            "namespace": "shop",
+            "key": str(i % 50),
+            "ts": start + i / rate,
+            "op": "get",
+            "outcome": "miss",
+            "user": None,
+            "warmed": False,
+        }
+        for i in range(n)
+    ]
+
+
+def _latency(median_ms: float, tail_ms: float) -> WarmLatency:
+    """90 warms at ``median_ms``, the slowest 10 at ``tail_ms`` (so p90 = ``tail_ms``)."""
+    latency = WarmLatency()
+    for _ in range(89):
+        latency.add(median_ms / 1000)
+    for _ in range(11):
+        latency.add(tail_ms / 1000)
+    return latency
+
+
+def test_lead_and_delay_follow_latency_times_rate() -> None:
+    settings = Settings(model_delay_requests=30, model_lead_requests=0)
+    engine = WarmEngine(engine_config(settings))
+    decider = Decider(settings, model_version="t", latency=_latency(10, 30))
+    events = _events(12_000, rate=1_000.0)  # 12 s at 1,000 reads/s
+    for i in range(0, len(events), 500):
+        decider.decide(engine, events[i : i + 500])
+    # 1,000 reads/s x 10 ms median = 10 requests of lead; x 30 ms p90 = 30 of delay.
+    assert engine.config.lead == pytest.approx(10.0, abs=0.5)
+    assert engine.config.lookahead == 2 + 30
+    assert engine.stats()["lookahead"] == 32
+    assert engine.replay.lookahead == 32
+
+
+def test_a_faster_rate_looks_further_ahead() -> None:
+    settings = Settings()
+    slow, fast = WarmEngine(engine_config(settings)), WarmEngine(engine_config(settings))
+    latency = _latency(10, 30)
+    for engine, rate in ((slow, 200.0), (fast, 2_000.0)):
+        decider = Decider(settings, model_version="t", latency=latency)
+        events = _events(int(rate * 12), rate)
+        for i in range(0, len(events), 100):
+            decider.decide(engine, events[i : i + 100])
+    assert slow.config.lookahead < fast.config.lookahead
+    assert slow.config.lead < fast.config.lead
+
+
+def test_until_warms_are_measured_the_age_of_events_stands_in() -> None:
+    settings = Settings(model_delay_requests=7, model_lead_requests=3)
+    engine = WarmEngine(engine_config(settings))
+    now = [0.0]
+    decider = Decider(settings, model_version="t", latency=WarmLatency(), clock=lambda: now[0])
+    events = _events(12_000, rate=1_000.0)
+    for i in range(0, len(events), 500):
+        batch = events[i : i + 500]
+        now[0] = batch[-1]["ts"] + 0.012  # decided 12 ms after the newest event
+        decider.decide(engine, batch)
+    # The middle event of a batch is 250 ms older at 1,000/s: 262 ms x 1,000/s.
+    assert engine.config.lead == pytest.approx(262.0, abs=1.0)
+
+
+def test_with_nothing_measured_the_configured_values_stay() -> None:
+    settings = Settings(model_delay_requests=7, model_lead_requests=3)
+    engine = WarmEngine(engine_config(settings))
+    tuner = LookaheadTuner(WarmLatency())
+    for ts in (0.0, 6.0, 12.0):
+        assert not tuner.observe(engine, int(ts * 100), ts)
+    assert (engine.config.lead, engine.config.lookahead) == (3.0, 9)
+
+
+def test_auto_lookahead_can_be_switched_off() -> None:
+    settings = Settings(model_auto_lookahead=False)
+    assert Decider(settings, model_version="t", latency=_latency(10, 30)).tuner is None
+
+
+def test_retune_keeps_what_was_learned() -> None:
+    engine = WarmEngine(engine_config(Settings()))
+    tuner = LookaheadTuner(_latency(5, 20))
+    for i, event in enumerate(_events(2_000, rate=100.0)):
+        engine.observe(event["namespace"] + ":" + event["key"], float(i), hit=False)
+    before = engine.stats()["events"], engine.n_tracked
+    engine.retune(4.0, 12)
+    assert (engine.stats()["events"], engine.n_tracked) == before
+    assert engine.config.lead == 4.0
+    assert engine.config.lookahead == 12
+    with pytest.raises(ValueError, match="lead >= 0"):
+        engine.retune(-1.0, 12)
+    assert tuner.lead == -1.0  # untouched until it has tuned something
