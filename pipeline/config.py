@@ -230,7 +230,8 @@ class Settings(BaseSettings):
         validation_alias=_env("CACHECAST_DELAY_REQUESTS", "model_delay_requests"),
         description="Expected warm latency, in requests of one sequence: latency x request"
         " rate (e.g. 0.05 s x 600/s = 30). The models predict that much further ahead and"
-        " judge themselves by what is requested after it, as the simulator's --delay does.",
+        " judge themselves by what is requested after it, as the simulator's --delay does."
+        " With CACHECAST_AUTO_LOOKAHEAD on (the default) this is only the starting point.",
     )
     model_lead_requests: int = Field(
         0,
@@ -238,7 +239,8 @@ class Settings(BaseSettings):
         le=4096,
         validation_alias=_env("CACHECAST_LEAD_REQUESTS", "model_lead_requests"),
         description="Requests a warm takes to land, as the ensemble labels it: a candidate"
-        " requested sooner is not counted for or against the model.",
+        " requested sooner is not counted for or against the model. With"
+        " CACHECAST_AUTO_LOOKAHEAD on (the default) this is only the starting point.",
     )
     model_auto_lookahead: bool = Field(
         True,
