@@ -29,6 +29,7 @@ import faust
 
 from agents.app import app, settings, topics, worker_name
 from agents.runtime import encode_batch, runtime
+from pipeline.decide import LIVE_AGE_S
 from schemas.decode import InvalidEvent, decode_warmup_command_dicts
 
 __all__ = [
@@ -54,7 +55,7 @@ async def carry_out(commands: Sequence[Mapping[str, Any]]) -> None:
     for outcome in outcomes:
         runtime.counters[f"warm_{outcome['status']}"] += 1
         by_namespace[outcome["namespace"]].append(outcome)
-        if outcome["status"] == "written":
+        if outcome["status"] == "written" and outcome["latency_us"] < LIVE_AGE_S * 1e6:
             runtime.warm_latency.add(outcome["latency_us"] / 1e6)
     for namespace, items in by_namespace.items():
         await topics.outcomes.send(key=namespace.encode(), value=encode_batch(items), force=True)

@@ -37,7 +37,7 @@ from pipeline.config import Settings
 from pipeline.models import EngineConfig, WarmEngine
 from schemas.contracts import READ_OPS
 
-__all__ = ["Decider", "LookaheadTuner", "WarmLatency", "engine_config"]
+__all__ = ["LIVE_AGE_S", "Decider", "LookaheadTuner", "WarmLatency", "engine_config"]
 
 _DEDUP_MEMO: Final = 200_000
 
@@ -64,6 +64,11 @@ def _in_time_order(events: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]
             return sorted(events, key=lambda e: e["ts"])
         previous = ts
     return events
+
+
+#: Events older than this when decided mean the worker is catching up on a backlog:
+#: the lookahead is not retuned from them (nor from warms slower than this).
+LIVE_AGE_S: Final = 1.0
 
 
 class WarmLatency:
@@ -107,7 +112,8 @@ class LookaheadTuner:
     p99: predicting further ahead for the slowest warms costs more in precision
     than it wins; on the demo trace a p99-based delay halved the gain.) Until
     enough warms are written to measure their latency, ``fallback`` stands in: the
-    decider's measure of how old events are when decided.
+    decider's measure of how old events are when decided. A worker catching up on a
+    backlog (events older than :data:`LIVE_AGE_S` when decided) does not retune.
     """
 
     def __init__(
@@ -237,8 +243,10 @@ class Decider:
                     }
                 )
         if self.tuner is not None and ordered:
-            self.age.add(now - float(ordered[len(ordered) // 2]["ts"]))
-            self.tuner.observe(engine, self.requests, float(ordered[-1]["ts"]))
+            newest = float(ordered[-1]["ts"])
+            if now - newest < LIVE_AGE_S:  # live traffic, not a backlog being caught up
+                self.age.add(now - float(ordered[len(ordered) // 2]["ts"]))
+                self.tuner.observe(engine, self.requests, newest)
         return commands
 
     def _remember(self, full: str, now: float) -> None:

@@ -26,6 +26,24 @@ def _events(n: int, rate: float, start: float = 1_700_000_000.0) -> list[dict[st
     ]
 
 
+class Live:
+    """A clock just after the newest event decided: live traffic, not a backlog."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def feed(
+        self, decider: Decider, engine: WarmEngine, events: list[dict[str, Any]], n: int
+    ) -> None:
+        for i in range(0, len(events), n):
+            batch = events[i : i + n]
+            self.now = batch[-1]["ts"] + 0.005
+            decider.decide(engine, batch)
+
+
 def _latency(median_ms: float, tail_ms: float) -> WarmLatency:
     """90 warms at ``median_ms``, the slowest 10 at ``tail_ms`` (so p90 = ``tail_ms``)."""
     latency = WarmLatency()
@@ -39,10 +57,9 @@ def _latency(median_ms: float, tail_ms: float) -> WarmLatency:
 def test_lead_and_delay_follow_latency_times_rate() -> None:
     settings = Settings(model_delay_requests=30, model_lead_requests=0)
     engine = WarmEngine(engine_config(settings))
-    decider = Decider(settings, model_version="t", latency=_latency(10, 30))
-    events = _events(12_000, rate=1_000.0)  # 12 s at 1,000 reads/s
-    for i in range(0, len(events), 500):
-        decider.decide(engine, events[i : i + 500])
+    clock = Live()
+    decider = Decider(settings, model_version="t", latency=_latency(10, 30), clock=clock)
+    clock.feed(decider, engine, _events(12_000, rate=1_000.0), 500)  # 12 s at 1,000 reads/s
     # 1,000 reads/s x 10 ms median = 10 requests of lead; x 30 ms p90 = 30 of delay.
     assert engine.config.lead == pytest.approx(10.0, abs=0.5)
     assert engine.config.lookahead == 2 + 30
@@ -55,10 +72,9 @@ def test_a_faster_rate_looks_further_ahead() -> None:
     slow, fast = WarmEngine(engine_config(settings)), WarmEngine(engine_config(settings))
     latency = _latency(10, 30)
     for engine, rate in ((slow, 200.0), (fast, 2_000.0)):
-        decider = Decider(settings, model_version="t", latency=latency)
-        events = _events(int(rate * 12), rate)
-        for i in range(0, len(events), 100):
-            decider.decide(engine, events[i : i + 100])
+        clock = Live()
+        decider = Decider(settings, model_version="t", latency=latency, clock=clock)
+        clock.feed(decider, engine, _events(int(rate * 12), rate), 100)
     assert slow.config.lookahead < fast.config.lookahead
     assert slow.config.lead < fast.config.lead
 
@@ -104,3 +120,14 @@ def test_retune_keeps_what_was_learned() -> None:
     with pytest.raises(ValueError, match="lead >= 0"):
         engine.retune(-1.0, 12)
     assert tuner.lead == -1.0  # untouched until it has tuned something
+
+
+def test_a_backlog_being_caught_up_does_not_retune() -> None:
+    settings = Settings(model_delay_requests=7, model_lead_requests=3)
+    engine = WarmEngine(engine_config(settings))
+    events = _events(12_000, rate=1_000.0)
+    late = events[-1]["ts"] + 60.0  # a minute behind: a worker catching up
+    decider = Decider(settings, model_version="t", latency=_latency(10, 30), clock=lambda: late)
+    for i in range(0, len(events), 500):
+        decider.decide(engine, events[i : i + 500])
+    assert (engine.config.lead, engine.config.lookahead) == (3.0, 9)
