@@ -231,7 +231,7 @@ class Settings(BaseSettings):
         description="Expected warm latency, in requests of one sequence: latency x request"
         " rate (e.g. 0.05 s x 600/s = 30). The models predict that much further ahead and"
         " judge themselves by what is requested after it, as the simulator's --delay does."
-        " With CACHECAST_AUTO_LOOKAHEAD on (the default) this is only the starting point.",
+        " With CACHECAST_AUTO_LOOKAHEAD on, this is only the starting point.",
     )
     model_lead_requests: int = Field(
         0,
@@ -240,14 +240,15 @@ class Settings(BaseSettings):
         validation_alias=_env("CACHECAST_LEAD_REQUESTS", "model_lead_requests"),
         description="Requests a warm takes to land, as the ensemble labels it: a candidate"
         " requested sooner is not counted for or against the model. With"
-        " CACHECAST_AUTO_LOOKAHEAD on (the default) this is only the starting point.",
+        " CACHECAST_AUTO_LOOKAHEAD on, this is only the starting point.",
     )
     model_auto_lookahead: bool = Field(
-        True,
+        False,
         validation_alias=_env("CACHECAST_AUTO_LOOKAHEAD", "model_auto_lookahead"),
-        description="Retune the lead and the delay every few seconds from the measured warm"
-        " latency (median and p90) x each partition's request rate; the configured values are"
-        " where they start.",
+        description="Experimental: retune the lead and the delay every few seconds from the"
+        " measured warm latency (median and p90) x each partition's request rate, starting"
+        " from the configured values. Measured to help at 400 requests/s and to diverge at"
+        " 2,000/s (see docs/DESIGN.md).",
     )
     smart_ttl_publish: bool = Field(
         True,

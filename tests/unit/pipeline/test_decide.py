@@ -55,7 +55,7 @@ def _latency(median_ms: float, tail_ms: float) -> WarmLatency:
 
 
 def test_lead_and_delay_follow_latency_times_rate() -> None:
-    settings = Settings(model_delay_requests=30, model_lead_requests=0)
+    settings = Settings(model_delay_requests=30, model_lead_requests=0, model_auto_lookahead=True)
     engine = WarmEngine(engine_config(settings))
     clock = Live()
     decider = Decider(settings, model_version="t", latency=_latency(10, 30), clock=clock)
@@ -68,7 +68,7 @@ def test_lead_and_delay_follow_latency_times_rate() -> None:
 
 
 def test_a_faster_rate_looks_further_ahead() -> None:
-    settings = Settings()
+    settings = Settings(model_auto_lookahead=True)
     slow, fast = WarmEngine(engine_config(settings)), WarmEngine(engine_config(settings))
     latency = _latency(10, 30)
     for engine, rate in ((slow, 200.0), (fast, 2_000.0)):
@@ -80,7 +80,7 @@ def test_a_faster_rate_looks_further_ahead() -> None:
 
 
 def test_until_warms_are_measured_the_age_of_events_stands_in() -> None:
-    settings = Settings(model_delay_requests=7, model_lead_requests=3)
+    settings = Settings(model_delay_requests=7, model_lead_requests=3, model_auto_lookahead=True)
     engine = WarmEngine(engine_config(settings))
     now = [0.0]
     decider = Decider(settings, model_version="t", latency=WarmLatency(), clock=lambda: now[0])
@@ -94,7 +94,7 @@ def test_until_warms_are_measured_the_age_of_events_stands_in() -> None:
 
 
 def test_with_nothing_measured_the_configured_values_stay() -> None:
-    settings = Settings(model_delay_requests=7, model_lead_requests=3)
+    settings = Settings(model_delay_requests=7, model_lead_requests=3, model_auto_lookahead=True)
     engine = WarmEngine(engine_config(settings))
     tuner = LookaheadTuner(WarmLatency())
     for ts in (0.0, 6.0, 12.0):
@@ -102,8 +102,8 @@ def test_with_nothing_measured_the_configured_values_stay() -> None:
     assert (engine.config.lead, engine.config.lookahead) == (3.0, 9)
 
 
-def test_auto_lookahead_can_be_switched_off() -> None:
-    settings = Settings(model_auto_lookahead=False)
+def test_auto_lookahead_is_off_unless_asked_for() -> None:
+    settings = Settings()
     assert Decider(settings, model_version="t", latency=_latency(10, 30)).tuner is None
 
 
@@ -123,7 +123,7 @@ def test_retune_keeps_what_was_learned() -> None:
 
 
 def test_a_backlog_being_caught_up_does_not_retune() -> None:
-    settings = Settings(model_delay_requests=7, model_lead_requests=3)
+    settings = Settings(model_delay_requests=7, model_lead_requests=3, model_auto_lookahead=True)
     engine = WarmEngine(engine_config(settings))
     events = _events(12_000, rate=1_000.0)
     late = events[-1]["ts"] + 60.0  # a minute behind: a worker catching up
