@@ -35,10 +35,10 @@ from agents.runtime import runtime
 from pipeline.client.keys import smart_ttl_hash
 from pipeline.models import SmartTTL
 from pipeline.partitioning import PartitionCache
-from pipeline.routing import changed_ttls, route, sequence_key
+from pipeline.routing import changed_ttls, route
 from schemas.decode import InvalidEvent, decode_access_dicts
 
-__all__ = ["observe", "sequence_key"]
+__all__ = ["observe"]
 
 log = logging.getLogger(__name__)
 

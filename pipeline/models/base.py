@@ -15,14 +15,13 @@ from __future__ import annotations
 import abc
 import ast
 import copy
-import importlib.machinery
 import inspect
 import sys
 import zlib
 from collections.abc import Hashable, Iterable
 from typing import Any, Self
 
-from pipeline._native import source_path
+from pipeline._native import is_compiled, source_path
 
 Key = Hashable
 """A cache key as the models see it: an int in the simulator, ``"ns:key"`` in the agents."""
@@ -40,8 +39,7 @@ def init_params(cls: type) -> tuple[str, ...]:
     if found is not None:
         return found
     module = sys.modules.get(cls.__module__)
-    loader = getattr(module, "__loader__", None)
-    if isinstance(loader, importlib.machinery.ExtensionFileLoader):
+    if module is not None and is_compiled(module):
         owner = next(c for c in cls.__mro__ if "__init__" in vars(c))
         names = _params_from_source(owner)
     else:
