@@ -100,7 +100,9 @@ _DASHBOARD = """<!doctype html>
 <p class="muted" id="meta">loading…</p>
 <table id="t"><thead><tr><th>namespace</th><th>events</th><th>hit ratio</th>
 <th>p50 µs</th><th>p99 µs</th><th>warms written</th><th>warms useful</th>
-<th>warm precision</th><th>prediction precision</th><th>recall</th></tr></thead>
+<th>warm precision</th><th>edge warms written</th><th>edge warms useful</th>
+<th>edge warm precision</th><th>joined reads</th>
+<th>prediction precision</th><th>recall</th></tr></thead>
 <tbody></tbody></table>
 <script>
 const pct = v => v === null || v === undefined ? "-" : (100 * v).toFixed(1) + "%";
@@ -116,7 +118,10 @@ async function refresh() {
     return `<tr><td>${ns}</td><td>${num(t.events)}</td><td>${pct(t.hit_ratio)}</td>` +
       `<td>${num(t.latency_p50_us)}</td><td>${num(t.latency_p99_us)}</td>` +
       `<td>${num(t.warms_written)}</td><td>${num(t.warms_useful)}</td>` +
-      `<td>${pct(t.warm_precision)}</td><td>${pct(t.prediction_precision)}</td>` +
+      `<td>${pct(t.warm_precision)}</td>` +
+      `<td>${num(t.edge_warms_written)}</td><td>${num(t.edge_warms_useful)}</td>` +
+      `<td>${pct(t.edge_warm_precision)}</td><td>${num(t.joined_reads)}</td>` +
+      `<td>${pct(t.prediction_precision)}</td>` +
       `<td>${pct(t.prediction_recall)}</td></tr>`;
   });
   document.querySelector("#t tbody").innerHTML = rows.join("");
@@ -142,9 +147,13 @@ class StatsCollector(Collector):
         ("sets", "Writes"),
         ("deletes", "Deletes"),
         ("errors", "Operations that failed in Redis"),
-        ("warms_issued", "Warmup commands issued"),
-        ("warms_written", "Warmed values written"),
-        ("warms_useful", "Warmed values read before eviction or expiry"),
+        ("warms_issued", "Warmup commands issued by the worker"),
+        ("warms_written", "Values warmed by the worker"),
+        ("warms_useful", "Values warmed by the worker and read before eviction or expiry"),
+        ("edge_warms_issued", "Edge warms the clients carried out"),
+        ("edge_warms_written", "Values warmed at the edge"),
+        ("edge_warms_useful", "Values warmed at the edge and read before eviction or expiry"),
+        ("joined_reads", "Reads that waited for a load in flight instead of fetching"),
         ("dead_letters", "Records sent to the dead-letter topic"),
     )
 
@@ -159,7 +168,14 @@ class StatsCollector(Collector):
             "cachecast_hit_ratio", "Hit ratio, all time", labels=["namespace"]
         )
         precision = GaugeMetricFamily(
-            "cachecast_warm_precision", "Useful warms / written warms", labels=["namespace"]
+            "cachecast_warm_precision",
+            "Useful warms / written warms, worker path",
+            labels=["namespace"],
+        )
+        edge_precision = GaugeMetricFamily(
+            "cachecast_edge_warm_precision",
+            "Useful warms / written warms, edge path",
+            labels=["namespace"],
         )
         latency = GaugeMetricFamily(
             "cachecast_latency_us",
@@ -172,10 +188,13 @@ class StatsCollector(Collector):
                 ratio.add_metric([ns], total["hit_ratio"])
             if total["warm_precision"] is not None:
                 precision.add_metric([ns], total["warm_precision"])
+            if total["edge_warm_precision"] is not None:
+                edge_precision.add_metric([ns], total["edge_warm_precision"])
             for q in ("50", "90", "99"):
                 latency.add_metric([ns, f"0.{q}"], window[f"latency_p{q}_us"])
         yield ratio
         yield precision
+        yield edge_precision
         yield latency
         worker = CounterMetricFamily(
             "cachecast_worker_events", "Worker counters by kind", labels=["kind"]

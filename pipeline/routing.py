@@ -3,7 +3,9 @@
 For a batch of validated access events of one access partition: feed the
 partition's smart-TTL model, note the keys whose TTL may have changed, group
 the events by namespace (for the stats) and re-batch the reads by sequence
-partition as slim rows (for the predict agent).
+partition as slim rows (for the predict agent). An ``op="warm"`` event (an edge
+warm a client carried out) goes to the stats only: it is neither a request for the
+sequence models nor a read that restarts a key's life for the smart TTL.
 
 >>> from pipeline.models import SmartTTL
 >>> from pipeline.partitioning import PartitionCache
@@ -33,6 +35,7 @@ from schemas.contracts import READ_OPS
 __all__ = ["SEQUENCE_FIELDS", "TTL_OPS", "changed_ttls", "route", "sequence_key"]
 
 #: Accesses that (re)start a key's life in the cache: what the smart TTL learns from.
+#: Not ``warm``: an edge warm is the client's guess, not an access.
 TTL_OPS: Final = frozenset({"get", "mget", "set", "mset"})
 #: What a row on the sequence topic keeps of an access event (what the models use).
 SEQUENCE_FIELDS: Final = ("ts", "namespace", "key", "op", "outcome", "user", "warmed")

@@ -7,6 +7,15 @@ into a fixed log-bucket histogram (:class:`LatencyHistogram`) whose buckets add,
 so quantiles of a merged window are the quantiles of all its events (to within
 a bucket's width, 5%).
 
+Values are warmed on two paths, counted apart: the worker (warmup commands, the
+writer's outcomes: ``warms_*``) and the edge (a client loads predicted keys
+itself and reports each as an access event with ``op="warm"``:
+``edge_warms_*``). A first read of a warmed value says which path wrote it
+(``warm_path``; missing or null counts as the worker, as older clients only
+knew that one). An edge warm is counted in ``events`` but is not a read, a
+write or an error of the application: it adds to no other counter, and its
+latency (the load's) stays out of the operation latency histogram.
+
 >>> stats = WindowStats()
 >>> stats.add_access([
 ...     {"op": "get", "outcome": "hit", "latency_us": 120, "size_bytes": 10, "warmed": True},
@@ -18,6 +27,16 @@ a bucket's width, 5%).
 (1, 1, 1, 1, 0.5)
 >>> stats.snapshot("users", 0.0, 10.0).compression_ratio
 0.5
+>>> stats.add_access([
+...     {"op": "warm", "outcome": "none", "latency_us": 900, "size_bytes": 40, "warmed": False},
+...     {"op": "warm", "outcome": "error", "latency_us": 50, "size_bytes": 0, "warmed": False},
+...     {"op": "get", "outcome": "hit", "latency_us": 90, "size_bytes": 40, "warmed": True,
+...      "warm_path": "edge", "joined": True},
+... ])
+>>> stats.edge_warms_issued, stats.edge_warms_written, stats.edge_warms_useful, stats.joined_reads
+(2, 1, 1, 1)
+>>> stats.warms_useful, stats.hits, stats.sets, stats.errors, stats.edge_warm_precision()
+(1, 2, 1, 0, 1.0)
 """
 
 from __future__ import annotations
@@ -27,6 +46,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
+from schemas.contracts import READ_OPS
 from schemas.records import MetricsSnapshot
 
 __all__ = ["LatencyHistogram", "WindowStats"]
@@ -100,6 +120,10 @@ class WindowStats:
     warms_useful: int = 0
     warms_skipped: int = 0
     warms_failed: int = 0
+    edge_warms_issued: int = 0
+    edge_warms_written: int = 0
+    edge_warms_useful: int = 0
+    joined_reads: int = 0
     predicted_true: int = 0
     predicted_false: int = 0
     missed_true: int = 0
@@ -108,20 +132,33 @@ class WindowStats:
     warm_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def add_access(self, events: Iterable[Mapping[str, Any]]) -> None:
-        """Count validated access events (dicts with the AccessEvent fields)."""
+        """Count validated access events (dicts with the AccessEvent fields).
+
+        ``warm_path`` and ``joined`` may be missing (dicts from before they existed).
+        """
         latency = self.latency
         for event in events:
             self.events += 1
             op, outcome = event["op"], event["outcome"]
+            if op == "warm":  # an edge warm: not an application operation
+                self.edge_warms_issued += 1
+                if outcome == "none":
+                    self.edge_warms_written += 1
+                continue
             if outcome == "hit":
                 self.hits += 1
                 self.bytes_read += event["size_bytes"]
                 if event["warmed"]:
-                    self.warms_useful += 1
+                    if event.get("warm_path") == "edge":
+                        self.edge_warms_useful += 1
+                    else:
+                        self.warms_useful += 1
             elif outcome == "miss":
                 self.misses += 1
             elif outcome == "error":
                 self.errors += 1
+            if event.get("joined", False) and op in READ_OPS:
+                self.joined_reads += 1
             if op in ("set", "mset"):
                 self.sets += 1
                 self.bytes_written += event["size_bytes"]
@@ -160,6 +197,11 @@ class WindowStats:
         if not self.warms_written:
             return None
         return min(1.0, self.warms_useful / self.warms_written)
+
+    def edge_warm_precision(self) -> float | None:
+        if not self.edge_warms_written:
+            return None
+        return min(1.0, self.edge_warms_useful / self.edge_warms_written)
 
     def prediction_precision(self) -> float | None:
         total = self.predicted_true + self.predicted_false
@@ -219,6 +261,11 @@ class WindowStats:
             warms_written=self.warms_written,
             warms_useful=self.warms_useful,
             warm_precision=self.warm_precision(),
+            edge_warms_issued=self.edge_warms_issued,
+            edge_warms_written=self.edge_warms_written,
+            edge_warms_useful=self.edge_warms_useful,
+            edge_warm_precision=self.edge_warm_precision(),
+            joined_reads=self.joined_reads,
             prediction_precision=self.prediction_precision(),
             prediction_recall=self.prediction_recall(),
             dead_letters=self.dead_letters,

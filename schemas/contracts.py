@@ -39,6 +39,7 @@ __all__ = [
     "STATUSES",
     "WARMUP_COMMAND",
     "WARMUP_OUTCOME",
+    "WARM_PATHS",
 ]
 
 CONTRACT_VERSION: Final = 1
@@ -55,12 +56,16 @@ MAX_SIZE_BYTES: Final = 512 * 1024 * 1024
 MAX_TTL_S: Final = 10 * 365 * 24 * 3600
 MAX_COUNT: Final = 2**53
 
-OPS: Final = ("get", "set", "delete", "mget", "mset", "exists", "incr", "expire")
+#: ``warm`` is not a request: it reports an edge warm the client itself carried out
+#: (outcome ``none``: the value was written; ``error``: the load failed or was refused).
+OPS: Final = ("get", "set", "delete", "mget", "mset", "exists", "incr", "expire", "warm")
 #: The operations that are requests for a value: what the prediction models learn from.
 READ_OPS: Final = frozenset({"get", "mget", "exists"})
 OUTCOMES: Final = ("hit", "miss", "error", "none")
 REASONS: Final = ("frequency", "recency", "similarity", "temporal", "ensemble", "manual")
 STATUSES: Final = ("written", "skipped-present", "skipped-stale", "load-failed", "rate-limited")
+#: Who wrote a warmed value: the worker (warmup topic, writer agent) or the client (edge).
+WARM_PATHS: Final = ("worker", "edge")
 NAMESPACE_PATTERN: Final = r"[A-Za-z0-9_.-]+"
 
 
@@ -139,11 +144,18 @@ ACCESS_EVENT: Final[tuple[FieldSpec, ...]] = (
     _ts("ts", "When the cache operation happened, in seconds since the Unix epoch."),
     _namespace(),
     _key(),
-    FieldSpec("op", "string", "The cache operation.", required=True, enum=OPS),
+    FieldSpec(
+        "op",
+        "string",
+        "The cache operation; 'warm' reports an edge warm the client carried out (not a read).",
+        required=True,
+        enum=OPS,
+    ),
     FieldSpec(
         "outcome",
         "string",
-        "hit/miss for reads, none for writes, error when Redis failed.",
+        "hit/miss for reads, none for writes, error when Redis failed. For op 'warm': none "
+        "when the value was written, error when the load failed or was refused.",
         required=True,
         enum=OUTCOMES,
     ),
@@ -158,7 +170,7 @@ ACCESS_EVENT: Final[tuple[FieldSpec, ...]] = (
     FieldSpec(
         "size_bytes",
         "integer",
-        "Bytes read or written (0 when unknown).",
+        "Bytes read or written (0 when unknown); for op 'warm', bytes written.",
         default=0,
         minimum=0,
         maximum=MAX_SIZE_BYTES,
@@ -174,7 +186,7 @@ ACCESS_EVENT: Final[tuple[FieldSpec, ...]] = (
     FieldSpec(
         "ttl",
         "integer",
-        "TTL in seconds given on a write, or null.",
+        "TTL in seconds given on a write (for op 'warm', the TTL written), or null.",
         nullable=True,
         minimum=1,
         maximum=MAX_TTL_S,
@@ -194,6 +206,20 @@ ACCESS_EVENT: Final[tuple[FieldSpec, ...]] = (
         "warmed",
         "boolean",
         "True when this read was the first read of a value written by the warmer.",
+        default=False,
+    ),
+    FieldSpec(
+        "warm_path",
+        "string",
+        "Which warm path wrote the value whose first read this was (with warmed=true).",
+        nullable=True,
+        enum=WARM_PATHS,
+    ),
+    FieldSpec(
+        "joined",
+        "boolean",
+        "The read waited for a load already in flight (an edge warm, or another caller's load) "
+        "instead of fetching from the origin.",
         default=False,
     ),
     _label("client", "Name of the emitting application or client library."),
@@ -290,10 +316,21 @@ METRICS_SNAPSHOT: Final[tuple[FieldSpec, ...]] = (
         minimum=0.0,
         maximum=1e6,
     ),
-    _count("warms_issued", "Warmup commands issued."),
-    _count("warms_written", "Warmed values written to Redis."),
-    _count("warms_useful", "Warmed values read before eviction or expiry."),
-    _ratio("warm_precision", "warms_useful / warms_written; null when nothing was warmed."),
+    _count("warms_issued", "Warmup commands issued by the worker."),
+    _count("warms_written", "Warmed values written to Redis by the worker."),
+    _count("warms_useful", "Values warmed by the worker and read before eviction or expiry."),
+    _ratio(
+        "warm_precision",
+        "warms_useful / warms_written, warms by the worker; null when the worker warmed nothing.",
+    ),
+    _count("edge_warms_issued", "Edge warms the clients carried out (access events op 'warm')."),
+    _count("edge_warms_written", "Values written to Redis by edge warms."),
+    _count("edge_warms_useful", "Values warmed at the edge and read before eviction or expiry."),
+    _ratio(
+        "edge_warm_precision",
+        "edge_warms_useful / edge_warms_written; null when nothing was warmed at the edge.",
+    ),
+    _count("joined_reads", "Reads that waited for a load in flight instead of fetching."),
     _ratio("prediction_precision", "Online precision of the ensemble."),
     _ratio("prediction_recall", "Online recall of the ensemble."),
     _count("dead_letters", "Records sent to the dead-letter topic."),

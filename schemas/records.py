@@ -55,6 +55,8 @@ class AccessEvent(_Contract):
     session: str | None = None
     tags: list[str] = []
     warmed: bool = False
+    warm_path: str | None = None
+    joined: bool = False
     client: str | None = None
     version: int = 1
 
@@ -114,6 +116,11 @@ class MetricsSnapshot(_Contract):
     warms_written: int = 0
     warms_useful: int = 0
     warm_precision: float | None = None
+    edge_warms_issued: int = 0
+    edge_warms_written: int = 0
+    edge_warms_useful: int = 0
+    edge_warm_precision: float | None = None
+    joined_reads: int = 0
     prediction_precision: float | None = None
     prediction_recall: float | None = None
     dead_letters: int = 0

@@ -331,6 +331,8 @@ def _field_schema(spec: FieldSpec) -> dict[str, Any]:
             schema["pattern"] = f"^{spec.pattern}$"
     if spec.nullable:
         schema["type"] = [schema["type"], "null"]
+        if "enum" in schema:  # "enum" applies to every type: null must be listed too
+            schema["enum"].append(None)
     if not spec.required:
         schema["default"] = list(spec.default) if isinstance(spec.default, tuple) else spec.default
     return schema

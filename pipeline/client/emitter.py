@@ -52,6 +52,8 @@ _FIELDS: Final = (
     "tags",
     "warmed",
     "client",
+    "warm_path",
+    "joined",
 )
 _METADATA_REFRESH_S: Final = 30.0
 _MAX_IN_FLIGHT: Final = 16
@@ -134,8 +136,16 @@ class AccessEmitter:
         warmed: bool = False,
         ts: float | None = None,
         raw_bytes: int = 0,
+        warm_path: str | None = None,
+        joined: bool = False,
     ) -> None:
-        """Queue one access event. O(1); never blocks, never raises."""
+        """Queue one access event. O(1); never blocks, never raises.
+
+        ``op="warm"`` reports an edge warm this client carried out (outcome ``none``:
+        written, ``error``: failed or refused). ``warm_path`` says which path wrote the
+        value a ``warmed`` read found (``"worker"`` or ``"edge"``); ``joined`` that the
+        read waited for a load already in flight instead of fetching.
+        """
         if self._sample_rate < 1.0 and self._random.random() >= self._sample_rate:
             self._sampled_out += 1
             return
@@ -158,6 +168,8 @@ class AccessEmitter:
                 tuple(tags) if tags else (),
                 warmed,
                 self._client,
+                warm_path,
+                joined,
             )
         )
         self._emitted += 1

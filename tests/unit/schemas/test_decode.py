@@ -31,7 +31,17 @@ def test_a_minimal_event_gets_the_documented_defaults() -> None:
         [],
         False,
     )
+    assert (event.warm_path, event.joined) == (None, False)
     assert event.version == schemas.CONTRACT_VERSION
+
+
+def test_edge_warm_events_and_warm_paths_decode() -> None:
+    warm = decode_access_event(_with(op="warm", outcome="none", size_bytes=512, ttl=60))
+    assert (warm.op, warm.outcome, warm.size_bytes, warm.ttl) == ("warm", "none", 512, 60)
+    read = decode_access_event(_with(warmed=True, warm_path="edge", joined=True))
+    assert (read.warmed, read.warm_path, read.joined) == (True, "edge", True)
+    assert decode_access_event(_with(warm_path=None)).warm_path is None
+    assert decode_access_event(_with(warm_path="worker")).warm_path == "worker"
 
 
 def test_a_full_event_round_trips_through_its_json() -> None:
@@ -45,6 +55,8 @@ def test_a_full_event_round_trips_through_its_json() -> None:
         "session": "s1",
         "tags": ["profile", "eu"],
         "warmed": True,
+        "warm_path": "edge",
+        "joined": True,
         "client": "shop-api",
         "version": 1,
     }
@@ -91,6 +103,9 @@ def test_integral_floats_are_integers_and_unknown_fields_are_ignored() -> None:
         (_with(tags=["t"] * 33), "tags", "has 33 items; the limit is 32"),
         (_with(tags=[{"deep": [[[[1]]]]}]), "tags[]", "expected a string, got an object"),
         (_with(warmed="yes"), "warmed", "expected true or false"),
+        (_with(warm_path="client"), "warm_path", "'client' is not one of: worker, edge"),
+        (_with(warm_path=""), "warm_path", "is not one of: worker, edge"),
+        (_with(joined=1), "joined", "expected true or false"),
         (_with(user=""), "user", "at least 1 character"),
         (_with(version=2), "version", "above the maximum 1"),
     ],

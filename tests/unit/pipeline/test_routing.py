@@ -1,0 +1,43 @@
+"""The observe agent's per-event routing: what the smart TTL, the stats and the models see."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.models import SmartTTL
+from pipeline.partitioning import PartitionCache
+from pipeline.routing import SEQUENCE_FIELDS, TTL_OPS, route
+from schemas.contracts import READ_OPS
+from schemas.decode import validate_access_event
+
+
+def _event(key: str, op: str, outcome: str, ts: float, **extra: Any) -> dict[str, Any]:
+    doc = {"ts": ts, "namespace": "shop", "key": key, "op": op, "outcome": outcome}
+    return validate_access_event({**doc, "user": "u1", "client": "web", **extra})
+
+
+def test_an_edge_warm_goes_to_the_stats_only() -> None:
+    assert "warm" not in TTL_OPS
+    assert "warm" not in READ_OPS
+    touched: set[str] = set()
+    events = [
+        _event("a", "warm", "none", 1.0, size_bytes=64, ttl=30),
+        _event("b", "warm", "error", 1.1),
+        _event("a", "get", "hit", 1.2, warmed=True, warm_path="edge"),
+    ]
+    by_namespace, by_partition = route(events, SmartTTL(), touched, PartitionCache(4))
+    assert touched == {"shop:a"}  # learnt from the read, not from either warm
+    assert [e["op"] for e in by_namespace["shop"]] == ["warm", "warm", "get"]
+    rows = [row for rows in by_partition.values() for row in rows]
+    assert [(row["key"], row["op"]) for row in rows] == [("a", "get")]
+    assert tuple(rows[0]) == SEQUENCE_FIELDS  # warm_path and joined are not forwarded
+    assert rows[0]["warmed"] is True
+
+
+def test_a_smart_ttl_is_not_learnt_from_warms_alone() -> None:
+    model = SmartTTL()
+    touched: set[str] = set()
+    warms = [_event("k", "warm", "none", float(t), ttl=60) for t in range(10)]
+    route(warms, model, touched, PartitionCache(2))
+    assert touched == set()
+    assert model.n_tracked == 0
