@@ -12,8 +12,10 @@ batches partitioned like the access topic.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, Final
 
 import faust
 import orjson
@@ -25,9 +27,12 @@ from agents.writer import claimed_headers, local
 from pipeline.decide import Decider, engine_config
 from pipeline.models import WarmEngine
 from pipeline.partitioning import PartitionCache
+from pipeline.prefetch import RulePlan, RuleSet
 from pipeline.reorder import Reorderer
 
-__all__ = ["deciders", "engines", "predict"]
+__all__ = ["deciders", "engines", "predict", "rule_set"]
+
+log = logging.getLogger(__name__)
 
 engines: Checkpointer[WarmEngine] = Checkpointer(
     "engine", settings.topic_sequence, lambda: WarmEngine(engine_config(settings))
@@ -35,6 +40,12 @@ engines: Checkpointer[WarmEngine] = Checkpointer(
 deciders: dict[int, Decider] = {}
 _reorderers: dict[int, Reorderer] = {}
 _warmup_partition = PartitionCache(settings.topic_partitions)
+#: The prefetch rules this worker has published (bounded per namespace).
+rule_set = RuleSet(settings.redis_key_prefix, settings.rules_max)
+#: Rule hashes expire this long after the last publish (gone a day after the pipeline stops).
+_RULES_EXPIRY_S: Final = 86_400
+#: Most rule changes published per partition and round (the rest wait for the next round).
+_RULES_PER_ROUND: Final = 20_000
 
 
 def decider(partition: int) -> Decider:
@@ -119,6 +130,41 @@ async def release_held_events() -> None:
     async with engines.lock:
         for partition, buffer in list(_reorderers.items()):
             await _decide(partition, buffer.release())
+
+
+@app.timer(interval=settings.rules_interval_s, name="cachecast.predict-rules")
+async def publish_rules() -> None:
+    """Publish the prefetch rules that changed since the last round to Redis."""
+    if not (settings.rules_publish and settings.warming_enabled):
+        return
+    async with engines.lock:
+        changes = []
+        for engine in engines.models.values():
+            changes.extend(engine.rules.changed(_RULES_PER_ROUND))
+    if not changes:
+        return
+    plan = rule_set.plan(changes, now=time.time())
+    if len(plan):
+        await _write_rules(plan)
+
+
+async def _write_rules(plan: RulePlan) -> None:
+    try:
+        async with runtime.redis.pipeline(transaction=False) as pipe:
+            for table, fields in plan.writes.items():
+                pipe.hset(table, mapping=fields)  # type: ignore[arg-type]
+            for table, keys in plan.deletes.items():
+                pipe.hdel(table, *keys)
+            for table in plan.hashes:
+                pipe.expire(table, _RULES_EXPIRY_S)
+            await pipe.execute()
+    except Exception as exc:  # Redis down: rules are advice; republish what changes next
+        runtime.counters["rules_publish_errors"] += 1
+        log.warning("could not publish %d prefetch rule changes: %s", len(plan), exc)
+        rule_set.forget()
+        return
+    runtime.counters["rules_written"] += sum(map(len, plan.writes.values()))
+    runtime.counters["rules_deleted"] += sum(map(len, plan.deletes.values()))
 
 
 @app.timer(interval=1.0, name="cachecast.predict-checkpoint")

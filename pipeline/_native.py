@@ -50,6 +50,7 @@ COMPILED: tuple[str, ...] = (
     "pipeline.models.frequency",
     "pipeline.models.horizon",
     "pipeline.models.recency",
+    "pipeline.models.rules",
     "pipeline.models.similarity",
     "pipeline.models.temporal",
     "pipeline.models.ttl",

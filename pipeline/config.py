@@ -275,6 +275,43 @@ class Settings(BaseSettings):
         validation_alias=_env("CACHECAST_WARM_DEDUP_S", "warm_dedup_s"),
         description="A key warmed this recently is not warmed again.",
     )
+    rules_publish: bool = Field(
+        True,
+        validation_alias=_env("CACHECAST_PREFETCH_RULES", "rules_publish"),
+        description="Compile what the models learn into prefetch rules (trigger -> keys to"
+        " load with it) and publish them to Redis, where clients apply them the moment a"
+        " trigger misses. Off with CACHECAST_WARMING=false too.",
+    )
+    rules_interval_s: float = Field(
+        0.1,
+        gt=0,
+        le=60,
+        validation_alias=_env("CACHECAST_RULES_INTERVAL_S", "rules_interval_s"),
+        description="How often changed prefetch rules are published (a rule is worth the"
+        " most right after its trigger's first recurrence).",
+    )
+    rules_max: int = Field(
+        50_000,
+        ge=1,
+        validation_alias=_env("CACHECAST_RULES_MAX", "rules_max"),
+        description="Most prefetch rules one worker keeps published per namespace (the"
+        " ones changed least recently go first).",
+    )
+    edge_warming: bool = Field(
+        True,
+        validation_alias=_env("CACHECAST_EDGE_WARMING", "edge_warming"),
+        description="Client: when a key misses, load the keys its prefetch rule names in"
+        " the background, through the namespace's loader (CACHECAST_LOADERS or"
+        " register_loader).",
+    )
+    edge_join_wait_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        validation_alias=_env("CACHECAST_EDGE_JOIN_WAIT_S", "edge_join_wait_s"),
+        description="Client: how long a read waits for a load another client has in flight"
+        " (its placeholder in Redis) before loading the key itself.",
+    )
     warm_local: bool = Field(
         True,
         validation_alias=_env("CACHECAST_WARM_LOCAL", "warm_local"),

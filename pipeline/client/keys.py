@@ -14,12 +14,15 @@ key                             holds
 ``{p}#tag:{ns}:{tag}``          set of the data keys tagged ``tag``
 ``{p}#keytags:{ns}:{key}``      set of the tags of one data key (to clean the above)
 ``{p}#warm:{ns}:{key}``         "written by the warmer, not read yet" marker
+``{p}#rules:{ns}:{shard}``      hash of prefetch rules: trigger key -> what to load with it
 ==============================  ===================================================
 
 >>> data_key("cache:", "users", "42")
 'cache:users:42'
 >>> smart_ttl_hash("cache:", "users")
 'cache:#ttl:users'
+>>> rules_hash("cache:", "users", "42")
+'cache:#rules:users:8'
 >>> tag_key("cache:", "users", "team:7")
 'cache:#tag:users:team:7'
 >>> pattern_for("cache:", "users", "session:*")
@@ -31,6 +34,7 @@ key                             holds
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -45,12 +49,14 @@ from schemas.contracts import (
 
 __all__ = [
     "INTERNAL_MARK",
+    "RULE_SHARDS",
     "InvalidKeyError",
     "data_key",
     "escape_glob",
     "keytags_key",
     "namespace_base",
     "pattern_for",
+    "rules_hash",
     "smart_ttl_hash",
     "split_data_key",
     "tag_key",
@@ -168,6 +174,20 @@ def smart_ttl_hash(prefix: str, namespace: str) -> str:
     key: per-key records would compete with cached values for memory and LRU slots.
     """
     return prefix + "#ttl:" + namespace
+
+
+#: Prefetch rules of a namespace are spread over this many hashes (cluster slots).
+RULE_SHARDS: Final = 16
+
+
+def rules_hash(prefix: str, namespace: str, trigger: str) -> str:
+    """The hash holding the prefetch rule of ``trigger`` (field = trigger key).
+
+    Sharded by a stable hash of the trigger, so that on a Redis Cluster the rules
+    of a busy namespace spread over several nodes instead of loading one.
+    """
+    shard = zlib.crc32(trigger.encode("utf-8", "surrogatepass")) % RULE_SHARDS
+    return prefix + "#rules:" + namespace + ":" + str(shard)
 
 
 def tag_key(prefix: str, namespace: str, tag: str) -> str:

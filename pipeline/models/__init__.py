@@ -12,6 +12,7 @@ from pipeline.models.ensemble import FEATURES, WarmScorer
 from pipeline.models.frequency import DecayedFrequency
 from pipeline.models.horizon import CacheHorizon
 from pipeline.models.recency import InterArrival, KeyRhythm
+from pipeline.models.rules import PrefetchRules
 from pipeline.models.similarity import CoAccess, SequenceReplay, UserAffinity
 from pipeline.models.temporal import TimeProfile, is_wall_clock
 from pipeline.models.ttl import NewKeyReuse, SmartTTL
@@ -28,6 +29,7 @@ __all__ = [
     "KeyRhythm",
     "NewKeyReuse",
     "Predictor",
+    "PrefetchRules",
     "Reason",
     "SequenceReplay",
     "SmartTTL",

@@ -13,6 +13,7 @@ from pipeline.models.ensemble import FEATURES, WarmScorer
 from pipeline.models.frequency import DecayedFrequency
 from pipeline.models.horizon import CacheHorizon
 from pipeline.models.recency import InterArrival
+from pipeline.models.rules import PrefetchRules
 from pipeline.models.similarity import CoAccess, SequenceReplay, UserAffinity
 from pipeline.models.temporal import TimeProfile, is_wall_clock
 from pipeline.models.ttl import NewKeyReuse, SmartTTL
@@ -123,6 +124,16 @@ class EngineConfig:
     """Seconds per ts unit, for smart TTLs."""
     seed: int = 0
     """Seed of every random choice (the TTL jitter)."""
+    rule_window: int = 1
+    """Prefetch rules: a successor comes within this many accesses after its trigger."""
+    rule_label_window: int = 512
+    """Prefetch rules: a rule came true when its successor is read within this many reads."""
+    rule_top_n: int = 2
+    """Prefetch rules: most keys one trigger loads."""
+    rule_waste_budget: float | None = 0.03
+    """Prefetch rules: wasted edge warms allowed per demand miss (None: no budget)."""
+    rule_min_probability: float = 0.5
+    """Prefetch rules: the lowest calibrated probability ever admitted."""
 
 
 class WarmEngine:
@@ -213,6 +224,14 @@ class WarmEngine:
             seed=cfg.seed,
             max_keys=4,
         )
+        self.rules = PrefetchRules(
+            window=cfg.rule_window,
+            label_window=cfg.rule_label_window,
+            max_keys=cfg.max_keys,
+            top_n=cfg.rule_top_n,
+            waste_budget=cfg.rule_waste_budget,
+            min_probability=cfg.rule_min_probability,
+        )
         self._wall_clock: bool | None = cfg.wall_clock
         self._events = 0
         self._schedule: list[tuple[float, int, Key, float]] = []  # (due, seq, key, last ts)
@@ -235,7 +254,10 @@ class WarmEngine:
         self._coaccess_learn = self.coaccess.learn_one
         self._replay_advance = self.replay.advance
         self._reuse_learn = self.reuse.learn_one
+        self._rules_learn = self.rules.learn_one
+        self._cached = self._probably_cached
         self._last_key: Key | None = None
+        self._events_ts = 0.0
         self._last_new_miss = False
         self._gate_open = False
         self._gate_checked = -_GATE_EVERY
@@ -287,6 +309,7 @@ class WarmEngine:
         if missed or key in self.reuse._pending:
             self._reuse_learn(key, ts, missed=missed, new=known is None, horizon=horizon)
         self._last_key = key
+        self._events_ts = ts
         self._last_new_miss = known is None and missed
         self._events += 1
         self._frequency_learn(key)
@@ -316,6 +339,7 @@ class WarmEngine:
                         distance,
                         miss,
                     )
+        self._rules_learn(key, hit, warmed, self._cached)
         state = recency_keys[key]
         if state[1] >= 3.0 and state[3] < self._regular_var:
             self._schedule_rhythm(key, ts, horizon, state)
@@ -369,6 +393,13 @@ class WarmEngine:
                 )
             )
         return out
+
+    def _probably_cached(self, key: Key) -> bool:
+        """Whether ``key`` was read recently enough to be still cached (as :meth:`_consider`)."""
+        state = self.recency._keys.get(key)
+        if state is None:
+            return False
+        return self._events_ts - state[0] < self._cached_fraction * self.horizon._value
 
     # -- candidates --------------------------------------------------------------------------
 
@@ -531,6 +562,8 @@ class WarmEngine:
             tracked_keys=self.n_tracked,
             lead=self._lead,
             lookahead=self.replay.lookahead,
+            rule_triggers=self.rules.n_tracked,
+            rule_threshold=self.rules.threshold,
         )
         return out
 
@@ -569,6 +602,7 @@ class WarmEngine:
             "horizon": self.horizon,
             "scorer": self.scorer,
             "reuse": self.reuse,
+            "rules": self.rules,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -597,6 +631,8 @@ class WarmEngine:
         if EngineConfig(**engine["config"]) != self.config:
             raise ValueError("snapshot was taken with a different EngineConfig")
         for name, component in self._components().items():
+            if name == "rules" and name not in state:
+                continue  # a snapshot from before prefetch rules: they start fresh
             component.load_state_dict(state[name])
         self._wall_clock = engine["wall_clock"]
         self._events = engine["events"]

@@ -22,6 +22,7 @@ from pipeline.models import (
     DecayedFrequency,
     InterArrival,
     Predictor,
+    PrefetchRules,
     SequenceReplay,
     SmartTTL,
     TimeProfile,
@@ -72,6 +73,11 @@ ADAPTERS: dict[str, Adapter] = {
         make=lambda cap: TimeProfile(max_keys=cap),
         feed=lambda p, k, ts: p.learn_one(k, MONDAY + ts * 60.0),
         ask=lambda p, k, ts: (p.predict_one(k, MONDAY + ts * 60.0), p.top_keys(MONDAY, 2)),
+    ),
+    "rules": Adapter(
+        make=lambda cap: PrefetchRules(max_keys=cap, waste_budget=0.05, label_window=16),
+        feed=lambda p, k, ts: p.learn_one(k, hit=stable_hash(k) % 3 != 0),
+        ask=lambda p, k, ts: (p.predict_one(k), p.threshold, p.changed(4)),
     ),
     "smart_ttl": Adapter(
         make=lambda cap: SmartTTL(max_keys=cap, seed=3),

@@ -1,0 +1,215 @@
+"""Prefetch rules on the wire: how the pipeline publishes them and a client reads them.
+
+The pipeline learns rules (:class:`~pipeline.models.PrefetchRules`); clients
+apply them the moment a trigger misses. They meet in Redis, in the hashes
+``{prefix}#rules:{namespace}:{shard}`` (:func:`~pipeline.client.keys.rules_hash`):
+field = the trigger key, value = the rule. A client reads the rule of a key
+that just missed with one ``HGET``, sent while its own load is under way, so
+a rule costs the caller no wait; hits never read rules.
+
+A rule value is compact JSON, versioned by its first element::
+
+    [1, compiled_at, ttl, [[successor, probability], ...]]
+
+``compiled_at`` is when the pipeline compiled it (Unix seconds), ``ttl`` the
+TTL in seconds to give the loaded values (0: each key's smart TTL, from
+``{prefix}#ttl:{namespace}``, as the worker's own warms use), and the
+successors are keys of the same namespace, most probable first, with the
+calibrated probability that they are read soon after the trigger.
+
+Everything here is pure: :class:`RuleSet` decides what to write and delete,
+bounded per namespace; the predict agent carries out its plans.
+
+>>> raw = encode_rule([("7", 0.91), ("8", 0.62)], compiled_at=1700000000.0)
+>>> raw
+b'[1,1700000000.0,0,[["7",0.91],["8",0.62]]]'
+>>> decode_rule(raw)
+PrefetchRule(successors=(('7', 0.91), ('8', 0.62)), ttl=0, compiled_at=1700000000.0)
+>>> decode_rule(b'[9,0,0,[]]') is None  # a format this client does not know: ignored
+True
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from pipeline.client.keys import rules_hash
+from schemas.contracts import MAX_KEY_LENGTH, MAX_TTL_S
+
+__all__ = [
+    "MAX_RULE_BYTES",
+    "MAX_SUCCESSORS",
+    "RULE_FORMAT",
+    "PrefetchRule",
+    "RulePlan",
+    "RuleSet",
+    "decode_rule",
+    "encode_rule",
+]
+
+RULE_FORMAT: Final = 1
+#: Most successors a rule may name (a client ignores the rest).
+MAX_SUCCESSORS: Final = 8
+#: A longer value is not a rule this project wrote: it is ignored unread.
+MAX_RULE_BYTES: Final = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PrefetchRule:
+    """What to load when the trigger misses."""
+
+    successors: tuple[tuple[str, float], ...]
+    ttl: int
+    compiled_at: float
+
+
+def encode_rule(
+    successors: Sequence[tuple[str, float]], *, compiled_at: float, ttl: int = 0
+) -> bytes:
+    """The stored form of a rule (probabilities rounded to 3 digits)."""
+    if len(successors) > MAX_SUCCESSORS:
+        raise ValueError(f"a rule names at most {MAX_SUCCESSORS} successors")
+    if not 0 <= ttl <= MAX_TTL_S:
+        raise ValueError(f"ttl must be within 0..{MAX_TTL_S}")
+    body = [[key, round(float(p), 3)] for key, p in successors]
+    return orjson.dumps([RULE_FORMAT, round(compiled_at, 3), ttl, body])
+
+
+def decode_rule(raw: bytes | str | None) -> PrefetchRule | None:
+    """The rule stored in ``raw``, or None when absent, of an unknown format, or malformed.
+
+    A rule comes from Redis, where anyone with access could have written
+    anything: every field is checked, and a bad value is simply no rule.
+    """
+    if raw is None or len(raw) > MAX_RULE_BYTES:
+        return None
+    try:
+        doc: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, list) or len(doc) != 4 or doc[0] != RULE_FORMAT:
+        return None
+    _, compiled_at, ttl, body = doc
+    if type(compiled_at) not in (int, float) or type(ttl) is not int or not 0 <= ttl <= MAX_TTL_S:
+        return None
+    if not isinstance(body, list):
+        return None
+    successors: list[tuple[str, float]] = []
+    for item in body[:MAX_SUCCESSORS]:
+        if not isinstance(item, list) or len(item) != 2:
+            return None
+        key, p = item
+        if type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH:
+            return None
+        if type(p) not in (int, float) or not 0.0 <= p <= 1.0:
+            return None
+        successors.append((key, float(p)))
+    return PrefetchRule(tuple(successors), ttl, float(compiled_at))
+
+
+@dataclass(slots=True)
+class RulePlan:
+    """Redis writes of one publishing round: per hash, fields to set and fields to delete."""
+
+    writes: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    deletes: dict[str, list[str]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return sum(map(len, self.writes.values())) + sum(map(len, self.deletes.values()))
+
+    @property
+    def hashes(self) -> set[str]:
+        """Every hash this plan touches (each gets its expiry renewed)."""
+        return set(self.writes) | set(self.deletes)
+
+
+class RuleSet:
+    """What one worker has published, bounded per namespace, and what to change next.
+
+    ``max_rules`` triggers per namespace at most: past it, the rules changed
+    least recently are deleted (hot triggers keep changing, so they stay).
+    A trigger whose rule became empty is deleted. A rule that did not change is
+    not written again.
+
+    >>> rules = RuleSet("c:", max_rules=2)
+    >>> plan = rules.plan([("shop:a", [("shop:b", 0.9)]), ("shop:x", [])], now=5.0)
+    >>> plan.writes
+    {'c:#rules:shop:3': {'a': b'[1,5.0,0,[["b",0.9]]]'}}
+    >>> plan = rules.plan([("shop:c", [("shop:d", 0.8)]), ("shop:e", [("shop:f", 0.7)])], now=6.0)
+    >>> sorted(plan.deletes.items())  # 'a' changed least recently: out
+    [('c:#rules:shop:3', ['a'])]
+    """
+
+    def __init__(self, prefix: str, max_rules: int = 50_000) -> None:
+        if max_rules < 1:
+            raise ValueError("max_rules must be >= 1")
+        self.prefix = prefix
+        self.max_rules = max_rules
+        self._published: dict[str, OrderedDict[str, bytes]] = {}
+
+    def __len__(self) -> int:
+        return sum(map(len, self._published.values()))
+
+    def plan(
+        self, changes: Iterable[tuple[Any, Sequence[tuple[Any, float]]]], *, now: float
+    ) -> RulePlan:
+        """Turn ``(trigger, rule)`` changes (engine keys ``"ns:key"``) into Redis writes.
+
+        Successors from another namespace than their trigger are dropped (a rule
+        loads keys of its own namespace only).
+        """
+        plan = RulePlan()
+        for trigger, rule in changes:
+            namespace, sep, key = str(trigger).partition(":")
+            if not sep or not key:
+                continue
+            published = self._published.get(namespace)
+            if published is None:
+                published = self._published[namespace] = OrderedDict()
+            successors = [
+                (successor[len(namespace) + 1 :], p)
+                for successor, p in ((str(s), p) for s, p in rule)
+                if successor.startswith(namespace + ":") and len(successor) > len(namespace) + 1
+            ][:MAX_SUCCESSORS]
+            where = rules_hash(self.prefix, namespace, key)
+            if not successors:
+                if published.pop(key, None) is not None:
+                    plan.deletes.setdefault(where, []).append(key)
+                continue
+            old = published.get(key)
+            value = encode_rule(successors, compiled_at=now)
+            if old is not None and _same_successors(old, value):
+                published.move_to_end(key)
+                continue
+            published[key] = value
+            published.move_to_end(key)
+            plan.writes.setdefault(where, {})[key] = value
+            while len(published) > self.max_rules:
+                evicted, _ = published.popitem(last=False)
+                evicted_at = rules_hash(self.prefix, namespace, evicted)
+                pending = plan.writes.get(evicted_at)
+                if pending is not None:
+                    pending.pop(evicted, None)
+                plan.deletes.setdefault(evicted_at, []).append(evicted)
+        plan.writes = {where: fields for where, fields in plan.writes.items() if fields}
+        return plan
+
+    def forget(self) -> None:
+        """Forget what was published (after the hashes were lost, e.g. Redis restarted)."""
+        self._published.clear()
+
+
+def _same_successors(old: bytes, new: bytes) -> bool:
+    """Equal successors with probabilities within 0.05: not worth a write."""
+    a, b = decode_rule(old), decode_rule(new)
+    if a is None or b is None or len(a.successors) != len(b.successors):
+        return False
+    return all(
+        ka == kb and abs(pa - pb) < 0.05
+        for (ka, pa), (kb, pb) in zip(a.successors, b.successors, strict=True)
+    )

@@ -1,0 +1,81 @@
+"""The prefetch rule format and what a worker publishes."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.client.keys import RULE_SHARDS, rules_hash
+from pipeline.prefetch import MAX_SUCCESSORS, RuleSet, decode_rule, encode_rule
+
+
+def test_a_rule_round_trips() -> None:
+    raw = encode_rule([("b", 0.8123), ("c", 0.5)], compiled_at=12.5, ttl=60)
+    rule = decode_rule(raw)
+    assert rule is not None
+    assert rule.successors == (("b", 0.812), ("c", 0.5))
+    assert (rule.ttl, rule.compiled_at) == (60, 12.5)
+
+
+@given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_anything_else_in_redis_is_no_rule_and_never_raises(raw: bytes) -> None:
+    rule = decode_rule(raw)
+    assert rule is None or all(0.0 <= p <= 1.0 and key for key, p in rule.successors)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        [2, 0, 0, []],
+        [1, 0, -1, []],
+        [1, "x", 0, []],
+        [1, 0, 0, [["b"]]],
+        [1, 0, 0, [["b", 1.5]]],
+        [1, 0, 0, [[7, 0.5]]],
+        [1, 0, 0, [["k" * 1025, 0.5]]],
+        {"successors": []},
+    ],
+)
+def test_malformed_rules_are_ignored(doc: object) -> None:
+    assert decode_rule(orjson.dumps(doc)) is None
+
+
+def test_rules_spread_over_shards_and_stay_in_their_namespace() -> None:
+    shards = {rules_hash("p:", "ns", str(i)) for i in range(1_000)}
+    assert len(shards) == RULE_SHARDS
+    assert all(s.startswith("p:#rules:ns:") for s in shards)
+
+
+def test_a_rule_set_writes_changes_only_and_deletes_emptied_rules() -> None:
+    rules = RuleSet("p:")
+    plan = rules.plan([("ns:a", [("ns:b", 0.9), ("other:x", 0.99)])], now=1.0)
+    ((where, fields),) = plan.writes.items()
+    assert where == rules_hash("p:", "ns", "a")
+    rule = decode_rule(fields["a"])
+    assert rule is not None
+    assert rule.successors == (("b", 0.9),)
+    assert not rules.plan([("ns:a", [("ns:b", 0.92)])], now=2.0)  # same rule: nothing
+    assert rules.plan([("ns:a", [("ns:b", 0.6)])], now=3.0).writes  # moved: rewritten
+    plan = rules.plan([("ns:a", [])], now=4.0)
+    assert plan.deletes == {where: ["a"]}
+    assert not plan.writes
+    assert len(rules) == 0
+
+
+def test_a_rule_set_stays_within_its_bound_per_namespace() -> None:
+    rules = RuleSet("p:", max_rules=10)
+    deleted: list[str] = []
+    for i in range(50):
+        plan = rules.plan([(f"ns:t{i}", [(f"ns:s{i}", 0.9)])], now=float(i))
+        deleted += [key for keys in plan.deletes.values() for key in keys]
+    assert len(rules) == 10
+    assert sorted(deleted) == sorted(f"t{i}" for i in range(40))
+
+
+def test_encode_refuses_what_a_client_would_not_read() -> None:
+    with pytest.raises(ValueError, match="at most"):
+        encode_rule([(str(i), 0.5) for i in range(MAX_SUCCESSORS + 1)], compiled_at=0.0)
+    with pytest.raises(ValueError, match="ttl"):
+        encode_rule([("a", 0.5)], compiled_at=0.0, ttl=-1)
