@@ -12,9 +12,14 @@ Header layout (big-endian)::
     offset size field
     0      2    magic  b"\\xcc\\xce"
     2      1    format version (1)
-    3      1    flags: bit 0 = lz4, bit 1 = origin warm
+    3      1    flags: bit 0 = lz4, bit 1 = origin warm, bit 2 = placeholder
+                (a load is in flight), bit 3 = warmed at the edge (by a client)
     4      8    written-at, milliseconds since the Unix epoch
     12     4    CRC-32 of the stored payload bytes
+
+A *placeholder* (:func:`placeholder`) is an envelope with no value: a client
+that starts an edge load writes one (``SET NX PX``) so that every other client
+reading the key meanwhile waits for that load instead of fetching again.
 
 A value that is not an envelope (written by someone else) or whose bytes were
 damaged raises :class:`CodecError` with the reason, never garbage.
@@ -48,9 +53,12 @@ __all__ = [
     "Header",
     "Origin",
     "ValueCodec",
+    "is_placeholder",
+    "placeholder",
 ]
 
-Origin = Literal["app", "warm"]
+Origin = Literal["app", "warm", "edge"]
+"""Who wrote a value: the application, the worker's warmer, or a client's edge warm."""
 
 MAGIC: Final = b"\xcc\xce"
 FORMAT_VERSION: Final = 1
@@ -58,7 +66,9 @@ _HEADER = struct.Struct(">2sBBQI")
 HEADER_SIZE: Final = _HEADER.size
 FLAG_LZ4: Final = 0x01
 FLAG_WARM: Final = 0x02
-_KNOWN_FLAGS: Final = FLAG_LZ4 | FLAG_WARM
+FLAG_LOADING: Final = 0x04
+FLAG_EDGE: Final = 0x08
+_KNOWN_FLAGS: Final = FLAG_LZ4 | FLAG_WARM | FLAG_LOADING | FLAG_EDGE
 #: Redis caps a string at 512 MB; refuse to inflate anything larger.
 MAX_VALUE_BYTES: Final = 512 * 1024 * 1024
 #: Compression must save at least this fraction to be kept.
@@ -147,8 +157,10 @@ class ValueCodec:
                 payload, flags = packed, FLAG_LZ4
         if origin == "warm":
             flags |= FLAG_WARM
+        elif origin == "edge":
+            flags |= FLAG_WARM | FLAG_EDGE
         elif origin != "app":
-            raise CodecError(f"origin must be 'app' or 'warm', not {origin!r}")
+            raise CodecError(f"origin must be 'app', 'warm' or 'edge', not {origin!r}")
         written_ms = int((time.time() if now is None else now) * 1000)
         header = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, written_ms, zlib.crc32(payload))
         return Encoded(header + payload, len(raw), bool(flags & FLAG_LZ4))
@@ -173,10 +185,12 @@ class ValueCodec:
             )
         if flags & ~_KNOWN_FLAGS:
             raise CodecError(f"corrupt value: unknown header flags {flags:#04x}")
+        if flags & FLAG_LOADING:
+            raise CodecError("no value yet: a load of this key is in flight (placeholder)")
         return Header(
             version=version,
             compressed=bool(flags & FLAG_LZ4),
-            origin="warm" if flags & FLAG_WARM else "app",
+            origin="edge" if flags & FLAG_EDGE else "warm" if flags & FLAG_WARM else "app",
             written_at=written_ms / 1000.0,
             checksum=checksum,
         )
@@ -200,6 +214,31 @@ class ValueCodec:
             stored_size=len(data),
             raw_size=len(raw),
         )
+
+
+def placeholder(token: bytes, now: float | None = None) -> bytes:
+    """A placeholder envelope: "a load of this key is in flight", with no value.
+
+    ``token`` makes it unique to its writer, who replaces it only if it is still
+    its own (compare-and-set), never a value someone else wrote meanwhile.
+
+    >>> data = placeholder(b"client-1:7", now=1700000000.0)
+    >>> is_placeholder(data), is_placeholder(ValueCodec().encode(1).data)
+    (True, False)
+    """
+    written_ms = int((time.time() if now is None else now) * 1000)
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, FLAG_LOADING, written_ms, zlib.crc32(token))
+    return header + token
+
+
+def is_placeholder(data: bytes) -> bool:
+    """Whether stored bytes are a placeholder (a load in flight), not a value."""
+    return (
+        len(data) >= HEADER_SIZE
+        and data[:2] == MAGIC
+        and data[2] == FORMAT_VERSION
+        and bool(data[3] & FLAG_LOADING)
+    )
 
 
 def _inflate(payload: memoryview) -> bytes:

@@ -39,6 +39,7 @@ __all__ = [
     "LoaderConfig",
     "TokenBucket",
     "load_callable",
+    "loader_options",
     "loaders_from_config",
 ]
 
@@ -133,7 +134,9 @@ class CallableLoader:
 
     def __init__(self, func: Callable[[str, str], Any] | str) -> None:
         self.func = load_callable(func) if isinstance(func, str) else func
-        self._is_async = inspect.iscoroutinefunction(self.func)
+        self._is_async = inspect.iscoroutinefunction(self.func) or (
+            inspect.iscoroutinefunction(getattr(self.func, "__call__", None))  # noqa: B004
+        )
 
     async def load(self, namespace: str, key: str) -> Any:
         try:
@@ -168,6 +171,11 @@ class TokenBucket:
         self._tokens = self.burst
         self._clock = clock
         self._at = clock()
+
+    def available(self) -> bool:
+        """Whether :meth:`try_take` would succeed now (takes nothing)."""
+        now = self._clock()
+        return min(self.burst, self._tokens + (now - self._at) * self.rate) >= 1.0
 
     def try_take(self) -> bool:
         now = self._clock()
@@ -223,6 +231,14 @@ class CircuitBreaker:
             return True
         return False
 
+    def closed_or_due(self) -> bool:
+        """Whether :meth:`allow` could let a call through now (changes nothing)."""
+        if self.state == "closed":
+            return True
+        if self.state == "open":
+            return self._clock() - self._opened_at >= self.reset_after
+        return not self._trial_out
+
     def record(self, ok: bool) -> None:
         if ok:
             self._consecutive = 0
@@ -259,6 +275,12 @@ class GuardedLoader:
         self._slots = asyncio.Semaphore(self.config.concurrency)
         self._bucket = TokenBucket(self.config.rate, self.config.burst)
         self.breaker = CircuitBreaker(self.config.breaker_failures, self.config.breaker_reset_s)
+
+    def available(self) -> bool:
+        """Whether a load now would pass every guard (a cheap check; takes nothing)."""
+        return (
+            self.breaker.closed_or_due() and not self._slots.locked() and self._bucket.available()
+        )
 
     async def load(self, namespace: str, key: str, *, wait: float = 0.0) -> Any:
         """Load, waiting at most ``wait`` seconds for a free concurrency slot."""
@@ -305,30 +327,36 @@ class GuardedLoader:
         await self.loader.close()
 
 
-def loaders_from_config(config: Mapping[str, Mapping[str, Any]]) -> dict[str, GuardedLoader]:
-    """Build guarded loaders per namespace from a JSON-like mapping (see module doc).
+def loader_options(namespace: str, options: Mapping[str, Any]) -> tuple[LoaderConfig, str, str]:
+    """Check one namespace's loader options: ``(guards, "url" | "callable", target)``.
 
     Unknown options raise ``ValueError`` naming the namespace, so a typo fails at start.
     """
     known = {"url", "callable", "headers", *LoaderConfig.__dataclass_fields__}
+    unknown = set(options) - known
+    if unknown:
+        raise ValueError(f"loader for {namespace!r}: unknown option(s) {sorted(unknown)}")
+    guards = LoaderConfig(
+        **{k: options[k] for k in LoaderConfig.__dataclass_fields__ if k in options}
+    )
+    if "url" in options and "callable" in options:
+        raise ValueError(f"loader for {namespace!r}: give 'url' or 'callable', not both")
+    if "url" in options:
+        return guards, "url", str(options["url"])
+    if "callable" in options:
+        return guards, "callable", str(options["callable"])
+    raise ValueError(f"loader for {namespace!r}: needs 'url' or 'callable'")
+
+
+def loaders_from_config(config: Mapping[str, Mapping[str, Any]]) -> dict[str, GuardedLoader]:
+    """Build guarded loaders per namespace from a JSON-like mapping (see module doc)."""
     loaders: dict[str, GuardedLoader] = {}
     for namespace, options in config.items():
-        unknown = set(options) - known
-        if unknown:
-            raise ValueError(f"loader for {namespace!r}: unknown option(s) {sorted(unknown)}")
-        guards = LoaderConfig(
-            **{k: options[k] for k in LoaderConfig.__dataclass_fields__ if k in options}
-        )
+        guards, kind, target = loader_options(namespace, options)
         loader: Loader
-        if "url" in options and "callable" in options:
-            raise ValueError(f"loader for {namespace!r}: give 'url' or 'callable', not both")
-        if "url" in options:
-            loader = HttpLoader(
-                str(options["url"]), headers=options.get("headers"), timeout=guards.timeout
-            )
-        elif "callable" in options:
-            loader = CallableLoader(str(options["callable"]))
+        if kind == "url":
+            loader = HttpLoader(target, headers=options.get("headers"), timeout=guards.timeout)
         else:
-            raise ValueError(f"loader for {namespace!r}: needs 'url' or 'callable'")
+            loader = CallableLoader(target)
         loaders[namespace] = GuardedLoader(loader, guards)
     return loaders

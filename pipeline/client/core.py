@@ -66,12 +66,14 @@ from pipeline.client.keys import (
 )
 from pipeline.client.stats import ClientStats
 from pipeline.codec import (
+    FLAG_EDGE,
     FLAG_WARM,
     FORMAT_VERSION,
     HEADER_SIZE,
     MAGIC,
     CodecError,
     ValueCodec,
+    is_placeholder,
 )
 from pipeline.config import Settings, parse_memory_size
 from schemas.contracts import MAX_LABEL_LENGTH, MAX_LATENCY_US, MAX_TTL_S
@@ -166,6 +168,8 @@ return value
 """
 
 _HEADER: Final = struct.Struct(">2sBBQI")
+#: Header flags the fast decode path handles (uncompressed values, any writer).
+_FAST_FLAGS: Final = FLAG_WARM | FLAG_EDGE
 #: The header read on the hot path: magic+version+flags as one int, and the CRC.
 HIT_HEADER: Final = struct.Struct(">I8xI")
 #: ``HIT_HEADER``'s first field for an uncompressed, application-written, current-format value.
@@ -315,7 +319,7 @@ class CacheCore:
         """
         if len(data) >= HEADER_SIZE:
             magic, version, flags, _, checksum = _HEADER.unpack_from(data)
-            if magic == MAGIC and version == FORMAT_VERSION and not flags & ~FLAG_WARM:
+            if magic == MAGIC and version == FORMAT_VERSION and not flags & ~_FAST_FLAGS:
                 payload = memoryview(data)[HEADER_SIZE:]
                 if zlib.crc32(payload) == checksum:
                     try:
@@ -420,7 +424,13 @@ class CacheCore:
         emit: bool,
         op: str = "get",
     ) -> Any:
-        """Decode a hit, count it and emit its event; :data:`MISS` if undecodable."""
+        """Decode a hit, count it and emit its event; :data:`MISS` if undecodable.
+
+        A placeholder (a load in flight elsewhere, no value yet) is a miss.
+        """
+        if is_placeholder(data):
+            self.record_miss(namespace, key, elapsed_us, user, session, emit, op)
+            return MISS
         try:
             value = self.decode(data)
         except CodecError as exc:
@@ -434,11 +444,60 @@ class CacheCore:
             self.get_latency.record(elapsed_us)
         if warmed:
             stats.warmed_hits += 1
+            if data[3] & FLAG_EDGE:
+                stats.edge_hits += 1
+        if emit:
+            if warmed:
+                self.emit(
+                    namespace, key, op, "hit", elapsed_us, len(data), None, user, session, None,
+                    True, warm_path="edge" if data[3] & FLAG_EDGE else "worker",
+                )  # fmt: skip
+            else:
+                self.emit(
+                    namespace, key, op, "hit", elapsed_us, len(data), None, user, session, None
+                )
+        return value
+
+    def record_join(
+        self,
+        namespace: str,
+        key: str,
+        size: int,
+        elapsed_us: int,
+        user: str | None,
+        session: str | None,
+        emit: bool,
+        warmed: bool,
+    ) -> None:
+        """A read served by joining an edge load in flight: a hit the origin paid once for.
+
+        ``warmed``: this reader took the warm marker (the first read of the value).
+        """
+        stats = self.stats
+        stats.hits += 1
+        stats.inflight_joins += 1
+        stats.bytes_read += size
+        self.get_latency.record(elapsed_us)
         if emit:
             self.emit(
-                namespace, key, op, "hit", elapsed_us, len(data), None, user, session, None, warmed
-            )
-        return value
+                namespace, key, "get", "hit", elapsed_us, size, None, user, session, None, warmed,
+                warm_path="edge" if warmed else None, joined=True,
+            )  # fmt: skip
+
+    def record_edge_warm(
+        self, namespace: str, key: str, written: bool, size: int, ttl: int | None, elapsed_us: int
+    ) -> None:
+        """An edge warm this client carried out (op ``warm``): written, or failed."""
+        stats = self.stats
+        if written:
+            stats.edge_written += 1
+            stats.edge_latency.record(elapsed_us)
+        else:
+            stats.edge_failed += 1
+        self.emit(
+            namespace, key, "warm", "none" if written else "error", elapsed_us, size, ttl,
+            None, None, None,
+        )  # fmt: skip
 
     def record_miss(
         self,

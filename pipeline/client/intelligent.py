@@ -17,23 +17,34 @@ miss calls ``loader`` and stores what it returns:
 * **Redis down**: the value is served from the loader (still single-flight, so
   the origin is not stampeded either) and the error is counted, emitted,
   logged and passed to ``on_error``; without a loader the error is raised;
+* **edge warms**: when a key misses (or a warmed value is read for the first
+  time), the client reads that key's prefetch rule, published by the pipeline,
+  and loads the keys it names in the background through the namespace's loader
+  (``CACHECAST_LOADERS``, as the worker, or :meth:`IntelligentCache.register_loader`),
+  writing them ``SET NX``-style with the warm marker. The caller's own request
+  never waits for it. A read of a key whose edge load is in flight joins that
+  load, here or (through a placeholder in Redis) on any other client;
 * **events**: each access carries the caller's user and session and, on the
-  first read of a value the warmer wrote, ``warmed=true``.
+  first read of a value the warmer wrote, ``warmed=true`` with the warm's path
+  (``worker`` or ``edge``); a read that joined a load in flight says ``joined``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import inspect
 import random
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from orjson import JSONDecodeError
 from orjson import loads as _loads
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from pipeline.client.connection import DEFAULT_MAX_CONNECTIONS, AsyncRedisClient
@@ -47,12 +58,26 @@ from pipeline.client.core import (
     evict_oldest,
     xfetch_due,
 )
+from pipeline.client.edge import (
+    EDGE_CAS_SCRIPT,
+    EDGE_WRITE_SCRIPT,
+    RELEASE_SCRIPT,
+    EdgeTokens,
+    LoaderSpec,
+    edge_ttl,
+    guarded,
+    namespace_loaders,
+    placeholder_expiry_ms,
+    worth_loading,
+)
 from pipeline.client.emitter import AccessEmitter
 from pipeline.client.errors import CacheError
-from pipeline.client.keys import validate_key
+from pipeline.client.keys import rules_hash, validate_key
 from pipeline.client.manager import RedisCacheManager
-from pipeline.codec import HEADER_SIZE
+from pipeline.codec import FLAG_EDGE, HEADER_SIZE, CodecError, is_placeholder, placeholder
 from pipeline.config import Settings
+from pipeline.loaders import GuardedLoader, LoaderConfig, LoadError, LoadRefused
+from pipeline.prefetch import decode_rule
 from schemas.contracts import MAX_KEY_LENGTH, MAX_LABEL_LENGTH
 
 __all__ = ["IntelligentCache", "Loader"]
@@ -66,12 +91,29 @@ _crc32 = zlib.crc32
 
 #: A finished load is reused by callers whose GET was sent before it completed.
 _FLIGHTS_KEPT = 1024
+#: Most edge-warm tasks (rule reads and loads) one client runs at once.
+_EDGE_TASKS_MAX = 4096
+#: How long a miss waits for rule reads under way (two Redis round trips), which may
+#: be about to load its key: far less than the origin fetch it may save.
+_APPLYING_WAIT_S = 0.002
+
+
+class _Absent:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+#: What an edge load returns when it loaded nothing (refused, failed): joiners load themselves.
+ABSENT: Any = _Absent()
 
 
 @dataclass(slots=True)
 class _Flight:
     task: asyncio.Task[Any]
     done_ns: int = 0
+    edge: bool = False
 
 
 class IntelligentCache(RedisCacheManager):
@@ -89,6 +131,12 @@ class IntelligentCache(RedisCacheManager):
         How many loaded keys' expiry and load time are remembered for early refresh.
     on_error
         Called with the error when Redis fails and a loader served the value.
+    loaders
+        Namespace loaders for edge warms, ``{namespace: func(namespace, key)}`` (or a
+        :class:`~pipeline.loaders.Loader`), added to those of ``CACHECAST_LOADERS``.
+    edge_warming
+        Apply prefetch rules (default: ``CACHECAST_EDGE_WARMING``, on). Off, or in a
+        namespace without a loader, this client never loads anything by itself.
 
     Examples
     --------
@@ -113,6 +161,8 @@ class IntelligentCache(RedisCacheManager):
         refresh_beta: float = 1.0,
         tracked_keys: int = 10_000,
         on_error: ErrorHook | None = None,
+        loaders: Mapping[str, LoaderSpec] | None = None,
+        edge_warming: bool | None = None,
     ) -> None:
         super().__init__(
             config,
@@ -133,13 +183,39 @@ class IntelligentCache(RedisCacheManager):
         self._loaded: dict[str, tuple[int, float, float]] = {}
         self._refreshes: set[asyncio.Task[Any]] = set()
         self._random = random.Random()
+        self.edge_warming = self.settings.edge_warming if edge_warming is None else edge_warming
+        self._edge_loaders: dict[str, GuardedLoader] = namespace_loaders(
+            self.settings.loader_config(), loaders
+        )
+        self._edge_tasks: set[asyncio.Task[Any]] = set()
+        #: Rule reads under way (until their loads are registered as flights).
+        self._applying: set[asyncio.Task[Any]] = set()
+        self._tokens = EdgeTokens()
+
+    def register_loader(
+        self, namespace: str, loader: LoaderSpec, config: LoaderConfig | None = None
+    ) -> None:
+        """Load ``namespace``'s keys with ``loader`` for edge warms, behind ``config``'s guards.
+
+        ``loader`` is ``func(namespace, key)`` (async, or blocking: it then runs in
+        a thread), a :class:`~pipeline.loaders.Loader` or a guarded one. The guards
+        (concurrent loads, loads per second, timeout, circuit breaker) are the edge
+        warms' budget for this namespace.
+        """
+        self._core.base(namespace)  # validates the namespace
+        self._edge_loaders[namespace] = guarded(loader, config)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Wait for running background refreshes, then close as the manager does."""
-        if self._refreshes:
-            _, late = await asyncio.wait(set(self._refreshes), timeout=timeout)
+        """Wait for running background refreshes and edge warms, then close as the manager does."""
+        background = self._refreshes | self._edge_tasks
+        if background:
+            _, late = await asyncio.wait(background, timeout=timeout)
             for task in late:
                 task.cancel()
+            if late:
+                await asyncio.wait(late)
+        for loader in self._edge_loaders.values():
+            await loader.loader.close()
         await super().close(timeout)
 
     # -- reads -----------------------------------------------------------------------
@@ -248,19 +324,48 @@ class IntelligentCache(RedisCacheManager):
         enable_prediction: bool,
         fallback_data: Loader | None,
     ) -> Any:
-        """Everything but the common hit: misses, warmed values, counters, damaged values."""
+        """Everything but the common hit: misses, warmed values, counters, damaged values,
+        loads in flight (joined), and the edge warms a miss triggers."""
         core = self._core
+        if data is not None and is_placeholder(data):
+            joined = await self._join_remote(
+                namespace, key, dkey, started, user, session, enable_prediction
+            )
+            if joined is not ABSENT:
+                return joined
+            data = None
+            elapsed = (_clock() - started) // 1000
         if data is not None:
             warmed = core.warm_pending(dkey, data) and await self._consume_warm(namespace, key)
             value = core.record_hit(
                 namespace, key, data, elapsed, user, session, warmed, enable_prediction
             )
             if value is not MISS:
+                if warmed and enable_prediction:
+                    self._prefetch(namespace, key)
                 if fallback_data is not None and dkey in self._loaded:
                     self._maybe_refresh(namespace, key, dkey, data, fallback_data, user, session)
                 return value
         else:
+            flight = self._flights.get(dkey)
+            if flight is None and self._applying:
+                # A rule being read right now may be about to load this very key.
+                await asyncio.wait(set(self._applying), timeout=_APPLYING_WAIT_S)
+                flight = self._flights.get(dkey)
+            if (
+                flight is not None
+                and flight.edge
+                and (not flight.done_ns or flight.done_ns >= started)
+            ):
+                joined = await self._join_edge(
+                    flight, namespace, key, started, user, session, enable_prediction
+                )
+                if joined is not ABSENT:
+                    return joined
+                elapsed = (_clock() - started) // 1000
             core.record_miss(namespace, key, elapsed, user, session, enable_prediction)
+        if enable_prediction:
+            self._prefetch(namespace, key)
         if fallback_data is None:
             return None
         return await self._load(namespace, key, dkey, fallback_data, started, user, session)
@@ -297,8 +402,10 @@ class IntelligentCache(RedisCacheManager):
     ) -> Any:
         flight = self._flights.get(dkey)
         if flight is not None and (not flight.done_ns or flight.done_ns >= missed_ns):
-            self._core.stats.load_joins += 1
-            return await asyncio.shield(flight.task)
+            value = await asyncio.shield(flight.task)
+            if value is not ABSENT:
+                self._core.stats.load_joins += 1
+                return value
         task = self._start_flight(namespace, key, dkey, loader, user, session)
         return await asyncio.shield(task)
 
@@ -381,6 +488,207 @@ class IntelligentCache(RedisCacheManager):
         except RedisError:
             return None
         return self._core.parse_smart_ttl(raw)
+
+    # -- edge warms ------------------------------------------------------------------
+
+    def _prefetch(self, namespace: str, trigger: str) -> None:
+        """``trigger`` missed: apply its prefetch rule in the background (never waited for)."""
+        if (
+            not self.edge_warming
+            or namespace not in self._edge_loaders
+            or len(self._edge_tasks) >= _EDGE_TASKS_MAX
+            or (self._core.down_until and self._core.breaker_open())
+        ):
+            return
+        task = self._background(self._apply_rule(namespace, trigger))
+        self._applying.add(task)
+        task.add_done_callback(self._applying.discard)
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(work)
+        self._edge_tasks.add(task)
+        task.add_done_callback(self._edge_tasks.discard)
+        return task
+
+    async def _apply_rule(self, namespace: str, trigger: str) -> None:
+        """Read ``trigger``'s rule; announce and start the loads of the keys it names."""
+        core = self._core
+        guard = self._edge_loaders[namespace]
+        try:
+            raw = await self._redis.hget(rules_hash(core.prefix, namespace, trigger), trigger)
+        except RedisError:
+            return
+        core.stats.rule_reads += 1
+        rule = decode_rule(raw)
+        if rule is None or not rule.successors:
+            return
+        core.stats.rules_applied += 1
+        todo = worth_loading(core, namespace, rule, self._loading, guard.available)
+        if not todo:
+            return
+        mark = placeholder(self._tokens.next())
+        expire_ms = placeholder_expiry_ms(guard.config.timeout)
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for _, dkey in todo:
+                pipe.set(dkey, mark, nx=True, px=expire_ms)
+            if not rule.ttl:
+                pipe.hmget(core.smart_ttl_hash(namespace), [successor for successor, _ in todo])
+            replies: list[Any] = await pipe.execute()
+        except RedisError:
+            return
+        smart = replies[len(todo)] if not rule.ttl else None
+        for i, (successor, dkey) in enumerate(todo):
+            if not replies[i]:
+                core.stats.edge_skipped += 1  # cached, or loading on another client
+                continue
+            if self._loading(dkey):
+                core.stats.edge_skipped += 1  # the application started loading it meanwhile
+                continue
+            ttl = edge_ttl(core, rule, smart[i] if smart else None)
+            core.stats.edge_issued += 1
+            task = self._background(
+                self._edge_fill(namespace, successor, dkey, guard, mark, ttl, _clock())
+            )
+            flight = _Flight(task, edge=True)
+            self._flights[dkey] = flight
+            task.add_done_callback(functools.partial(self._landed, dkey, flight))
+
+    def _loading(self, dkey: str) -> bool:
+        flight = self._flights.get(dkey)
+        return flight is not None and not flight.done_ns
+
+    async def _edge_fill(
+        self,
+        namespace: str,
+        key: str,
+        dkey: str,
+        guard: GuardedLoader,
+        mark: bytes,
+        ttl: int,
+        started: int,
+    ) -> Any:
+        """Load one key for an edge warm and write it in place of our placeholder."""
+        core = self._core
+        try:
+            value = await guard.load(namespace, key)
+        except (LoadRefused, LoadError) as exc:
+            if isinstance(exc, LoadRefused):
+                core.stats.edge_refused += 1
+            else:
+                core.record_edge_warm(namespace, key, False, 0, None, (_clock() - started) // 1000)
+            with contextlib.suppress(RedisError):
+                await self._redis.eval(RELEASE_SCRIPT, 1, dkey, mark)
+            return ABSENT
+        try:
+            data = core.codec.encode(value, origin="edge").data
+        except CodecError:
+            core.record_edge_warm(namespace, key, False, 0, None, (_clock() - started) // 1000)
+            with contextlib.suppress(RedisError):
+                await self._redis.eval(RELEASE_SCRIPT, 1, dkey, mark)
+            return ABSENT
+        written = False
+        try:
+            if isinstance(self._redis, RedisCluster):
+                written = bool(await self._redis.eval(EDGE_CAS_SCRIPT, 1, dkey, data, ttl, mark))
+                if written:
+                    await self._redis.set(core.marker_key(namespace, key), b"1", ex=ttl)
+            else:
+                marker = core.marker_key(namespace, key)
+                written = bool(
+                    await self._redis.eval(EDGE_WRITE_SCRIPT, 2, dkey, marker, data, ttl, mark)
+                )
+        except RedisError:
+            written = False
+        elapsed = (_clock() - started) // 1000
+        core.record_edge_warm(namespace, key, written, len(data) if written else 0, ttl, elapsed)
+        return value
+
+    async def _join_edge(
+        self,
+        flight: _Flight,
+        namespace: str,
+        key: str,
+        started: int,
+        user: str | None,
+        session: str | None,
+        emit: bool,
+    ) -> Any:
+        """A read that missed while this client's edge load of the key is in flight."""
+        value = await asyncio.shield(flight.task)
+        if value is ABSENT:
+            return ABSENT
+        await self._count_join(namespace, key, started, user, session, emit)
+        return value
+
+    async def _join_remote(
+        self,
+        namespace: str,
+        key: str,
+        dkey: str,
+        started: int,
+        user: str | None,
+        session: str | None,
+        emit: bool,
+    ) -> Any:
+        """A read found another client's placeholder: wait for that load's value.
+
+        Polls with a growing pause (0.5 ms to 5 ms) for at most
+        ``CACHECAST_EDGE_JOIN_WAIT_S``. Returns :data:`ABSENT` when the load
+        failed, or took too long: the caller then loads the key itself.
+        """
+        flight = self._flights.get(dkey)
+        if flight is not None and not flight.done_ns:
+            if flight.edge:
+                return await self._join_edge(flight, namespace, key, started, user, session, emit)
+            return ABSENT  # our own application load: _load joins it
+        deadline = started + int(self.settings.edge_join_wait_s * 1e9)
+        pause = 0.0005
+        while _clock() < deadline:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.005)
+            try:
+                data: bytes | None = await self._redis.execute_command("GET", dkey)
+            except RedisError:
+                return ABSENT
+            if data is None:
+                return ABSENT
+            if is_placeholder(data):
+                continue
+            try:
+                value = self._core.decode(data)
+            except CodecError:
+                return ABSENT
+            if len(data) > 3 and data[3] & FLAG_EDGE:
+                await self._count_join(namespace, key, started, user, session, emit, len(data))
+            else:  # the application wrote it meanwhile: an ordinary hit
+                self._core.record_hit(
+                    namespace, key, data, (_clock() - started) // 1000, user, session, False, emit
+                )
+            return value
+        return ABSENT
+
+    async def _count_join(
+        self,
+        namespace: str,
+        key: str,
+        started: int,
+        user: str | None,
+        session: str | None,
+        emit: bool,
+        size: int = 0,
+    ) -> None:
+        """Count a read served by a load in flight; the first reader takes the warm marker."""
+        core = self._core
+        consumed = await self._consume_warm(namespace, key)
+        if consumed:
+            core.stats.warmed_hits += 1
+            core.stats.edge_hits += 1
+        core.record_join(
+            namespace, key, size, (_clock() - started) // 1000, user, session, emit, consumed
+        )
+        if emit:
+            self._prefetch(namespace, key)
 
     # -- early refresh ---------------------------------------------------------------
 

@@ -152,7 +152,7 @@ class RedisCacheManager:
             if self._owns_emitter:
                 await self.emitter.start()
 
-    def _first_emit(self, *args: Any) -> None:
+    def _first_emit(self, *args: Any, **kwargs: Any) -> None:
         emitter = self.emitter
         assert emitter is not None
         self._core.emit = emitter.emit
@@ -160,7 +160,7 @@ class RedisCacheManager:
             self._emitter_started = True
             if self._owns_emitter:
                 self._emitter_starting = asyncio.get_running_loop().create_task(emitter.start())
-        emitter.emit(*args)
+        emitter.emit(*args, **kwargs)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Flush buffered events (at most ``timeout`` s) and close what this client owns."""

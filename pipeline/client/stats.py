@@ -122,6 +122,18 @@ class ClientStats:
     load_joins: int = 0
     early_refreshes: int = 0
     breaker_rejections: int = 0
+    #: Edge warms: loads of the keys a prefetch rule names, started when its trigger missed.
+    rule_reads: int = 0
+    rules_applied: int = 0
+    edge_issued: int = 0
+    edge_written: int = 0
+    edge_failed: int = 0
+    edge_refused: int = 0
+    edge_skipped: int = 0
+    edge_hits: int = 0
+    inflight_joins: int = 0
+    #: Trigger (the miss) to the edge-warmed value written, in microseconds.
+    edge_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     latency: dict[str, LatencyHistogram] = field(default_factory=_histograms)
 
     def snapshot(self) -> dict[str, Any]:
@@ -146,5 +158,26 @@ class ClientStats:
             "load_joins": self.load_joins,
             "early_refreshes": self.early_refreshes,
             "breaker_rejections": self.breaker_rejections,
+            "rule_reads": self.rule_reads,
+            "rules_applied": self.rules_applied,
+            "edge_issued": self.edge_issued,
+            "edge_written": self.edge_written,
+            "edge_failed": self.edge_failed,
+            "edge_refused": self.edge_refused,
+            "edge_skipped": self.edge_skipped,
+            "edge_hits": self.edge_hits,
+            "inflight_joins": self.inflight_joins,
+            "edge_useful": self.edge_hits + self.inflight_joins,
+            "edge_precision": (
+                (self.edge_hits + self.inflight_joins) / self.edge_written
+                if self.edge_written
+                else None
+            ),
+            "edge_latency_p50_ms": (
+                self.edge_latency.quantile(0.5) / 1000 if self.edge_latency.count else None
+            ),
+            "edge_latency_p99_ms": (
+                self.edge_latency.quantile(0.99) / 1000 if self.edge_latency.count else None
+            ),
             "latency_us": {op: hist.summary() for op, hist in self.latency.items() if hist.count},
         }

@@ -1,20 +1,25 @@
 """SyncIntelligentCache: the blocking twin of :class:`pipeline.client.IntelligentCache`.
 
 Same behaviour: single-flight loads across threads, smart TTL, early refresh
-(run on a small background thread pool), serving from the loader when Redis is
-down, user/session context and ``warmed`` in the access events.
+(run on a small background thread pool), edge warms from prefetch rules (on
+another small pool, through blocking namespace loaders: see
+:mod:`pipeline.client.sync.edge`), joining loads in flight here or on other
+clients, serving from the loader when Redis is down, user/session context and
+``warmed`` in the access events.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+import redis.cluster
 from redis.exceptions import RedisError
 
 from pipeline.client.connection import DEFAULT_MAX_CONNECTIONS, SyncRedisClient
@@ -27,10 +32,24 @@ from pipeline.client.core import (
     evict_oldest,
     xfetch_due,
 )
+from pipeline.client.edge import (
+    EDGE_CAS_SCRIPT,
+    EDGE_WRITE_SCRIPT,
+    RELEASE_SCRIPT,
+    EdgeTokens,
+    edge_ttl,
+    placeholder_expiry_ms,
+    worth_loading,
+)
 from pipeline.client.emitter import ThreadedAccessEmitter
 from pipeline.client.errors import CacheError
+from pipeline.client.keys import rules_hash
+from pipeline.client.sync.edge import SyncGuardedLoader, SyncLoaderFunc, sync_loaders
 from pipeline.client.sync.manager import SyncRedisCacheManager
+from pipeline.codec import FLAG_EDGE, CodecError, is_placeholder, placeholder
 from pipeline.config import Settings
+from pipeline.loaders import LoaderConfig, LoadError, LoadRefused
+from pipeline.prefetch import decode_rule
 
 __all__ = ["SyncIntelligentCache", "SyncLoader"]
 
@@ -38,6 +57,19 @@ SyncLoader: TypeAlias = Callable[[], Any]
 ErrorHook: TypeAlias = Callable[[CacheError], None]
 
 _FLIGHTS_KEPT = 1024
+#: Edge work (rule reads and loads) queued at most on the pool; past it, triggers are dropped.
+_EDGE_QUEUE_MAX = 1024
+
+
+class _Absent:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+#: The value of an edge flight that loaded nothing: whoever joined it loads the key itself.
+ABSENT: Any = _Absent()
 
 
 @dataclass(slots=True)
@@ -46,13 +78,14 @@ class _Flight:
     done_ns: int = 0
     value: Any = None
     error: BaseException | None = None
+    edge: bool = False
 
 
 class SyncIntelligentCache(SyncRedisCacheManager):
     """A :class:`SyncRedisCacheManager` whose ``get`` can load, and whose ``set`` picks the TTL.
 
     Parameters are those of :class:`pipeline.client.IntelligentCache`; loaders
-    are plain functions.
+    are plain functions (``fallback_data()``; namespace loaders ``func(namespace, key)``).
     """
 
     def __init__(
@@ -67,6 +100,8 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         refresh_beta: float = 1.0,
         tracked_keys: int = 10_000,
         on_error: ErrorHook | None = None,
+        loaders: Mapping[str, SyncLoaderFunc] | None = None,
+        edge_warming: bool | None = None,
     ) -> None:
         super().__init__(
             config,
@@ -87,11 +122,27 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         self._loaded: dict[str, tuple[int, float, float]] = {}
         self._refresher: ThreadPoolExecutor | None = None
         self._random = random.Random()
+        self.edge_warming = self.settings.edge_warming if edge_warming is None else edge_warming
+        self._edge_loaders: dict[str, SyncGuardedLoader] = sync_loaders(
+            self.settings.loader_config(), loaders
+        )
+        self._edge_pool: ThreadPoolExecutor | None = None
+        self._edge_queued = 0
+        self._tokens = EdgeTokens()
+
+    def register_loader(
+        self, namespace: str, loader: SyncLoaderFunc, config: LoaderConfig | None = None
+    ) -> None:
+        """Load ``namespace``'s keys with ``loader(namespace, key)`` for edge warms."""
+        self._core.base(namespace)
+        self._edge_loaders[namespace] = SyncGuardedLoader(loader, config)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Wait for running background refreshes, then close as the manager does."""
+        """Wait for running background refreshes and edge warms, then close as the manager does."""
         if self._refresher is not None:
             self._refresher.shutdown(wait=True)
+        if self._edge_pool is not None:
+            self._edge_pool.shutdown(wait=True, cancel_futures=True)
         super().close(timeout)
 
     # -- reads -----------------------------------------------------------------------
@@ -131,6 +182,14 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                     error, namespace, key, dkey, fallback_data, started, user, session
                 )
         elapsed = (time.perf_counter_ns() - started) // 1000
+        if data is not None and is_placeholder(data):
+            joined = self._join_remote(
+                namespace, key, dkey, started, user, session, enable_prediction
+            )
+            if joined is not ABSENT:
+                return joined
+            data = None
+            elapsed = (time.perf_counter_ns() - started) // 1000
         if data is not None:
             value = core.read_hit(namespace, key, data, elapsed, user, session, enable_prediction)
             if value is SLOW:
@@ -138,12 +197,28 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                 value = core.record_hit(
                     namespace, key, data, elapsed, user, session, warmed, enable_prediction
                 )
+                if warmed and enable_prediction:
+                    self._prefetch(namespace, key)
             if value is not MISS:
                 if fallback_data is not None and dkey in self._loaded:
                     self._maybe_refresh(namespace, key, dkey, data, fallback_data, user, session)
                 return value
         else:
+            flight = self._flights.get(dkey)
+            if (
+                flight is not None
+                and flight.edge
+                and (not flight.done_ns or flight.done_ns >= started)
+            ):
+                joined = self._join_edge(
+                    flight, namespace, key, started, user, session, enable_prediction
+                )
+                if joined is not ABSENT:
+                    return joined
+                elapsed = (time.perf_counter_ns() - started) // 1000
             core.record_miss(namespace, key, elapsed, user, session, enable_prediction)
+        if enable_prediction:
+            self._prefetch(namespace, key)
         if fallback_data is None:
             return None
         return self._load(namespace, key, dkey, fallback_data, started, user, session)
@@ -185,11 +260,14 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                 flight = self._flights[dkey] = _Flight()
         assert flight is not None
         if not leader:
-            self._core.stats.load_joins += 1
             flight.done.wait()
             if flight.error is not None:
                 raise flight.error
-            return flight.value
+            if flight.value is not ABSENT:
+                self._core.stats.load_joins += 1
+                return flight.value
+            with self._flights_lock:  # an edge load that loaded nothing: load it ourselves
+                flight = self._flights[dkey] = _Flight()
         return self._run_flight(namespace, key, dkey, loader, user, session, flight)
 
     def _run_flight(
@@ -256,6 +334,216 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         except RedisError:
             return None
         return self._core.parse_smart_ttl(raw)
+
+    # -- edge warms ------------------------------------------------------------------
+
+    def _prefetch(self, namespace: str, trigger: str) -> None:
+        """``trigger`` missed: apply its prefetch rule on the edge pool (never waited for)."""
+        if (
+            not self.edge_warming
+            or namespace not in self._edge_loaders
+            or self._edge_queued >= _EDGE_QUEUE_MAX
+            or (self._core.down_until and self._core.breaker_open())
+        ):
+            return
+        self._submit(self._apply_rule, namespace, trigger)
+
+    def _submit(self, work: Callable[..., None], *args: Any) -> None:
+        with self._flights_lock:
+            if self._edge_pool is None:
+                workers = max(
+                    2, min(16, *(g.config.concurrency for g in self._edge_loaders.values()))
+                )
+                self._edge_pool = ThreadPoolExecutor(workers, thread_name_prefix="cachecast-edge")
+            self._edge_queued += 1
+        try:
+            self._edge_pool.submit(self._counted, work, *args)
+        except RuntimeError:  # closing
+            self._edge_queued -= 1
+
+    def _counted(self, work: Callable[..., None], *args: Any) -> None:
+        try:
+            work(*args)
+        finally:
+            self._edge_queued -= 1
+
+    def _loading(self, dkey: str) -> bool:
+        flight = self._flights.get(dkey)
+        return flight is not None and not flight.done_ns
+
+    def _apply_rule(self, namespace: str, trigger: str) -> None:
+        core = self._core
+        guard = self._edge_loaders[namespace]
+        try:
+            raw = self._redis.hget(rules_hash(core.prefix, namespace, trigger), trigger)
+        except RedisError:
+            return
+        core.stats.rule_reads += 1
+        rule = decode_rule(raw)
+        if rule is None or not rule.successors:
+            return
+        core.stats.rules_applied += 1
+        todo = worth_loading(core, namespace, rule, self._loading, guard.available)
+        if not todo:
+            return
+        mark = placeholder(self._tokens.next())
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for _, dkey in todo:
+                pipe.set(dkey, mark, nx=True, px=placeholder_expiry_ms(guard.config.timeout))
+            if not rule.ttl:
+                pipe.hmget(core.smart_ttl_hash(namespace), [successor for successor, _ in todo])
+            replies: list[Any] = pipe.execute()
+        except RedisError:
+            return
+        smart = replies[len(todo)] if not rule.ttl else None
+        for i, (successor, dkey) in enumerate(todo):
+            if not replies[i]:
+                core.stats.edge_skipped += 1
+                continue
+            with self._flights_lock:
+                if self._loading(dkey):
+                    core.stats.edge_skipped += 1
+                    continue
+                flight = self._flights[dkey] = _Flight(edge=True)
+            core.stats.edge_issued += 1
+            ttl = edge_ttl(core, rule, smart[i] if smart else None)
+            self._submit(
+                self._edge_fill, namespace, successor, dkey, guard, mark, ttl, flight,
+                time.perf_counter_ns(),
+            )  # fmt: skip
+
+    def _edge_fill(
+        self,
+        namespace: str,
+        key: str,
+        dkey: str,
+        guard: SyncGuardedLoader,
+        mark: bytes,
+        ttl: int,
+        flight: _Flight,
+        started: int,
+    ) -> None:
+        try:
+            flight.value = self._edge_load(namespace, key, dkey, guard, mark, ttl, started)
+        finally:
+            flight.done_ns = time.perf_counter_ns()
+            flight.done.set()
+
+    def _edge_load(
+        self,
+        namespace: str,
+        key: str,
+        dkey: str,
+        guard: SyncGuardedLoader,
+        mark: bytes,
+        ttl: int,
+        started: int,
+    ) -> Any:
+        core = self._core
+        try:
+            value = guard.load(namespace, key)
+            data = core.codec.encode(value, origin="edge").data
+        except (LoadRefused, LoadError, CodecError) as exc:
+            if isinstance(exc, LoadRefused):
+                core.stats.edge_refused += 1
+            else:
+                elapsed = (time.perf_counter_ns() - started) // 1000
+                core.record_edge_warm(namespace, key, False, 0, None, elapsed)
+            with contextlib.suppress(RedisError):
+                self._redis.eval(RELEASE_SCRIPT, 1, dkey, mark)
+            return ABSENT
+        try:
+            if isinstance(self._redis, redis.cluster.RedisCluster):
+                written = bool(self._redis.eval(EDGE_CAS_SCRIPT, 1, dkey, data, ttl, mark))
+                if written:
+                    self._redis.set(core.marker_key(namespace, key), b"1", ex=ttl)
+            else:
+                marker = core.marker_key(namespace, key)
+                written = bool(
+                    self._redis.eval(EDGE_WRITE_SCRIPT, 2, dkey, marker, data, ttl, mark)
+                )
+        except RedisError:
+            written = False
+        elapsed = (time.perf_counter_ns() - started) // 1000
+        core.record_edge_warm(namespace, key, written, len(data) if written else 0, ttl, elapsed)
+        return value
+
+    def _join_edge(
+        self,
+        flight: _Flight,
+        namespace: str,
+        key: str,
+        started: int,
+        user: str | None,
+        session: str | None,
+        emit: bool,
+    ) -> Any:
+        if not flight.done.wait(self.settings.edge_join_wait_s) or flight.value is ABSENT:
+            return ABSENT
+        self._count_join(namespace, key, started, user, session, emit, 0)
+        return flight.value
+
+    def _join_remote(
+        self,
+        namespace: str,
+        key: str,
+        dkey: str,
+        started: int,
+        user: str | None,
+        session: str | None,
+        emit: bool,
+    ) -> Any:
+        """Another client's placeholder: wait (polling) for its load, as the async client does."""
+        flight = self._flights.get(dkey)
+        if flight is not None and not flight.done_ns:
+            if flight.edge:
+                return self._join_edge(flight, namespace, key, started, user, session, emit)
+            return ABSENT
+        deadline = started + int(self.settings.edge_join_wait_s * 1e9)
+        pause = 0.0005
+        while time.perf_counter_ns() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
+            try:
+                data: bytes | None = self._redis.execute_command("GET", dkey)  # type: ignore[no-untyped-call]
+            except RedisError:
+                return ABSENT
+            if data is None:
+                return ABSENT
+            if is_placeholder(data):
+                continue
+            try:
+                value = self._core.decode(data)
+            except CodecError:
+                return ABSENT
+            if len(data) > 3 and data[3] & FLAG_EDGE:
+                self._count_join(namespace, key, started, user, session, emit, len(data))
+            else:
+                elapsed = (time.perf_counter_ns() - started) // 1000
+                self._core.record_hit(namespace, key, data, elapsed, user, session, False, emit)
+            return value
+        return ABSENT
+
+    def _count_join(
+        self,
+        namespace: str,
+        key: str,
+        started: int,
+        user: str | None,
+        session: str | None,
+        emit: bool,
+        size: int,
+    ) -> None:
+        core = self._core
+        consumed = self._consume_warm(namespace, key)
+        if consumed:
+            core.stats.warmed_hits += 1
+            core.stats.edge_hits += 1
+        elapsed = (time.perf_counter_ns() - started) // 1000
+        core.record_join(namespace, key, size, elapsed, user, session, emit, consumed)
+        if emit:
+            self._prefetch(namespace, key)
 
     # -- early refresh ---------------------------------------------------------------
 

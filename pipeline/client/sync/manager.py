@@ -116,9 +116,9 @@ class SyncRedisCacheManager:
                     emitter.start()
             self._core.emit = emitter.emit
 
-    def _first_emit(self, *args: Any) -> None:
+    def _first_emit(self, *args: Any, **kwargs: Any) -> None:
         self.start()
-        self._core.emit(*args)
+        self._core.emit(*args, **kwargs)
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush buffered events (at most ``timeout`` s) and close what this client owns."""

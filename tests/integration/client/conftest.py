@@ -50,6 +50,8 @@ class RecordingSink:
         warmed: bool = False,
         ts: float | None = None,
         raw_bytes: int = 0,
+        warm_path: str | None = None,
+        joined: bool = False,
     ) -> None:
         event = {
             "ts": time.time() if ts is None else ts,
@@ -65,6 +67,8 @@ class RecordingSink:
             "session": session,
             "tags": list(tags) if tags else [],
             "warmed": warmed,
+            "warm_path": warm_path,
+            "joined": joined,
             "client": "tests",
         }
         self.events.append(validate_access_event(event))
@@ -212,5 +216,7 @@ _CLIENT_KWARGS = frozenset(
         "refresh_beta",
         "tracked_keys",
         "on_error",
+        "loaders",
+        "edge_warming",
     }
 )

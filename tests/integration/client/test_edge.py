@@ -1,0 +1,277 @@
+"""Edge warms on real Redis: a client applies prefetch rules the moment a trigger misses."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from pipeline.client import IntelligentCache, SyncIntelligentCache
+from pipeline.client.keys import rules_hash
+from pipeline.codec import ValueCodec
+from pipeline.loaders import LoaderConfig
+from pipeline.prefetch import encode_rule
+from tests.integration.client.conftest import Backend, MakeCache, RecordingSink
+
+
+class Origin:
+    """A namespace loader ``(namespace, key) -> value`` that counts calls per key."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.delay = delay
+        self.fail = fail
+        self.calls: dict[str, int] = {}
+
+    async def __call__(self, namespace: str, key: str) -> Any:
+        self.calls[key] = self.calls.get(key, 0) + 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail:
+            raise ConnectionError("origin down")
+        return {"key": key, "from": "origin"}
+
+    def app_loader(self, key: str) -> Any:
+        """The application's own ``fallback_data`` for ``key``, through the same origin."""
+        return lambda: self("orders", key)
+
+
+def publish(
+    backend: Backend,
+    cache: IntelligentCache | SyncIntelligentCache,
+    trigger: str,
+    successors: list[str],
+    ttl: int = 0,
+) -> None:
+    """Write a rule the way the pipeline does (one HSET into the trigger's shard)."""
+    prefix = cache.settings.redis_key_prefix
+    rule = encode_rule([(key, 0.9) for key in successors], compiled_at=time.time(), ttl=ttl)
+    client = backend.raw()
+    try:
+        client.hset(rules_hash(prefix, "orders", trigger), trigger, rule)
+    finally:
+        client.close()
+
+
+async def settle(cache: IntelligentCache) -> None:
+    """Wait for this client's background edge work to finish."""
+    for _ in range(200):
+        if not cache._edge_tasks:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("edge warms did not finish")
+
+
+async def test_a_miss_loads_what_the_rule_names_and_reads_count_as_edge_warms(
+    backend: Backend, make_cache: MakeCache, sink: RecordingSink
+) -> None:
+    origin = Origin()
+    cache: IntelligentCache = make_cache(backend, IntelligentCache, loaders={"orders": origin})
+    publish(backend, cache, "a", ["b", "c"], ttl=120)
+    assert await cache.get("orders", "a", fallback_data=origin.app_loader("a")) == {
+        "key": "a",
+        "from": "origin",
+    }
+    await settle(cache)
+    assert origin.calls == {"a": 1, "b": 1, "c": 1}
+    raw = backend.raw()
+    try:
+        stored = raw.get(cache.settings.redis_key_prefix + "orders:b")
+        ttl = raw.ttl(cache.settings.redis_key_prefix + "orders:b")
+    finally:
+        raw.close()
+    assert isinstance(stored, bytes)
+    assert ValueCodec().decode(stored).origin == "edge"
+    assert 100 < ttl <= 120
+    # The application asks for b: a hit, the first read of an edge warm, and b's own
+    # rule is looked up (b was a trigger the cache could not serve alone).
+    assert await cache.get("orders", "b", fallback_data=origin.app_loader("b")) == {
+        "key": "b",
+        "from": "origin",
+    }
+    assert origin.calls["b"] == 1
+    (read,) = sink.of("get", "b")
+    assert (read["outcome"], read["warmed"], read["warm_path"]) == ("hit", True, "edge")
+    warms = sink.of("warm")
+    assert sorted(e["key"] for e in warms) == ["b", "c"]
+    assert all(e["outcome"] == "none" and e["ttl"] == 120 for e in warms)
+    stats = (await cache.get_stats())["client"]
+    assert (stats["edge_issued"], stats["edge_written"], stats["edge_hits"]) == (2, 2, 1)
+    assert stats["loads"] == 1  # the application fetched a itself, nothing else
+
+
+async def test_a_get_during_the_edge_load_joins_it_and_the_origin_is_asked_once(
+    backend: Backend, make_cache: MakeCache, sink: RecordingSink
+) -> None:
+    origin = Origin(delay=0.15)
+    cache: IntelligentCache = make_cache(backend, IntelligentCache, loaders={"orders": origin})
+    publish(backend, cache, "a", ["b"])
+    app = Origin()
+    await cache.get("orders", "a", fallback_data=app.app_loader("a"))
+    await asyncio.sleep(0.02)  # the edge load of b is under way
+    value = await cache.get("orders", "b", fallback_data=app.app_loader("b"))
+    assert value == {"key": "b", "from": "origin"}
+    assert origin.calls == {"b": 1}
+    assert app.calls == {"a": 1}
+    (read,) = sink.of("get", "b")
+    assert (read["outcome"], read["joined"], read["warmed"]) == ("hit", True, True)
+    stats = cache.core.stats
+    assert (stats.inflight_joins, stats.loads, stats.misses) == (1, 1, 1)
+
+
+async def test_another_client_waits_for_the_load_in_flight_instead_of_fetching(
+    single: Backend, make_cache: MakeCache
+) -> None:
+    origin = Origin(delay=0.15)
+    first: IntelligentCache = make_cache(single, IntelligentCache, loaders={"orders": origin})
+    prefix = first.settings.redis_key_prefix
+    second: IntelligentCache = make_cache(
+        single, IntelligentCache, redis_key_prefix=prefix, edge_warming=False
+    )
+    publish(single, first, "a", ["b"])
+    await first.get("orders", "a", fallback_data=Origin().app_loader("a"))
+    await asyncio.sleep(0.02)
+    app_loads = Origin()
+    value = await second.get("orders", "b", fallback_data=app_loads.app_loader("b"))
+    assert value == {"key": "b", "from": "origin"}
+    assert app_loads.calls == {}  # the second client's own fallback never ran
+    assert origin.calls == {"b": 1}
+    assert second.core.stats.inflight_joins == 1
+    assert second.core.stats.edge_hits == 1  # it took the warm marker: the first read
+
+
+async def test_with_the_loader_down_gets_are_unaffected_and_edge_loads_stop_at_the_breaker(
+    single: Backend, make_cache: MakeCache
+) -> None:
+    down = Origin(fail=True)
+    cache: IntelligentCache = make_cache(single, IntelligentCache)
+    cache.register_loader(
+        "orders", down, LoaderConfig(breaker_failures=3, breaker_reset_s=60.0, rate=1000)
+    )
+    app = Origin()
+    for i in range(20):
+        publish(single, cache, f"t{i}", [f"s{i}"])
+    started = time.perf_counter()
+    for i in range(20):
+        assert (await cache.get("orders", f"t{i}", fallback_data=app.app_loader(f"t{i}")))[
+            "key"
+        ] == f"t{i}"
+        await settle(cache)
+    assert time.perf_counter() - started < 5.0
+    assert sum(down.calls.values()) == 3  # then the breaker opened
+    stats = cache.core.stats
+    assert stats.edge_failed == 3
+    assert stats.edge_refused == 17
+    assert stats.errors == 0
+    assert stats.loads == 20
+    # Failed loads took their placeholders away: a reader is not kept waiting.
+    raw = single.raw()
+    try:
+        assert raw.get(cache.settings.redis_key_prefix + "orders:s0") is None
+    finally:
+        raw.close()
+
+
+async def test_no_edge_warms_without_prediction_or_without_a_loader(
+    single: Backend, make_cache: MakeCache
+) -> None:
+    origin = Origin()
+    cache: IntelligentCache = make_cache(single, IntelligentCache, loaders={"orders": origin})
+    publish(single, cache, "a", ["b"])
+    await cache.get("orders", "a", fallback_data=origin.app_loader("a"), enable_prediction=False)
+    await settle(cache)
+    assert origin.calls == {"a": 1}
+    bare: IntelligentCache = make_cache(
+        single, IntelligentCache, redis_key_prefix=cache.settings.redis_key_prefix
+    )
+    await bare.get("orders", "a")
+    await settle(bare)
+    assert bare.core.stats.rule_reads == 0
+    assert origin.calls == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "raw_rule",
+    [b"not json", b'[2,0,0,[["b",0.9]]]', b'[1,0,0,[["",0.9]]]', b'[1,0,0,[["b",7]]]'],
+    ids=["garbage", "unknown-format", "empty-key", "bad-probability"],
+)
+async def test_a_malformed_rule_loads_nothing(
+    single: Backend, make_cache: MakeCache, raw_rule: bytes
+) -> None:
+    origin = Origin()
+    cache: IntelligentCache = make_cache(single, IntelligentCache, loaders={"orders": origin})
+    raw = single.raw()
+    try:
+        raw.hset(rules_hash(cache.settings.redis_key_prefix, "orders", "a"), "a", raw_rule)
+    finally:
+        raw.close()
+    await cache.get("orders", "a")
+    await settle(cache)
+    assert origin.calls == {}
+    assert cache.core.stats.rule_reads == 1
+    assert cache.core.stats.rules_applied == 0
+
+
+class BlockingOrigin:
+    """The blocking twin of :class:`Origin`."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, namespace: str, key: str) -> Any:
+        with self._lock:
+            self.calls[key] = self.calls.get(key, 0) + 1
+        if self.delay:
+            time.sleep(self.delay)
+        return {"key": key, "from": "origin"}
+
+
+def sync_settle(cache: SyncIntelligentCache) -> None:
+    for _ in range(400):
+        if not cache._edge_queued:
+            return
+        time.sleep(0.005)
+    raise AssertionError("edge warms did not finish")
+
+
+def test_the_sync_client_warms_at_the_edge_too(
+    backend: Backend, make_sync_cache: MakeCache, sink: RecordingSink
+) -> None:
+    origin = BlockingOrigin()
+    cache: SyncIntelligentCache = make_sync_cache(
+        backend, SyncIntelligentCache, loaders={"orders": origin}
+    )
+    publish(backend, cache, "a", ["b", "c"])
+    assert cache.get("orders", "a", fallback_data=lambda: {"key": "a"}) == {"key": "a"}
+    sync_settle(cache)
+    assert origin.calls == {"b": 1, "c": 1}
+    assert cache.get("orders", "b") == {"key": "b", "from": "origin"}
+    (read,) = sink.of("get", "b")
+    assert (read["warmed"], read["warm_path"]) == (True, "edge")
+    assert cache.core.stats.edge_written == 2
+
+
+def test_a_sync_get_during_the_edge_load_joins_it(
+    single: Backend, make_sync_cache: MakeCache, sink: RecordingSink
+) -> None:
+    origin = BlockingOrigin(delay=0.2)
+    cache: SyncIntelligentCache = make_sync_cache(
+        single, SyncIntelligentCache, loaders={"orders": origin}
+    )
+    publish(single, cache, "a", ["b"])
+    cache.get("orders", "a", fallback_data=lambda: {"key": "a"})
+    time.sleep(0.05)
+    own = BlockingOrigin()
+    assert cache.get("orders", "b", fallback_data=lambda: own("orders", "b")) == {
+        "key": "b",
+        "from": "origin",
+    }
+    assert origin.calls == {"b": 1}
+    assert own.calls == {}
+    (read,) = sink.of("get", "b")
+    assert (read["joined"], read["warmed"]) == (True, True)
+    assert cache.core.stats.inflight_joins == 1

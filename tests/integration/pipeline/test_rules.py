@@ -1,0 +1,113 @@
+"""Prefetch rules end to end: a worker learns them from access events, a client applies them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from pipeline.client import IntelligentCache
+from pipeline.client.keys import RULE_SHARDS
+from pipeline.config import Settings
+from pipeline.prefetch import decode_rule
+from pipeline.replay import synthetic_value
+from tests.integration.pipeline.conftest import NAMESPACE, StartWorker
+
+PAIRS = 30
+RULES_MAX = 100
+
+
+def _rule_hashes(settings: Settings) -> list[str]:
+    prefix = settings.redis_key_prefix
+    return [f"{prefix}#rules:{NAMESPACE}:{shard}" for shard in range(RULE_SHARDS)]
+
+
+def _published(settings: Settings) -> dict[str, bytes]:
+    client = redis.Redis(host=settings.redis_host, port=settings.redis_port)
+    try:
+        rules: dict[str, bytes] = {}
+        for table in _rule_hashes(settings):
+            stored: dict[bytes, bytes] = client.hgetall(table)  # type: ignore[assignment]
+            for field, value in stored.items():
+                rules[field.decode()] = value
+        return rules
+    finally:
+        client.close()
+
+
+async def _round(cache: IntelligentCache, loads: dict[str, int], pairs: int = PAIRS) -> None:
+    def app_load(key: str) -> Any:
+        def load() -> dict[str, Any]:
+            loads[key] = loads.get(key, 0) + 1
+            return synthetic_value(NAMESPACE, key)  # what the worker's loader serves too
+
+        return load
+
+    for i in range(pairs):
+        for key in (f"t{i}", f"s{i}"):
+            value = await cache.get(NAMESPACE, key, fallback_data=app_load(key))
+            assert value == synthetic_value(NAMESPACE, key)
+
+
+async def _scenario(
+    settings: Settings,
+) -> tuple[dict[str, Any], dict[str, int], dict[str, int], dict[str, bytes]]:
+    cache = IntelligentCache(settings, early_refresh=False)
+    await cache.start()
+    try:
+        await cache.delete_by_pattern(NAMESPACE, "*")
+        first: dict[str, int] = {}
+        await _round(cache, first)  # every key misses: the worker learns t_i -> s_i
+        assert cache.emitter is not None
+        assert await cache.emitter.flush(10.0)
+        deadline = time.monotonic() + 60
+        while sum(t.startswith("t") for t in _published(settings)) < PAIRS:
+            assert time.monotonic() < deadline, "the worker did not publish its rules"
+            await asyncio.sleep(0.2)
+        published = _published(settings)
+        await cache.delete_by_pattern(NAMESPACE, "*")  # the cache forgets every value
+        second: dict[str, int] = {}
+        await _round(cache, second)
+        for _ in range(200):
+            if not cache._edge_tasks:
+                break
+            await asyncio.sleep(0.01)
+        stats = (await cache.get_stats())["client"]
+        # Many more triggers than the bound: the worker keeps the newest RULES_MAX.
+        await cache.delete_by_pattern(NAMESPACE, "*")
+        await _round(cache, {}, pairs=4 * RULES_MAX)
+        assert await cache.emitter.flush(10.0)
+        await asyncio.sleep(2.0)
+    finally:
+        await cache.close()
+    return stats, first, second, published
+
+
+@pytest.mark.timeout(300)
+def test_a_rule_learnt_by_a_worker_is_applied_by_a_client(
+    start_worker: StartWorker, settings: Settings
+) -> None:
+    worker = start_worker(CACHECAST_RULES_MAX=str(RULES_MAX), CACHECAST_RULES_INTERVAL_S="0.05")
+    stats, first, second, published = asyncio.run(_scenario(settings))
+    monitor = worker.monitor()
+
+    assert len(first) > PAIRS  # the first round taught the pipeline: most keys were fetched
+    for trigger, raw in published.items():
+        rule = decode_rule(raw)
+        assert rule is not None, (trigger, raw)
+        assert rule.successors, (trigger, raw)
+    assert sum(t.startswith("t") for t in published) >= PAIRS
+    # The second round missed every trigger again (the cache was emptied), and each
+    # miss loaded what its rule names: the application fetched far fewer keys itself,
+    # and what the client loaded at the edge was read.
+    assert stats["edge_written"] >= PAIRS // 2, stats
+    assert len(second) <= len(first) - PAIRS // 2, (first, second)
+    useful = stats["edge_hits"] + stats["inflight_joins"]
+    assert useful >= 0.8 * stats["edge_written"], stats
+    assert monitor["counters"]["rules_written"] >= len(published)
+    # The worker keeps at most RULES_MAX rules of the namespace in Redis.
+    assert RULES_MAX // 2 <= len(_published(settings)) <= RULES_MAX
+    assert monitor["counters"]["rules_deleted"] > 0
