@@ -4,7 +4,7 @@ It imports the very same model classes as the Faust agents
 (:class:`pipeline.models.WarmEngine`), so what is measured offline is what runs online.
 """
 
-from pipeline.sim.cache import ReplayCounts, WarmPolicy, replay_belady, replay_lru
+from pipeline.sim.cache import ReplayCounts, RuleSource, WarmPolicy, replay_belady, replay_lru
 from pipeline.sim.policies import POLICIES, CachecastWarmer, SuccessorWarmer
 from pipeline.sim.runner import DEFAULT_SIZES, DEFAULT_SWEEP, SimResult, run, sweep
 from pipeline.sim.traces import (
@@ -25,6 +25,7 @@ __all__ = [
     "CachecastWarmer",
     "CsvMapping",
     "ReplayCounts",
+    "RuleSource",
     "SimResult",
     "SuccessorWarmer",
     "Trace",

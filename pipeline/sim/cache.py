@@ -1,16 +1,26 @@
-"""Exact cache simulators: LRU with a warm policy, and Belady's offline optimum.
+"""Exact cache simulators: LRU with warms on two paths, and Belady's offline optimum.
 
 Objects have unit size (a cache of size ``C`` holds ``C`` keys), as in the
 reference numbers of libCacheSim.
+
+cachecast warms a cache on two paths, and :func:`replay_lru` models both at once:
+
+* the **worker path**: a policy raises keys after each request; they land
+  ``delay`` requests later (Kafka and a worker in between);
+* the **edge path**: prefetch rules ("when A misses, load B") are published by
+  the pipeline every ``rule_refresh`` requests and seen by clients
+  ``rule_lag`` requests later; a client that misses A loads A's successors
+  itself, and each load lands ``edge_delay`` requests later (the origin's
+  latency). A request for a key whose edge load is under way *joins* it.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +29,18 @@ ProgressCallback = Callable[[int], None]
 """Called with the number of requests replayed since the previous call."""
 
 _PROGRESS_EVERY = 1 << 16
+
+DEFAULT_EDGE_DELAY = 1
+"""Requests an edge load takes by default (1: it lands before the next request)."""
+DEFAULT_RULE_REFRESH = 400
+"""Requests between two publications of the prefetch rules, by default."""
+DEFAULT_RULE_LAG = 10
+"""Requests between a publication and the moment clients see it, by default."""
+
+# What a cached key's flag says: read since it was inserted, or warmed by which path.
+_READ = 0
+_WORKER = 1
+_EDGE = 2
 
 
 class WarmPolicy(Protocol):
@@ -43,15 +65,34 @@ class TtlPolicy(Protocol):
     def __call__(self, index: int, key: int) -> int | None: ...
 
 
+class RuleSource(Protocol):
+    """Prefetch rules as the pipeline publishes them (:class:`pipeline.models.PrefetchRules`).
+
+    :meth:`changed` returns the triggers whose rule may have changed since the
+    previous call, each with its rule now, ``[(trigger, [(successor, p), ...])]``;
+    an empty rule deletes the trigger's rule.
+    """
+
+    def changed(self) -> Sequence[tuple[Hashable, Sequence[tuple[Hashable, float]]]]: ...
+
+
 @dataclass(frozen=True)
 class ReplayCounts:
-    """What one replay measured."""
+    """What one replay measured.
+
+    ``warms`` and ``useful_warms`` count both paths (a request that joined an
+    edge load counts that load once, as a useful warm, and is no miss);
+    ``edge_warms`` and ``edge_useful`` are the edge path's share of them.
+    """
 
     requests: int
     misses: int
     warms: int
     useful_warms: int
     expired: int = 0
+    joined: int = 0
+    edge_warms: int = 0
+    edge_useful: int = 0
 
     @property
     def miss_ratio(self) -> float:
@@ -68,6 +109,27 @@ class ReplayCounts:
         """Warmed keys read before eviction / warms (0.0 without warms)."""
         return self.useful_warms / self.warms if self.warms else 0.0
 
+    @property
+    def worker_warms(self) -> int:
+        """Warms of the worker path (the policy's)."""
+        return self.warms - self.edge_warms
+
+    @property
+    def worker_useful(self) -> int:
+        """Worker warms read before eviction."""
+        return self.useful_warms - self.edge_useful
+
+    @property
+    def worker_precision(self) -> float:
+        """Useful worker warms / worker warms (0.0 without worker warms)."""
+        warms = self.worker_warms
+        return self.worker_useful / warms if warms else 0.0
+
+    @property
+    def edge_precision(self) -> float:
+        """Useful edge loads (read or joined before eviction) / edge loads (0.0 without)."""
+        return self.edge_useful / self.edge_warms if self.edge_warms else 0.0
+
 
 def replay_lru(
     keys: Sequence[int],
@@ -77,16 +139,60 @@ def replay_lru(
     max_warms: int = 4,
     progress: ProgressCallback | None = None,
     ttl_policy: TtlPolicy | None = None,
+    *,
+    rule_source: RuleSource | None = None,
+    rule_refresh: int = DEFAULT_RULE_REFRESH,
+    rule_lag: int = DEFAULT_RULE_LAG,
+    edge_delay: int = DEFAULT_EDGE_DELAY,
 ) -> ReplayCounts:
     """Replay ``keys`` through an exact LRU cache of ``cache_size`` keys, with optional warms.
 
-    A warm landing for a key not in the cache inserts it at the MRU end and
-    counts as an origin fetch; a warm for a cached key is skipped (the writer
-    checks first). A warmed key's first read is a hit and makes the warm
-    *useful*. ``delay`` counts requests between a decision and its landing
-    (0: right after the request that triggered it). A ``ttl_policy`` may give
-    keys inserted on a miss an expiry; expired keys leave the cache.
+    Worker path: a warm landing for a key not in the cache inserts it at the MRU
+    end and counts as an origin fetch; a warm for a cached key, or for a key
+    whose edge load is under way, is skipped (the writer checks first). A
+    warmed key's first read is a hit and makes the warm *useful*. ``delay``
+    counts requests between a decision and its landing (0: right after the
+    request that triggered it). A ``ttl_policy`` may give keys inserted on a
+    miss an expiry; expired keys leave the cache.
 
+    Edge path (on with a ``rule_source``): after every ``rule_refresh``
+    requests the rules that changed are published (``rule_source.changed()``,
+    asked after the warm policy saw the request); clients see them
+    ``rule_lag`` requests later (0 or 1: from the next request on). A
+    request that misses key A, or reads a warmed A for the first time, starts
+    a load of each successor in A's visible rule that is neither cached nor
+    already loading: an origin fetch, which lands ``edge_delay`` requests
+    later (0 or 1: before the next request). A request for a key still
+    loading *joins* that load: it is a hit on a warmed value (no miss, no
+    second fetch), and makes the load useful.
+
+    Parameters
+    ----------
+    keys
+        The requested keys, in order.
+    cache_size
+        Keys the cache holds.
+    warm_policy
+        The worker path: keys to warm after each request (None: none).
+    delay
+        Requests between a worker warm decision and its landing.
+    max_warms
+        Most worker warms per request.
+    progress
+        Called with the number of requests replayed, every 65,536 requests.
+    ttl_policy
+        Expiry of keys inserted on a miss (None: none).
+    rule_source
+        The edge path: the prefetch rules to publish (None: no edge path).
+    rule_refresh
+        Requests between two publications of the rules that changed.
+    rule_lag
+        Requests between a publication and the moment clients see it.
+    edge_delay
+        Requests an edge load takes (the origin's latency).
+
+    Examples
+    --------
     >>> replay_lru([1, 2, 1, 3, 1, 2], cache_size=2).misses
     4
     >>> def next_key(index, key, hit, warmed):
@@ -98,16 +204,40 @@ def replay_lru(
     ...     return 1
     >>> replay_lru([1, 2, 3, 1], cache_size=3, ttl_policy=short).misses
     4
+
+    A fixed rule "when 1 misses, load 2 and 3", published after every request
+    and seen from the next one on. 1 misses again at index 3 and starts both
+    loads, which take 2 requests: 3 joins its load, 2 is read once landed:
+
+    >>> class Fixed:
+    ...     def changed(self):
+    ...         return [(1, [(2, 0.9), (3, 0.8)])]
+    >>> keys = [1, 9, 8, 1, 3, 2]
+    >>> counts = replay_lru(
+    ...     keys, 2, rule_source=Fixed(), rule_refresh=1, rule_lag=0, edge_delay=2
+    ... )
+    >>> counts.misses, counts.joined, counts.edge_warms, counts.edge_useful
+    (4, 1, 2, 2)
     """
     if cache_size < 1:
         raise ValueError("cache_size must be >= 1")
-    cache: OrderedDict[int, bool] = OrderedDict()  # key -> warmed and not read yet
+    if rule_refresh < 1 or rule_lag < 0 or edge_delay < 0:
+        raise ValueError("rule_refresh must be >= 1, rule_lag and edge_delay >= 0")
+    cache: OrderedDict[int, int] = OrderedDict()  # key -> _READ, or the path that warmed it
     move_to_end = cache.move_to_end
     pop_lru = cache.popitem
-    landing: deque[tuple[int, int]] = deque()  # (due request index, key)
+    landing: deque[tuple[int, int]] = deque()  # worker warms: (due request index, key)
     expiries: dict[int, int] = {}  # key -> request index at which it expires
     expiry_heap: list[tuple[int, int]] = []
+    # The edge path: rules as clients see them, publications on their way, loads under way.
+    edge = rule_source is not None
+    rules: dict[Hashable, tuple[int, ...]] = {}
+    published: deque[tuple[int, list[tuple[Hashable, tuple[int, ...]]]]] = deque()
+    loading: dict[int, int] = {}  # key -> request index its edge load lands at
+    edge_landing: deque[tuple[int, int]] = deque()  # (due request index, key)
+    next_publication = rule_refresh - 1 if edge else -1
     misses = warms = useful = expired = 0
+    joined = edge_warms = edge_useful = 0
     n = len(keys)
     for index in range(n):
         key = keys[index]
@@ -117,38 +247,73 @@ def replay_lru(
                 del expiries[old]
                 if cache.pop(old, None) is not None:
                     expired += 1
-        while landing and landing[0][0] <= index:
-            warm_key = landing.popleft()[1]
-            if warm_key not in cache:
-                warms += 1
-                cache[warm_key] = True
+        while edge_landing and edge_landing[0][0] <= index:
+            due, warm_key = edge_landing.popleft()
+            # A load that a request joined has ended already (and its key may load again).
+            if loading.get(warm_key) == due:
+                del loading[warm_key]
+                cache[warm_key] = _EDGE  # nothing else could insert it: its load was under way
                 expiries.pop(warm_key, None)
                 if len(cache) > cache_size:
                     pop_lru(last=False)
+        while landing and landing[0][0] <= index:
+            warm_key = landing.popleft()[1]
+            if warm_key not in cache and warm_key not in loading:
+                warms += 1
+                cache[warm_key] = _WORKER
+                expiries.pop(warm_key, None)
+                if len(cache) > cache_size:
+                    pop_lru(last=False)
+        while published and published[0][0] <= index:
+            for trigger, successors in published.popleft()[1]:
+                if successors:
+                    rules[trigger] = successors
+                else:
+                    rules.pop(trigger, None)
         flag = cache.get(key)
         if flag is None:
-            misses += 1
-            hit = warmed = False
-            cache[key] = False
+            if key in loading:  # join the edge load under way: no miss, no second fetch
+                del loading[key]
+                joined += 1
+                useful += 1
+                edge_useful += 1
+                hit = warmed = True
+            else:
+                misses += 1
+                hit = warmed = False
+            cache[key] = _READ
             if len(cache) > cache_size:
                 pop_lru(last=False)
             expiries.pop(key, None)
         else:
             hit = True
-            warmed = flag
-            if flag:
+            if flag:  # the first read of a warmed value
+                warmed = True
                 useful += 1
-                cache[key] = False
+                if flag == _EDGE:
+                    edge_useful += 1
+                cache[key] = _READ
+            else:
+                warmed = False
             move_to_end(key)
+        if edge and (warmed or not hit):
+            rule = rules.get(key)
+            if rule is not None:
+                due = index + edge_delay
+                for successor in rule:
+                    if successor not in cache and successor not in loading:
+                        edge_warms += 1
+                        loading[successor] = due
+                        edge_landing.append((due, successor))
         if warm_policy is not None:
             chosen = warm_policy(index, key, hit, warmed)
             if chosen:
                 for warm_key in chosen[:max_warms]:
                     if delay:
                         landing.append((index + delay, warm_key))
-                    elif warm_key not in cache:
+                    elif warm_key not in cache and warm_key not in loading:
                         warms += 1
-                        cache[warm_key] = True
+                        cache[warm_key] = _WORKER
                         expiries.pop(warm_key, None)
                         if len(cache) > cache_size:
                             pop_lru(last=False)
@@ -159,13 +324,31 @@ def replay_lru(
                 due = index + delay + max(ttl, 1)
                 expiries[key] = due
                 heapq.heappush(expiry_heap, (due, key))
+        if index == next_publication:
+            next_publication += rule_refresh
+            changes = rule_source.changed() if rule_source is not None else ()
+            published.append(
+                (index + rule_lag, [(trigger, _successors(rule)) for trigger, rule in changes])
+            )
         if progress is not None and index % _PROGRESS_EVERY == _PROGRESS_EVERY - 1:
             progress(_PROGRESS_EVERY)
     if progress is not None:
         progress(n % _PROGRESS_EVERY)
     return ReplayCounts(
-        requests=n, misses=misses, warms=warms, useful_warms=useful, expired=expired
+        requests=n,
+        misses=misses,
+        warms=warms + edge_warms,
+        useful_warms=useful,
+        expired=expired,
+        joined=joined,
+        edge_warms=edge_warms,
+        edge_useful=edge_useful,
     )
+
+
+def _successors(rule: Sequence[tuple[Hashable, float]]) -> tuple[int, ...]:
+    """The keys a rule loads, most probable first (the simulator's keys are ints)."""
+    return cast("tuple[int, ...]", tuple(successor for successor, _ in rule))
 
 
 def replay_belady(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import get_args
+from typing import NamedTuple, TypeVar, get_args
 
 from rich.console import Console
 from rich.progress import (
@@ -20,11 +21,89 @@ from rich.progress import (
 )
 
 from pipeline.models import EngineConfig
-from pipeline.sim.cache import ProgressCallback
+from pipeline.sim.cache import (
+    DEFAULT_EDGE_DELAY,
+    DEFAULT_RULE_LAG,
+    DEFAULT_RULE_REFRESH,
+    ProgressCallback,
+)
 from pipeline.sim.policies import ABLATIONS, POLICIES
 from pipeline.sim.report import plot_sweep, results_table, write_json
 from pipeline.sim.runner import DEFAULT_SIZES, DEFAULT_SWEEP, SimResult, run, sweep
 from pipeline.sim.traces import CsvMapping, TraceFormat, read_trace
+
+_T = TypeVar("_T")
+
+_LATENCIES = ("origin_ms", "worker_ms", "rules_interval_ms", "rules_lag_ms")
+"""The ``--rate`` options: keyword arguments of :func:`timing_for_rate`."""
+
+
+class Timing(NamedTuple):
+    """Both warm paths' timing, in requests (see :func:`~pipeline.sim.cache.replay_lru`)."""
+
+    delay: int
+    """Worker path: from a warm decision to its landing."""
+    edge_delay: int
+    """Edge path: from a trigger to its loads landing."""
+    rule_refresh: int
+    """Edge path: between two publications of the prefetch rules."""
+    rule_lag: int
+    """Edge path: from a publication to the moment clients see it."""
+
+
+def timing_for_rate(
+    rate: float,
+    *,
+    origin_ms: float = 3.0,
+    worker_ms: float = 15.0,
+    rules_interval_ms: float = 100.0,
+    rules_lag_ms: float = 25.0,
+) -> Timing:
+    """The timing, in requests, of a pipeline serving ``rate`` requests/s.
+
+    A latency becomes the requests that arrive meanwhile, rounded up (a warm
+    landing a fraction of a request late is late); the publication interval is
+    rounded to the nearest request.
+
+    >>> timing_for_rate(400)
+    Timing(delay=6, edge_delay=2, rule_refresh=40, rule_lag=10)
+    >>> timing_for_rate(2_000, origin_ms=3.0)
+    Timing(delay=30, edge_delay=6, rule_refresh=200, rule_lag=50)
+    """
+    if rate <= 0:
+        raise ValueError("rate must be > 0")
+
+    def requests(ms: float) -> int:
+        # round() first: 400 req/s x 25 ms must be 10 requests, not 11 by float noise.
+        return math.ceil(round(rate * ms / 1_000.0, 9))
+
+    return Timing(
+        delay=requests(worker_ms),
+        edge_delay=requests(origin_ms),
+        rule_refresh=max(1, round(rate * rules_interval_ms / 1_000.0)),
+        rule_lag=requests(rules_lag_ms),
+    )
+
+
+def resolve_timing(args: argparse.Namespace) -> Timing:
+    """The timing of a ``simulate`` run: explicit options, else derived from ``--rate``, else
+    the defaults."""
+    derived = Timing(0, DEFAULT_EDGE_DELAY, DEFAULT_RULE_REFRESH, DEFAULT_RULE_LAG)
+    if args.rate is not None:
+        latencies: dict[str, float] = {
+            name: getattr(args, name) for name in _LATENCIES if getattr(args, name) is not None
+        }
+        derived = timing_for_rate(args.rate, **latencies)
+    return Timing(
+        delay=_or(args.delay, derived.delay),
+        edge_delay=_or(args.edge_delay, derived.edge_delay),
+        rule_refresh=_or(args.rule_refresh, derived.rule_refresh),
+        rule_lag=_or(args.rule_lag, derived.rule_lag),
+    )
+
+
+def _or(value: _T | None, default: _T) -> _T:
+    return default if value is None else value
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -56,7 +135,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Replay TRACE through an exact LRU cache at each size (a fraction of the "
             "trace's unique keys) under the policies lru, lru+successor, lru+cachecast "
             "and belady, and report demand miss ratio, origin fetches per request "
-            "(misses + warms) and prefetch precision."
+            "(misses + warms) and prefetch precision. cachecast warms on two paths: "
+            "the worker's warms land --delay requests after their decision; the "
+            "clients' edge loads, from prefetch rules published every --rule-refresh "
+            "requests and seen --rule-lag requests later, land --edge-delay requests "
+            "after their trigger. --rate derives all four from latencies in ms."
         ),
     )
     parser.add_argument("trace", type=Path, help="trace file (.zst compressed or not)")
@@ -75,8 +158,65 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--delay",
         type=int,
-        default=0,
-        help="requests between a warm decision and its landing in the cache (default: 0)",
+        default=None,
+        help="worker path: requests between a warm decision and its landing in the cache "
+        "(default: 0, or from --rate)",
+    )
+    parser.add_argument(
+        "--edge-delay",
+        type=int,
+        default=None,
+        help=f"edge path: requests an edge load takes (default: {DEFAULT_EDGE_DELAY}, "
+        "or from --rate)",
+    )
+    parser.add_argument(
+        "--rule-refresh",
+        type=int,
+        default=None,
+        help="edge path: requests between two publications of the prefetch rules "
+        f"(default: {DEFAULT_RULE_REFRESH}, or from --rate)",
+    )
+    parser.add_argument(
+        "--rule-lag",
+        type=int,
+        default=None,
+        help="edge path: requests between a publication and the moment clients see it "
+        f"(default: {DEFAULT_RULE_LAG}, or from --rate)",
+    )
+    timing = parser.add_argument_group(
+        "timing from a request rate",
+        "With --rate, each latency becomes the requests that arrive meanwhile "
+        "(rounded up): delay = rate x worker-ms, edge delay = rate x origin-ms, "
+        "rule refresh = rate x rules-interval-ms (rounded), rule lag = rate x "
+        "rules-lag-ms. An explicit --delay, --edge-delay, --rule-refresh or "
+        "--rule-lag wins.",
+    )
+    timing.add_argument(
+        "--rate", type=float, default=None, help="requests per second the trace is replayed at"
+    )
+    timing.add_argument(
+        "--origin-ms",
+        type=float,
+        default=None,
+        help="origin latency: how long an edge load takes (default: 3.0)",
+    )
+    timing.add_argument(
+        "--worker-ms",
+        type=float,
+        default=None,
+        help="from a request to its warms landing through Kafka and a worker (default: 15.0)",
+    )
+    timing.add_argument(
+        "--rules-interval-ms",
+        type=float,
+        default=None,
+        help="time between two publications of the prefetch rules (default: 100.0)",
+    )
+    timing.add_argument(
+        "--rules-lag-ms",
+        type=float,
+        default=None,
+        help="from a publication to the moment clients see it (default: 25.0)",
     )
     parser.add_argument(
         "--max-warms", type=int, default=4, help="most warms per request (default: 4)"
@@ -155,8 +295,13 @@ def simulate_command(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console = Console(width=160)  # a file or a pipe: no terminal width to fit
     err = Console(stderr=True)
-    if args.delay < 0 or args.max_warms < 1:
-        err.print("[red]--delay must be >= 0 and --max-warms >= 1[/red]")
+    problem = _timing_problem(args)
+    if problem:
+        err.print(f"[red]{problem}[/red]")
+        return 2
+    timing = resolve_timing(args)
+    if args.max_warms < 1:
+        err.print("[red]--max-warms must be >= 1[/red]")
         return 2
     if any(not 0.0 < size <= 1.0 for size in args.sizes):
         err.print("[red]--sizes must be fractions in (0, 1][/red]")
@@ -174,7 +319,8 @@ def simulate_command(args: argparse.Namespace) -> int:
         err.print("[red]the trace has no requests[/red]")
         return 2
     console.print(f"{trace.name}: {len(trace):,} requests, {trace.n_unique:,} unique keys")
-    config = engine_config(args.delay, args.waste_budget, args.lookahead)
+    delay = timing.delay
+    config = engine_config(delay, args.waste_budget, args.lookahead)
 
     results: list[SimResult] = []
     with _progress(err) as factory:
@@ -182,10 +328,13 @@ def simulate_command(args: argparse.Namespace) -> int:
             trace,
             args.sizes,
             args.policies,
-            delay=args.delay,
+            delay=delay,
             max_warms=args.max_warms,
             config=config,
             progress=factory,
+            edge_delay=timing.edge_delay,
+            rule_refresh=timing.rule_refresh,
+            rule_lag=timing.rule_lag,
         )
         sweeps: list[list[SimResult]] = []
         if args.sweep is not None:
@@ -195,18 +344,28 @@ def simulate_command(args: argparse.Namespace) -> int:
                         trace,
                         size,
                         args.sweep,
-                        delay=args.delay,
+                        delay=delay,
                         max_warms=args.max_warms,
                         config=config,
                         progress=factory,
+                        edge_delay=timing.edge_delay,
+                        rule_refresh=timing.rule_refresh,
+                        rule_lag=timing.rule_lag,
                     )
                 )
-    console.print(results_table(results, f"{trace.name}, delay {args.delay}"))
+    rate = f", {args.rate:g} requests/s" if args.rate is not None else ""
+    console.print(
+        results_table(
+            results,
+            f"{trace.name}{rate}: worker delay {delay}, edge delay {timing.edge_delay}, "
+            f"rules every {timing.rule_refresh} requests (+{timing.rule_lag})",
+        )
+    )
     for size, curve in zip(args.sizes, sweeps, strict=False):
         console.print(results_table(curve, f"{trace.name} @ {size:g}: admission-threshold sweep"))
         png = _plot_path(args.plot, trace.name, size, len(args.sizes))
         try:
-            plot_sweep(curve, png, f"{trace.name}, cache {size:g} of keys, delay {args.delay}")
+            plot_sweep(curve, png, f"{trace.name}, cache {size:g} of keys, delay {delay}")
             console.print(f"sweep plot: {png}")
         except ImportError as exc:
             err.print(f"[yellow]{exc}[/yellow]")
@@ -215,6 +374,26 @@ def simulate_command(args: argparse.Namespace) -> int:
         write_json(results, args.json)
         console.print(f"rows written to {args.json}")
     return 0
+
+
+def _timing_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the timing options, if anything."""
+    for name in ("delay", "edge_delay", "rule_lag"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            return f"--{name.replace('_', '-')} must be >= 0"
+    if args.rule_refresh is not None and args.rule_refresh < 1:
+        return "--rule-refresh must be >= 1"
+    if args.rate is None:
+        given = [name for name in _LATENCIES if getattr(args, name) is not None]
+        if given:
+            return f"--{given[0].replace('_', '-')} needs --rate"
+        return None
+    if args.rate <= 0:
+        return "--rate must be > 0"
+    if any(getattr(args, name) is not None and getattr(args, name) < 0 for name in _LATENCIES):
+        return "latencies must be >= 0 ms"
+    return None
 
 
 def engine_config(delay: int, waste_budget: float | None, lookahead: int | None) -> EngineConfig:

@@ -12,10 +12,21 @@ from pipeline.models import CoAccess, EngineConfig, WarmEngine
 from pipeline.models.temporal import is_wall_clock
 
 POLICIES: tuple[str, ...] = ("lru", "lru+successor", "lru+cachecast", "belady")
-"""Policy names, in the order of the report."""
+"""Policy names, in the order of the report.
 
-ABLATIONS: tuple[str, ...] = ("lru+cachecast-warm", "lru+cachecast-ttl")
-"""cachecast with only its warms, or only its smart TTLs (what each part contributes)."""
+``lru+cachecast`` is what runs in production: both warm paths (the worker's
+warms and the clients' edge loads from the engine's prefetch rules) and the
+smart TTL.
+"""
+
+ABLATIONS: tuple[str, ...] = (
+    "lru+cachecast-worker",
+    "lru+cachecast-edge",
+    "lru+cachecast-warm",
+    "lru+cachecast-ttl",
+)
+"""cachecast with one warm path only (worker or edge, each with the smart TTL), with
+only its warms (both paths, no TTL), or only its smart TTLs: what each part contributes."""
 
 
 class SuccessorWarmer:
@@ -57,7 +68,8 @@ class CachecastWarmer:
     and whether a hit was served by a warm). It never sees ``next_access``.
     Timestamps are passed through when they are wall clock; otherwise the
     request index is the clock. ``delay`` (in requests) becomes the engine's
-    ``lead`` in ts units.
+    ``lead`` in ts units. The engine learns its prefetch rules as it observes:
+    ``warmer.engine.rules`` is the edge path's rule source.
     """
 
     def __init__(

@@ -16,7 +16,9 @@ def results_table(results: Sequence[SimResult], title: str = "cachecast simulate
     """One row per (size, policy): miss ratio, fetches/request, precision, warms, speed.
 
     Ratios against the LRU row of the same size are shown so a reader sees at a
-    glance whether a policy hits more and what it costs the origin.
+    glance whether a policy hits more and what it costs the origin. Warms are
+    shown with their precision, in all and split by path: the worker's, and the
+    clients' edge loads (``joined``: requests that joined an edge load under way).
     """
     table = Table(title=title)
     for name, justify in (
@@ -26,27 +28,37 @@ def results_table(results: Sequence[SimResult], title: str = "cachecast simulate
         ("miss ratio", "right"),
         ("fetches/req", "right"),
         ("fetches / LRU miss", "right"),
-        ("prefetch precision", "right"),
-        ("warms", "right"),
+        ("warms (precision)", "right"),
+        ("worker warms", "right"),
+        ("edge warms", "right"),
+        ("joined", "right"),
         ("req/s", "right"),
     ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify, no_wrap=name == "policy")  # type: ignore[arg-type]
     lru = {r.size_fraction: r.counts.miss_ratio for r in results if r.policy == "lru"}
     for r in results:
+        counts = r.counts
         base = lru.get(r.size_fraction)
         label = r.policy if r.threshold is None else f"{r.policy} @ {r.threshold:g}"
         table.add_row(
             f"{r.size_fraction:g}",
             str(r.cache_size),
             label,
-            f"{r.counts.miss_ratio:.4f}",
-            f"{r.counts.fetches_per_request:.4f}",
-            f"{r.counts.fetches_per_request / base:.3f}x" if base else "-",
-            f"{r.counts.prefetch_precision:.3f}" if r.counts.warms else "-",
-            str(r.counts.warms),
+            f"{counts.miss_ratio:.4f}",
+            f"{counts.fetches_per_request:.4f}",
+            f"{counts.fetches_per_request / base:.3f}x" if base else "-",
+            _warms(counts.warms, counts.prefetch_precision),
+            _warms(counts.worker_warms, counts.worker_precision),
+            _warms(counts.edge_warms, counts.edge_precision),
+            f"{counts.joined:,}",
             f"{r.requests_per_second:,.0f}",
         )
     return table
+
+
+def _warms(warms: int, precision: float) -> str:
+    """``"1,234 (0.917)"``: warms and the share of them read before eviction."""
+    return f"{warms:,} ({precision:.3f})" if warms else "-"
 
 
 def write_json(results: Sequence[SimResult], path: str | os.PathLike[str]) -> None:

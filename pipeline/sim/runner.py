@@ -9,8 +9,12 @@ from typing import Any
 
 from pipeline.models import EngineConfig
 from pipeline.sim.cache import (
+    DEFAULT_EDGE_DELAY,
+    DEFAULT_RULE_LAG,
+    DEFAULT_RULE_REFRESH,
     ProgressCallback,
     ReplayCounts,
+    RuleSource,
     TtlPolicy,
     WarmPolicy,
     replay_belady,
@@ -31,7 +35,11 @@ ProgressFactory = Callable[[str, int], ProgressCallback | None]
 
 @dataclass(frozen=True)
 class SimResult:
-    """One (policy, cache size) measurement."""
+    """One (policy, cache size) measurement.
+
+    ``delay`` is the worker path's, ``edge_delay``, ``rule_refresh`` and
+    ``rule_lag`` the edge path's timing (see :func:`~pipeline.sim.cache.replay_lru`).
+    """
 
     policy: str
     size_fraction: float
@@ -40,19 +48,32 @@ class SimResult:
     delay: int
     seconds: float
     threshold: float | None = None
+    edge_delay: int = DEFAULT_EDGE_DELAY
+    rule_refresh: int = DEFAULT_RULE_REFRESH
+    rule_lag: int = DEFAULT_RULE_LAG
 
     def row(self) -> dict[str, Any]:
-        """The JSON row: policy, size, requests, miss ratio, fetches/request, precision, warms."""
+        """The JSON row: policy, size, requests, miss ratio, fetches/request, precision,
+        warms, joins, and each path's warms and precision and timing."""
+        counts = self.counts
         row: dict[str, Any] = {
             "policy": self.policy,
             "size_fraction": self.size_fraction,
             "cache_size": self.cache_size,
-            "requests": self.counts.requests,
-            "miss_ratio": self.counts.miss_ratio,
-            "fetches_per_request": self.counts.fetches_per_request,
-            "prefetch_precision": self.counts.prefetch_precision,
-            "warms": self.counts.warms,
+            "requests": counts.requests,
+            "miss_ratio": counts.miss_ratio,
+            "fetches_per_request": counts.fetches_per_request,
+            "prefetch_precision": counts.prefetch_precision,
+            "warms": counts.warms,
+            "joined": counts.joined,
+            "worker_warms": counts.worker_warms,
+            "worker_precision": counts.worker_precision,
+            "edge_warms": counts.edge_warms,
+            "edge_precision": counts.edge_precision,
             "delay": self.delay,
+            "edge_delay": self.edge_delay,
+            "rule_refresh": self.rule_refresh,
+            "rule_lag": self.rule_lag,
         }
         if self.threshold is not None:
             row["threshold"] = self.threshold
@@ -80,8 +101,16 @@ def run_policy(
     config: EngineConfig | None = None,
     keys: list[int] | None = None,
     progress: ProgressCallback | None = None,
+    edge_delay: int = DEFAULT_EDGE_DELAY,
+    rule_refresh: int = DEFAULT_RULE_REFRESH,
+    rule_lag: int = DEFAULT_RULE_LAG,
 ) -> ReplayCounts:
-    """Replay ``trace`` under one policy at one cache size."""
+    """Replay ``trace`` under one policy at one cache size.
+
+    ``delay`` times the worker path; ``edge_delay``, ``rule_refresh`` and
+    ``rule_lag`` time the edge path of the cachecast policies (see
+    :func:`~pipeline.sim.cache.replay_lru`).
+    """
     key_list = trace.keys.tolist() if keys is None else keys
     if policy == "lru":
         return replay_lru(key_list, cache_size, progress=progress)
@@ -93,14 +122,30 @@ def run_policy(
         warmer = CachecastWarmer(trace.ts, delay, config, trace.users)
         warm: WarmPolicy | None = warmer
         ttl: TtlPolicy | None = warmer.miss_ttl
-        if policy == "lru+cachecast-ttl":
+        rules: RuleSource | None = warmer.engine.rules
+        if policy == "lru+cachecast-worker":
+            rules = None
+        elif policy == "lru+cachecast-edge":
             warm = _observe_only(warmer)
+        elif policy == "lru+cachecast-ttl":
+            warm = _observe_only(warmer)
+            rules = None
         elif policy == "lru+cachecast-warm":
             ttl = None
         elif policy != "lru+cachecast":
             raise ValueError(f"unknown policy {policy!r}")
         return replay_lru(
-            key_list, cache_size, warm, delay, max_warms, progress=progress, ttl_policy=ttl
+            key_list,
+            cache_size,
+            warm,
+            delay,
+            max_warms,
+            progress=progress,
+            ttl_policy=ttl,
+            rule_source=rules,
+            rule_refresh=rule_refresh,
+            rule_lag=rule_lag,
+            edge_delay=edge_delay,
         )
     if policy == "belady":
         future = trace.next_access if trace.next_access is not None else next_access_of(trace.keys)
@@ -127,6 +172,9 @@ def run(
     max_warms: int = 4,
     config: EngineConfig | None = None,
     progress: ProgressFactory | None = None,
+    edge_delay: int = DEFAULT_EDGE_DELAY,
+    rule_refresh: int = DEFAULT_RULE_REFRESH,
+    rule_lag: int = DEFAULT_RULE_LAG,
 ) -> list[SimResult]:
     """Every policy at every cache size; results in (size, policy) order."""
     keys = trace.keys.tolist()
@@ -146,9 +194,22 @@ def run(
                 config=config,
                 keys=keys,
                 progress=callback,
+                edge_delay=edge_delay,
+                rule_refresh=rule_refresh,
+                rule_lag=rule_lag,
             )
             results.append(
-                SimResult(policy, fraction, size, counts, delay, time.perf_counter() - start)
+                SimResult(
+                    policy,
+                    fraction,
+                    size,
+                    counts,
+                    delay,
+                    time.perf_counter() - start,
+                    edge_delay=edge_delay,
+                    rule_refresh=rule_refresh,
+                    rule_lag=rule_lag,
+                )
             )
     return results
 
@@ -162,11 +223,16 @@ def sweep(
     max_warms: int = 4,
     config: EngineConfig | None = None,
     progress: ProgressFactory | None = None,
+    edge_delay: int = DEFAULT_EDGE_DELAY,
+    rule_refresh: int = DEFAULT_RULE_REFRESH,
+    rule_lag: int = DEFAULT_RULE_LAG,
 ) -> list[SimResult]:
     """cachecast at fixed admission thresholds (no waste budget), plus the baselines.
 
     Traces the miss-ratio vs fetches-per-request curve; ``lru`` and
-    ``lru+successor`` are measured in the same run for comparison.
+    ``lru+successor`` are measured in the same run for comparison. The
+    thresholds are the worker path's (the ensemble's); the edge path runs as
+    in ``lru+cachecast``, with its own waste budget.
     """
     base = config or EngineConfig()
     results = run(
@@ -177,6 +243,9 @@ def sweep(
         max_warms=max_warms,
         config=base,
         progress=progress,
+        edge_delay=edge_delay,
+        rule_refresh=rule_refresh,
+        rule_lag=rule_lag,
     )
     keys = trace.keys.tolist()
     size = results[0].cache_size
@@ -194,6 +263,9 @@ def sweep(
             config=fixed,
             keys=keys,
             progress=callback,
+            edge_delay=edge_delay,
+            rule_refresh=rule_refresh,
+            rule_lag=rule_lag,
         )
         results.append(
             SimResult(
@@ -204,6 +276,9 @@ def sweep(
                 delay,
                 time.perf_counter() - start,
                 threshold=threshold,
+                edge_delay=edge_delay,
+                rule_refresh=rule_refresh,
+                rule_lag=rule_lag,
             )
         )
     return results

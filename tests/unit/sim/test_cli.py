@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from pipeline.sim.cli import main, register
+from pipeline.sim.cli import Timing, main, register, timing_for_rate
 
 from .conftest import write_oracle_general
 
@@ -87,3 +87,58 @@ def test_max_requests_and_formats(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
     assert code == 0
     assert "1,000 requests, 50 unique keys" in capsys.readouterr().out
+
+
+def test_timing_for_rate() -> None:
+    assert timing_for_rate(400) == Timing(delay=6, edge_delay=2, rule_refresh=40, rule_lag=10)
+    assert timing_for_rate(2_000) == Timing(30, 6, 200, 50)
+    slow = timing_for_rate(10, origin_ms=1.0, rules_interval_ms=1.0)
+    assert slow == Timing(delay=1, edge_delay=1, rule_refresh=1, rule_lag=1)
+    with pytest.raises(ValueError, match="rate"):
+        timing_for_rate(0)
+
+
+def test_rate_sets_the_timing_and_explicit_options_win(small_trace: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    args = ["simulate", str(small_trace), "--sizes", "0.05", "--max-requests", "4000"]
+    args += ["--json", str(out)]
+    policies = ["--policies", "lru,lru+cachecast-worker,lru+cachecast-edge,lru+cachecast"]
+    code = main([*args, *policies, "--rate", "2000", "--origin-ms", "2", "--rule-lag", "3"])
+    assert code == 0
+    rows = {r["policy"]: r for r in orjson.loads(out.read_bytes())}
+    for row in rows.values():
+        timing = (row["delay"], row["edge_delay"], row["rule_refresh"], row["rule_lag"])
+        assert timing == (30, 4, 200, 3)
+        assert row["worker_warms"] + row["edge_warms"] == row["warms"]
+        assert 0.0 <= row["worker_precision"] <= 1.0
+        assert 0.0 <= row["edge_precision"] <= 1.0
+        assert row["joined"] <= row["edge_warms"]
+    assert rows["lru"]["warms"] == rows["lru"]["joined"] == 0
+    assert rows["lru+cachecast-worker"]["edge_warms"] == 0
+    assert rows["lru+cachecast-edge"]["worker_warms"] == 0
+
+
+def test_timing_defaults_without_a_rate(small_trace: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    code = main(
+        ["simulate", str(small_trace), "--sizes", "0.05", "--policies", "lru", "--json", str(out)]
+    )
+    assert code == 0
+    (row,) = orjson.loads(out.read_bytes())
+    timing = (row["delay"], row["edge_delay"], row["rule_refresh"], row["rule_lag"])
+    assert timing == (0, 1, 400, 10)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--edge-delay", "-1"],
+        ["--rule-lag", "-1"],
+        ["--rule-refresh", "0"],
+        ["--rate", "0"],
+        ["--origin-ms", "5"],  # needs --rate
+        ["--rate", "100", "--worker-ms", "-1"],
+    ],
+)
+def test_bad_timing_options(small_trace: Path, options: list[str]) -> None:
+    assert main(["simulate", str(small_trace), "--policies", "lru", *options]) == 2

@@ -103,8 +103,9 @@ def test_cachecast_beats_lru_on_structured_traffic(sequential_trace: Trace) -> N
     assert results["belady"].miss_ratio < lru.miss_ratio
 
 
-def test_cachecast_backs_off_without_structure(random_trace: Trace) -> None:
-    for r in run(random_trace, sizes=(0.01, 0.1), policies=("lru", "lru+cachecast")):
+@pytest.mark.parametrize("policy", ["lru+cachecast-worker", "lru+cachecast"])
+def test_cachecast_backs_off_without_structure(random_trace: Trace, policy: str) -> None:
+    for r in run(random_trace, sizes=(0.01, 0.1), policies=("lru", policy)):
         if r.policy == "lru":
             lru = r.counts.miss_ratio
         else:
@@ -139,6 +140,7 @@ def test_ablations_split_the_gain(sequential_trace: Trace) -> None:
     ttl_only = run_policy(sequential_trace, "lru+cachecast-ttl", size)
     assert ttl_only.warms == 0
     assert warm_only.expired == 0
+    assert warm_only.edge_warms > 0  # warms only: both paths
     assert both.miss_ratio <= warm_only.miss_ratio + 0.002
     with pytest.raises(ValueError, match="unknown policy"):
         run_policy(sequential_trace, "lru+magic", size)
