@@ -1,10 +1,14 @@
-"""``cachecast demo``: the whole pipeline on the bundled trace, warming off and then on.
+"""``cachecast demo``: the whole pipeline on a trace, warming off and then on.
 
 For each of the two runs: a fresh devstack (real Kafka and Redis), a worker
-process (``cachecast worker``), and a replay of the bundled cache2k trace slice
-through the real client at a fixed request rate into a Redis sized to hold a
-fraction of the keys. The first run learns but does not warm; the second warms.
-The table at the end compares what the application saw.
+process (``cachecast worker``), and a replay of the trace (by default the bundled
+cache2k orm slice) through the real client into a Redis sized to hold a fraction
+of the keys. The replay is open-loop at the given rate: requests start on
+schedule whether or not earlier ones have finished, as an application's do, and
+every miss waits for the synthetic origin (``--origin-ms``), as do the warms.
+The first run learns but does not warm; the second warms. The table at the end
+compares what the application saw, and what each warm path (the worker's, and
+the clients' own edge warms) cost the origin.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,66 +27,121 @@ from rich.table import Table
 
 from pipeline.config import Settings, load_settings
 from pipeline.devstack import DevStack, free_port
-from pipeline.replay import BUNDLED_TRACE, ReplayResult, load_trace, replay
+from pipeline.replay import (
+    BUNDLED_TRACE,
+    ORIGIN_MS_ENV,
+    ReplayResult,
+    add_load_options,
+    add_trace_options,
+    load_trace,
+    origin_latency,
+    replay,
+)
 from pipeline.sim.traces import Trace
 from pipeline.worker import WorkerProcess
 
-__all__ = ["register", "run_demo"]
+__all__ = ["demo_loaders", "register", "result_rows", "run_demo", "summary", "worker_env"]
 
 NAMESPACE = "orders"
+#: The loader both the worker and the clients use for the demo's namespace.
+ORIGIN_CALLABLE = "pipeline.replay:demo_origin"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run the whole pipeline on the bundled trace, warming off then on",
+        help="run the whole pipeline on a trace (default: the bundled one), warming off then on",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        default=BUNDLED_TRACE,
+        help="trace file (default: the bundled cache2k orm slice)",
+    )
+    add_trace_options(parser)
     parser.add_argument("--requests", type=int, default=40_000, help="trace requests to replay")
     parser.add_argument("--rate", type=float, default=400.0, help="requests per second")
     parser.add_argument("--cache-fraction", type=float, default=0.05)
+    add_load_options(parser)
     parser.add_argument(
         "--partitions", type=int, default=1, help="partitions per topic (one worker needs one)"
+    )
+    parser.add_argument(
+        "--tuned",
+        action="store_true",
+        help="give the worker a lead and delay derived from the rate (~12 and ~20 ms of "
+        "requests); without it the worker runs with its defaults",
     )
     parser.add_argument("--json", default=None, help="also write both results as JSON here")
     parser.set_defaults(func=run_demo)
 
 
+def demo_loaders(namespace: str = NAMESPACE) -> str:
+    """The CACHECAST_LOADERS document of the demo: the synthetic origin, guarded."""
+    config = {namespace: {"callable": ORIGIN_CALLABLE, "rate": 5000, "concurrency": 64}}
+    return orjson.dumps(config).decode()
+
+
+def worker_env(
+    args: argparse.Namespace,
+    servers: Mapping[str, str],
+    *,
+    warming: bool,
+    loaders: str,
+    origin_ms: float,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The worker's environment: ``base`` (default: this process's) plus the demo's settings.
+
+    Model settings (lead, delay) are given only with ``--tuned``; otherwise the
+    worker runs with its defaults (or what ``base`` says).
+    """
+    env = {
+        **(os.environ if base is None else base),
+        **servers,
+        "CACHECAST_TOPIC_PARTITIONS": str(args.partitions),
+        "CACHECAST_SESSION_TIMEOUT_S": "2",
+        "CACHECAST_HEARTBEAT_S": "0.5",
+        "CACHECAST_WARMING": "true" if warming else "false",
+        "CACHECAST_LOADERS": loaders,
+        ORIGIN_MS_ENV: repr(float(origin_ms)),
+    }
+    if args.tuned:
+        # Warms land ~10-25 ms after their trigger: that many requests ahead.
+        env["CACHECAST_DELAY_REQUESTS"] = str(max(1, int(args.rate * 0.02)))
+        env["CACHECAST_LEAD_REQUESTS"] = str(int(args.rate * 0.012))
+    return env
+
+
 def _run_once(
-    args: argparse.Namespace, warming: bool, workdir: Path, console: Console
+    args: argparse.Namespace,
+    trace: Trace,
+    warming: bool,
+    workdir: Path,
+    console: Console,
+    loaders: str,
+    origin_ms: float,
 ) -> ReplayResult:
-    trace = load_trace(BUNDLED_TRACE, max_requests=args.requests)
     n_values = max(1, int(trace.n_unique * args.cache_fraction))
     label = "warming on " if warming else "warming off"
     with DevStack(kafka=True, redis=True, kafka_partitions=args.partitions) as stack:
-        port = free_port()
-        env = {
-            **os.environ,
-            **stack.env(),
-            "CACHECAST_TOPIC_PARTITIONS": str(args.partitions),
-            "CACHECAST_SESSION_TIMEOUT_S": "2",
-            "CACHECAST_HEARTBEAT_S": "0.5",
-            "CACHECAST_WARMING": "true" if warming else "false",
-            # Warms land ~10-25 ms after their trigger: that many requests ahead.
-            "CACHECAST_DELAY_REQUESTS": str(max(1, int(args.rate * 0.02))),
-            "CACHECAST_LEAD_REQUESTS": str(int(args.rate * 0.012)),
-            "CACHECAST_LOADERS": orjson.dumps(
-                {NAMESPACE: {"callable": "pipeline.replay:demo_origin", "rate": 5000}}
-            ).decode(),
-        }
         servers = stack.env()
+        env = worker_env(args, servers, warming=warming, loaders=loaders, origin_ms=origin_ms)
+        # The clients get the same loaders as the worker: they warm through them too.
         settings = load_settings(
             kafka_bootstrap_servers=servers["KAFKA_BOOTSTRAP_SERVERS"],
             redis_host=servers["REDIS_HOST"],
             redis_port=int(servers["REDIS_PORT"]),
             topic_partitions=args.partitions,
+            loaders=loaders,
         )
         log = workdir / f"worker-{'on' if warming else 'off'}.log"
         log.unlink(missing_ok=True)
-        worker = WorkerProcess(env, log, web_port=port).start()
+        worker = WorkerProcess(env, log, web_port=free_port()).start()
         try:
-            return _replay_with_progress(args, trace, settings, n_values, label, console)
+            return _replay_with_progress(args, trace, settings, n_values, label, console, origin_ms)
         finally:
             worker.stop()
 
@@ -93,6 +153,7 @@ def _replay_with_progress(
     n_values: int,
     label: str,
     console: Console,
+    origin_ms: float,
 ) -> ReplayResult:
     columns = (
         TextColumn(f"[bold]{label}"),
@@ -111,6 +172,9 @@ def _replay_with_progress(
                 rate=args.rate,
                 cache_values=n_values,
                 progress=lambda done, total: bar.update(task, completed=done),
+                clients=args.clients,
+                origin_ms=origin_ms,
+                pool_size=args.connections,
             )
         )
 
@@ -123,46 +187,123 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    console = Console()
-    workdir = Path(os.environ.get("CACHECAST_DEMO_DIR", ".")).resolve() / "out" / "demo"
-    workdir.mkdir(parents=True, exist_ok=True)
-    console.print(
-        f"[bold]cachecast demo[/]: {args.requests:,} requests of the cache2k orm trace at "
-        f"{args.rate:,.0f}/s, Redis holding {100 * args.cache_fraction:.0f}% of the keys, "
-        f"real Kafka + Redis started here. Worker logs in {workdir}."
-    )
-    off = _run_once(args, False, workdir, console)
-    on = _run_once(args, True, workdir, console)
-    table = Table(title="what the application saw")
-    table.add_column("")
-    table.add_column("warming off", justify="right")
-    table.add_column("warming on", justify="right")
-    rows: list[tuple[str, str, str]] = [
-        ("requests", f"{off.requests:,}", f"{on.requests:,}"),
-        ("hit ratio", _pct(off.hit_ratio), _pct(on.hit_ratio)),
-        ("misses", f"{off.misses:,}", f"{on.misses:,}"),
-        ("warms written", f"{off.warms_written:,}", f"{on.warms_written:,}"),
+def _latency(p50: float | None, p99: float | None) -> str:
+    if p50 is None and p99 is None:
+        return "-"
+    return f"{_ms(p50)} / {_ms(p99)}"
+
+
+def result_rows(off: ReplayResult, on: ReplayResult) -> list[tuple[str, str, str]]:
+    """The comparison table's rows: (what, warming off, warming on)."""
+
+    def count(name: str, attr: str) -> tuple[str, str, str]:
+        return (name, f"{getattr(off, attr):,}", f"{getattr(on, attr):,}")
+
+    def pct(name: str, attr: str) -> tuple[str, str, str]:
+        return (name, _pct(getattr(off, attr)), _pct(getattr(on, attr)))
+
+    def latency(name: str, p50: str, p99: str) -> tuple[str, str, str]:
+        return (
+            name,
+            _latency(getattr(off, p50), getattr(off, p99)),
+            _latency(getattr(on, p50), getattr(on, p99)),
+        )
+
+    rows = [
+        count("requests", "requests"),
+        ("requests/s achieved", f"{off.achieved_rate:,.0f}", f"{on.achieved_rate:,.0f}"),
+        pct("hit ratio", "hit_ratio"),
+        latency("request latency p50 / p99", "latency_p50_ms", "latency_p99_ms"),
+        count("demand misses (origin loads)", "demand_misses"),
+        count("reads that joined an app load in flight", "load_joins"),
+        count("reads that joined an edge load in flight", "inflight_joins"),
         (
             "origin fetches / request",
             f"{off.fetches_per_request:.4f}",
             f"{on.fetches_per_request:.4f}",
         ),
-        ("warm precision", _pct(off.warm_precision), _pct(on.warm_precision)),
-        ("warm latency p50", _ms(off.warm_latency_p50_ms), _ms(on.warm_latency_p50_ms)),
-        ("warm latency p99", _ms(off.warm_latency_p99_ms), _ms(on.warm_latency_p99_ms)),
-        ("access events dropped", f"{off.events_dropped:,}", f"{on.events_dropped:,}"),
+        count("edge warms issued", "edge_issued"),
+        count("edge warms written", "edge_written"),
+        count("edge warms useful", "edge_useful"),
+        pct("edge precision", "edge_precision"),
+        count("worker warms written", "warms_written"),
+        count("worker warms useful", "worker_useful"),
+        pct("worker precision", "warm_precision"),
+        latency("edge warm latency p50 / p99", "edge_latency_p50_ms", "edge_latency_p99_ms"),
+        latency("worker warm latency p50 / p99", "warm_latency_p50_ms", "warm_latency_p99_ms"),
+        latency("request start lag p99 / max", "start_lag_p99_ms", "start_lag_max_ms"),
+        count("access events dropped", "events_dropped"),
     ]
-    for row in rows:
+    if off.request_errors or on.request_errors:
+        rows.append(count("failed requests", "request_errors"))
+    if off.errors or on.errors:
+        rows.append(count("client errors", "errors"))
+    if off.backlog_waits or on.backlog_waits:
+        rows.append(count("starts held by the in-flight cap", "backlog_waits"))
+    return rows
+
+
+def summary(off: ReplayResult, on: ReplayResult) -> str:
+    """One line: what warming changed (hit ratio, demand misses in %, fetches as a ratio)."""
+    gained = on.hit_ratio - off.hit_ratio
+    if off.demand_misses:
+        change = (on.demand_misses - off.demand_misses) / off.demand_misses
+        misses = f"{100 * change:+.1f}% ({off.demand_misses:,} -> {on.demand_misses:,})"
+    else:
+        misses = f"{off.demand_misses:,} -> {on.demand_misses:,}"
+    if off.fetches_per_request:
+        ratio = on.fetches_per_request / off.fetches_per_request
+        fetches = f"x{ratio:.3f} ({off.fetches_per_request:.4f} -> {on.fetches_per_request:.4f})"
+    else:
+        fetches = f"{off.fetches_per_request:.4f} -> {on.fetches_per_request:.4f}"
+    return (
+        f"Warming changed the hit ratio by {100 * gained:+.2f} points; demand misses by "
+        f"{misses}; origin fetches per request by {fetches}."
+    )
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    console = Console()
+    err = Console(stderr=True)
+    if args.requests < 1 or args.rate <= 0 or not 0 < args.cache_fraction <= 1:
+        err.print("[red]--requests must be >= 1, --rate > 0, --cache-fraction in (0, 1][/red]")
+        return 2
+    if not Path(args.trace).exists():
+        err.print(f"[red]no such trace: {args.trace}[/red]")
+        return 2
+    try:
+        trace = load_trace(args.trace, args.format, args.csv_columns or None, args.requests)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]cannot read {args.trace}: {exc}[/red]")
+        return 2
+    if len(trace) == 0:
+        err.print("[red]the trace has no requests[/red]")
+        return 2
+    workdir = Path(os.environ.get("CACHECAST_DEMO_DIR", ".")).resolve() / "out" / "demo"
+    workdir.mkdir(parents=True, exist_ok=True)
+    loaders = demo_loaders()
+    with origin_latency(args.origin_ms) as origin_ms:
+        clients = "one client" if args.clients == 1 else f"{args.clients} clients"
+        console.print(
+            f"[bold]cachecast demo[/]: {len(trace):,} requests of the {trace.name} trace "
+            f"({trace.n_unique:,} keys) at {args.rate:,.0f}/s from {clients}, Redis holding "
+            f"{100 * args.cache_fraction:g}% of the keys, origin {origin_ms:g} ms, worker "
+            f"{'tuned to the rate' if args.tuned else 'with its default settings'}; "
+            f"real Kafka + Redis started here. Worker logs in {workdir}."
+        )
+        off = _run_once(args, trace, False, workdir, console, loaders, origin_ms)
+        on = _run_once(args, trace, True, workdir, console, loaders, origin_ms)
+    table = Table(title=f"what the application saw ({trace.name})")
+    table.add_column("")
+    table.add_column("warming off", justify="right")
+    table.add_column("warming on", justify="right")
+    for row in result_rows(off, on):
         table.add_row(*row)
     console.print(table)
-    gained = on.hit_ratio - off.hit_ratio
-    change = (on.misses - off.misses) / off.misses if off.misses else 0.0
-    console.print(
-        f"Warming changed the hit ratio by {100 * gained:+.2f} points; demand misses by "
-        f"{100 * change:+.1f}%, origin fetches per request by "
-        f"{on.fetches_per_request - off.fetches_per_request:+.4f}."
-    )
+    console.print(summary(off, on))
+    for result, name in ((off, "off"), (on, "on")):
+        for sample in result.error_samples:
+            err.print(f"[yellow]warming {name}: a request failed: {sample}[/yellow]")
     if args.json:
         doc: dict[str, Any] = {"off": off.as_dict(), "on": on.as_dict()}
         Path(args.json).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))

@@ -7,9 +7,22 @@ client emits access events to Kafka as any application would; if a worker is
 running, its warms land in the same Redis, and the replay reads their outcomes
 from the outcomes topic to report warm precision and latency.
 
-The origin is synthetic: :func:`demo_origin` returns a deterministic value of
-``CACHECAST_DEMO_VALUE_BYTES`` bytes for any key. Point the worker's loader for
-the replayed namespace at it (``{"ns": {"callable": "pipeline.replay:demo_origin"}}``).
+With a rate, the replay is open-loop, as real traffic is: request ``i`` starts
+at ``i / rate`` seconds as its own task, whether or not earlier ones finished
+(at most ``--max-outstanding`` at once). Without a rate, requests run one after
+another, as fast as they complete. ``--clients N`` deals the requests round-robin
+to N independent clients (each with its own connections and event emitter, as N
+application processes would have) on the same Redis. Each client's pool holds
+``--connections`` Redis connections (a request waits for a free one, as in an
+application); they are opened before the cache is sized, so their buffers, which
+Redis counts in ``used_memory``, do not take the values' room.
+
+The origin is synthetic: :func:`demo_origin` answers after ``CACHECAST_DEMO_ORIGIN_MS``
+milliseconds (default 3) with a deterministic value of ``CACHECAST_DEMO_VALUE_BYTES``
+bytes for any key. The replay's own misses load through it too. Point the worker's
+loader for the replayed namespace at it
+(``{"ns": {"callable": "pipeline.replay:demo_origin"}}``), and give the worker the
+same ``CACHECAST_DEMO_ORIGIN_MS``.
 """
 
 from __future__ import annotations
@@ -24,46 +37,113 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol, cast, get_args
 
 import orjson
+import redis.asyncio
 from aiokafka import AIOKafkaConsumer
 
 from pipeline.client import IntelligentCache
+from pipeline.client.connection import AsyncRedisClient, connect_async
 from pipeline.codec import ValueCodec
 from pipeline.config import Settings, load_settings
-from pipeline.sim.traces import CsvMapping, Trace, read_csv, read_jsonl, read_oracle_general
+from pipeline.sim.traces import CsvMapping, Trace, TraceFormat, read_trace
 from pipeline.stats import LatencyHistogram
 from schemas.decode import InvalidEvent, decode_warmup_outcome_dicts
 
 __all__ = [
+    "BUNDLED_MAPPING",
     "BUNDLED_TRACE",
+    "DEFAULT_ORIGIN_MS",
+    "MAX_OUTSTANDING",
+    "ORIGIN_MS_ENV",
+    "POOL_SIZE",
+    "PaceReport",
     "ReplayResult",
+    "add_load_options",
+    "add_trace_options",
+    "bounded_client",
+    "dealer",
     "demo_origin",
     "load_trace",
+    "origin_latency",
+    "origin_ms",
     "register",
     "replay",
+    "run_requests",
     "size_cache",
+    "sum_client_stats",
     "synthetic_value",
 ]
 
 BUNDLED_TRACE: Final = Path(__file__).parent / "data" / "cache2k_orm_busy_200k.csv.zst"
-_BUNDLED_MAPPING: Final = "key=1,ts=0,op=none,header=1"
+#: The bundled slice's CSV columns (``cachecast simulate --csv-columns`` syntax).
+BUNDLED_MAPPING: Final = "key=1,ts=0,op=none,header=1"
 #: Size of a synthetic value. Values are incompressible (random base64): with
 #: compressible filler a 5% cache would be a few hundred kilobytes, where Redis's
 #: per-connection buffers alone would crowd out a noticeable share of the values.
 DEMO_VALUE_BYTES: Final = 16_384
+#: The synthetic origin's latency when CACHECAST_DEMO_ORIGIN_MS is not set.
+DEFAULT_ORIGIN_MS: Final = 3.0
+ORIGIN_MS_ENV: Final = "CACHECAST_DEMO_ORIGIN_MS"
+#: Most requests in flight at once in an open-loop replay.
+MAX_OUTSTANDING: Final = 512
+#: Redis connections per client; a request waits for a free one, as in an application.
+POOL_SIZE: Final = 16
+#: Redis shrinks a connection's buffers once it has been idle for 2 s.
+_BUFFERS_SETTLE_S: Final = 2.5
+#: Exception texts kept per replay (the count is exact, the samples are not all).
+_ERROR_SAMPLES: Final = 5
+
+
+def origin_ms() -> float:
+    """The synthetic origin's latency in milliseconds (CACHECAST_DEMO_ORIGIN_MS, default 3)."""
+    raw = os.environ.get(ORIGIN_MS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_ORIGIN_MS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{ORIGIN_MS_ENV} must be a number of milliseconds, got {raw!r}") from None
+    return max(0.0, value)
+
+
+@contextlib.contextmanager
+def origin_latency(ms: float | None) -> Iterator[float]:
+    """Set CACHECAST_DEMO_ORIGIN_MS in this process while the block runs (None: leave it).
+
+    The environment is the one source of the latency: the replay's own loads and
+    any loader configured in the settings (the client's edge warms) read it.
+    """
+    if ms is None:
+        yield origin_ms()
+        return
+    if ms < 0:
+        raise ValueError("the origin latency must be >= 0 ms")
+    before = os.environ.get(ORIGIN_MS_ENV)
+    os.environ[ORIGIN_MS_ENV] = repr(float(ms))
+    try:
+        yield float(ms)
+    finally:
+        if before is None:
+            os.environ.pop(ORIGIN_MS_ENV, None)
+        else:
+            os.environ[ORIGIN_MS_ENV] = before
 
 
 async def demo_origin(namespace: str, key: str) -> dict[str, Any]:
-    """The synthetic origin: a deterministic record of about CACHECAST_DEMO_VALUE_BYTES bytes.
+    """The synthetic origin: after CACHECAST_DEMO_ORIGIN_MS ms, a deterministic record.
 
     Asynchronous, so the worker's loader calls it on its event loop (a sync callable
-    would run in a thread, as a blocking database call must).
+    would run in a thread, as a blocking database call must). The latency is a
+    sleep: it costs the caller time, not CPU, as a database round trip would.
     """
+    delay = origin_ms()
+    if delay > 0:
+        await asyncio.sleep(delay / 1000)
     return synthetic_value(namespace, key)
 
 
@@ -75,25 +155,32 @@ def synthetic_value(namespace: str, key: str) -> dict[str, Any]:
     return {"namespace": namespace, "key": key, "body": base64.b64encode(raw).decode()}
 
 
+def _is_bundled(path: Path) -> bool:
+    try:
+        return path.resolve() == BUNDLED_TRACE.resolve()
+    except OSError:
+        return False
+
+
 def load_trace(
     path: str | Path,
     fmt: str | None = None,
     mapping: str | None = None,
     max_requests: int | None = None,
 ) -> Trace:
-    """Read a trace; the format is guessed from the name when not given."""
+    """Read a trace as ``cachecast simulate`` does (format guessed from the name if None).
+
+    ``mapping`` is a CSV column mapping (``--csv-columns``); without one, the
+    bundled trace is read with its own mapping and other CSV files with the
+    simulator's default (Twitter's format).
+    """
     path = Path(path)
-    name = path.name
-    if fmt is None:
-        fmt = "oracleGeneral" if "oracleGeneral" in name else "jsonl" if ".jsonl" in name else "csv"
-    if fmt == "oracleGeneral":
-        return read_oracle_general(path, max_requests=max_requests)
-    if fmt == "jsonl":
-        return read_jsonl(path, max_requests=max_requests)
-    if fmt == "csv":
-        spec = mapping or (_BUNDLED_MAPPING if path == BUNDLED_TRACE else None)
-        return read_csv(path, CsvMapping.parse(spec) if spec else None, max_requests=max_requests)
-    raise ValueError(f"unknown trace format {fmt!r} (oracleGeneral, csv or jsonl)")
+    formats: tuple[str, ...] = get_args(TraceFormat)
+    if fmt is not None and fmt not in formats:
+        raise ValueError(f"unknown trace format {fmt!r} ({', '.join(formats)})")
+    spec = mapping or (BUNDLED_MAPPING if _is_bundled(path) else None)
+    csv_mapping = CsvMapping.parse(spec) if spec else None
+    return read_trace(path, cast("TraceFormat | None", fmt), max_requests, csv_mapping)
 
 
 async def size_cache(cache: IntelligentCache, n_values: int) -> int:
@@ -126,9 +213,217 @@ async def size_cache(cache: IntelligentCache, n_values: int) -> int:
     return maxmemory
 
 
+# -- running the requests ---------------------------------------------------------------
+
+
+@dataclass
+class PaceReport:
+    """How the requests were run: failures, and whether the schedule was kept."""
+
+    requests: int = 0
+    seconds: float = 0.0
+    #: Requests whose call raised (each counted once; the replay goes on).
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    #: Times a request was due while ``max_outstanding`` were in flight, and waited.
+    backlog_waits: int = 0
+    peak_outstanding: int = 0
+    #: How late requests started against their schedule (open loop only).
+    start_lag_p50_ms: float | None = None
+    start_lag_p99_ms: float | None = None
+    start_lag_max_ms: float | None = None
+    #: From when a request was due (open loop; else started) to its answer: what the
+    #: application waited, queueing included.
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    latency_max_ms: float | None = None
+
+    def record_error(self, exc: BaseException) -> None:
+        self.errors += 1
+        if len(self.error_samples) < _ERROR_SAMPLES:
+            self.error_samples.append(f"{type(exc).__name__}: {exc}")
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def _quantiles_ms(values: list[float]) -> tuple[float, float, float] | None:
+    """p50, p99 and max of durations in seconds, in milliseconds (None when empty)."""
+    if not values:
+        return None
+    values.sort()
+    return (
+        max(0.0, _quantile(values, 0.5)) * 1000,
+        max(0.0, _quantile(values, 0.99)) * 1000,
+        max(0.0, values[-1]) * 1000,
+    )
+
+
+async def run_requests(
+    n: int,
+    request: Callable[[int], Awaitable[object]],
+    *,
+    rate: float | None = None,
+    max_outstanding: int = MAX_OUTSTANDING,
+    progress: Callable[[int, int], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> PaceReport:
+    """Call ``request(i)`` for ``i`` in ``range(n)``; return how it went.
+
+    With ``rate``, open loop: request ``i`` is started at ``start + i / rate`` as
+    its own task, whether or not earlier requests have finished, so slow requests
+    overlap as they do in a real application; if ``max_outstanding`` are in flight
+    when one is due, it waits for one to finish (counted in ``backlog_waits``).
+    Without ``rate``, each request is awaited before the next starts.
+
+    An exception raised by a request is counted and sampled, never lost nor fatal.
+    Every request has finished when this returns.
+    """
+    if rate is not None and rate <= 0:
+        raise ValueError("rate must be > 0")
+    if max_outstanding < 1:
+        raise ValueError("max_outstanding must be >= 1")
+    report = PaceReport(requests=n)
+    latencies: list[float] = []
+    started = clock()
+    if rate is None:
+        for i in range(n):
+            begun = clock()
+            try:
+                await request(i)
+            except Exception as exc:
+                report.record_error(exc)
+            latencies.append(clock() - begun)
+            if progress is not None and i % 256 == 255:
+                progress(i + 1, n)
+        report.peak_outstanding = 1 if n else 0
+    else:
+        await _open_loop(
+            n, request, rate, max_outstanding, progress, clock, started, report, latencies
+        )
+    report.seconds = clock() - started
+    quantiles = _quantiles_ms(latencies)
+    if quantiles is not None:
+        report.latency_p50_ms, report.latency_p99_ms, report.latency_max_ms = quantiles
+    if progress is not None:
+        progress(n, n)
+    return report
+
+
+async def _open_loop(
+    n: int,
+    request: Callable[[int], Awaitable[object]],
+    rate: float,
+    max_outstanding: int,
+    progress: Callable[[int, int], None] | None,
+    clock: Callable[[], float],
+    started: float,
+    report: PaceReport,
+    latencies: list[float],
+) -> None:
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+    lags: list[float] = []
+
+    async def one(i: int, due: float) -> None:
+        try:
+            await request(i)
+        except Exception as exc:
+            report.record_error(exc)
+        latencies.append(clock() - due)
+
+    def finished(task: asyncio.Task[None]) -> None:
+        pending.discard(task)
+        slot_free.set()
+        if task.cancelled() and not stopping:  # cancelled from elsewhere: not silently lost
+            report.record_error(asyncio.CancelledError("request cancelled"))
+
+    stopping = False
+    # Set when a request finishes: waiting on it costs O(1), asyncio.wait(pending) O(pending).
+    slot_free = asyncio.Event()
+    try:
+        for i in range(n):
+            due = started + i / rate
+            now = clock()
+            if due > now:
+                await asyncio.sleep(due - now)
+            if len(pending) >= max_outstanding:
+                report.backlog_waits += 1
+                while len(pending) >= max_outstanding:
+                    slot_free.clear()
+                    await slot_free.wait()
+            lags.append(clock() - due)
+            task = loop.create_task(one(i, due))
+            pending.add(task)
+            task.add_done_callback(finished)
+            if len(pending) > report.peak_outstanding:
+                report.peak_outstanding = len(pending)
+            if progress is not None and i % 256 == 255:
+                progress(i + 1, n)
+        while pending:
+            await asyncio.wait(set(pending))
+    except BaseException:
+        stopping = True
+        for task in list(pending):
+            task.cancel()
+        raise
+    quantiles = _quantiles_ms(lags)
+    if quantiles is not None:
+        report.start_lag_p50_ms, report.start_lag_p99_ms, report.start_lag_max_ms = quantiles
+
+
+# -- the result ----------------------------------------------------------------------------
+
+#: Client counters summed over the replay's clients (absent ones count 0: older clients).
+_SUMMED: Final = (
+    "hits",
+    "misses",
+    "errors",
+    "loads",
+    "load_joins",
+    "warmed_hits",
+    "inflight_joins",
+    "edge_issued",
+    "edge_written",
+    "edge_failed",
+    "edge_refused",
+    "edge_skipped",
+    "edge_useful",
+    "edge_hits",
+)
+#: Client latency figures: the worst of the clients' (quantiles cannot be summed).
+_WORST: Final = ("edge_latency_p50_ms", "edge_latency_p99_ms")
+
+
+def sum_client_stats(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The clients' ``get_stats()["client"]`` parts combined: counters summed, latencies max.
+
+    >>> sum_client_stats([{"hits": 2, "edge_latency_p50_ms": 4.0}, {"hits": 3, "misses": 1}])
+    {'hits': 5, 'misses': 1, 'errors': 0, 'loads': 0, 'load_joins': 0, 'warmed_hits': 0,
+     'inflight_joins': 0, 'edge_issued': 0, 'edge_written': 0, 'edge_failed': 0,
+     'edge_refused': 0, 'edge_skipped': 0, 'edge_useful': 0, 'edge_hits': 0,
+     'edge_latency_p50_ms': 4.0, 'edge_latency_p99_ms': None}
+    """
+    out: dict[str, Any] = {
+        name: sum(int(s.get(name, 0) or 0) for s in snapshots) for name in _SUMMED
+    }
+    for name in _WORST:
+        values = [float(s[name]) for s in snapshots if s.get(name) is not None]
+        out[name] = max(values) if values else None
+    return out
+
+
 @dataclass
 class ReplayResult:
-    """What one replay measured."""
+    """What one replay measured.
+
+    ``misses`` is the clients' miss counter; ``demand_misses`` the origin loads the
+    application's own requests started (a miss that joined a load already in
+    flight is a miss, but not a demand miss). Warms come by two paths: the
+    worker's (from the outcomes topic) and the clients' own edge warms (from the
+    clients' counters).
+    """
 
     namespace: str
     requests: int
@@ -138,35 +433,126 @@ class ReplayResult:
     warmed_hits: int
     seconds: float
     cache_values: int
+    trace: str = ""
+    clients: int = 1
+    rate: float | None = None
+    origin_ms: float = 0.0
+    demand_misses: int = 0
+    load_joins: int = 0
+    inflight_joins: int = 0
+    edge_issued: int = 0
+    edge_written: int = 0
+    edge_failed: int = 0
+    edge_refused: int = 0
+    edge_skipped: int = 0
+    edge_useful: int = 0
+    #: First reads of edge-warmed values (also in ``warmed_hits``; joins included).
+    edge_hits: int = 0
+    edge_latency_p50_ms: float | None = None
+    edge_latency_p99_ms: float | None = None
     warm_outcomes: dict[str, int] = field(default_factory=dict)
     warm_latency_p50_ms: float | None = None
     warm_latency_p99_ms: float | None = None
     events_dropped: int = 0
+    #: Requests whose ``get`` raised (counted, the replay went on), with a few messages.
+    request_errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    backlog_waits: int = 0
+    peak_outstanding: int = 0
+    start_lag_p50_ms: float | None = None
+    start_lag_p99_ms: float | None = None
+    start_lag_max_ms: float | None = None
+    #: What the application waited per request (see :class:`PaceReport`).
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    latency_max_ms: float | None = None
+
+    @classmethod
+    def from_stats(
+        cls,
+        client: Mapping[str, Any],
+        *,
+        namespace: str,
+        requests: int,
+        seconds: float,
+        cache_values: int,
+        **extra: Any,
+    ) -> ReplayResult:
+        """Build from combined client stats (see :func:`sum_client_stats`)."""
+        return cls(
+            namespace=namespace,
+            requests=requests,
+            hits=int(client.get("hits", 0)),
+            misses=int(client.get("misses", 0)),
+            errors=int(client.get("errors", 0)),
+            warmed_hits=int(client.get("warmed_hits", 0)),
+            seconds=seconds,
+            cache_values=cache_values,
+            demand_misses=int(client.get("loads", 0)),
+            load_joins=int(client.get("load_joins", 0)),
+            inflight_joins=int(client.get("inflight_joins", 0)),
+            edge_issued=int(client.get("edge_issued", 0)),
+            edge_written=int(client.get("edge_written", 0)),
+            edge_failed=int(client.get("edge_failed", 0)),
+            edge_refused=int(client.get("edge_refused", 0)),
+            edge_skipped=int(client.get("edge_skipped", 0)),
+            edge_useful=int(client.get("edge_useful", 0)),
+            edge_hits=int(client.get("edge_hits", 0)),
+            edge_latency_p50_ms=client.get("edge_latency_p50_ms"),
+            edge_latency_p99_ms=client.get("edge_latency_p99_ms"),
+            **extra,
+        )
 
     @property
     def hit_ratio(self) -> float:
         return self.hits / self.requests if self.requests else 0.0
 
     @property
+    def achieved_rate(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    @property
     def warms_written(self) -> int:
+        """Values the worker wrote (its outcomes)."""
         return self.warm_outcomes.get("written", 0)
 
     @property
-    def fetches_per_request(self) -> float:
-        """Origin work per request: the application's misses plus the warms' loads."""
-        return (self.misses + self.warms_written) / self.requests if self.requests else 0.0
+    def worker_useful(self) -> int:
+        """First reads of values the worker warmed: warmed hits less those of edge warms.
+
+        Clients without edge warms report no ``edge_hits``: all warmed hits are the worker's.
+        """
+        return max(0, self.warmed_hits - self.edge_hits)
 
     @property
     def warm_precision(self) -> float | None:
-        return self.warmed_hits / self.warms_written if self.warms_written else None
+        """The worker's warms read before eviction, per warm written."""
+        return self.worker_useful / self.warms_written if self.warms_written else None
+
+    @property
+    def edge_precision(self) -> float | None:
+        return self.edge_useful / self.edge_written if self.edge_written else None
+
+    @property
+    def origin_fetches(self) -> int:
+        """Loads from the origin: demand misses, edge warms, and the worker's warms."""
+        return self.demand_misses + self.edge_issued + self.warms_written
+
+    @property
+    def fetches_per_request(self) -> float:
+        return self.origin_fetches / self.requests if self.requests else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(
             hit_ratio=self.hit_ratio,
+            achieved_rate=self.achieved_rate,
+            origin_fetches=self.origin_fetches,
             fetches_per_request=self.fetches_per_request,
-            warm_precision=self.warm_precision,
             warms_written=self.warms_written,
+            worker_useful=self.worker_useful,
+            warm_precision=self.warm_precision,
+            edge_precision=self.edge_precision,
         )
         return out
 
@@ -209,8 +595,7 @@ class _OutcomeWatcher:
                 if outcome["status"] == "written":
                     self.latency.add(outcome["latency_us"])
 
-    async def stop(self, linger: float) -> None:
-        await asyncio.sleep(linger)
+    async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -227,61 +612,270 @@ async def replay(
     cache_values: int | None = None,
     watch_warms: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    clients: int = 1,
+    origin_ms: float | None = None,
+    max_outstanding: int = MAX_OUTSTANDING,
+    pool_size: int = POOL_SIZE,
+    linger: float = 2.0,
 ) -> ReplayResult:
-    """Replay ``trace`` through an :class:`IntelligentCache`; see the module doc."""
-    cache = IntelligentCache(settings, early_refresh=False)
-    await cache.start()
-    watcher = _OutcomeWatcher(settings, namespace) if watch_warms else None
+    """Replay ``trace`` through ``clients`` :class:`IntelligentCache` instances; see the module doc.
+
+    ``origin_ms`` sets CACHECAST_DEMO_ORIGIN_MS for the replay (None: as set, default
+    3 ms). Each client has ``pool_size`` Redis connections (see :func:`bounded_client`).
+    After the last request, the replay waits ``linger`` seconds for warms and outcomes
+    still in flight before it reads the counters.
+    """
+    if clients < 1:
+        raise ValueError("clients must be >= 1")
+    with origin_latency(origin_ms) as latency_ms:
+        return await _replay(
+            trace,
+            settings,
+            namespace=namespace,
+            rate=rate,
+            cache_values=cache_values,
+            watch_warms=watch_warms,
+            progress=progress,
+            clients=clients,
+            latency_ms=latency_ms,
+            max_outstanding=max_outstanding,
+            pool_size=pool_size,
+            linger=linger,
+        )
+
+
+class _Reader(Protocol):
+    def get(
+        self, namespace: str, key: str, *, fallback_data: Callable[[], Any] | None = None
+    ) -> Awaitable[Any]: ...
+
+
+def dealer(
+    caches: Sequence[_Reader], namespace: str, keys: Sequence[str]
+) -> Callable[[int], Awaitable[Any]]:
+    """``request(i)``: ``keys[i]`` read through client ``i % len(caches)``.
+
+    A miss loads from :func:`demo_origin` (asynchronously, so it waits for the
+    origin's latency as a real load would, without blocking the other requests).
+    """
+    gets = [cache.get for cache in caches]
+    n = len(gets)
+
+    def request(i: int) -> Awaitable[Any]:
+        key = keys[i]
+        return gets[i % n](namespace, key, fallback_data=lambda: demo_origin(namespace, key))
+
+    return request
+
+
+def bounded_client(settings: Settings, pool_size: int) -> AsyncRedisClient:
+    """A redis-py client whose pool holds at most ``pool_size`` connections, and waits.
+
+    The default pool opens a connection per concurrent command and fails past its
+    limit. Every connection costs Redis 20-50 kB of buffers, counted in
+    ``used_memory``: an open-loop replay falling behind would open hundreds, crowd
+    the values out of a small cache, and finally leave Redis refusing writes. An
+    application's pool is bounded; so is this one (a cluster client keeps its own).
+    """
+    client = connect_async(settings, max_connections=pool_size)
+    if not isinstance(client, redis.asyncio.Redis):
+        return client
+    pool = client.connection_pool
+    bounded = redis.asyncio.BlockingConnectionPool(
+        max_connections=pool_size,
+        timeout=None,
+        connection_class=pool.connection_class,
+        **pool.connection_kwargs,
+    )
+    return redis.asyncio.Redis.from_pool(bounded)
+
+
+async def _open_connections(client: AsyncRedisClient, n: int, value: bytes, key: str) -> None:
+    """Open ``n`` connections of ``client``'s pool and pass a value through each, once.
+
+    So that :func:`size_cache` counts their buffers in its baseline: the cache then
+    holds its values beside the connections instead of losing room to them.
+    """
+    if not isinstance(client, redis.asyncio.Redis):
+        return
+    pool = client.connection_pool
+    connections = [await pool.get_connection() for _ in range(n)]  # type: ignore[no-untyped-call]
     try:
+        for connection in connections:
+            await connection.send_command("SET", key, value)
+            await connection.read_response()
+            await connection.send_command("GET", key)
+            await connection.read_response()
+        await connections[0].send_command("DEL", key)
+        await connections[0].read_response()
+    finally:
+        for connection in connections:
+            await pool.release(connection)
+
+
+async def _replay(
+    trace: Trace,
+    settings: Settings,
+    *,
+    namespace: str,
+    rate: float | None,
+    cache_values: int | None,
+    watch_warms: bool,
+    progress: Callable[[int, int], None] | None,
+    clients: int,
+    latency_ms: float,
+    max_outstanding: int,
+    pool_size: int,
+    linger: float,
+) -> ReplayResult:
+    # Each client is an application process of its own: own connections, own emitter.
+    redis_clients = [bounded_client(settings, pool_size) for _ in range(clients)]
+    caches = [
+        IntelligentCache(settings, redis=client, early_refresh=False) for client in redis_clients
+    ]
+    watcher = _OutcomeWatcher(settings, namespace) if watch_warms else None
+    opened: list[IntelligentCache] = []
+    try:
+        for cache in caches:
+            await cache.start()
+            opened.append(cache)
         n_values = cache_values or max(1, int(trace.n_unique * 0.05))
-        await size_cache(cache, n_values)
+        codec = ValueCodec(
+            threshold=settings.redis_compression_threshold,
+            enable_compression=settings.redis_enable_compression,
+        )
+        payload = codec.encode(synthetic_value(namespace, "x" * 8)).data
+        for i, client in enumerate(redis_clients):
+            await _open_connections(client, pool_size, payload, f"#cachecast-replay-probe:{i}")
+        await asyncio.sleep(_BUFFERS_SETTLE_S)
+        await size_cache(caches[0], n_values)
         if watcher is not None:
             await watcher.start()
         keys = [str(k) for k in trace.keys.tolist()]
-
-        def origin_for(key: str) -> Callable[[], Any]:
-            return lambda: synthetic_value(namespace, key)
-
-        started = time.perf_counter()
-        get = cache.get
-        for i, key in enumerate(keys):
-            await get(namespace, key, fallback_data=origin_for(key))
-            if rate and i % 8 == 7:
-                # Pace in small steps: a burst would hold the events of its first requests.
-                ahead = (i + 1) / rate - (time.perf_counter() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-            if progress is not None and i % 256 == 255:
-                progress(i + 1, len(keys))
-        seconds = time.perf_counter() - started
-        if progress is not None:
-            progress(len(keys), len(keys))
-        if cache.emitter is not None:
-            await cache.emitter.flush(10.0)
-        stats = (await cache.get_stats())["client"]
-        result = ReplayResult(
+        pace = await run_requests(
+            len(keys),
+            dealer(caches, namespace, keys),
+            rate=rate,
+            max_outstanding=max_outstanding,
+            progress=progress,
+        )
+        for cache in caches:
+            if cache.emitter is not None:
+                await cache.emitter.flush(10.0)
+        # Warms triggered by the last requests land, their outcomes arrive.
+        await asyncio.sleep(linger)
+        snapshots = [(await cache.get_stats())["client"] for cache in caches]
+        result = ReplayResult.from_stats(
+            sum_client_stats(snapshots),
             namespace=namespace,
             requests=len(keys),
-            hits=stats["hits"],
-            misses=stats["misses"],
-            errors=stats["errors"],
-            warmed_hits=stats["warmed_hits"],
-            seconds=seconds,
+            seconds=pace.seconds,
             cache_values=n_values,
+            trace=trace.name,
+            clients=clients,
+            rate=rate,
+            origin_ms=latency_ms,
+            request_errors=pace.errors,
+            error_samples=pace.error_samples,
+            backlog_waits=pace.backlog_waits,
+            peak_outstanding=pace.peak_outstanding,
+            start_lag_p50_ms=pace.start_lag_p50_ms,
+            start_lag_p99_ms=pace.start_lag_p99_ms,
+            start_lag_max_ms=pace.start_lag_max_ms,
+            latency_p50_ms=pace.latency_p50_ms,
+            latency_p99_ms=pace.latency_p99_ms,
+            latency_max_ms=pace.latency_max_ms,
         )
-        emitter = cache.emitter
-        if emitter is not None:
-            result.events_dropped = emitter.stats().dropped
+        result.events_dropped = sum(
+            cache.emitter.stats().dropped for cache in caches if cache.emitter is not None
+        )
     finally:
         if watcher is not None:
-            await watcher.stop(linger=2.0)
-        await cache.close()
+            await watcher.stop()
+        for cache in opened:
+            await cache.close()
+        for client in redis_clients:
+            await client.aclose()
     if watcher is not None:
         result.warm_outcomes = dict(watcher.statuses)
         if watcher.latency.count:
             result.warm_latency_p50_ms = watcher.latency.quantile(0.5) / 1000
             result.warm_latency_p99_ms = watcher.latency.quantile(0.99) / 1000
     return result
+
+
+# -- the command -------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_trace_options(parser: argparse.ArgumentParser) -> None:
+    """``--format`` and ``--csv-columns``, as ``cachecast simulate`` has them."""
+    parser.add_argument(
+        "--format",
+        choices=get_args(TraceFormat),
+        default=None,
+        help="trace format (default: guessed from the file name)",
+    )
+    parser.add_argument(
+        "--csv-columns",
+        "--csv-mapping",
+        dest="csv_columns",
+        default="",
+        help="CSV column mapping, e.g. 'key=1,ts=0,op=5,header=0' (default: Twitter format; "
+        f"the bundled trace: {BUNDLED_MAPPING!r})",
+    )
+
+
+def add_load_options(parser: argparse.ArgumentParser) -> None:
+    """``--origin-ms``, ``--clients``, ``--connections``: the application side of a replay."""
+    parser.add_argument(
+        "--origin-ms",
+        type=_non_negative_float,
+        default=None,
+        help=f"latency of the synthetic origin, ms (sets {ORIGIN_MS_ENV}; "
+        f"default: from it, else {DEFAULT_ORIGIN_MS:g})",
+    )
+    parser.add_argument(
+        "--clients",
+        type=_positive_int,
+        default=1,
+        help="independent client instances the requests are dealt to round-robin (default 1)",
+    )
+    parser.add_argument(
+        "--connections",
+        type=_positive_int,
+        default=POOL_SIZE,
+        help=f"Redis connections per client; a request waits for a free one (default {POOL_SIZE})",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -292,10 +886,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("trace", nargs="?", default=str(BUNDLED_TRACE), help="trace file")
-    parser.add_argument("--format", choices=["oracleGeneral", "csv", "jsonl"], default=None)
-    parser.add_argument("--csv-mapping", default=None, help='e.g. "key=1,ts=0,op=none,header=1"')
+    add_trace_options(parser)
     parser.add_argument("--namespace", default="replay")
-    parser.add_argument("--rate", type=float, default=None, help="requests per second (max)")
+    parser.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=None,
+        help="requests per second, open loop (default: one after another, as fast as they go)",
+    )
+    parser.add_argument(
+        "--max-outstanding",
+        type=_positive_int,
+        default=MAX_OUTSTANDING,
+        help=f"most requests in flight at once with --rate (default {MAX_OUTSTANDING})",
+    )
+    add_load_options(parser)
     parser.add_argument("--max-requests", type=int, default=None)
     parser.add_argument(
         "--cache-fraction",
@@ -309,7 +914,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _run(args: argparse.Namespace) -> int:
     settings = load_settings()
-    trace = load_trace(args.trace, args.format, args.csv_mapping, args.max_requests)
+    try:
+        trace = load_trace(args.trace, args.format, args.csv_columns or None, args.max_requests)
+    except (OSError, ValueError) as exc:
+        print(f"cannot read {args.trace}: {exc}", file=sys.stderr)
+        return 2
+    if len(trace) == 0:
+        print(f"{args.trace}: the trace has no requests", file=sys.stderr)
+        return 2
     n_values = max(1, int(trace.n_unique * args.cache_fraction))
 
     def progress(done: int, total: int) -> None:
@@ -324,6 +936,10 @@ def _run(args: argparse.Namespace) -> int:
             rate=args.rate,
             cache_values=n_values,
             progress=progress,
+            clients=args.clients,
+            origin_ms=args.origin_ms,
+            max_outstanding=args.max_outstanding,
+            pool_size=args.connections,
         )
     )
     print(file=sys.stderr)

@@ -1,0 +1,187 @@
+"""``cachecast demo`` without servers: options, the worker's environment, the report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pipeline import demo
+from pipeline.config import load_settings
+from pipeline.loaders import loaders_from_config
+from pipeline.replay import BUNDLED_TRACE, ORIGIN_MS_ENV, ReplayResult
+
+SERVERS = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "REDIS_HOST": "127.0.0.1", "REDIS_PORT": "2"}
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="cachecast")
+    demo.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["demo", *argv])
+
+
+def test_defaults() -> None:
+    args = _parse([])
+    assert args.trace == BUNDLED_TRACE
+    assert args.format is None
+    assert args.csv_columns == ""
+    assert (args.requests, args.rate, args.cache_fraction) == (40_000, 400.0, 0.05)
+    assert args.clients == 1
+    assert args.connections == 16
+    assert args.origin_ms is None
+    assert args.tuned is False
+    assert args.json is None
+    assert args.func is demo.run_demo
+
+
+def test_options() -> None:
+    args = _parse(
+        [
+            "--trace",
+            "x.oracleGeneral.bin.zst",
+            "--format",
+            "oracleGeneral",
+            "--csv-columns",
+            "key=2",
+            "--clients",
+            "4",
+            "--origin-ms",
+            "5",
+            "--rate",
+            "2000",
+            "--tuned",
+            "--json",
+            "out.json",
+        ]
+    )
+    assert args.trace == Path("x.oracleGeneral.bin.zst")
+    assert (args.format, args.csv_columns) == ("oracleGeneral", "key=2")
+    assert (args.clients, args.origin_ms, args.rate, args.tuned) == (4, 5.0, 2000.0, True)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--clients", "0"], ["--origin-ms", "x"], ["--format", "parquet"]]
+)
+def test_bad_options(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parse(argv)
+    capsys.readouterr()
+
+
+def test_one_loader_config_for_worker_and_clients() -> None:
+    text = demo.demo_loaders()
+    config = orjson.loads(text)
+    assert config == {
+        "orders": {"callable": "pipeline.replay:demo_origin", "rate": 5000, "concurrency": 64}
+    }
+    assert set(loaders_from_config(config)) == {"orders"}
+    settings = load_settings(loaders=text)
+    assert settings.loaders == text
+
+
+def test_worker_env_untuned_has_no_model_settings() -> None:
+    args = _parse(["--partitions", "2"])
+    env = demo.worker_env(
+        args, SERVERS, warming=True, loaders="{}", origin_ms=2.5, base={"PATH": "/bin"}
+    )
+    assert env["PATH"] == "/bin"
+    assert env["REDIS_PORT"] == "2"
+    assert env["CACHECAST_WARMING"] == "true"
+    assert env["CACHECAST_TOPIC_PARTITIONS"] == "2"
+    assert env["CACHECAST_LOADERS"] == "{}"
+    assert float(env[ORIGIN_MS_ENV]) == 2.5
+    assert "CACHECAST_DELAY_REQUESTS" not in env
+    assert "CACHECAST_LEAD_REQUESTS" not in env
+
+
+def test_worker_env_tuned() -> None:
+    args = _parse(["--tuned", "--rate", "2000"])
+    env = demo.worker_env(args, SERVERS, warming=False, loaders="{}", origin_ms=3.0, base={})
+    assert env["CACHECAST_WARMING"] == "false"
+    assert env["CACHECAST_DELAY_REQUESTS"] == "40"
+    assert env["CACHECAST_LEAD_REQUESTS"] == "24"
+
+
+def test_missing_or_bad_trace_fails_before_any_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert demo.run_demo(_parse(["--trace", str(tmp_path / "nope.csv")])) == 2
+    bad = tmp_path / "two.csv"
+    bad.write_text("a,b\n")
+    # Twitter's default mapping reads column 5: this CSV is too narrow.
+    assert demo.run_demo(_parse(["--trace", str(bad)])) == 2
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    assert demo.run_demo(_parse(["--trace", str(empty), "--csv-columns", "key=0"])) == 2
+    assert demo.run_demo(_parse(["--rate", "0"])) == 2
+    err = capsys.readouterr().err
+    assert "no such trace" in err
+    assert "cannot read" in err
+    assert "no requests" in err
+
+
+def _result(**kw: object) -> ReplayResult:
+    base = ReplayResult("orders", 1000, 700, 300, 0, 0, 2.5, 50, trace="t", demand_misses=280)
+    for name, value in kw.items():
+        setattr(base, name, value)
+    return base
+
+
+def test_table_and_summary() -> None:
+    off = _result()
+    on = _result(
+        hits=750,
+        misses=250,
+        demand_misses=210,
+        warmed_hits=40,
+        inflight_joins=10,
+        edge_issued=30,
+        edge_written=25,
+        edge_useful=20,
+        edge_hits=10,
+        edge_latency_p50_ms=4.0,
+        edge_latency_p99_ms=11.0,
+        warm_outcomes={"written": 60},
+        warm_latency_p50_ms=12.0,
+        warm_latency_p99_ms=30.0,
+    )
+    rows = {name: (a, b) for name, a, b in demo.result_rows(off, on)}
+    assert rows["requests"] == ("1,000", "1,000")
+    assert rows["requests/s achieved"] == ("400", "400")
+    assert rows["hit ratio"] == ("70.0%", "75.0%")
+    assert rows["demand misses (origin loads)"] == ("280", "210")
+    assert rows["reads that joined an edge load in flight"] == ("0", "10")
+    assert rows["reads that joined an app load in flight"] == ("0", "0")
+    assert rows["request latency p50 / p99"] == ("-", "-")
+    assert rows["origin fetches / request"] == ("0.2800", "0.3000")
+    assert rows["edge warms issued"] == ("0", "30")
+    assert rows["edge precision"] == ("-", "80.0%")
+    assert rows["worker warms written"] == ("0", "60")
+    # 40 warmed hits, 10 of them first reads of edge warms: 30 worker warms read.
+    assert rows["worker warms useful"] == ("0", "30")
+    assert rows["worker precision"] == ("-", "50.0%")
+    assert rows["edge warm latency p50 / p99"] == ("-", "4.0 ms / 11.0 ms")
+    assert rows["worker warm latency p50 / p99"] == ("-", "12.0 ms / 30.0 ms")
+    assert "failed requests" not in rows
+    assert "client errors" not in rows
+
+    line = demo.summary(off, on)
+    assert "+5.00 points" in line
+    assert "-25.0% (280 -> 210)" in line
+    assert "x1.071 (0.2800 -> 0.3000)" in line
+
+
+def test_table_shows_failures_when_there_are_some() -> None:
+    off = _result()
+    on = _result(request_errors=3, errors=2, backlog_waits=1)
+    rows = {name: (a, b) for name, a, b in demo.result_rows(off, on)}
+    assert rows["failed requests"] == ("0", "3")
+    assert rows["client errors"] == ("0", "2")
+    assert rows["starts held by the in-flight cap"] == ("0", "1")
+
+
+def test_summary_without_misses() -> None:
+    off = _result(demand_misses=0, requests=0)
+    assert "0 -> 0" in demo.summary(off, off)
