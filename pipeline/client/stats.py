@@ -130,7 +130,9 @@ class ClientStats:
     edge_failed: int = 0
     edge_refused: int = 0
     edge_skipped: int = 0
+    #: First reads of edge-warmed values (the reader took the warm marker), joins included.
     edge_hits: int = 0
+    #: Reads served by a load already in flight (here or on another client).
     inflight_joins: int = 0
     #: Trigger (the miss) to the edge-warmed value written, in microseconds.
     edge_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -167,12 +169,8 @@ class ClientStats:
             "edge_skipped": self.edge_skipped,
             "edge_hits": self.edge_hits,
             "inflight_joins": self.inflight_joins,
-            "edge_useful": self.edge_hits + self.inflight_joins,
-            "edge_precision": (
-                (self.edge_hits + self.inflight_joins) / self.edge_written
-                if self.edge_written
-                else None
-            ),
+            "edge_useful": self.edge_hits,
+            "edge_precision": self.edge_hits / self.edge_written if self.edge_written else None,
             "edge_latency_p50_ms": (
                 self.edge_latency.quantile(0.5) / 1000 if self.edge_latency.count else None
             ),

@@ -238,14 +238,19 @@ class PrefetchRules(Predictor):
         """Calibrated probability that a rule with this evidence comes true.
 
         ``count`` times the successor followed, out of ``seen`` occurrences of the
-        trigger. Before any trial of its class, a rule is as likely as its
-        confidence ``count / seen``; that prior weighs as much as two trials.
+        trigger. The measured rate of the rule's class is shrunk towards that of
+        the class with one follow and one occurrence less (more evidence of the
+        same kind should do at least as well), and, for a first follow, towards
+        an even chance; the prior weighs as much as two trials. A class nobody
+        has measured yet is therefore never taken for a sure thing.
         """
         cap = self.cap
         count = min(count, cap)
         seen = min(seen, cap)
+        if count > seen:
+            count = seen
+        prior = self.probability(count - 1, seen - 1) if count > 1 else 0.5
         bucket = count * (cap + 1) + seen
-        prior = count / seen if seen >= count else 1.0
         return (self._hits[bucket] + 2.0 * prior) / (self._trials[bucket] + 2.0)
 
     def predict_one(self, key: Key) -> list[tuple[Key, float]]:

@@ -105,7 +105,7 @@ def test_a_rule_learnt_by_a_worker_is_applied_by_a_client(
     # and what the client loaded at the edge was read.
     assert stats["edge_written"] >= PAIRS // 2, stats
     assert len(second) <= len(first) - PAIRS // 2, (first, second)
-    useful = stats["edge_hits"] + stats["inflight_joins"]
+    useful = stats["edge_useful"]
     assert useful >= 0.8 * stats["edge_written"], stats
     assert monitor["counters"]["rules_written"] >= len(published)
     # The worker keeps at most RULES_MAX rules of the namespace in Redis.
