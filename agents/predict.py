@@ -24,10 +24,12 @@ from agents.app import app, settings, topics
 from agents.checkpointing import Checkpointer
 from agents.runtime import runtime
 from agents.writer import claimed_headers, local
+from pipeline.client.keys import rules_stream
+from pipeline.client.rulebook import STREAM_FIELD
 from pipeline.decide import Decider, engine_config
 from pipeline.models import WarmEngine
 from pipeline.partitioning import PartitionCache
-from pipeline.prefetch import RulePlan, RuleSet
+from pipeline.prefetch import RulePlan, RuleSet, encode_updates
 from pipeline.reorder import Reorderer
 
 __all__ = ["deciders", "engines", "predict", "rule_set"]
@@ -44,6 +46,8 @@ _warmup_partition = PartitionCache(settings.topic_partitions)
 rule_set = RuleSet(settings.redis_key_prefix, settings.rules_max)
 #: Rule hashes expire this long after the last publish (gone a day after the pipeline stops).
 _RULES_EXPIRY_S: Final = 86_400
+#: Rounds of changes kept in a namespace's rule stream (clients more behind reload the table).
+_RULE_STREAM_ENTRIES: Final = 1_000
 #: Most rule changes published per partition and round (the rest wait for the next round).
 _RULES_PER_ROUND: Final = 20_000
 
@@ -141,22 +145,51 @@ async def publish_rules() -> None:
         changes = []
         for engine in engines.models.values():
             changes.extend(engine.rules.changed(_RULES_PER_ROUND))
-    if not changes:
+    if changes:
+        plan = rule_set.plan(changes, now=time.time())
+        if len(plan):
+            await _write_rules(plan)
+    await _restore_lost_rules()
+
+
+async def _restore_lost_rules() -> None:
+    """Put back rule hashes that Redis evicted (``allkeys-lru``) or lost in a restart."""
+    tables = rule_set.hashes()
+    if not tables:
         return
-    plan = rule_set.plan(changes, now=time.time())
-    if len(plan):
-        await _write_rules(plan)
+    try:
+        async with runtime.redis.pipeline(transaction=False) as pipe:
+            for table in tables:
+                pipe.exists(table)
+            present = await pipe.execute()
+    except Exception:  # Redis down: the next round looks again
+        return
+    lost = [table for table, there in zip(tables, present, strict=True) if not there]
+    if lost:
+        plan = rule_set.restore(lost, now=time.time())
+        runtime.counters["rules_restored"] += sum(map(len, plan.writes.values()))
+        if len(plan):
+            await _write_rules(plan)
 
 
 async def _write_rules(plan: RulePlan) -> None:
     try:
         async with runtime.redis.pipeline(transaction=False) as pipe:
             for table, fields in plan.writes.items():
-                pipe.hset(table, mapping=fields)  # type: ignore[arg-type]
+                pipe.hset(table, mapping=fields)
             for table, keys in plan.deletes.items():
                 pipe.hdel(table, *keys)
             for table in plan.hashes:
                 pipe.expire(table, _RULES_EXPIRY_S)
+            for namespace, updates in plan.updates.items():
+                stream = rules_stream(settings.redis_key_prefix, namespace)
+                pipe.xadd(
+                    stream,
+                    {STREAM_FIELD: encode_updates(updates)},
+                    maxlen=_RULE_STREAM_ENTRIES,
+                    approximate=True,
+                )
+                pipe.expire(stream, _RULES_EXPIRY_S)
             await pipe.execute()
     except Exception as exc:  # Redis down: rules are advice; republish what changes next
         runtime.counters["rules_publish_errors"] += 1

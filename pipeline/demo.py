@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -141,7 +142,12 @@ def _run_once(
         log.unlink(missing_ok=True)
         worker = WorkerProcess(env, log, web_port=free_port()).start()
         try:
-            return _replay_with_progress(args, trace, settings, n_values, label, console, origin_ms)
+            result = _replay_with_progress(
+                args, trace, settings, n_values, label, console, origin_ms
+            )
+            with contextlib.suppress(OSError, ValueError):
+                result.worker = worker.monitor()
+            return result
         finally:
             worker.stop()
 

@@ -38,18 +38,20 @@ from typing import Any, Final
 
 import orjson
 
-from pipeline.client.keys import rules_hash
 from schemas.contracts import MAX_KEY_LENGTH, MAX_TTL_S
 
 __all__ = [
     "MAX_RULE_BYTES",
     "MAX_SUCCESSORS",
+    "MAX_UPDATE_BYTES",
     "RULE_FORMAT",
     "PrefetchRule",
     "RulePlan",
     "RuleSet",
     "decode_rule",
+    "decode_updates",
     "encode_rule",
+    "encode_updates",
 ]
 
 RULE_FORMAT: Final = 1
@@ -57,6 +59,8 @@ RULE_FORMAT: Final = 1
 MAX_SUCCESSORS: Final = 8
 #: A longer value is not a rule this project wrote: it is ignored unread.
 MAX_RULE_BYTES: Final = 16 * 1024
+#: Nor is a longer rule-stream entry.
+MAX_UPDATE_BYTES: Final = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,55 @@ def encode_rule(
     return orjson.dumps([RULE_FORMAT, round(compiled_at, 3), ttl, body])
 
 
+def encode_updates(updates: Sequence[tuple[str, Sequence[tuple[str, float]]]]) -> bytes:
+    """One entry of a namespace's rule stream: ``[[trigger, [[successor, p], ...]], ...]``.
+
+    An empty successor list deletes the trigger's rule.
+    """
+    return orjson.dumps(
+        [[trigger, [[key, round(float(p), 3)] for key, p in rule]] for trigger, rule in updates]
+    )
+
+
+def decode_updates(raw: bytes | str | None) -> list[tuple[str, tuple[tuple[str, float], ...]]]:
+    """The changes in one stream entry; malformed items are skipped, never raised."""
+    if raw is None or len(raw) > MAX_UPDATE_BYTES:
+        return []
+    try:
+        doc: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return []
+    if not isinstance(doc, list):
+        return []
+    out: list[tuple[str, tuple[tuple[str, float], ...]]] = []
+    for item in doc:
+        if not isinstance(item, list) or len(item) != 2:
+            continue
+        trigger, body = item
+        if type(trigger) is not str or not 0 < len(trigger) <= MAX_KEY_LENGTH:
+            continue
+        successors = _successors(body)
+        if successors is not None:
+            out.append((trigger, successors))
+    return out
+
+
+def _successors(body: Any) -> tuple[tuple[str, float], ...] | None:
+    if not isinstance(body, list):
+        return None
+    successors: list[tuple[str, float]] = []
+    for item in body[:MAX_SUCCESSORS]:
+        if not isinstance(item, list) or len(item) != 2:
+            return None
+        key, p = item
+        if type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH:
+            return None
+        if type(p) not in (int, float) or not 0.0 <= p <= 1.0:
+            return None
+        successors.append((key, float(p)))
+    return tuple(successors)
+
+
 def decode_rule(raw: bytes | str | None) -> PrefetchRule | None:
     """The rule stored in ``raw``, or None when absent, of an unknown format, or malformed.
 
@@ -97,19 +150,10 @@ def decode_rule(raw: bytes | str | None) -> PrefetchRule | None:
     _, compiled_at, ttl, body = doc
     if type(compiled_at) not in (int, float) or type(ttl) is not int or not 0 <= ttl <= MAX_TTL_S:
         return None
-    if not isinstance(body, list):
+    successors = _successors(body)
+    if successors is None:
         return None
-    successors: list[tuple[str, float]] = []
-    for item in body[:MAX_SUCCESSORS]:
-        if not isinstance(item, list) or len(item) != 2:
-            return None
-        key, p = item
-        if type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH:
-            return None
-        if type(p) not in (int, float) or not 0.0 <= p <= 1.0:
-            return None
-        successors.append((key, float(p)))
-    return PrefetchRule(tuple(successors), ttl, float(compiled_at))
+    return PrefetchRule(successors, ttl, float(compiled_at))
 
 
 @dataclass(slots=True)
@@ -118,6 +162,8 @@ class RulePlan:
 
     writes: dict[str, dict[str, bytes]] = field(default_factory=dict)
     deletes: dict[str, list[str]] = field(default_factory=dict)
+    #: Per namespace, the same changes as one update for the rule stream (see :func:`encode_updates`).
+    updates: dict[str, list[tuple[str, Sequence[tuple[str, float]]]]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return sum(map(len, self.writes.values())) + sum(map(len, self.deletes.values()))
@@ -150,7 +196,8 @@ class RuleSet:
             raise ValueError("max_rules must be >= 1")
         self.prefix = prefix
         self.max_rules = max_rules
-        self._published: dict[str, OrderedDict[str, bytes]] = {}
+        #: Per namespace: trigger -> the successors published for it, least recently changed first.
+        self._published: dict[str, OrderedDict[str, tuple[tuple[str, float], ...]]] = {}
 
     def __len__(self) -> int:
         return sum(map(len, self._published.values()))
@@ -163,6 +210,9 @@ class RuleSet:
         Successors from another namespace than their trigger are dropped (a rule
         loads keys of its own namespace only).
         """
+        # pipeline.client's package imports the client, which imports this module.
+        from pipeline.client.keys import rules_hash
+
         plan = RulePlan()
         for trigger, rule in changes:
             namespace, sep, key = str(trigger).partition(":")
@@ -171,24 +221,27 @@ class RuleSet:
             published = self._published.get(namespace)
             if published is None:
                 published = self._published[namespace] = OrderedDict()
-            successors = [
-                (successor[len(namespace) + 1 :], p)
-                for successor, p in ((str(s), p) for s, p in rule)
-                if successor.startswith(namespace + ":") and len(successor) > len(namespace) + 1
-            ][:MAX_SUCCESSORS]
+            successors = tuple(
+                [
+                    (successor[len(namespace) + 1 :], p)
+                    for successor, p in ((str(s), p) for s, p in rule)
+                    if successor.startswith(namespace + ":") and len(successor) > len(namespace) + 1
+                ][:MAX_SUCCESSORS]
+            )
             where = rules_hash(self.prefix, namespace, key)
             if not successors:
                 if published.pop(key, None) is not None:
                     plan.deletes.setdefault(where, []).append(key)
+                    plan.updates.setdefault(namespace, []).append((key, ()))
                 continue
             old = published.get(key)
-            value = encode_rule(successors, compiled_at=now)
-            if old is not None and _same_successors(old, value):
+            if old is not None and _same_successors(old, successors):
                 published.move_to_end(key)
                 continue
-            published[key] = value
+            published[key] = successors
             published.move_to_end(key)
-            plan.writes.setdefault(where, {})[key] = value
+            plan.writes.setdefault(where, {})[key] = encode_rule(successors, compiled_at=now)
+            plan.updates.setdefault(namespace, []).append((key, successors))
             while len(published) > self.max_rules:
                 evicted, _ = published.popitem(last=False)
                 evicted_at = rules_hash(self.prefix, namespace, evicted)
@@ -196,7 +249,38 @@ class RuleSet:
                 if pending is not None:
                     pending.pop(evicted, None)
                 plan.deletes.setdefault(evicted_at, []).append(evicted)
+                plan.updates.setdefault(namespace, []).append((evicted, ()))
         plan.writes = {where: fields for where, fields in plan.writes.items() if fields}
+        return plan
+
+    def hashes(self) -> list[str]:
+        """Every hash that holds rules this worker published (to check they still exist)."""
+        from pipeline.client.keys import RULE_SHARDS
+
+        return [
+            f"{self.prefix}#rules:{namespace}:{shard}"
+            for namespace, published in self._published.items()
+            if published
+            for shard in range(RULE_SHARDS)
+        ]
+
+    def restore(self, lost: Iterable[str], *, now: float) -> RulePlan:
+        """Writes that put back every published rule of the ``lost`` hashes.
+
+        Redis may evict a rule hash like any other key (``allkeys-lru``), or lose it
+        in a restart; what this worker published is rewritten from memory.
+        """
+        from pipeline.client.keys import rules_hash
+
+        gone = set(lost)
+        plan = RulePlan()
+        for namespace, published in self._published.items():
+            for key, successors in published.items():
+                where = rules_hash(self.prefix, namespace, key)
+                if where in gone:
+                    plan.writes.setdefault(where, {})[key] = encode_rule(
+                        successors, compiled_at=now
+                    )
         return plan
 
     def forget(self) -> None:
@@ -204,12 +288,10 @@ class RuleSet:
         self._published.clear()
 
 
-def _same_successors(old: bytes, new: bytes) -> bool:
+def _same_successors(old: Sequence[tuple[str, float]], new: Sequence[tuple[str, float]]) -> bool:
     """Equal successors with probabilities within 0.05: not worth a write."""
-    a, b = decode_rule(old), decode_rule(new)
-    if a is None or b is None or len(a.successors) != len(b.successors):
+    if len(old) != len(new):
         return False
     return all(
-        ka == kb and abs(pa - pb) < 0.05
-        for (ka, pa), (kb, pb) in zip(a.successors, b.successors, strict=True)
+        ka == kb and abs(pa - pb) < 0.05 for (ka, pa), (kb, pb) in zip(old, new, strict=True)
     )

@@ -391,6 +391,8 @@ _SUMMED: Final = (
     "edge_skipped",
     "edge_useful",
     "edge_hits",
+    "rule_reads",
+    "rules_applied",
 )
 #: Client latency figures: the worst of the clients' (quantiles cannot be summed).
 _WORST: Final = ("edge_latency_p50_ms", "edge_latency_p99_ms")
@@ -403,7 +405,8 @@ def sum_client_stats(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     {'hits': 5, 'misses': 1, 'errors': 0, 'loads': 0, 'load_joins': 0, 'warmed_hits': 0,
      'inflight_joins': 0, 'edge_issued': 0, 'edge_written': 0, 'edge_failed': 0,
      'edge_refused': 0, 'edge_skipped': 0, 'edge_useful': 0, 'edge_hits': 0,
-     'edge_latency_p50_ms': 4.0, 'edge_latency_p99_ms': None}
+     'rule_reads': 0, 'rules_applied': 0, 'edge_latency_p50_ms': 4.0,
+     'edge_latency_p99_ms': None}
     """
     out: dict[str, Any] = {
         name: sum(int(s.get(name, 0) or 0) for s in snapshots) for name in _SUMMED
@@ -448,12 +451,17 @@ class ReplayResult:
     edge_useful: int = 0
     #: First reads of edge-warmed values (also in ``warmed_hits``; joins included).
     edge_hits: int = 0
+    #: Prefetch rules read on misses, and those that named something to load.
+    rule_reads: int = 0
+    rules_applied: int = 0
     edge_latency_p50_ms: float | None = None
     edge_latency_p99_ms: float | None = None
     warm_outcomes: dict[str, int] = field(default_factory=dict)
     warm_latency_p50_ms: float | None = None
     warm_latency_p99_ms: float | None = None
     events_dropped: int = 0
+    #: The worker's monitor document at the end of the replay, when the demo ran one.
+    worker: dict[str, Any] | None = None
     #: Requests whose ``get`` raised (counted, the replay went on), with a few messages.
     request_errors: int = 0
     error_samples: list[str] = field(default_factory=list)
@@ -491,6 +499,8 @@ class ReplayResult:
             demand_misses=int(client.get("loads", 0)),
             load_joins=int(client.get("load_joins", 0)),
             inflight_joins=int(client.get("inflight_joins", 0)),
+            rule_reads=int(client.get("rule_reads", 0)),
+            rules_applied=int(client.get("rules_applied", 0)),
             edge_issued=int(client.get("edge_issued", 0)),
             edge_written=int(client.get("edge_written", 0)),
             edge_failed=int(client.get("edge_failed", 0)),

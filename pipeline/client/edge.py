@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from pipeline.client.core import CacheCore
@@ -33,14 +33,12 @@ from pipeline.loaders import (
     LoaderConfig,
     loaders_from_config,
 )
-from pipeline.prefetch import PrefetchRule
 
 __all__ = [
     "EDGE_CAS_SCRIPT",
     "EDGE_WRITE_SCRIPT",
     "RELEASE_SCRIPT",
     "EdgeTokens",
-    "edge_ttl",
     "guarded",
     "namespace_loaders",
     "placeholder_expiry_ms",
@@ -121,11 +119,11 @@ def namespace_loaders(
 def worth_loading(
     core: CacheCore,
     namespace: str,
-    rule: PrefetchRule,
+    rule: Sequence[tuple[str, float]],
     busy: Callable[[str], bool],
     available: Callable[[], bool],
 ) -> list[tuple[str, str]]:
-    """``(key, data key)`` of the successors of ``rule`` to load now.
+    """``(key, data key)`` of the successors a rule names that are worth loading now.
 
     Skipped (and counted): keys that are not valid keys, keys ``busy`` says are
     already loading in this client, and, once the loader's guards say no, the rest.
@@ -133,7 +131,7 @@ def worth_loading(
     stats = core.stats
     base = core.base(namespace)
     todo: list[tuple[str, str]] = []
-    for successor, _ in rule.successors:
+    for successor, _ in rule:
         try:
             validate_key(successor)
         except InvalidKeyError:
@@ -147,11 +145,6 @@ def worth_loading(
             continue
         todo.append((successor, dkey))
     return todo
-
-
-def edge_ttl(core: CacheCore, rule: PrefetchRule, smart: Any) -> int:
-    """The TTL of an edge-warmed value: the rule's, else the key's smart TTL, else the default."""
-    return rule.ttl or core.ttl_for(core.parse_smart_ttl(smart))
 
 
 def placeholder_expiry_ms(timeout_s: float) -> int:

@@ -64,7 +64,6 @@ from pipeline.client.edge import (
     RELEASE_SCRIPT,
     EdgeTokens,
     LoaderSpec,
-    edge_ttl,
     guarded,
     namespace_loaders,
     placeholder_expiry_ms,
@@ -72,12 +71,18 @@ from pipeline.client.edge import (
 )
 from pipeline.client.emitter import AccessEmitter
 from pipeline.client.errors import CacheError
-from pipeline.client.keys import rules_hash, validate_key
+from pipeline.client.keys import rules_stream, validate_key
 from pipeline.client.manager import RedisCacheManager
+from pipeline.client.rulebook import (
+    RuleBook,
+    bootstrap_commands,
+    newest_id,
+    parse_entries,
+    table_rules,
+)
 from pipeline.codec import FLAG_EDGE, HEADER_SIZE, CodecError, is_placeholder, placeholder
 from pipeline.config import Settings
 from pipeline.loaders import GuardedLoader, LoaderConfig, LoadError, LoadRefused
-from pipeline.prefetch import decode_rule
 from schemas.contracts import MAX_KEY_LENGTH, MAX_LABEL_LENGTH
 
 __all__ = ["IntelligentCache", "Loader"]
@@ -93,9 +98,8 @@ _crc32 = zlib.crc32
 _FLIGHTS_KEPT = 1024
 #: Most edge-warm tasks (rule reads and loads) one client runs at once.
 _EDGE_TASKS_MAX = 4096
-#: How long a miss waits for rule reads under way (two Redis round trips), which may
-#: be about to load its key: far less than the origin fetch it may save.
-_APPLYING_WAIT_S = 0.002
+#: Rule-stream entries read per namespace and poll.
+_RULE_ENTRIES_READ = 1_000
 
 
 class _Absent:
@@ -188,8 +192,10 @@ class IntelligentCache(RedisCacheManager):
             self.settings.loader_config(), loaders
         )
         self._edge_tasks: set[asyncio.Task[Any]] = set()
-        #: Rule reads under way (until their loads are registered as flights).
-        self._applying: set[asyncio.Task[Any]] = set()
+        self._rulebook = RuleBook(self.settings.rules_max)
+        self._rule_ids: dict[str, bytes] = {}
+        self._follower: asyncio.Task[None] | None = None
+        self._stop_following = asyncio.Event()
         self._tokens = EdgeTokens()
 
     def register_loader(
@@ -205,8 +211,19 @@ class IntelligentCache(RedisCacheManager):
         self._core.base(namespace)  # validates the namespace
         self._edge_loaders[namespace] = guarded(loader, config)
 
+    async def start(self) -> None:
+        """Start as the manager does, and begin following the prefetch rules."""
+        await super().start()
+        if self._edge_loaders:
+            self._follow()
+
     async def close(self, timeout: float = 5.0) -> None:
         """Wait for running background refreshes and edge warms, then close as the manager does."""
+        if self._follower is not None:
+            self._stop_following.set()
+            _, late = await asyncio.wait({self._follower}, timeout=timeout)
+            for task in late:
+                task.cancel()
         background = self._refreshes | self._edge_tasks
         if background:
             _, late = await asyncio.wait(background, timeout=timeout)
@@ -348,10 +365,6 @@ class IntelligentCache(RedisCacheManager):
                 return value
         else:
             flight = self._flights.get(dkey)
-            if flight is None and self._applying:
-                # A rule being read right now may be about to load this very key.
-                await asyncio.wait(set(self._applying), timeout=_APPLYING_WAIT_S)
-                flight = self._flights.get(dkey)
             if (
                 flight is not None
                 and flight.edge
@@ -359,6 +372,12 @@ class IntelligentCache(RedisCacheManager):
             ):
                 joined = await self._join_edge(
                     flight, namespace, key, started, user, session, enable_prediction
+                )
+                if joined is not ABSENT:
+                    return joined
+                # Our edge load did not happen (the key was claimed elsewhere): look again.
+                joined = await self._join_remote(
+                    namespace, key, dkey, started, user, session, enable_prediction, poll=False
                 )
                 if joined is not ABSENT:
                     return joined
@@ -484,7 +503,9 @@ class IntelligentCache(RedisCacheManager):
 
     async def _smart_ttl(self, namespace: str, key: str) -> int | None:
         try:
-            raw = await self._redis.hget(self._core.smart_ttl_hash(namespace), key)
+            raw = await self._redis.execute_command(
+                "HGET", self._core.smart_ttl_hash(namespace), key
+            )
         except RedisError:
             return None
         return self._core.parse_smart_ttl(raw)
@@ -492,7 +513,12 @@ class IntelligentCache(RedisCacheManager):
     # -- edge warms ------------------------------------------------------------------
 
     def _prefetch(self, namespace: str, trigger: str) -> None:
-        """``trigger`` missed: apply its prefetch rule in the background (never waited for)."""
+        """``trigger`` missed: start loading what its prefetch rule names (never waited for).
+
+        The rule is looked up in memory (:class:`~pipeline.client.rulebook.RuleBook`),
+        and each load is registered as a flight before this returns, so a read of
+        one of those keys from now on joins its load.
+        """
         if (
             not self.edge_warming
             or namespace not in self._edge_loaders
@@ -500,9 +526,19 @@ class IntelligentCache(RedisCacheManager):
             or (self._core.down_until and self._core.breaker_open())
         ):
             return
-        task = self._background(self._apply_rule(namespace, trigger))
-        self._applying.add(task)
-        task.add_done_callback(self._applying.discard)
+        core = self._core
+        core.stats.rule_reads += 1
+        self._follow()
+        rule = self._rulebook.get(namespace, trigger)
+        if not rule:
+            return
+        core.stats.rules_applied += 1
+        guard = self._edge_loaders[namespace]
+        for successor, dkey in worth_loading(core, namespace, rule, self._loading, guard.available):
+            task = self._background(self._edge_fill(namespace, successor, dkey, guard, _clock()))
+            flight = _Flight(task, edge=True)
+            self._flights[dkey] = flight
+            task.add_done_callback(functools.partial(self._landed, dkey, flight))
 
     def _background(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(work)
@@ -510,66 +546,71 @@ class IntelligentCache(RedisCacheManager):
         task.add_done_callback(self._edge_tasks.discard)
         return task
 
-    async def _apply_rule(self, namespace: str, trigger: str) -> None:
-        """Read ``trigger``'s rule; announce and start the loads of the keys it names."""
-        core = self._core
-        guard = self._edge_loaders[namespace]
-        try:
-            raw = await self._redis.hget(rules_hash(core.prefix, namespace, trigger), trigger)
-        except RedisError:
-            return
-        core.stats.rule_reads += 1
-        rule = decode_rule(raw)
-        if rule is None or not rule.successors:
-            return
-        core.stats.rules_applied += 1
-        todo = worth_loading(core, namespace, rule, self._loading, guard.available)
-        if not todo:
-            return
-        mark = placeholder(self._tokens.next())
-        expire_ms = placeholder_expiry_ms(guard.config.timeout)
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            for _, dkey in todo:
-                pipe.set(dkey, mark, nx=True, px=expire_ms)
-            if not rule.ttl:
-                pipe.hmget(core.smart_ttl_hash(namespace), [successor for successor, _ in todo])
-            replies: list[Any] = await pipe.execute()
-        except RedisError:
-            return
-        smart = replies[len(todo)] if not rule.ttl else None
-        for i, (successor, dkey) in enumerate(todo):
-            if not replies[i]:
-                core.stats.edge_skipped += 1  # cached, or loading on another client
-                continue
-            if self._loading(dkey):
-                core.stats.edge_skipped += 1  # the application started loading it meanwhile
-                continue
-            ttl = edge_ttl(core, rule, smart[i] if smart else None)
-            core.stats.edge_issued += 1
-            task = self._background(
-                self._edge_fill(namespace, successor, dkey, guard, mark, ttl, _clock())
+    async def refresh_rules(self) -> int:
+        """Read the prefetch rules now (the table once, then new changes); the rules held.
+
+        The client does this by itself every ``CACHECAST_RULES_INTERVAL_S`` once it
+        has started (or seen its first miss); call it to have rules before the first
+        request.
+        """
+        for namespace in list(self._edge_loaders):
+            stream = rules_stream(self._core.prefix, namespace)
+            if stream not in self._rule_ids:
+                replies = await self._execute(bootstrap_commands(self._core.prefix, namespace))
+                self._rule_ids[stream] = newest_id(replies[0])
+                self._rulebook.apply(namespace, table_rules(replies[1:]))
+            reply = await self._redis.execute_command(
+                "XRANGE", stream, b"(" + self._rule_ids[stream], "+", "COUNT", _RULE_ENTRIES_READ
             )
-            flight = _Flight(task, edge=True)
-            self._flights[dkey] = flight
-            task.add_done_callback(functools.partial(self._landed, dkey, flight))
+            last, changes = parse_entries(reply)
+            if last is not None:
+                self._rule_ids[stream] = last
+                self._rulebook.apply(namespace, changes)
+        return len(self._rulebook)
+
+    def _follow(self) -> None:
+        if self._follower is None and not self._closed and self.edge_warming:
+            self._stop_following = asyncio.Event()
+            self._follower = asyncio.get_running_loop().create_task(self._follow_rules())
+
+    async def _follow_rules(self) -> None:
+        """Load each namespace's rule table once, then follow its rule stream.
+
+        Stopped by :meth:`close` between two reads, never in the middle of one (a
+        command cancelled half-way can leave its connection waiting).
+        """
+        stop = self._stop_following
+        while not stop.is_set():
+            pause = self.settings.rules_interval_s
+            try:
+                await self.refresh_rules()
+            except RedisError:
+                pause = max(pause, 1.0)  # Redis down: rules wait; the cache path does not
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
 
     def _loading(self, dkey: str) -> bool:
         flight = self._flights.get(dkey)
         return flight is not None and not flight.done_ns
 
     async def _edge_fill(
-        self,
-        namespace: str,
-        key: str,
-        dkey: str,
-        guard: GuardedLoader,
-        mark: bytes,
-        ttl: int,
-        started: int,
+        self, namespace: str, key: str, dkey: str, guard: GuardedLoader, started: int
     ) -> Any:
-        """Load one key for an edge warm and write it in place of our placeholder."""
+        """Claim the key with a placeholder, load it, and write it in the placeholder's place."""
         core = self._core
+        mark = placeholder(self._tokens.next())
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.set(dkey, mark, nx=True, px=placeholder_expiry_ms(guard.config.timeout))
+            pipe.hget(core.smart_ttl_hash(namespace), key)
+            claimed, smart = await pipe.execute()
+        except RedisError:
+            return ABSENT
+        if not claimed:
+            core.stats.edge_skipped += 1  # cached, or loading on another client
+            return ABSENT
+        core.stats.edge_issued += 1
+        ttl = core.ttl_for(core.parse_smart_ttl(smart))
         try:
             value = await guard.load(namespace, key)
         except (LoadRefused, LoadError) as exc:
@@ -578,25 +619,31 @@ class IntelligentCache(RedisCacheManager):
             else:
                 core.record_edge_warm(namespace, key, False, 0, None, (_clock() - started) // 1000)
             with contextlib.suppress(RedisError):
-                await self._redis.eval(RELEASE_SCRIPT, 1, dkey, mark)
+                await self._redis.execute_command("EVAL", RELEASE_SCRIPT, 1, dkey, mark)
             return ABSENT
         try:
             data = core.codec.encode(value, origin="edge").data
         except CodecError:
             core.record_edge_warm(namespace, key, False, 0, None, (_clock() - started) // 1000)
             with contextlib.suppress(RedisError):
-                await self._redis.eval(RELEASE_SCRIPT, 1, dkey, mark)
+                await self._redis.execute_command("EVAL", RELEASE_SCRIPT, 1, dkey, mark)
             return ABSENT
         written = False
         try:
             if isinstance(self._redis, RedisCluster):
-                written = bool(await self._redis.eval(EDGE_CAS_SCRIPT, 1, dkey, data, ttl, mark))
+                written = bool(
+                    await self._redis.execute_command(
+                        "EVAL", EDGE_CAS_SCRIPT, 1, dkey, data, ttl, mark
+                    )
+                )
                 if written:
                     await self._redis.set(core.marker_key(namespace, key), b"1", ex=ttl)
             else:
                 marker = core.marker_key(namespace, key)
                 written = bool(
-                    await self._redis.eval(EDGE_WRITE_SCRIPT, 2, dkey, marker, data, ttl, mark)
+                    await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                        "EVAL", EDGE_WRITE_SCRIPT, 2, dkey, marker, data, ttl, mark
+                    )
                 )
         except RedisError:
             written = False
@@ -630,6 +677,7 @@ class IntelligentCache(RedisCacheManager):
         user: str | None,
         session: str | None,
         emit: bool,
+        poll: bool = True,
     ) -> Any:
         """A read found another client's placeholder: wait for that load's value.
 
@@ -643,10 +691,13 @@ class IntelligentCache(RedisCacheManager):
                 return await self._join_edge(flight, namespace, key, started, user, session, emit)
             return ABSENT  # our own application load: _load joins it
         deadline = started + int(self.settings.edge_join_wait_s * 1e9)
-        pause = 0.0005
+        pause = 0.0005 if poll else 0.0
         while _clock() < deadline:
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.005)
+            if pause:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.005)
+            else:
+                pause = 0.0005
             try:
                 data: bytes | None = await self._redis.execute_command("GET", dkey)
             except RedisError:

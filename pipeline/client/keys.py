@@ -15,6 +15,7 @@ key                             holds
 ``{p}#keytags:{ns}:{key}``      set of the tags of one data key (to clean the above)
 ``{p}#warm:{ns}:{key}``         "written by the warmer, not read yet" marker
 ``{p}#rules:{ns}:{shard}``      hash of prefetch rules: trigger key -> what to load with it
+``{p}#rulelog:{ns}``            stream of prefetch-rule changes, which clients follow
 ==============================  ===================================================
 
 >>> data_key("cache:", "users", "42")
@@ -57,6 +58,7 @@ __all__ = [
     "namespace_base",
     "pattern_for",
     "rules_hash",
+    "rules_stream",
     "smart_ttl_hash",
     "split_data_key",
     "tag_key",
@@ -188,6 +190,11 @@ def rules_hash(prefix: str, namespace: str, trigger: str) -> str:
     """
     shard = zlib.crc32(trigger.encode("utf-8", "surrogatepass")) % RULE_SHARDS
     return prefix + "#rules:" + namespace + ":" + str(shard)
+
+
+def rules_stream(prefix: str, namespace: str) -> str:
+    """The stream of ``namespace``'s prefetch-rule changes (clients keep rules in memory)."""
+    return prefix + "#rulelog:" + namespace
 
 
 def tag_key(prefix: str, namespace: str, tag: str) -> str:

@@ -414,7 +414,9 @@ class RedisCacheManager:
         """``{"healthy": bool, "latency_ms": float, "error": str | None}`` from a PING."""
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(self._redis.ping(), self.settings.redis_socket_timeout * 5)
+            await asyncio.wait_for(
+                self._redis.execute_command("PING"), self.settings.redis_socket_timeout * 5
+            )
         except (RedisError, OSError, TimeoutError) as exc:
             return {
                 "healthy": False,

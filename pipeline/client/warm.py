@@ -97,7 +97,9 @@ async def write_warmed(
             return False
         await redis_client.set(marker, b"1", ex=ttl)
         return True
-    result: Any = await redis_client.eval(WARM_WRITE_SCRIPT, 2, dkey, marker, envelope_bytes, ttl)
+    result: Any = await redis_client.execute_command(  # type: ignore[no-untyped-call]
+        "EVAL", WARM_WRITE_SCRIPT, 2, dkey, marker, envelope_bytes, ttl
+    )
     return bool(result)
 
 

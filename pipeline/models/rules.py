@@ -143,6 +143,8 @@ class PrefetchRules(Predictor):
         self._since_decay = 0
         self._threshold = min_probability
         self._changed: dict[Key, None] = {}  # insertion-ordered set of triggers
+        self._version = 0  # bumped whenever the calibration counts move
+        self._rows: dict[int, tuple[int, list[float]]] = {}
 
     # -- learning ------------------------------------------------------------------------
 
@@ -171,6 +173,7 @@ class PrefetchRules(Predictor):
                 if not trial[3] and trial[0] >= position:
                     trial[3] = True
                     hits[trial[2]] += 1.0
+                    self._version += 1
         opened = self._open
         while opened and opened[0][0] < position:
             expired = opened.popleft()
@@ -222,6 +225,7 @@ class PrefetchRules(Predictor):
             else:
                 pending.append(trial)
         self._since_decay += opened
+        self._version += opened
         if self._since_decay >= self.decay_every:
             self._decay()
 
@@ -229,6 +233,7 @@ class PrefetchRules(Predictor):
         self._since_decay = 0
         self._hits = [h * 0.5 for h in self._hits]
         self._trials = [t * 0.5 for t in self._trials]
+        self._version += 1
         self._accesses *= 0.5
         self._threshold = self._budget_threshold()
 
@@ -261,13 +266,29 @@ class PrefetchRules(Predictor):
         if not seen or not counts:
             return []
         threshold = self._threshold
+        cap = self.cap
+        row = self._calibrated(min(seen, cap))
         out: list[tuple[Key, float]] = []
         for successor, count in counts.items():
-            p = self.probability(count, seen)
+            p = row[min(count, cap, seen)]
             if p >= threshold:
                 out.append((successor, p))
         out.sort(key=_by_probability, reverse=True)
         return out[: self.top_n]
+
+    def _calibrated(self, seen: int) -> list[float]:
+        """Probabilities by follow count for triggers seen ``seen`` times (capped).
+
+        Cached until the calibration counts move (they move with every trial, so
+        the cache lives for one batch of questions, e.g. one :meth:`changed` call).
+        """
+        version = self._version
+        cached = self._rows.get(seen)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        row = [0.0] + [self.probability(count, seen) for count in range(1, self.cap + 1)]
+        self._rows[seen] = (version, row)
+        return row
 
     @property
     def threshold(self) -> float:
@@ -347,6 +368,8 @@ class PrefetchRules(Predictor):
         rest = {name: value for name, value in state.items() if name != "table"}
         super().load_state_dict(rest)
         self.table.load_state_dict(table)
+        self._version += 1
+        self._rows.clear()
         # Trials pending for a successor are the very lists held by the open trials.
         self._waiting = {}
         for trial in self._open:

@@ -37,19 +37,24 @@ from pipeline.client.edge import (
     EDGE_WRITE_SCRIPT,
     RELEASE_SCRIPT,
     EdgeTokens,
-    edge_ttl,
     placeholder_expiry_ms,
     worth_loading,
 )
 from pipeline.client.emitter import ThreadedAccessEmitter
 from pipeline.client.errors import CacheError
-from pipeline.client.keys import rules_hash
+from pipeline.client.keys import rules_stream
+from pipeline.client.rulebook import (
+    RuleBook,
+    bootstrap_commands,
+    newest_id,
+    parse_entries,
+    table_rules,
+)
 from pipeline.client.sync.edge import SyncGuardedLoader, SyncLoaderFunc, sync_loaders
 from pipeline.client.sync.manager import SyncRedisCacheManager
 from pipeline.codec import FLAG_EDGE, CodecError, is_placeholder, placeholder
 from pipeline.config import Settings
 from pipeline.loaders import LoaderConfig, LoadError, LoadRefused
-from pipeline.prefetch import decode_rule
 
 __all__ = ["SyncIntelligentCache", "SyncLoader"]
 
@@ -57,6 +62,7 @@ SyncLoader: TypeAlias = Callable[[], Any]
 ErrorHook: TypeAlias = Callable[[CacheError], None]
 
 _FLIGHTS_KEPT = 1024
+_now = time.perf_counter_ns
 #: Edge work (rule reads and loads) queued at most on the pool; past it, triggers are dropped.
 _EDGE_QUEUE_MAX = 1024
 
@@ -129,6 +135,10 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         self._edge_pool: ThreadPoolExecutor | None = None
         self._edge_queued = 0
         self._tokens = EdgeTokens()
+        self._rulebook = RuleBook(self.settings.rules_max)
+        self._rule_ids: dict[str, bytes] = {}
+        self._follower: threading.Thread | None = None
+        self._stop_following = threading.Event()
 
     def register_loader(
         self, namespace: str, loader: SyncLoaderFunc, config: LoaderConfig | None = None
@@ -141,6 +151,9 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         """Wait for running background refreshes and edge warms, then close as the manager does."""
         if self._refresher is not None:
             self._refresher.shutdown(wait=True)
+        self._stop_following.set()
+        if self._follower is not None:
+            self._follower.join(timeout)
         if self._edge_pool is not None:
             self._edge_pool.shutdown(wait=True, cancel_futures=True)
         super().close(timeout)
@@ -338,7 +351,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
     # -- edge warms ------------------------------------------------------------------
 
     def _prefetch(self, namespace: str, trigger: str) -> None:
-        """``trigger`` missed: apply its prefetch rule on the edge pool (never waited for)."""
+        """``trigger`` missed: start loading what its rule names on the edge pool."""
         if (
             not self.edge_warming
             or namespace not in self._edge_loaders
@@ -346,7 +359,58 @@ class SyncIntelligentCache(SyncRedisCacheManager):
             or (self._core.down_until and self._core.breaker_open())
         ):
             return
-        self._submit(self._apply_rule, namespace, trigger)
+        core = self._core
+        core.stats.rule_reads += 1
+        self._follow()
+        rule = self._rulebook.get(namespace, trigger)
+        if not rule:
+            return
+        core.stats.rules_applied += 1
+        guard = self._edge_loaders[namespace]
+        for successor, dkey in worth_loading(core, namespace, rule, self._loading, guard.available):
+            with self._flights_lock:
+                if self._loading(dkey):
+                    continue
+                flight = self._flights[dkey] = _Flight(edge=True)
+            self._submit(self._edge_fill, namespace, successor, dkey, guard, flight, _now())
+
+    def _follow(self) -> None:
+        """Start the thread that loads the rule tables and follows the rule streams."""
+        if self._follower is not None or self._closed:
+            return
+        with self._flights_lock:
+            if self._follower is None:
+                self._follower = threading.Thread(
+                    target=self._follow_rules, name="cachecast-rules", daemon=True
+                )
+                self._follower.start()
+
+    def refresh_rules(self) -> int:
+        """Read the prefetch rules now (the table once, then new changes); the rules held."""
+        prefix = self._core.prefix
+        for namespace in list(self._edge_loaders):
+            stream = rules_stream(prefix, namespace)
+            if stream not in self._rule_ids:
+                replies = self._execute(bootstrap_commands(prefix, namespace))
+                self._rule_ids[stream] = newest_id(replies[0])
+                self._rulebook.apply(namespace, table_rules(replies[1:]))
+            reply = self._redis.execute_command(  # type: ignore[no-untyped-call]
+                "XRANGE", stream, b"(" + self._rule_ids[stream], "+", "COUNT", 1_000
+            )
+            last, changes = parse_entries(reply)
+            if last is not None:
+                self._rule_ids[stream] = last
+                self._rulebook.apply(namespace, changes)
+        return len(self._rulebook)
+
+    def _follow_rules(self) -> None:
+        while not self._stop_following.is_set():
+            pause = self.settings.rules_interval_s
+            try:
+                self.refresh_rules()
+            except RedisError:
+                pause = max(pause, 1.0)
+            self._stop_following.wait(pause)
 
     def _submit(self, work: Callable[..., None], *args: Any) -> None:
         with self._flights_lock:
@@ -371,76 +435,38 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         flight = self._flights.get(dkey)
         return flight is not None and not flight.done_ns
 
-    def _apply_rule(self, namespace: str, trigger: str) -> None:
-        core = self._core
-        guard = self._edge_loaders[namespace]
-        try:
-            raw = self._redis.hget(rules_hash(core.prefix, namespace, trigger), trigger)
-        except RedisError:
-            return
-        core.stats.rule_reads += 1
-        rule = decode_rule(raw)
-        if rule is None or not rule.successors:
-            return
-        core.stats.rules_applied += 1
-        todo = worth_loading(core, namespace, rule, self._loading, guard.available)
-        if not todo:
-            return
-        mark = placeholder(self._tokens.next())
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            for _, dkey in todo:
-                pipe.set(dkey, mark, nx=True, px=placeholder_expiry_ms(guard.config.timeout))
-            if not rule.ttl:
-                pipe.hmget(core.smart_ttl_hash(namespace), [successor for successor, _ in todo])
-            replies: list[Any] = pipe.execute()
-        except RedisError:
-            return
-        smart = replies[len(todo)] if not rule.ttl else None
-        for i, (successor, dkey) in enumerate(todo):
-            if not replies[i]:
-                core.stats.edge_skipped += 1
-                continue
-            with self._flights_lock:
-                if self._loading(dkey):
-                    core.stats.edge_skipped += 1
-                    continue
-                flight = self._flights[dkey] = _Flight(edge=True)
-            core.stats.edge_issued += 1
-            ttl = edge_ttl(core, rule, smart[i] if smart else None)
-            self._submit(
-                self._edge_fill, namespace, successor, dkey, guard, mark, ttl, flight,
-                time.perf_counter_ns(),
-            )  # fmt: skip
-
     def _edge_fill(
         self,
         namespace: str,
         key: str,
         dkey: str,
         guard: SyncGuardedLoader,
-        mark: bytes,
-        ttl: int,
         flight: _Flight,
         started: int,
     ) -> None:
         try:
-            flight.value = self._edge_load(namespace, key, dkey, guard, mark, ttl, started)
+            flight.value = self._edge_load(namespace, key, dkey, guard, started)
         finally:
-            flight.done_ns = time.perf_counter_ns()
+            flight.done_ns = _now()
             flight.done.set()
 
     def _edge_load(
-        self,
-        namespace: str,
-        key: str,
-        dkey: str,
-        guard: SyncGuardedLoader,
-        mark: bytes,
-        ttl: int,
-        started: int,
+        self, namespace: str, key: str, dkey: str, guard: SyncGuardedLoader, started: int
     ) -> Any:
         core = self._core
+        mark = placeholder(self._tokens.next())
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.set(dkey, mark, nx=True, px=placeholder_expiry_ms(guard.config.timeout))
+            pipe.hget(core.smart_ttl_hash(namespace), key)
+            claimed, smart = pipe.execute()
+        except RedisError:
+            return ABSENT
+        if not claimed:
+            core.stats.edge_skipped += 1
+            return ABSENT
+        core.stats.edge_issued += 1
+        ttl = core.ttl_for(core.parse_smart_ttl(smart))
         try:
             value = guard.load(namespace, key)
             data = core.codec.encode(value, origin="edge").data

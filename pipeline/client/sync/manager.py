@@ -360,8 +360,8 @@ class SyncRedisCacheManager:
         client = self._redis
         if isinstance(client, RedisCluster):
             primaries = client.get_primaries()  # type: ignore[no-untyped-call]
-            return [client.info(target_nodes=node) for node in primaries]
-        return [client.info()]
+            return [cast("Mapping[str, Any]", client.info(target_nodes=node)) for node in primaries]
+        return [cast("Mapping[str, Any]", client.info())]
 
     def configure_redis(self, options: Mapping[str, Any] | None = None) -> dict[str, str]:
         """Apply memory settings (``maxmemory``, ``maxmemory-policy``, ``maxmemory-samples``)."""
@@ -382,6 +382,6 @@ class SyncRedisCacheManager:
             raise self._core.failure("configure", None, (), time.perf_counter_ns(), exc) from exc
         applied: dict[str, str] = {}
         for reply in current:
-            for setting, reported in reply.items():
+            for setting, reported in cast("Mapping[Any, Any]", reply).items():
                 applied[_str(setting)] = _str(reported)
         return applied

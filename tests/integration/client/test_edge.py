@@ -69,7 +69,8 @@ async def test_a_miss_loads_what_the_rule_names_and_reads_count_as_edge_warms(
 ) -> None:
     origin = Origin()
     cache: IntelligentCache = make_cache(backend, IntelligentCache, loaders={"orders": origin})
-    publish(backend, cache, "a", ["b", "c"], ttl=120)
+    publish(backend, cache, "a", ["b", "c"])
+    await cache.refresh_rules()
     assert await cache.get("orders", "a", fallback_data=origin.app_loader("a")) == {
         "key": "a",
         "from": "origin",
@@ -84,7 +85,7 @@ async def test_a_miss_loads_what_the_rule_names_and_reads_count_as_edge_warms(
         raw.close()
     assert isinstance(stored, bytes)
     assert ValueCodec().decode(stored).origin == "edge"
-    assert 100 < ttl <= 120
+    assert 0 < ttl <= cache.settings.redis_default_ttl
     # The application asks for b: a hit, the first read of an edge warm, and b's own
     # rule is looked up (b was a trigger the cache could not serve alone).
     assert await cache.get("orders", "b", fallback_data=origin.app_loader("b")) == {
@@ -96,7 +97,9 @@ async def test_a_miss_loads_what_the_rule_names_and_reads_count_as_edge_warms(
     assert (read["outcome"], read["warmed"], read["warm_path"]) == ("hit", True, "edge")
     warms = sink.of("warm")
     assert sorted(e["key"] for e in warms) == ["b", "c"]
-    assert all(e["outcome"] == "none" and e["ttl"] == 120 for e in warms)
+    assert all(
+        e["outcome"] == "none" and e["ttl"] == cache.settings.redis_default_ttl for e in warms
+    )
     stats = (await cache.get_stats())["client"]
     assert (stats["edge_issued"], stats["edge_written"], stats["edge_hits"]) == (2, 2, 1)
     assert stats["loads"] == 1  # the application fetched a itself, nothing else
@@ -108,6 +111,7 @@ async def test_a_get_during_the_edge_load_joins_it_and_the_origin_is_asked_once(
     origin = Origin(delay=0.15)
     cache: IntelligentCache = make_cache(backend, IntelligentCache, loaders={"orders": origin})
     publish(backend, cache, "a", ["b"])
+    await cache.refresh_rules()
     app = Origin()
     await cache.get("orders", "a", fallback_data=app.app_loader("a"))
     await asyncio.sleep(0.02)  # the edge load of b is under way
@@ -131,6 +135,7 @@ async def test_another_client_waits_for_the_load_in_flight_instead_of_fetching(
         single, IntelligentCache, redis_key_prefix=prefix, edge_warming=False
     )
     publish(single, first, "a", ["b"])
+    await first.refresh_rules()
     await first.get("orders", "a", fallback_data=Origin().app_loader("a"))
     await asyncio.sleep(0.02)
     app_loads = Origin()
@@ -153,6 +158,7 @@ async def test_with_the_loader_down_gets_are_unaffected_and_edge_loads_stop_at_t
     app = Origin()
     for i in range(20):
         publish(single, cache, f"t{i}", [f"s{i}"])
+    await cache.refresh_rules()
     started = time.perf_counter()
     for i in range(20):
         assert (await cache.get("orders", f"t{i}", fallback_data=app.app_loader(f"t{i}")))[
@@ -180,6 +186,7 @@ async def test_no_edge_warms_without_prediction_or_without_a_loader(
     origin = Origin()
     cache: IntelligentCache = make_cache(single, IntelligentCache, loaders={"orders": origin})
     publish(single, cache, "a", ["b"])
+    await cache.refresh_rules()
     await cache.get("orders", "a", fallback_data=origin.app_loader("a"), enable_prediction=False)
     await settle(cache)
     assert origin.calls == {"a": 1}
@@ -207,6 +214,7 @@ async def test_a_malformed_rule_loads_nothing(
         raw.hset(rules_hash(cache.settings.redis_key_prefix, "orders", "a"), "a", raw_rule)
     finally:
         raw.close()
+    await cache.refresh_rules()
     await cache.get("orders", "a")
     await settle(cache)
     assert origin.calls == {}
@@ -246,6 +254,7 @@ def test_the_sync_client_warms_at_the_edge_too(
         backend, SyncIntelligentCache, loaders={"orders": origin}
     )
     publish(backend, cache, "a", ["b", "c"])
+    cache.refresh_rules()
     assert cache.get("orders", "a", fallback_data=lambda: {"key": "a"}) == {"key": "a"}
     sync_settle(cache)
     assert origin.calls == {"b": 1, "c": 1}
@@ -263,6 +272,7 @@ def test_a_sync_get_during_the_edge_load_joins_it(
         single, SyncIntelligentCache, loaders={"orders": origin}
     )
     publish(single, cache, "a", ["b"])
+    cache.refresh_rules()
     cache.get("orders", "a", fallback_data=lambda: {"key": "a"})
     time.sleep(0.05)
     own = BlockingOrigin()

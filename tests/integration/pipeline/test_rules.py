@@ -17,7 +17,9 @@ from pipeline.replay import synthetic_value
 from tests.integration.pipeline.conftest import NAMESPACE, StartWorker
 
 PAIRS = 30
-RULES_MAX = 100
+NOISE = 300
+#: Above the triggers of the first rounds (2 x (2 x PAIRS + NOISE)), below all of them.
+RULES_MAX = 1_000
 
 
 def _rule_hashes(settings: Settings) -> list[str]:
@@ -50,6 +52,12 @@ async def _round(cache: IntelligentCache, loads: dict[str, int], pairs: int = PA
         for key in (f"t{i}", f"s{i}"):
             value = await cache.get(NAMESPACE, key, fallback_data=app_load(key))
             assert value == synthetic_value(NAMESPACE, key)
+    # Keys read once: the models learn how long an unread key stays cached here.
+    noise = f"n{time.monotonic_ns()}-"
+    for j in range(NOISE):
+        await cache.get(NAMESPACE, noise + str(j), fallback_data=app_load(noise + str(j)))
+    for key in [k for k in loads if k.startswith("n")]:
+        del loads[key]
 
 
 async def _scenario(
@@ -58,13 +66,15 @@ async def _scenario(
     cache = IntelligentCache(settings, early_refresh=False)
     await cache.start()
     try:
-        await cache.delete_by_pattern(NAMESPACE, "*")
         first: dict[str, int] = {}
-        await _round(cache, first)  # every key misses: the worker learns t_i -> s_i
+        for _ in range(2):
+            # Every key misses: the worker learns t_i -> s_i, then sees such rules come true.
+            await cache.delete_by_pattern(NAMESPACE, "*")
+            await _round(cache, first)
         assert cache.emitter is not None
         assert await cache.emitter.flush(10.0)
         deadline = time.monotonic() + 60
-        while sum(t.startswith("t") for t in _published(settings)) < PAIRS:
+        while sum(t.startswith("t") for t in _published(settings)) < PAIRS // 2:
             assert time.monotonic() < deadline, "the worker did not publish its rules"
             await asyncio.sleep(0.2)
         published = _published(settings)
@@ -78,7 +88,7 @@ async def _scenario(
         stats = (await cache.get_stats())["client"]
         # Many more triggers than the bound: the worker keeps the newest RULES_MAX.
         await cache.delete_by_pattern(NAMESPACE, "*")
-        await _round(cache, {}, pairs=4 * RULES_MAX)
+        await _round(cache, {}, pairs=RULES_MAX // 2)
         assert await cache.emitter.flush(10.0)
         await asyncio.sleep(2.0)
     finally:
@@ -94,17 +104,17 @@ def test_a_rule_learnt_by_a_worker_is_applied_by_a_client(
     stats, first, second, published = asyncio.run(_scenario(settings))
     monitor = worker.monitor()
 
-    assert len(first) > PAIRS  # the first round taught the pipeline: most keys were fetched
+    assert len(first) > PAIRS  # the first rounds taught the pipeline: most keys were fetched
     for trigger, raw in published.items():
         rule = decode_rule(raw)
         assert rule is not None, (trigger, raw)
         assert rule.successors, (trigger, raw)
-    assert sum(t.startswith("t") for t in published) >= PAIRS
+    assert sum(t.startswith("t") for t in published) >= PAIRS // 2
     # The second round missed every trigger again (the cache was emptied), and each
     # miss loaded what its rule names: the application fetched far fewer keys itself,
     # and what the client loaded at the edge was read.
-    assert stats["edge_written"] >= PAIRS // 2, stats
-    assert len(second) <= len(first) - PAIRS // 2, (first, second)
+    assert stats["edge_written"] >= PAIRS // 3, stats
+    assert len(second) <= len(first) - PAIRS // 3, (first, second)
     useful = stats["edge_useful"]
     assert useful >= 0.8 * stats["edge_written"], stats
     assert monitor["counters"]["rules_written"] >= len(published)
