@@ -162,7 +162,7 @@ class RulePlan:
 
     writes: dict[str, dict[str, bytes]] = field(default_factory=dict)
     deletes: dict[str, list[str]] = field(default_factory=dict)
-    #: Per namespace, the same changes as one update for the rule stream (see :func:`encode_updates`).
+    #: Per namespace, the same changes as one rule-stream entry (:func:`encode_updates`).
     updates: dict[str, list[tuple[str, Sequence[tuple[str, float]]]]] = field(default_factory=dict)
 
     def __len__(self) -> int:
