@@ -46,10 +46,14 @@ _warmup_partition = PartitionCache(settings.topic_partitions)
 rule_set = RuleSet(settings.redis_key_prefix, settings.rules_max)
 #: Rule hashes expire this long after the last publish (gone a day after the pipeline stops).
 _RULES_EXPIRY_S: Final = 86_400
-#: Rounds of changes kept in a namespace's rule stream (clients more behind reload the table).
-_RULE_STREAM_ENTRIES: Final = 1_000
+#: Rounds of changes kept in a namespace's rule stream: clients read it every round, so a
+#: few seconds' worth is enough, and it competes with cached values for Redis memory.
+_RULE_STREAM_ENTRIES: Final = 64
+#: Seconds between two checks that the rule hashes (the table new clients load) still exist.
+_RESTORE_EVERY_S: Final = 10.0
 #: Most rule changes published per partition and round (the rest wait for the next round).
 _RULES_PER_ROUND: Final = 20_000
+_restored_at = 0.0
 
 
 def decider(partition: int) -> Decider:
@@ -153,10 +157,17 @@ async def publish_rules() -> None:
 
 
 async def _restore_lost_rules() -> None:
-    """Put back rule hashes that Redis evicted (``allkeys-lru``) or lost in a restart."""
+    """Put back rule hashes that Redis evicted (``allkeys-lru``) or lost in a restart.
+
+    Only clients that start afterwards read the hashes (running ones hold their
+    rules in memory), so this runs every ``_RESTORE_EVERY_S``, not every round.
+    """
+    global _restored_at
+    now = time.monotonic()
     tables = rule_set.hashes()
-    if not tables:
+    if not tables or now - _restored_at < _RESTORE_EVERY_S:
         return
+    _restored_at = now
     try:
         async with runtime.redis.pipeline(transaction=False) as pipe:
             for table in tables:

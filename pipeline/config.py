@@ -282,6 +282,15 @@ class Settings(BaseSettings):
         " load with it) and publish them to Redis, where clients apply them the moment a"
         " trigger misses. Off with CACHECAST_WARMING=false too.",
     )
+    worker_sequences: bool = Field(
+        False,
+        validation_alias=_env("CACHECAST_WORKER_SEQUENCES", "worker_sequences"),
+        description="With prefetch rules on, the worker also issues warmup commands for what"
+        " the sequence models predict next. Off by default: the rules load those keys at the"
+        " edge within milliseconds, while a warm through the worker lands tens of requests"
+        " later; the worker keeps what it sees far ahead (rhythms, heavy hitters, time"
+        " profiles).",
+    )
     rules_interval_s: float = Field(
         0.1,
         gt=0,

@@ -203,6 +203,8 @@ class Decider:
             self.requests = int(engine.stats()["events"])
         observe = engine.observe
         ttl = self.settings.redis_default_ttl
+        # Sequence predictions are left to the edge, where prefetch rules act at once.
+        skip_sequences = self.settings.rules_publish and not self.settings.worker_sequences
         ordered = _in_time_order(events)
         for event in ordered:
             if event["op"] not in READ_OPS:
@@ -218,6 +220,9 @@ class Decider:
                 warmed=event["warmed"],
             )
             for candidate in candidates:
+                if skip_sequences and candidate.reason == "similarity":
+                    self.suppressed += 1
+                    continue
                 full = str(candidate.key)
                 last = self._warmed_at.get(full)
                 if last is not None and now - last < dedup:
