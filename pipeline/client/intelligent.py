@@ -616,6 +616,7 @@ class IntelligentCache(RedisCacheManager):
         except (LoadRefused, LoadError) as exc:
             if isinstance(exc, LoadRefused):
                 core.stats.edge_refused += 1
+                core.stats.edge_issued -= 1  # the origin was not asked after all
             else:
                 core.record_edge_warm(namespace, key, False, 0, None, (_clock() - started) // 1000)
             with contextlib.suppress(RedisError):

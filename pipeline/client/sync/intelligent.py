@@ -473,6 +473,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         except (LoadRefused, LoadError, CodecError) as exc:
             if isinstance(exc, LoadRefused):
                 core.stats.edge_refused += 1
+                core.stats.edge_issued -= 1  # the origin was not asked after all
             else:
                 elapsed = (time.perf_counter_ns() - started) // 1000
                 core.record_edge_warm(namespace, key, False, 0, None, elapsed)
