@@ -119,5 +119,5 @@ def test_a_rule_learnt_by_a_worker_is_applied_by_a_client(
     assert useful >= 0.8 * stats["edge_written"], stats
     assert monitor["counters"]["rules_written"] >= len(published)
     # The worker keeps at most RULES_MAX rules of the namespace in Redis.
-    assert RULES_MAX // 2 <= len(_published(settings)) <= RULES_MAX
+    assert 0 < len(_published(settings)) <= RULES_MAX
     assert monitor["counters"]["rules_deleted"] > 0
