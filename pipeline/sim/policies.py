@@ -78,7 +78,11 @@ class CachecastWarmer:
         delay: int,
         config: EngineConfig | None = None,
         users: npt.NDArray[np.int64] | None = None,
+        sequences: bool = True,
     ) -> None:
+        #: Whether the worker path warms sequence predictions too (with prefetch rules on,
+        #: production leaves them to the edge: ``CACHECAST_WORKER_SEQUENCES``).
+        self.sequences = sequences
         config = config or EngineConfig()
         wall_clock = len(ts) > 0 and is_wall_clock(float(ts[0]))
         if wall_clock:
@@ -101,6 +105,8 @@ class CachecastWarmer:
         candidates = self.engine.observe(key, ts, user=user, hit=hit, warmed=warmed)
         if not candidates:
             return ()
+        if not self.sequences:
+            return [c.key for c in candidates if c.reason != "similarity"]  # type: ignore[misc]
         return [candidate.key for candidate in candidates]  # type: ignore[misc]
 
     def miss_ttl(self, index: int, key: int) -> int | None:

@@ -119,7 +119,9 @@ def run_policy(
             key_list, cache_size, SuccessorWarmer(), delay, max_warms, progress=progress
         )
     if policy.startswith("lru+cachecast"):
-        warmer = CachecastWarmer(trace.ts, delay, config, trace.users)
+        # As in production: with the edge path on, the worker leaves sequences to it.
+        sequences = policy == "lru+cachecast-worker"
+        warmer = CachecastWarmer(trace.ts, delay, config, trace.users, sequences=sequences)
         warm: WarmPolicy | None = warmer
         ttl: TtlPolicy | None = warmer.miss_ttl
         rules: RuleSource | None = warmer.engine.rules
