@@ -52,7 +52,7 @@ def _stats_events(workers: list[WorkerProcess]) -> int:
     return best
 
 
-async def _wait_for(check: Any, at_least: int, timeout: float = 90.0) -> int:
+async def _wait_for(check: Any, at_least: int, timeout: float = 180.0) -> int:
     deadline = time.monotonic() + timeout
     value = 0
     while time.monotonic() < deadline:
