@@ -7,6 +7,8 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from pipeline.client.emitter import AccessEmitter
 from pipeline.config import Settings
 from pipeline.replay import BUNDLED_TRACE, load_trace
@@ -63,6 +65,7 @@ async def _wait_for(check: Any, at_least: int, timeout: float = 180.0) -> int:
     return int(value)
 
 
+@pytest.mark.timeout(600)
 async def test_a_killed_worker_loses_no_state_beyond_at_least_once(
     start_worker: StartWorker, settings: Settings
 ) -> None:
