@@ -12,12 +12,12 @@ Header layout (big-endian)::
     offset size field
     0      2    magic  b"\\xcc\\xce"
     2      1    format version (1)
-    3      1    flags: bit 0 = lz4, bit 1 = origin warm, bit 2 = placeholder
+    3      1    flags: bit 0 = lz4, bit 1 = origin warm, bit 2 = loading mark
                 (a load is in flight), bit 3 = warmed at the edge (by a client)
     4      8    written-at, milliseconds since the Unix epoch
     12     4    CRC-32 of the stored payload bytes
 
-A *placeholder* (:func:`placeholder`) is an envelope with no value: a client
+A *loading mark* (:func:`loading mark`) is an envelope with no value: a client
 that starts an edge load writes one (``SET NX PX``) so that every other client
 reading the key meanwhile waits for that load instead of fetching again.
 
@@ -53,8 +53,8 @@ __all__ = [
     "Header",
     "Origin",
     "ValueCodec",
-    "is_placeholder",
-    "placeholder",
+    "is_loading_mark",
+    "loading_mark",
 ]
 
 Origin = Literal["app", "warm", "edge"]
@@ -186,7 +186,7 @@ class ValueCodec:
         if flags & ~_KNOWN_FLAGS:
             raise CodecError(f"corrupt value: unknown header flags {flags:#04x}")
         if flags & FLAG_LOADING:
-            raise CodecError("no value yet: a load of this key is in flight (placeholder)")
+            raise CodecError("no value yet: a load of this key is in flight (loading mark)")
         return Header(
             version=version,
             compressed=bool(flags & FLAG_LZ4),
@@ -216,14 +216,14 @@ class ValueCodec:
         )
 
 
-def placeholder(token: bytes, now: float | None = None) -> bytes:
-    """A placeholder envelope: "a load of this key is in flight", with no value.
+def loading_mark(token: bytes, now: float | None = None) -> bytes:
+    """A loading mark envelope: "a load of this key is in flight", with no value.
 
     ``token`` makes it unique to its writer, who replaces it only if it is still
     its own (compare-and-set), never a value someone else wrote meanwhile.
 
-    >>> data = placeholder(b"client-1:7", now=1700000000.0)
-    >>> is_placeholder(data), is_placeholder(ValueCodec().encode(1).data)
+    >>> data = loading_mark(b"client-1:7", now=1700000000.0)
+    >>> is_loading_mark(data), is_loading_mark(ValueCodec().encode(1).data)
     (True, False)
     """
     written_ms = int((time.time() if now is None else now) * 1000)
@@ -231,8 +231,8 @@ def placeholder(token: bytes, now: float | None = None) -> bytes:
     return header + token
 
 
-def is_placeholder(data: bytes) -> bool:
-    """Whether stored bytes are a placeholder (a load in flight), not a value."""
+def is_loading_mark(data: bytes) -> bool:
+    """Whether stored bytes are a loading mark (a load in flight), not a value."""
     return (
         len(data) >= HEADER_SIZE
         and data[:2] == MAGIC

@@ -84,7 +84,7 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    # --- Redis (the seed's names) -------------------------------------------------
+    # --- Redis (the original cache layer's names) -------------------------------------------------
     redis_host: str = Field("127.0.0.1", validation_alias=_env("REDIS_HOST", "redis_host"))
     redis_port: int = Field(6379, ge=1, le=65535, validation_alias=_env("REDIS_PORT", "redis_port"))
     redis_password: str | None = Field(
@@ -319,7 +319,7 @@ class Settings(BaseSettings):
         le=60,
         validation_alias=_env("CACHECAST_EDGE_JOIN_WAIT_S", "edge_join_wait_s"),
         description="Client: how long a read waits for a load another client has in flight"
-        " (its placeholder in Redis) before loading the key itself.",
+        " (its loading mark in Redis) before loading the key itself.",
     )
     warm_local: bool = Field(
         True,

@@ -73,7 +73,7 @@ from pipeline.codec import (
     MAGIC,
     CodecError,
     ValueCodec,
-    is_placeholder,
+    is_loading_mark,
 )
 from pipeline.config import Settings, parse_memory_size
 from schemas.contracts import MAX_LABEL_LENGTH, MAX_LATENCY_US, MAX_TTL_S
@@ -426,9 +426,9 @@ class CacheCore:
     ) -> Any:
         """Decode a hit, count it and emit its event; :data:`MISS` if undecodable.
 
-        A placeholder (a load in flight elsewhere, no value yet) is a miss.
+        A loading mark (a load in flight elsewhere, no value yet) is a miss.
         """
-        if is_placeholder(data):
+        if is_loading_mark(data):
             self.record_miss(namespace, key, elapsed_us, user, session, emit, op)
             return MISS
         try:

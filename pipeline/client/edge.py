@@ -10,9 +10,9 @@ later. This module holds what the asyncio and the blocking clients share:
   ``CACHECAST_LOADERS`` configuration the worker reads, plus any registered
   in code (:func:`guarded`); each behind its own guards (concurrency, rate,
   timeout, circuit breaker), so edge warms have their own budget per namespace;
-* the Redis scripts: a load in flight is announced by a *placeholder*
-  (``SET NX PX``; see :func:`pipeline.codec.placeholder`) that other clients
-  wait on instead of fetching again; the loaded value replaces the placeholder
+* the Redis scripts: a load in flight is announced by a *loading mark*
+  (``SET NX PX``; see :func:`pipeline.codec.loading mark`) that other clients
+  wait on instead of fetching again; the loaded value replaces the loading mark
   only if it is still the writer's own (compare-and-set), with the warm marker
   beside it, exactly as the worker's warms are marked.
 """
@@ -39,14 +39,14 @@ __all__ = [
     "EDGE_WRITE_SCRIPT",
     "RELEASE_SCRIPT",
     "EdgeTokens",
+    "claim_expiry_ms",
     "guarded",
     "namespace_loaders",
-    "placeholder_expiry_ms",
     "worth_loading",
 ]
 
-#: Replace our placeholder (or nothing) by the value and set the warm marker.
-#: KEYS: value, marker; ARGV: value bytes, ttl, our placeholder. Returns 1 if written.
+#: Replace our loading mark (or nothing) by the value and set the warm marker.
+#: KEYS: value, marker; ARGV: value bytes, ttl, our loading mark. Returns 1 if written.
 EDGE_WRITE_SCRIPT: Final = """
 local current = redis.call('GET', KEYS[1])
 if current == false or current == ARGV[3] then
@@ -65,7 +65,7 @@ if current == false or current == ARGV[3] then
 end
 return 0
 """
-#: Delete our placeholder after a failed load, so that readers stop waiting at once.
+#: Delete our loading mark after a failed load, so that readers stop waiting at once.
 RELEASE_SCRIPT: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -75,7 +75,7 @@ return 0
 
 
 class EdgeTokens:
-    """Placeholder tokens unique to this client instance (random prefix + counter)."""
+    """Loading mark tokens unique to this client instance (random prefix + counter)."""
 
     __slots__ = ("_counter", "_prefix")
 
@@ -147,6 +147,6 @@ def worth_loading(
     return todo
 
 
-def placeholder_expiry_ms(timeout_s: float) -> int:
-    """How long a placeholder lives: the load's timeout and a margin for the write."""
+def claim_expiry_ms(timeout_s: float) -> int:
+    """How long a loading mark lives: the load's timeout and a margin for the write."""
     return int(timeout_s * 1000) + 500

@@ -23,7 +23,7 @@ miss calls ``loader`` and stores what it returns:
   (``CACHECAST_LOADERS``, as the worker, or :meth:`IntelligentCache.register_loader`),
   writing them ``SET NX``-style with the warm marker. The caller's own request
   never waits for it. A read of a key whose edge load is in flight joins that
-  load, here or (through a placeholder in Redis) on any other client;
+  load, here or (through a loading mark in Redis) on any other client;
 * **events**: each access carries the caller's user and session and, on the
   first read of a value the warmer wrote, ``warmed=true`` with the warm's path
   (``worker`` or ``edge``); a read that joined a load in flight says ``joined``.
@@ -64,9 +64,9 @@ from pipeline.client.edge import (
     RELEASE_SCRIPT,
     EdgeTokens,
     LoaderSpec,
+    claim_expiry_ms,
     guarded,
     namespace_loaders,
-    placeholder_expiry_ms,
     worth_loading,
 )
 from pipeline.client.emitter import AccessEmitter
@@ -80,7 +80,7 @@ from pipeline.client.rulebook import (
     parse_entries,
     table_rules,
 )
-from pipeline.codec import FLAG_EDGE, HEADER_SIZE, CodecError, is_placeholder, placeholder
+from pipeline.codec import FLAG_EDGE, HEADER_SIZE, CodecError, is_loading_mark, loading_mark
 from pipeline.config import Settings
 from pipeline.loaders import GuardedLoader, LoaderConfig, LoadError, LoadRefused
 from schemas.contracts import MAX_KEY_LENGTH, MAX_LABEL_LENGTH
@@ -344,7 +344,7 @@ class IntelligentCache(RedisCacheManager):
         """Everything but the common hit: misses, warmed values, counters, damaged values,
         loads in flight (joined), and the edge warms a miss triggers."""
         core = self._core
-        if data is not None and is_placeholder(data):
+        if data is not None and is_loading_mark(data):
             joined = await self._join_remote(
                 namespace, key, dkey, started, user, session, enable_prediction
             )
@@ -596,12 +596,12 @@ class IntelligentCache(RedisCacheManager):
     async def _edge_fill(
         self, namespace: str, key: str, dkey: str, guard: GuardedLoader, started: int
     ) -> Any:
-        """Claim the key with a placeholder, load it, and write it in the placeholder's place."""
+        """Claim the key with a loading mark, load it, and write it in the loading mark's place."""
         core = self._core
-        mark = placeholder(self._tokens.next())
+        mark = loading_mark(self._tokens.next())
         try:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.set(dkey, mark, nx=True, px=placeholder_expiry_ms(guard.config.timeout))
+            pipe.set(dkey, mark, nx=True, px=claim_expiry_ms(guard.config.timeout))
             pipe.hget(core.smart_ttl_hash(namespace), key)
             claimed, smart = await pipe.execute()
         except RedisError:
@@ -680,7 +680,7 @@ class IntelligentCache(RedisCacheManager):
         emit: bool,
         poll: bool = True,
     ) -> Any:
-        """A read found another client's placeholder: wait for that load's value.
+        """A read found another client's loading mark: wait for that load's value.
 
         Polls with a growing pause (0.5 ms to 5 ms) for at most
         ``CACHECAST_EDGE_JOIN_WAIT_S``. Returns :data:`ABSENT` when the load
@@ -705,7 +705,7 @@ class IntelligentCache(RedisCacheManager):
                 return ABSENT
             if data is None:
                 return ABSENT
-            if is_placeholder(data):
+            if is_loading_mark(data):
                 continue
             try:
                 value = self._core.decode(data)

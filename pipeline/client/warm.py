@@ -1,6 +1,6 @@
 """Writing warmed values, and how the client recognises their first read.
 
-The warmer (issue 5's writer agent) stores a value encoded with
+The warmer (the writer agent) stores a value encoded with
 ``origin="warm"`` only if the key is absent (``SET NX EX``), and beside it a
 marker ``{prefix}#warm:{ns}:{key}`` with the same TTL. A client reading a value
 whose envelope header says ``origin=warm`` deletes the marker: ``DEL`` returns

@@ -37,7 +37,7 @@ from pipeline.client.edge import (
     EDGE_WRITE_SCRIPT,
     RELEASE_SCRIPT,
     EdgeTokens,
-    placeholder_expiry_ms,
+    claim_expiry_ms,
     worth_loading,
 )
 from pipeline.client.emitter import ThreadedAccessEmitter
@@ -52,7 +52,7 @@ from pipeline.client.rulebook import (
 )
 from pipeline.client.sync.edge import SyncGuardedLoader, SyncLoaderFunc, sync_loaders
 from pipeline.client.sync.manager import SyncRedisCacheManager
-from pipeline.codec import FLAG_EDGE, CodecError, is_placeholder, placeholder
+from pipeline.codec import FLAG_EDGE, CodecError, is_loading_mark, loading_mark
 from pipeline.config import Settings
 from pipeline.loaders import LoaderConfig, LoadError, LoadRefused
 
@@ -195,7 +195,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                     error, namespace, key, dkey, fallback_data, started, user, session
                 )
         elapsed = (time.perf_counter_ns() - started) // 1000
-        if data is not None and is_placeholder(data):
+        if data is not None and is_loading_mark(data):
             joined = self._join_remote(
                 namespace, key, dkey, started, user, session, enable_prediction
             )
@@ -454,10 +454,10 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         self, namespace: str, key: str, dkey: str, guard: SyncGuardedLoader, started: int
     ) -> Any:
         core = self._core
-        mark = placeholder(self._tokens.next())
+        mark = loading_mark(self._tokens.next())
         try:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.set(dkey, mark, nx=True, px=placeholder_expiry_ms(guard.config.timeout))
+            pipe.set(dkey, mark, nx=True, px=claim_expiry_ms(guard.config.timeout))
             pipe.hget(core.smart_ttl_hash(namespace), key)
             claimed, smart = pipe.execute()
         except RedisError:
@@ -521,7 +521,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         session: str | None,
         emit: bool,
     ) -> Any:
-        """Another client's placeholder: wait (polling) for its load, as the async client does."""
+        """Another client's loading mark: wait (polling) for its load, as the async client does."""
         flight = self._flights.get(dkey)
         if flight is not None and not flight.done_ns:
             if flight.edge:
@@ -538,7 +538,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                 return ABSENT
             if data is None:
                 return ABSENT
-            if is_placeholder(data):
+            if is_loading_mark(data):
                 continue
             try:
                 value = self._core.decode(data)

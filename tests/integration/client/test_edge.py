@@ -172,7 +172,7 @@ async def test_with_the_loader_down_gets_are_unaffected_and_edge_loads_stop_at_t
     assert stats.edge_refused == 17
     assert stats.errors == 0
     assert stats.loads == 20
-    # Failed loads took their placeholders away: a reader is not kept waiting.
+    # Failed loads took their loading marks away: a reader is not kept waiting.
     raw = single.raw()
     try:
         assert raw.get(cache.settings.redis_key_prefix + "orders:s0") is None

@@ -1,4 +1,4 @@
-"""Settings come from the seed's environment names; bad values fail naming the variable."""
+"""Settings use the original cache layer's variable names; bad values fail naming the variable."""
 
 from __future__ import annotations
 

@@ -78,7 +78,7 @@ def test_a_key_under_way_is_not_loaded_twice() -> None:
     source = Publications([(1, [(2, 0.9)]), (4, [(2, 0.9)])])
     counts = _edge([0, 1, 4, 9, 9, 9, 2], source)
     assert counts.edge_warms == 1
-    # A worker warm for a key under way is skipped too (its placeholder is in Redis).
+    # A worker warm for a key under way is skipped too (its loading mark is in Redis).
     for delay in (0, 1):
         both = replay_lru(
             [0, 1, 9, 9, 9, 2],
