@@ -35,6 +35,7 @@ from pipeline.loaders import (
 )
 
 __all__ = [
+    "ABSENT",
     "EDGE_CAS_SCRIPT",
     "EDGE_WRITE_SCRIPT",
     "RELEASE_SCRIPT",
@@ -72,6 +73,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+class _Absent:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+#: What an edge flight yields when it loaded nothing (claimed elsewhere, refused, failed):
+#: whoever joined it loads the key itself.
+ABSENT: Any = _Absent()
 
 
 class EdgeTokens:

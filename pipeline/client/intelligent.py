@@ -59,6 +59,7 @@ from pipeline.client.core import (
     xfetch_due,
 )
 from pipeline.client.edge import (
+    ABSENT,
     EDGE_CAS_SCRIPT,
     EDGE_WRITE_SCRIPT,
     RELEASE_SCRIPT,
@@ -100,17 +101,6 @@ _FLIGHTS_KEPT = 1024
 _EDGE_TASKS_MAX = 4096
 #: Rule-stream entries read per namespace and poll.
 _RULE_ENTRIES_READ = 1_000
-
-
-class _Absent:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "ABSENT"
-
-
-#: What an edge load returns when it loaded nothing (refused, failed): joiners load themselves.
-ABSENT: Any = _Absent()
 
 
 @dataclass(slots=True)

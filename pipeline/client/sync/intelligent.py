@@ -33,6 +33,7 @@ from pipeline.client.core import (
     xfetch_due,
 )
 from pipeline.client.edge import (
+    ABSENT,
     EDGE_CAS_SCRIPT,
     EDGE_WRITE_SCRIPT,
     RELEASE_SCRIPT,
@@ -65,17 +66,6 @@ _FLIGHTS_KEPT = 1024
 _now = time.perf_counter_ns
 #: Edge work (rule reads and loads) queued at most on the pool; past it, triggers are dropped.
 _EDGE_QUEUE_MAX = 1024
-
-
-class _Absent:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "ABSENT"
-
-
-#: The value of an edge flight that loaded nothing: whoever joined it loads the key itself.
-ABSENT: Any = _Absent()
 
 
 @dataclass(slots=True)
