@@ -56,6 +56,7 @@ class Checkpointer(Generic[M]):
         self.snapshot_bytes = 0
         self.snapshot_seconds = 0.0
         self.restored = 0
+        self.rejected = 0
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         checkpointers.append(self)
 
@@ -68,6 +69,7 @@ class Checkpointer(Generic[M]):
             "last_checkpoint_s": round(self.snapshot_seconds, 4),
             "pending_records": len(self._pending),
             "partitions_restored": self.restored,
+            "snapshots_rejected": self.rejected,
         }
 
     async def model(self, partition: int) -> M:
@@ -80,6 +82,7 @@ class Checkpointer(Generic[M]):
                     settings.kafka_brokers(), settings.topic_state, self.stage, partition
                 )
             except (SnapshotError, TimeoutError) as exc:
+                self.rejected += 1
                 log.error(
                     "%s: snapshot of partition %d unusable (%s); starting fresh",
                     self.stage,
@@ -92,7 +95,8 @@ class Checkpointer(Generic[M]):
                     model.load_state_dict(state)
                     self.restored += 1
                     log.info("%s: restored partition %d from its snapshot", self.stage, partition)
-                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                except Exception as exc:  # a document that does not fit: start fresh
+                    self.rejected += 1
                     log.error(
                         "%s: snapshot of partition %d does not fit this configuration"
                         " (%s); starting fresh",

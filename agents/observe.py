@@ -76,7 +76,10 @@ async def observe(stream: faust.StreamT[bytes]) -> None:
     async for event in stream.noack().events():  # type: ignore[attr-defined]
         runtime.record_lag("observe", event.message.timestamp)
         async with ttl_models.lock:
-            await _process(event)
+            try:
+                await _process(event)
+            except Exception as exc:  # a poison record must not stop the agent or its commits
+                await runtime.reject(event, "observe", exc)
             ttl_models.processed(event)
             if time.monotonic() - _last_flush >= FLUSH_S:
                 await _flush()

@@ -31,6 +31,7 @@ from pipeline.models import WarmEngine
 from pipeline.partitioning import PartitionCache
 from pipeline.prefetch import RulePlan, RuleSet, encode_updates
 from pipeline.reorder import Reorderer
+from schemas.decode import InvalidEvent, decode_access_dicts
 
 __all__ = ["deciders", "engines", "predict", "rule_set"]
 
@@ -75,18 +76,21 @@ async def predict(stream: faust.StreamT[bytes]) -> None:
         runtime.record_lag("predict", message.timestamp)
         async with engines.lock:
             try:
-                events: list[dict[str, Any]] = orjson.loads(event.value)
-                if not isinstance(events, list):
-                    raise TypeError(f"expected an array, got {type(events).__name__}")
+                events, rejects = decode_access_dicts(event.value)
+                if rejects:
+                    raise InvalidEvent(rejects[0].reason, field=rejects[0].field)
                 due = reorderer(message.partition).push(events, source=message.key)
                 await _decide(message.partition, due)
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            except InvalidEvent as exc:
                 await runtime.dead_letter(
                     event.value or b"",
-                    f"not a batch of validated access events: {exc!r}",
+                    f"not a batch of access events: {exc.reason}",
                     source=f"{message.topic}/{message.partition}/{message.offset}",
                     agent="predict",
+                    field=exc.field,
                 )
+            except Exception as exc:  # a poison record must not stop the agent or its commits
+                await runtime.reject(event, "predict", exc)
             engines.processed(event)
             if engines.due():
                 await _checkpoint()

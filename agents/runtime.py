@@ -7,6 +7,7 @@ importing the agents never touches the network.
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -22,6 +23,8 @@ from pipeline.decide import WarmLatency
 from pipeline.loaders import loaders_from_config
 from pipeline.stats import LatencyHistogram, WindowStats
 from pipeline.warming import WarmWriter
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Runtime", "runtime"]
 
@@ -95,6 +98,23 @@ class Runtime:
                 reason, source=source, agent=agent, field=field, index=index
             ),
             force=True,
+        )
+
+    async def reject(self, event: Any, agent: str, exc: BaseException) -> None:
+        """A record whose processing raised: dead-letter it with the reason and go on.
+
+        The agent's loop stays alive and its offsets keep moving: a poison record
+        is acked like any other, once it is safe in the dead-letter topic.
+        """
+        message = event.message
+        source = f"{message.topic}/{message.partition}/{message.offset}"
+        self.counters["poison_records"] += 1
+        log.warning("%s: record %s could not be processed (%r); dead-lettered", agent, source, exc)
+        await self.dead_letter(
+            event.value if isinstance(event.value, bytes) else b"",
+            f"{agent} could not process this record: {exc!r}"[:1000],
+            source=source,
+            agent=agent,
         )
 
     async def start(self) -> None:

@@ -81,16 +81,19 @@ async def aggregate_deltas(stream: faust.StreamT[bytes]) -> None:
             doc = orjson.loads(event.value)
             namespace = str(doc["namespace"])
             delta = WindowStats.from_dict(doc["stats"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        except Exception as exc:  # anything a record can make the decoder raise
             message = event.message
             await runtime.dead_letter(
-                event.value,
-                f"not a stats delta: {exc!r}",
+                event.value or b"",
+                f"not a stats delta: {exc!r}"[:1000],
                 source=f"{message.topic}/{message.partition}/{message.offset}",
                 agent="stats",
             )
             continue
-        await _update(namespace, delta)
+        try:
+            await _update(namespace, delta)
+        except Exception as exc:  # a poison record must not stop the agent or its commits
+            await runtime.reject(event, "stats", exc)
 
 
 @app.agent(topics.outcomes, name="cachecast.stats-outcomes")
@@ -102,7 +105,7 @@ async def aggregate_outcomes(stream: faust.StreamT[bytes]) -> None:
         try:
             outcomes, rejects = decode_warmup_outcome_dicts(event.value)
         except InvalidEvent as exc:
-            await runtime.dead_letter(event.value, exc.reason, source=source, agent="stats")
+            await runtime.dead_letter(event.value or b"", exc.reason, source=source, agent="stats")
             continue
         for reject in rejects:
             await runtime.dead_letter(
@@ -111,8 +114,11 @@ async def aggregate_outcomes(stream: faust.StreamT[bytes]) -> None:
         by_namespace: dict[str, WindowStats] = {}
         for outcome in outcomes:
             by_namespace.setdefault(outcome["namespace"], WindowStats()).add_outcomes([outcome])
-        for namespace, delta in by_namespace.items():
-            await _update(namespace, delta)
+        try:
+            for namespace, delta in by_namespace.items():
+                await _update(namespace, delta)
+        except Exception as exc:  # a poison record must not stop the agent
+            await runtime.reject(event, "stats", exc)
 
 
 @app.timer(interval=max(0.5, WINDOW / 4), name="cachecast.stats-publish")

@@ -121,7 +121,7 @@ async def write_warmups(stream: faust.StreamT[bytes]) -> None:
         try:
             commands, rejects = decode_warmup_command_dicts(event.value)
         except InvalidEvent as exc:
-            await runtime.dead_letter(event.value, exc.reason, source=source, agent="writer")
+            await runtime.dead_letter(event.value or b"", exc.reason, source=source, agent="writer")
             continue
         for reject in rejects:
             await runtime.dead_letter(
@@ -133,7 +133,10 @@ async def write_warmups(stream: faust.StreamT[bytes]) -> None:
                 index=reject.index,
             )
         if commands:
-            await carry_out(commands)
+            try:
+                await carry_out(commands)
+            except Exception as exc:  # a poison record must not stop the agent
+                await runtime.reject(event, "writer", exc)
 
 
 @app.on_before_shutdown.connect

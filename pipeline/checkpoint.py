@@ -9,10 +9,18 @@ committed offset, so the model has seen every event exactly once per snapshot
 lineage, and the at-least-once redelivery after a crash replays exactly the
 events the snapshot lacks.
 
-Snapshots are zstd-compressed pickles. Unpickling runs with an allowlist of
-modules (the models' own classes, river, and plain containers), so a snapshot
-cannot name arbitrary callables; still, protect the state topic with ACLs like
-any changelog topic.
+Snapshots are state documents, never code. The state (plain containers of
+numbers and strings, as :meth:`Predictor.state_dict` returns it) is written as
+MessagePack with a few tagged extensions (tuple, set, frozenset, deque, a
+seeded ``random.Random``'s state, and references that keep a container held in
+two places shared) and compressed with zstd. Reading one builds only those
+types: no class is looked up by name, nothing is called, so a record
+someone crafted on the state topic cannot run code in a worker. The header
+carries a schema version and the uncompressed size; an unknown version, a size
+above :data:`MAX_SNAPSHOT_BYTES` (checked before decompressing) or a malformed
+document is a :class:`SnapshotError`, and the partition starts fresh. Protect
+the state topic with ACLs like any changelog topic all the same: a forged
+snapshot can still teach a worker wrong predictions.
 
 >>> blob = encode_snapshot({"counts": {"a": 3}}, stage="ttl", partition=2)
 >>> decode_snapshot(blob)
@@ -22,15 +30,18 @@ any changelog topic.
 from __future__ import annotations
 
 import asyncio
-import io
-import pickle
+import random
 import struct
+from collections import deque
 from typing import Any, Final
 
+import msgpack
 import zstandard
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 __all__ = [
+    "MAX_SNAPSHOT_BYTES",
+    "SCHEMA_VERSION",
     "SnapshotError",
     "decode_snapshot",
     "encode_snapshot",
@@ -38,51 +49,154 @@ __all__ = [
     "snapshot_key",
 ]
 
-_MAGIC: Final = b"CCS1"
-_HEADER: Final = struct.Struct(">4sI")
-_ALLOWED_PREFIXES: Final = ("pipeline.models", "river.", "collections", "numpy", "builtins")
-_ALLOWED_BUILTINS: Final = frozenset(
-    {
-        "dict",
-        "list",
-        "tuple",
-        "set",
-        "frozenset",
-        "int",
-        "float",
-        "str",
-        "bytes",
-        "bool",
-        "complex",
-        "bytearray",
-        "slice",
-        "range",
-        "object",
-    }
-)
+SCHEMA_VERSION: Final = 2
+"""The snapshot format this code writes and reads (1 was a pickle, no longer read)."""
+
+MAX_SNAPSHOT_BYTES: Final = 512 * 1024 * 1024
+"""The largest uncompressed snapshot a worker accepts (checked before decompressing)."""
+
+_MAGIC: Final = b"CCST"
+_LEGACY_MAGIC: Final = b"CCS1"
+_HEADER: Final = struct.Struct(">4sHI")  # magic, schema version, uncompressed size
+
+# MessagePack extension codes: the only non-native types a snapshot may hold.
+_TUPLE: Final = 1
+_SET: Final = 2
+_FROZENSET: Final = 3
+_DEQUE: Final = 4
+_RANDOM: Final = 5
+_BIG_INT: Final = 6
+_DEFINE: Final = 7  # a mutable container held in more than one place: [id, value]
+_REF: Final = 8  # a later place holding it: id
+_MAX_INT_DIGITS: Final = 40
+_SHAREABLE: Final = (list, dict, set, deque)
 
 
 class SnapshotError(ValueError):
-    """A snapshot could not be read (corrupt, foreign, or naming a forbidden class)."""
+    """A snapshot could not be read (corrupt, foreign, too large, or of an unknown version)."""
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "builtins" and name not in _ALLOWED_BUILTINS:
-            raise SnapshotError(f"snapshot names forbidden builtin {name!r}")
-        numpy_internal = module in ("numpy.core.multiarray", "numpy._core.multiarray")
-        if numpy_internal and name not in ("_reconstruct", "scalar"):
-            raise SnapshotError(f"snapshot names forbidden numpy function {name!r}")
-        if (module, name) == ("random", "Random"):
-            return super().find_class(module, name)  # a seeded generator's state
-        if module == "functools" and name == "partial":
-            # partial only binds callables that passed this same allowlist.
-            return super().find_class(module, name)
-        if not module.startswith(_ALLOWED_PREFIXES) and module not in ("copyreg", "math"):
-            raise SnapshotError(f"snapshot names a class from forbidden module {module!r}")
-        if module == "copyreg" and name != "_reconstructor":
-            raise SnapshotError(f"snapshot names forbidden copyreg.{name}")
-        return super().find_class(module, name)
+def _pack(obj: Any) -> bytes:
+    packed: bytes = msgpack.packb(obj, strict_types=True, use_bin_type=True)
+    return packed
+
+
+class _Encoder:
+    """Turns state into MessagePack, keeping containers shared between places shared.
+
+    Models keep one list in two structures (a pending entry in its map and in
+    its deadline queue); a restored model must too. A first pass counts the
+    places each mutable container appears; the second writes a shared one once
+    (``_DEFINE``) and refers to it afterwards (``_REF``), in stream order.
+    """
+
+    def __init__(self, state: Any) -> None:
+        self._seen: dict[int, int] = {}
+        self._ids: dict[int, int] = {}
+        self._count(state)
+
+    def _count(self, obj: Any) -> None:
+        stack = [obj]
+        seen = self._seen
+        while stack:
+            item = stack.pop()
+            kind = type(item)
+            if kind in _SHAREABLE:
+                key = id(item)
+                if key in seen:
+                    seen[key] += 1
+                    continue
+                seen[key] = 1
+            if kind is dict:
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif kind in (list, tuple, set, frozenset, deque):
+                stack.extend(item)
+
+    def encode(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is str or kind is float or kind is bool or obj is None or kind is bytes:
+            return obj
+        if kind is int:
+            if -(2**63) <= obj < 2**64:
+                return obj
+            return msgpack.ExtType(_BIG_INT, str(obj).encode("ascii"))
+        if kind in _SHAREABLE and self._seen.get(id(obj), 0) > 1:
+            ref = self._ids.get(id(obj))
+            if ref is not None:
+                return msgpack.ExtType(_REF, _pack(ref))
+            ref = self._ids[id(obj)] = len(self._ids)
+            return msgpack.ExtType(_DEFINE, _pack([ref, self._plain(obj)]))
+        return self._plain(obj)
+
+    def _plain(self, obj: Any) -> Any:
+        kind = type(obj)
+        encode = self.encode
+        if kind is list:
+            return [encode(item) for item in obj]
+        if kind is dict:
+            return {encode(key): encode(value) for key, value in obj.items()}
+        if kind is tuple:
+            return msgpack.ExtType(_TUPLE, _pack([encode(item) for item in obj]))
+        if kind is set:
+            return msgpack.ExtType(_SET, _pack([encode(item) for item in obj]))
+        if kind is frozenset:
+            return msgpack.ExtType(_FROZENSET, _pack([encode(item) for item in obj]))
+        if kind is deque:
+            items = [encode(item) for item in obj]
+            return msgpack.ExtType(_DEQUE, _pack([obj.maxlen, items]))
+        if kind is random.Random:
+            return msgpack.ExtType(_RANDOM, _pack(self.encode(list(obj.getstate()))))
+        raise SnapshotError(f"a snapshot cannot hold a {kind.__module__}.{kind.__qualname__}")
+
+
+class _Decoder:
+    """Builds state back from MessagePack: plain containers, numbers and strings only."""
+
+    def __init__(self) -> None:
+        self._shared: list[Any] = []
+
+    def unpack(self, data: bytes) -> Any:
+        return msgpack.unpackb(data, ext_hook=self._ext, strict_map_key=False, raw=False)
+
+    def _ext(self, code: int, data: bytes) -> Any:
+        if code == _TUPLE:
+            return tuple(_as_list(self.unpack(data)))
+        if code == _SET:
+            return set(_as_list(self.unpack(data)))
+        if code == _FROZENSET:
+            return frozenset(_as_list(self.unpack(data)))
+        if code == _DEQUE:
+            maxlen, items = _as_list(self.unpack(data))
+            if maxlen is not None and (type(maxlen) is not int or maxlen < 0):
+                raise SnapshotError(f"bad deque bound {maxlen!r}")
+            return deque(_as_list(items), maxlen)
+        if code == _RANDOM:
+            generator = random.Random()
+            generator.setstate(tuple(_as_list(self.unpack(data))))  # validates the shape itself
+            return generator
+        if code == _BIG_INT:
+            if len(data) > _MAX_INT_DIGITS:
+                raise SnapshotError("integer in snapshot too long")
+            return int(data.decode("ascii"))
+        if code == _DEFINE:
+            ref, value = _as_list(self.unpack(data))
+            if ref != len(self._shared) or type(value) not in _SHAREABLE:
+                raise SnapshotError(f"bad shared container {ref!r} in snapshot")
+            self._shared.append(value)
+            return value
+        if code == _REF:
+            ref = self.unpack(data)
+            if type(ref) is not int or not 0 <= ref < len(self._shared):
+                raise SnapshotError(f"unknown shared container {ref!r} in snapshot")
+            return self._shared[ref]
+        raise SnapshotError(f"unknown type tag {code} in snapshot")
+
+
+def _as_list(value: Any) -> list[Any]:
+    if type(value) is not list:
+        raise SnapshotError(f"expected a list in snapshot, got {type(value).__name__}")
+    return value
 
 
 def snapshot_key(stage: str, partition: int) -> bytes:
@@ -90,28 +204,47 @@ def snapshot_key(stage: str, partition: int) -> bytes:
 
 
 def encode_snapshot(state: Any, *, stage: str, partition: int, level: int = 3) -> bytes:
-    """Pickle and compress ``state``; the header records its uncompressed size."""
-    raw = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    """Encode and compress ``state``; the header records its version and uncompressed size.
+
+    Raises :class:`SnapshotError` for anything but plain containers, numbers,
+    strings, bytes, deques and ``random.Random`` (a model bug, caught by tests).
+    """
+    raw = _pack(_Encoder(state).encode(state))
+    if len(raw) > MAX_SNAPSHOT_BYTES:
+        raise SnapshotError(
+            f"snapshot of {stage}:{partition} is {len(raw)} bytes, over {MAX_SNAPSHOT_BYTES}"
+        )
     compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
-    return _HEADER.pack(_MAGIC, len(raw)) + compressor.compress(raw)
+    return _HEADER.pack(_MAGIC, SCHEMA_VERSION, len(raw)) + compressor.compress(raw)
 
 
 def decode_snapshot(blob: bytes) -> Any:
+    """The state in ``blob``; :class:`SnapshotError` for anything this version cannot trust."""
+    if blob[:4] == _LEGACY_MAGIC:
+        raise SnapshotError("snapshot is in format 1 (pickle), which is no longer read")
     if len(blob) < _HEADER.size:
         raise SnapshotError("snapshot too short")
-    magic, size = _HEADER.unpack_from(blob)
+    magic, version, size = _HEADER.unpack_from(blob)
     if magic != _MAGIC:
         raise SnapshotError("not a cachecast snapshot")
+    if version != SCHEMA_VERSION:
+        raise SnapshotError(
+            f"snapshot schema version {version} is unknown (this worker reads {SCHEMA_VERSION})"
+        )
+    if size > MAX_SNAPSHOT_BYTES:
+        raise SnapshotError(f"snapshot claims {size} bytes, over {MAX_SNAPSHOT_BYTES}")
     try:
         raw = zstandard.ZstdDecompressor().decompress(blob[_HEADER.size :], max_output_size=size)
     except zstandard.ZstdError as exc:
         raise SnapshotError(f"corrupt snapshot: {exc}") from None
+    if len(raw) != size:
+        raise SnapshotError(f"snapshot is {len(raw)} bytes, its header says {size}")
     try:
-        return _RestrictedUnpickler(io.BytesIO(raw)).load()
+        return _Decoder().unpack(raw)
     except SnapshotError:
         raise
-    except Exception as exc:
-        raise SnapshotError(f"snapshot does not unpickle: {exc!r}") from None
+    except (ValueError, TypeError, RecursionError, msgpack.ExtraData) as exc:
+        raise SnapshotError(f"malformed snapshot: {exc!r}") from None
 
 
 async def load_snapshot(

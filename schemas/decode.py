@@ -85,7 +85,9 @@ class Decoded(Generic[R]):
     rejects: list[Reject] = field(default_factory=list)
 
 
-def _parse(data: Raw, what: str) -> Any:
+def _parse(data: Raw | None, what: str) -> Any:
+    if data is None:
+        raise InvalidEvent(f"null record (a tombstone): expected a JSON {what} or an array of them")
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
     size = len(data)
@@ -102,10 +104,19 @@ def _parse(data: Raw, what: str) -> Any:
         raise InvalidEvent(f"not valid JSON: {exc}") from None
 
 
+def _original(item: Any, data: Raw) -> bytes:
+    """One bad event's JSON; the whole record when the event cannot be re-encoded (too deep)."""
+    try:
+        return orjson.dumps(item)
+    except orjson.JSONEncodeError:
+        return data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+
+
 def _documents(
-    data: Raw, validate: Validator, what: str
+    data: Raw | None, validate: Validator, what: str
 ) -> tuple[list[dict[str, Any]], list[Reject]]:
     doc = _parse(data, what)
+    assert data is not None  # _parse refused None
     if isinstance(doc, dict):
         try:
             return [validate(doc)], []
@@ -126,25 +137,25 @@ def _documents(
                     index,
                     f"event [{index}]: expected a JSON {what}, got {type(item).__name__}",
                     None,
-                    orjson.dumps(item),
+                    _original(item, data),
                 )
             )
             continue
         try:
             good.append(validate(item))
         except FieldError as exc:
-            rejects.append(Reject(index, f"event [{index}]: {exc}", exc.field, orjson.dumps(item)))
+            rejects.append(Reject(index, f"event [{index}]: {exc}", exc.field, _original(item, data)))
     return good, rejects
 
 
 def _decoder(
     validate: Validator, build: Callable[..., R], what: str
-) -> tuple[Callable[[Raw], Decoded[R]], Callable[[Raw], R]]:
-    def decode_many(data: Raw) -> Decoded[R]:
+) -> tuple[Callable[[Raw | None], Decoded[R]], Callable[[Raw | None], R]]:
+    def decode_many(data: Raw | None) -> Decoded[R]:
         docs, rejects = _documents(data, validate, what)
         return Decoded([build(**d) for d in docs], rejects)
 
-    def decode_one(data: Raw) -> R:
+    def decode_one(data: Raw | None) -> R:
         doc = _parse(data, what)
         if not isinstance(doc, dict):
             raise InvalidEvent(f"expected a JSON {what}, got {type(doc).__name__}")
@@ -156,17 +167,17 @@ def _decoder(
     return decode_many, decode_one
 
 
-def decode_access_dicts(data: Raw) -> tuple[list[dict[str, Any]], list[Reject]]:
+def decode_access_dicts(data: Raw | None) -> tuple[list[dict[str, Any]], list[Reject]]:
     """Like :func:`decode_access` but yields validated dicts: the agents' fast path."""
     return _documents(data, validate_access_event, "object (an access event)")
 
 
-def decode_warmup_command_dicts(data: Raw) -> tuple[list[dict[str, Any]], list[Reject]]:
+def decode_warmup_command_dicts(data: Raw | None) -> tuple[list[dict[str, Any]], list[Reject]]:
     """Validated WarmupCommand dicts (and rejects) from one record value."""
     return _documents(data, validate_warmup_command, "object (a warmup command)")
 
 
-def decode_warmup_outcome_dicts(data: Raw) -> tuple[list[dict[str, Any]], list[Reject]]:
+def decode_warmup_outcome_dicts(data: Raw | None) -> tuple[list[dict[str, Any]], list[Reject]]:
     """Validated WarmupOutcome dicts (and rejects) from one record value."""
     return _documents(data, validate_warmup_outcome, "object (a warmup outcome)")
 

@@ -95,6 +95,8 @@ class Predictor(abc.ABC):
         missing = set(self._state_attrs) - set(state)
         if missing:
             raise ValueError(f"state is missing {sorted(missing)}")
+        for name in self._state_attrs:
+            _check_type(name, getattr(self, name), state[name])
         restored = copy.deepcopy({name: state[name] for name in self._state_attrs})
         for name, value in restored.items():
             setattr(self, name, value)
@@ -107,6 +109,24 @@ class Predictor(abc.ABC):
     def __repr__(self) -> str:
         params = ", ".join(f"{name}={value!r}" for name, value in self._get_params().items())
         return f"{type(self).__name__}({params})"
+
+
+_NUMBERS = (int, float)
+
+
+def _check_type(name: str, current: object, restored: object) -> None:
+    """Refuse restored state whose top-level type differs from a fresh model's.
+
+    A snapshot is data from a topic: a list where the model keeps a dict would
+    fail at the next event, far from its cause.
+    """
+    if current is None or restored is None or type(current) is type(restored):
+        return
+    if isinstance(current, _NUMBERS) and isinstance(restored, _NUMBERS):
+        return
+    raise ValueError(
+        f"state {name!r} is a {type(restored).__name__}, expected a {type(current).__name__}"
+    )
 
 
 def stable_hash(key: Key) -> int:

@@ -175,9 +175,7 @@ class WarmScorer(Predictor):
             raise ValueError("learn_every must be >= 1")
         self.learn_every = learn_every
         self.seed = seed
-        self._model = linear_model.LogisticRegression(
-            optimizer=optim.SGD(learning_rate), intercept_lr=learning_rate
-        )
+        self._model = self._new_model()
         self._weights: tuple[float, ...] = (0.0,) * len(FEATURES)
         self._bias = 0.0
         self._threshold = threshold
@@ -232,6 +230,38 @@ class WarmScorer(Predictor):
         if p < self._threshold:
             return False
         return self._admit_fraction >= 1.0 or self._rng.random() < self._admit_fraction
+
+    def _new_model(self) -> linear_model.LogisticRegression:
+        return linear_model.LogisticRegression(
+            optimizer=optim.SGD(self.learning_rate), intercept_lr=self.learning_rate
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Learned state as plain data: river's model becomes its weights and intercept."""
+        state = super().state_dict()
+        model = self._model
+        state["_model"] = {
+            "weights": {str(name): float(value) for name, value in model._weights.items()},
+            "intercept": float(model.intercept),
+            "iterations": int(model.optimizer.n_iterations),
+        }
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        document = state.get("_model")
+        if not isinstance(document, dict):
+            raise ValueError("state is missing the scorer's model")
+        model = self._new_model()
+        weights = document["weights"]
+        if not isinstance(weights, dict):
+            raise ValueError("the scorer's weights are not a mapping")
+        for name, value in weights.items():
+            if name not in FEATURES:
+                raise ValueError(f"unknown feature {name!r} in the scorer's weights")
+            model._weights[name] = float(value)
+        model.intercept = float(document["intercept"])
+        model.optimizer.n_iterations = int(document["iterations"])
+        super().load_state_dict({**state, "_model": model})
 
     def learn_one(self, x: dict[str, float], y: bool) -> None:
         """Update the logistic regression with one labelled candidate."""

@@ -4,12 +4,11 @@ Each predictor is driven through a small adapter: how to feed it one access and
 how to ask it something about a key. The checks: ``clone`` gives the same
 parameters and no state; the same stream gives the same answers (determinism);
 a stream of unique keys cannot grow it past its cap; unseen keys never crash;
-``state_dict`` round-trips through pickle.
+``state_dict`` round-trips through a snapshot (plain data, no pickle).
 """
 
 from __future__ import annotations
 
-import pickle
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.checkpoint import decode_snapshot, encode_snapshot
 from pipeline.models import (
     CoAccess,
     DecayedFrequency,
@@ -151,13 +151,14 @@ def test_unseen_keys_never_crash(adapter: Adapter) -> None:
             adapter.ask(model, other, 123.0)
 
 
-def test_state_dict_round_trips_through_pickle(adapter: Adapter) -> None:
+def test_state_dict_round_trips_through_a_snapshot(adapter: Adapter) -> None:
     model = adapter.make(64)
     stream = _stream(5, 1_000)
     for key, ts in stream[:600]:
         adapter.feed(model, key, ts)
     restored = model.clone()
-    restored.load_state_dict(pickle.loads(pickle.dumps(model.state_dict())))
+    blob = encode_snapshot(model.state_dict(), stage="check", partition=0)
+    restored.load_state_dict(decode_snapshot(blob))
     for key, ts in stream[600:]:
         adapter.feed(model, key, ts)
         adapter.feed(restored, key, ts)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import pickle
 import random
 from dataclasses import replace
 
 import pytest
 
+from pipeline.checkpoint import decode_snapshot, encode_snapshot
 from pipeline.models import Candidate, EngineConfig, WarmEngine
 
 SESSION = ["home", "cart", "price", "stock", "checkout", "shipping"]
@@ -77,7 +77,9 @@ def test_snapshot_restores_identical_behaviour() -> None:
     for ts, key in enumerate(traffic[:2_000]):
         engine.observe(key, float(ts), hit=ts % 3 == 0)
     restored = engine.clone()
-    restored.load_state_dict(pickle.loads(pickle.dumps(engine.state_dict())))
+    restored.load_state_dict(
+        decode_snapshot(encode_snapshot(engine.state_dict(), stage="engine", partition=0))
+    )
     for ts, key in enumerate(traffic[2_000:], start=2_000):
         assert engine.observe(key, float(ts), hit=ts % 3 == 0) == restored.observe(
             key, float(ts), hit=ts % 3 == 0

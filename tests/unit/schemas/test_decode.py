@@ -131,6 +131,21 @@ def test_deep_nesting_in_an_unknown_field_is_harmless() -> None:
     assert event.key == "42"
 
 
+def test_a_tombstone_is_an_invalid_record_not_a_crash() -> None:
+    with pytest.raises(InvalidEvent, match="null record"):
+        decode_access(None)
+
+
+def test_a_batch_item_too_deep_to_re_encode_is_rejected_with_the_whole_record() -> None:
+    deep = b"[" * 300 + b"1" + b"]" * 300  # orjson reads 1024 levels, writes 255
+    raw = b"[" + orjson.dumps(GOOD) + b"," + deep + b"]"
+    result = decode_access(raw)
+    assert [e.key for e in result.records] == ["42"]
+    assert result.rejects[0].index == 1
+    assert "expected a JSON object" in result.rejects[0].reason
+    assert result.rejects[0].raw == raw  # the original bytes, since the item cannot be re-encoded
+
+
 def test_a_batch_keeps_its_good_events_and_rejects_each_bad_one() -> None:
     batch = [GOOD, {**GOOD, "key": ""}, "oops", {**GOOD, "key": "43"}, {**GOOD, "op": "put"}]
     result = decode_access(orjson.dumps(batch))

@@ -1,0 +1,159 @@
+"""Poison on the input and state topics: nothing runs, no agent stops, offsets keep moving."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import time
+from pathlib import Path
+
+import orjson
+import zstandard
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from pipeline.config import Settings
+from pipeline.deadletter import reason_of
+from tests.integration.pipeline.conftest import NAMESPACE, StartWorker
+
+PARTITIONS = 4
+GOOD_PER_PARTITION = 50
+
+
+def _eval_pickle(expression: str) -> bytes:
+    """The protocol-4 pickle that ran code through format 1's module-only allowlist."""
+
+    def text(value: str) -> bytes:
+        raw = value.encode()
+        return pickle.SHORT_BINUNICODE + bytes([len(raw)]) + raw
+
+    call_eval = text("collections") + text("__builtins__.get") + pickle.STACK_GLOBAL
+    call_eval += text("eval") + pickle.TUPLE1 + pickle.REDUCE
+    return (
+        pickle.PROTO
+        + b"\x04"
+        + call_eval
+        + text(expression)
+        + pickle.TUPLE1
+        + pickle.REDUCE
+        + (pickle.STOP)
+    )
+
+
+def _legacy_snapshot(payload: bytes) -> bytes:
+    return b"CCS1" + len(payload).to_bytes(4, "big") + zstandard.ZstdCompressor().compress(payload)
+
+
+def _good(partition: int, i: int) -> bytes:
+    return orjson.dumps(
+        {
+            "ts": time.time(),
+            "namespace": NAMESPACE,
+            "key": f"item:{partition}:{i % 7}",
+            "op": "get",
+            "outcome": "miss",
+            "client": "poison-test",
+        }
+    )
+
+
+async def _produce(settings: Settings, marker: Path) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_brokers())
+    await producer.start()
+    try:
+        exploit = _legacy_snapshot(_eval_pickle(f"open({str(marker)!r}, 'w').write('owned')"))
+        unknown = b"CCST" + (9).to_bytes(2, "big") + (3).to_bytes(4, "big") + b"\x00" * 8
+        for p in range(PARTITIONS):
+            await producer.send(settings.topic_state, exploit, key=f"ttl:{p}".encode(), partition=p)
+            await producer.send(
+                settings.topic_state, unknown, key=f"engine:{p}".encode(), partition=p
+            )
+        await producer.flush()
+        deep = b"[" * 300 + b"1" + b"]" * 300
+        for p in range(PARTITIONS):
+            await producer.send(settings.topic_access, None, key=b"tombstone", partition=p)
+            await producer.send(
+                settings.topic_access, b"[" + _good(p, 0) + b"," + deep + b"]", partition=p
+            )
+            for i in range(1, GOOD_PER_PARTITION):
+                await producer.send(settings.topic_access, _good(p, i), partition=p)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def _dead_letters(settings: Settings, expected: int) -> list[str]:
+    consumer = AIOKafkaConsumer(
+        settings.topic_dead_letter,
+        bootstrap_servers=settings.kafka_brokers(),
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    reasons: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(reasons) < expected:
+                batch = await consumer.getmany(timeout_ms=1000)
+                for records in batch.values():
+                    reasons.extend(reason_of(r.headers) or "" for r in records)
+    finally:
+        await consumer.stop()
+    return reasons
+
+
+async def _committed_reaches_end(settings: Settings) -> dict[int, tuple[int, int]]:
+    """Per access partition: (committed offset, end offset), once all are committed or 60 s."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_brokers())
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers(), group_id=None)
+    await admin.start()
+    await consumer.start()
+    try:
+        tps = [TopicPartition(settings.topic_access, p) for p in range(PARTITIONS)]
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + 60
+        while True:
+            offsets = await admin.list_consumer_group_offsets(settings.app_id)
+            seen = {
+                tp.partition: (offsets[tp].offset if tp in offsets else -1, ends[tp]) for tp in tps
+            }
+            if all(c >= e for c, e in seen.values()) or time.monotonic() > deadline:
+                return seen
+            await asyncio.sleep(1)
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def test_poison_records_and_forged_snapshots_stop_nothing_and_run_nothing(
+    start_worker: StartWorker, settings: Settings, tmp_path: Path
+) -> None:
+    worker = start_worker()
+    marker = tmp_path / "owned"
+    await _produce(settings, marker)
+
+    reasons = await _dead_letters(settings, 2 * PARTITIONS)
+    assert sum("null record (a tombstone)" in r for r in reasons) == PARTITIONS
+    assert sum("event [1]: expected a JSON object" in r for r in reasons) == PARTITIONS
+
+    good = GOOD_PER_PARTITION * PARTITIONS
+    async with asyncio.timeout(60):
+        while True:
+            doc = worker.monitor()
+            if doc["counters"].get("events", 0) >= good:
+                break
+            await asyncio.sleep(0.5)
+    assert doc["counters"]["events"] == good
+    committed = await _committed_reaches_end(settings)
+    assert all(c >= e for c, e in committed.values()), committed
+
+    assert not marker.exists(), "a forged snapshot ran code"
+    checkpoints = worker.monitor()["checkpoints"]
+    assert checkpoints["ttl"]["snapshots_rejected"] == PARTITIONS
+    assert checkpoints["ttl"]["partitions_restored"] == 0
+    assert checkpoints["engine"]["snapshots_rejected"] >= 1
+    log = worker.log_path.read_text(errors="replace")
+    assert "snapshot is in format 1 (pickle), which is no longer read" in log
+    assert "schema version 9 is unknown" in log
+    assert "Crashed" not in log
+    assert "Restarting dead" not in log
