@@ -29,6 +29,7 @@ import aiohttp
 import orjson
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
     "CallableLoader",
     "CircuitBreaker",
     "GuardedLoader",
@@ -41,6 +42,7 @@ __all__ = [
     "load_callable",
     "loader_options",
     "loaders_from_config",
+    "redact_url",
 ]
 
 _DEFAULT_TIMEOUT: Final = 2.0
@@ -62,12 +64,31 @@ class Loader(Protocol):
     async def close(self) -> None: ...
 
 
+DEFAULT_MAX_BYTES: Final = 1024 * 1024
+_DOT_SEGMENTS: Final = frozenset({".", ".."})
+
+
 class HttpLoader:
     """GET a URL built from a template; ``{namespace}`` and ``{key}`` are URL-quoted.
 
     JSON responses are decoded; anything else is stored as text. A status other
     than 2xx raises :class:`LoadError` (a 404 included: warming a key the origin
     does not know is a wasted warm, not a value).
+
+    A key stays inside its path segment: ``/`` is quoted, and a key that is a
+    dot segment (``.`` or ``..``, which URL normalisation would walk up) is
+    refused. Redirects are not followed unless ``follow_redirects`` is set, and
+    a response larger than ``max_bytes`` is refused. Errors name the URL
+    without its query string or credentials, which often carry API keys.
+
+    >>> HttpLoader("https://api/users/{key}").url_for("users", "a/b")
+    'https://api/users/a%2Fb'
+    >>> HttpLoader("https://api/users/{key}").url_for("users", "..")
+    Traceback (most recent call last):
+    ...
+    pipeline.loaders.LoadError: key '..' is a dot segment; it cannot be part of a URL
+    >>> redact_url("https://me:pw@api:8080/users/1?api_key=s3cret")
+    'https://api:8080/users/1?…'
     """
 
     def __init__(
@@ -76,15 +97,25 @@ class HttpLoader:
         *,
         headers: Mapping[str, str] | None = None,
         timeout: float = _DEFAULT_TIMEOUT,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        follow_redirects: bool = False,
     ) -> None:
         if "{key}" not in url_template:
-            raise ValueError(f"url template {url_template!r} must contain {{key}}")
+            raise ValueError(f"url template {redact_url(url_template)!r} must contain {{key}}")
         self.url_template = url_template
+        self.max_bytes = max_bytes
+        self.follow_redirects = follow_redirects
         self._headers = dict(headers or {})
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
+    def __repr__(self) -> str:
+        return f"HttpLoader({redact_url(self.url_template)!r})"
+
     def url_for(self, namespace: str, key: str) -> str:
+        for name, value in (("namespace", namespace), ("key", key)):
+            if value in _DOT_SEGMENTS:
+                raise LoadError(f"{name} {value!r} is a dot segment; it cannot be part of a URL")
         quote = urllib.parse.quote
         return self.url_template.format(
             namespace=quote(namespace, safe=""), key=quote(key, safe="")
@@ -94,21 +125,42 @@ class HttpLoader:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
         url = self.url_for(namespace, key)
+        shown = redact_url(url)
         try:
-            async with self._session.get(url) as response:
-                body = await response.read()
+            async with self._session.get(url, allow_redirects=self.follow_redirects) as response:
+                if 300 <= response.status < 400 and not self.follow_redirects:
+                    raise LoadError(f"GET {shown} answered {response.status} (redirects are off)")
                 if not 200 <= response.status < 300:
-                    raise LoadError(f"GET {url} answered {response.status}")
+                    raise LoadError(f"GET {shown} answered {response.status}")
+                length = response.content_length
+                if length is not None and length > self.max_bytes:
+                    raise LoadError(f"GET {shown}: {length} bytes, over {self.max_bytes} bytes")
+                body = await response.content.read(self.max_bytes + 1)
+                if len(body) > self.max_bytes:
+                    raise LoadError(f"GET {shown}: response over {self.max_bytes} bytes")
                 if response.content_type == "application/json":
                     return orjson.loads(body)
                 return body.decode(response.charset or "utf-8", "replace")
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
-            raise LoadError(f"GET {url} failed: {exc!r}") from None
+            raise LoadError(f"GET {shown} failed: {type(exc).__name__}") from None
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def redact_url(url: str) -> str:
+    """``url`` without credentials or query string, for logs and error messages."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+    except ValueError:
+        return "<unparseable url>"
+    query = "?…" if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", "")) + query
 
 
 def load_callable(path: str) -> Callable[..., Any]:
@@ -332,7 +384,14 @@ def loader_options(namespace: str, options: Mapping[str, Any]) -> tuple[LoaderCo
 
     Unknown options raise ``ValueError`` naming the namespace, so a typo fails at start.
     """
-    known = {"url", "callable", "headers", *LoaderConfig.__dataclass_fields__}
+    known = {
+        "url",
+        "callable",
+        "headers",
+        "max_bytes",
+        "follow_redirects",
+        *LoaderConfig.__dataclass_fields__,
+    }
     unknown = set(options) - known
     if unknown:
         raise ValueError(f"loader for {namespace!r}: unknown option(s) {sorted(unknown)}")
@@ -355,7 +414,13 @@ def loaders_from_config(config: Mapping[str, Mapping[str, Any]]) -> dict[str, Gu
         guards, kind, target = loader_options(namespace, options)
         loader: Loader
         if kind == "url":
-            loader = HttpLoader(target, headers=options.get("headers"), timeout=guards.timeout)
+            loader = HttpLoader(
+                target,
+                headers=options.get("headers"),
+                timeout=guards.timeout,
+                max_bytes=int(options.get("max_bytes", DEFAULT_MAX_BYTES)),
+                follow_redirects=bool(options.get("follow_redirects", False)),
+            )
         else:
             loader = CallableLoader(target)
         loaders[namespace] = GuardedLoader(loader, guards)

@@ -22,11 +22,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
 from pipeline.loaders import (
+    DEFAULT_MAX_BYTES,
     CircuitBreaker,
     HttpLoader,
     LoaderConfig,
@@ -35,14 +36,13 @@ from pipeline.loaders import (
     TokenBucket,
     load_callable,
     loader_options,
+    redact_url,
 )
 
 __all__ = ["SyncGuardedLoader", "SyncLoaderFunc", "sync_loaders"]
 
 SyncLoaderFunc = Callable[[str, str], Any]
 """``func(namespace, key)``: a blocking loader (a coroutine function is run to completion)."""
-
-_MAX_BODY: Final = 64 * 1024 * 1024
 
 
 class SyncGuardedLoader:
@@ -108,23 +108,46 @@ def _blocking(func: SyncLoaderFunc) -> SyncLoaderFunc:
     return func
 
 
-def _http(template: str, headers: Mapping[str, str] | None, timeout: float) -> SyncLoaderFunc:
-    urls = HttpLoader(template, headers=headers, timeout=timeout)
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises HTTPError for the 3xx
+
+
+def _http(
+    template: str,
+    headers: Mapping[str, str] | None,
+    timeout: float,
+    *,
+    max_bytes: int,
+    follow_redirects: bool,
+) -> SyncLoaderFunc:
+    urls = HttpLoader(template, headers=headers, timeout=timeout, max_bytes=max_bytes)
+    opener = (
+        urllib.request.build_opener()
+        if follow_redirects
+        else urllib.request.build_opener(_NoRedirect)
+    )
 
     def fetch(namespace: str, key: str) -> Any:
-        request = urllib.request.Request(urls.url_for(namespace, key), headers=dict(headers or {}))
+        url = urls.url_for(namespace, key)
+        shown = redact_url(url)
+        request = urllib.request.Request(url, headers=dict(headers or {}))
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                body = response.read(_MAX_BODY)
+            with opener.open(request, timeout=timeout) as response:
+                body = response.read(max_bytes + 1)
                 kind = response.headers.get_content_type()
                 charset = response.headers.get_content_charset() or "utf-8"
+        except urllib.error.HTTPError as exc:
+            raise LoadError(f"GET {shown} answered {exc.code}") from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise LoadError(f"GET for {namespace}:{key} failed: {type(exc).__name__}") from None
+            raise LoadError(f"GET {shown} failed: {type(exc).__name__}") from None
+        if len(body) > max_bytes:
+            raise LoadError(f"GET {shown}: response over {max_bytes} bytes")
         if kind == "application/json":
             try:
                 return orjson.loads(body)
             except orjson.JSONDecodeError:
-                raise LoadError(f"GET for {namespace}:{key}: invalid JSON") from None
+                raise LoadError(f"GET {shown}: invalid JSON") from None
         return body.decode(charset, "replace")
 
     return fetch
@@ -138,7 +161,13 @@ def sync_loaders(
     for namespace, options in config.items():
         guards, kind, target = loader_options(namespace, options)
         if kind == "url":
-            func = _http(target, options.get("headers"), guards.timeout)
+            func = _http(
+                target,
+                options.get("headers"),
+                guards.timeout,
+                max_bytes=int(options.get("max_bytes", DEFAULT_MAX_BYTES)),
+                follow_redirects=bool(options.get("follow_redirects", False)),
+            )
         else:
             func = load_callable(target)
         loaders[namespace] = SyncGuardedLoader(func, guards)

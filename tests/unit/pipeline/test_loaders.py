@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from pipeline.client.sync.edge import sync_loaders
 from pipeline.loaders import (
     CallableLoader,
     GuardedLoader,
@@ -38,10 +39,22 @@ async def origin() -> AsyncIterator[str]:
             await asyncio.sleep(1.0)
         if key == "text":
             return web.Response(text="plain")
+        if key == "moved":
+            raise web.HTTPFound("/admin/secrets")
+        if key == "huge":
+            return web.Response(body=b"x" * 5000)
+        seen.append(request.path)
         return web.json_response({"id": key, "ns": request.match_info["ns"]})
 
+    async def admin(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        return web.Response(text="the admin page")
+
+    seen: list[str] = []
     app = web.Application()
     app.router.add_get("/{ns}/users/{key}", user)
+    app.router.add_get("/{ns}/{rest:.*}", admin)
+    app.router.add_get("/admin/secrets", admin)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -60,6 +73,36 @@ async def test_http_loader_fills_the_template_and_decodes_json(origin: str) -> N
             await loader.load("shop", "missing")
     finally:
         await loader.close()
+
+
+async def test_http_loader_keeps_keys_in_their_segment_and_refuses_redirects_and_floods(
+    origin: str,
+) -> None:
+    loader = HttpLoader(origin + "/{namespace}/users/{key}?api_key=s3cret", max_bytes=1000)
+    try:
+        assert await loader.load("shop", "../../admin") == {"id": "../../admin", "ns": "shop"}
+        with pytest.raises(LoadError, match="dot segment"):
+            await loader.load("shop", "..")
+        with pytest.raises(LoadError, match="answered 302") as moved:
+            await loader.load("shop", "moved")
+        with pytest.raises(LoadError, match="over 1000 bytes") as huge:
+            await loader.load("shop", "huge")
+    finally:
+        await loader.close()
+    for error in (moved.value, huge.value):
+        assert "s3cret" not in str(error)
+        assert "/shop/users/" in str(error)  # still says which URL, without its query
+    assert "s3cret" not in repr(loader)
+
+
+async def test_sync_http_loader_refuses_dot_segments_redirects_and_floods(origin: str) -> None:
+    template = origin + "/{namespace}/users/{key}?api_key=s3cret"
+    fetch = sync_loaders({"shop": {"url": template, "max_bytes": 1000}})["shop"]
+    assert await asyncio.to_thread(fetch.load, "shop", "a/b") == {"id": "a/b", "ns": "shop"}
+    for key, words in (("..", "dot segment"), ("moved", "answered 302"), ("huge", "over 1000")):
+        with pytest.raises(LoadError, match=words) as caught:
+            await asyncio.to_thread(fetch.load, "shop", key)
+        assert "s3cret" not in str(caught.value)
 
 
 async def test_http_loader_times_out(origin: str) -> None:
