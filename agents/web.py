@@ -113,18 +113,23 @@ async function refresh() {
     `worker ${doc.worker} · up ${Math.round(doc.uptime_s)} s · window ${doc.window_s} s · ` +
     `warming ${doc.warming_enabled ? "on" : "off"} · ` +
     `dead letters ${doc.counters.dead_letters || 0}`;
+  // Text only: a namespace or a number from the data never becomes markup.
   const rows = Object.entries(doc.namespaces).map(([ns, v]) => {
     const t = v.total;
-    return `<tr><td>${ns}</td><td>${num(t.events)}</td><td>${pct(t.hit_ratio)}</td>` +
-      `<td>${num(t.latency_p50_us)}</td><td>${num(t.latency_p99_us)}</td>` +
-      `<td>${num(t.warms_written)}</td><td>${num(t.warms_useful)}</td>` +
-      `<td>${pct(t.warm_precision)}</td>` +
-      `<td>${num(t.edge_warms_written)}</td><td>${num(t.edge_warms_useful)}</td>` +
-      `<td>${pct(t.edge_warm_precision)}</td><td>${num(t.joined_reads)}</td>` +
-      `<td>${pct(t.prediction_precision)}</td>` +
-      `<td>${pct(t.prediction_recall)}</td></tr>`;
+    const cells = [ns, num(t.events), pct(t.hit_ratio), num(t.latency_p50_us),
+      num(t.latency_p99_us), num(t.warms_written), num(t.warms_useful),
+      pct(t.warm_precision), num(t.edge_warms_written), num(t.edge_warms_useful),
+      pct(t.edge_warm_precision), num(t.joined_reads), pct(t.prediction_precision),
+      pct(t.prediction_recall)];
+    const tr = document.createElement("tr");
+    for (const text of cells) {
+      const td = document.createElement("td");
+      td.textContent = String(text);
+      tr.appendChild(td);
+    }
+    return tr;
   });
-  document.querySelector("#t tbody").innerHTML = rows.join("");
+  document.querySelector("#t tbody").replaceChildren(...rows);
 }
 refresh(); setInterval(refresh, 2000);
 </script></body></html>

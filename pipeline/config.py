@@ -126,12 +126,12 @@ class Settings(BaseSettings):
         validation_alias=_env("REDIS_CLUSTER_NODES", "redis_cluster_nodes"),
         description="Comma-separated host:port startup nodes when clustering is on.",
     )
-    redis_retry_delay: float = Field(
-        0.1,
+    redis_retry_delay_ms: float = Field(
+        100,
         gt=0,
-        le=60,
-        validation_alias=_env("REDIS_RETRY_DELAY", "redis_retry_delay"),
-        description="Base delay in seconds for exponential backoff between retries.",
+        le=60_000,
+        validation_alias=_env("REDIS_RETRY_DELAY", "redis_retry_delay_ms"),
+        description="Base delay in milliseconds for exponential backoff between retries.",
     )
     redis_max_retries: int = Field(
         3, ge=0, le=20, validation_alias=_env("REDIS_MAX_RETRIES", "redis_max_retries")
@@ -456,6 +456,11 @@ class Settings(BaseSettings):
         if self.redis_enable_clustering and not self.cluster_nodes():
             raise ValueError("REDIS_ENABLE_CLUSTERING is on but REDIS_CLUSTER_NODES is empty")
         return self
+
+    @property
+    def redis_retry_delay_s(self) -> float:
+        """``REDIS_RETRY_DELAY`` in seconds (it is set in milliseconds)."""
+        return self.redis_retry_delay_ms / 1000
 
     def kafka_brokers(self) -> list[str]:
         """The bootstrap servers as a list."""

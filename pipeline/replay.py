@@ -48,6 +48,7 @@ from aiokafka import AIOKafkaConsumer
 
 from pipeline.client import IntelligentCache
 from pipeline.client.connection import AsyncRedisClient, connect_async
+from pipeline.client.keys import escape_glob
 from pipeline.codec import ValueCodec
 from pipeline.config import Settings, load_settings
 from pipeline.sim.traces import CsvMapping, Trace, TraceFormat, read_trace
@@ -66,6 +67,7 @@ __all__ = [
     "add_load_options",
     "add_trace_options",
     "bounded_client",
+    "clear",
     "dealer",
     "demo_origin",
     "load_trace",
@@ -183,15 +185,40 @@ def load_trace(
     return read_trace(path, cast("TraceFormat | None", fmt), max_requests, csv_mapping)
 
 
-async def size_cache(cache: IntelligentCache, n_values: int) -> int:
+async def clear(cache: IntelligentCache, *, flush: bool = False) -> int:
+    """Delete cachecast's keys (its prefix only), or the whole database with ``flush``.
+
+    Never other databases: ``flush`` is FLUSHDB, not FLUSHALL. Returns the keys deleted.
+    """
+    redis = cache.redis
+    if flush:
+        size = int(await redis.dbsize())
+        await redis.flushdb()
+        return size
+    deleted = 0
+    batch: list[Any] = []
+    pattern = escape_glob(cache.settings.redis_key_prefix) + "*"
+    async for key in redis.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            deleted += int(await redis.unlink(*batch))
+            batch.clear()
+    if batch:
+        deleted += int(await redis.unlink(*batch))
+    return deleted
+
+
+async def size_cache(cache: IntelligentCache, n_values: int, *, flush: bool = False) -> int:
     """Set maxmemory so that about ``n_values`` values fit (allkeys-lru); returns bytes.
 
     Redis counts its own overhead in ``used_memory``, so the size is measured:
     the baseline now, plus ``n_values`` times the measured cost of one value.
+    Only cachecast's prefix is cleared first (see :func:`clear`); point a replay
+    at a Redis of its own all the same, since it sets ``maxmemory``.
     """
     redis = cache.redis
     await cache.configure_redis({"maxmemory": 0, "maxmemory-policy": "allkeys-lru"})
-    await redis.flushall()
+    await clear(cache, flush=flush)
     base = int((await redis.info("memory"))["used_memory"])
     probe = 2_000
     codec = ValueCodec(
@@ -204,7 +231,7 @@ async def size_cache(cache: IntelligentCache, n_values: int) -> int:
             pipe.set(f"{cache.settings.redis_key_prefix}probe:{i:08d}", encoded)
         await pipe.execute()
     per_value = (int((await redis.info("memory"))["used_memory"]) - base) / probe
-    await redis.flushall()
+    await clear(cache)
     maxmemory = int(base + n_values * per_value * 1.02) + 256 * 1024
     # More samples: Redis's approximated LRU comes closer to true LRU, runs vary less.
     await cache.configure_redis(
@@ -627,8 +654,12 @@ async def replay(
     max_outstanding: int = MAX_OUTSTANDING,
     pool_size: int = POOL_SIZE,
     linger: float = 2.0,
+    flush: bool = False,
 ) -> ReplayResult:
     """Replay ``trace`` through ``clients`` :class:`IntelligentCache` instances; see the module doc.
+
+    Before it starts, the replay deletes the keys under cachecast's prefix; with
+    ``flush`` it empties its Redis database instead (FLUSHDB, never FLUSHALL).
 
     ``origin_ms`` sets CACHECAST_DEMO_ORIGIN_MS for the replay (None: as set, default
     3 ms). Each client has ``pool_size`` Redis connections (see :func:`bounded_client`).
@@ -651,6 +682,7 @@ async def replay(
             max_outstanding=max_outstanding,
             pool_size=pool_size,
             linger=linger,
+            flush=flush,
         )
 
 
@@ -737,6 +769,7 @@ async def _replay(
     max_outstanding: int,
     pool_size: int,
     linger: float,
+    flush: bool,
 ) -> ReplayResult:
     # Each client is an application process of its own: own connections, own emitter.
     redis_clients = [bounded_client(settings, pool_size) for _ in range(clients)]
@@ -758,7 +791,7 @@ async def _replay(
         for i, client in enumerate(redis_clients):
             await _open_connections(client, pool_size, payload, f"#cachecast-replay-probe:{i}")
         await asyncio.sleep(_BUFFERS_SETTLE_S)
-        await size_cache(caches[0], n_values)
+        await size_cache(caches[0], n_values, flush=flush)
         if watcher is not None:
             await watcher.start()
         keys = [str(k) for k in trace.keys.tolist()]
@@ -918,6 +951,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=0.05,
         help="cache holds this fraction of the trace's distinct keys (default 0.05)",
     )
+    parser.add_argument(
+        "--flush",
+        action="store_true",
+        help="empty the Redis database first (FLUSHDB; default: delete only cachecast's prefix)",
+    )
     parser.add_argument("--json", default=None, help="write the result as JSON here")
     parser.set_defaults(func=_run)
 
@@ -950,6 +988,7 @@ def _run(args: argparse.Namespace) -> int:
             origin_ms=args.origin_ms,
             max_outstanding=args.max_outstanding,
             pool_size=args.connections,
+            flush=args.flush,
         )
     )
     print(file=sys.stderr)

@@ -224,15 +224,28 @@ class WindowStats:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WindowStats:
+        """Read :meth:`to_dict`'s form back, validating it: it arrives from a topic.
+
+        Counters must be non-negative integers below 2**63 and histogram buckets
+        integers in ``[0, 500]``; anything else raises ``ValueError`` naming the
+        field (a crafted bucket like ``1e6`` would overflow every quantile).
+
+        >>> WindowStats.from_dict({"latency": {"99999": 1}})
+        Traceback (most recent call last):
+        ...
+        ValueError: latency: bucket 99999 is outside [0, 500]
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected an object, got {type(data).__name__}")
         stats = cls()
         for f in fields(stats):
             if f.name not in data:
                 continue
             value = data[f.name]
             if f.name in ("latency", "warm_latency"):
-                setattr(stats, f.name, LatencyHistogram({int(b): n for b, n in value.items()}))
+                setattr(stats, f.name, _histogram(f.name, value))
             else:
-                setattr(stats, f.name, int(value))
+                setattr(stats, f.name, _count(f.name, value))
         return stats
 
     def snapshot(
@@ -271,3 +284,27 @@ class WindowStats:
             dead_letters=self.dead_letters,
             worker=worker,
         )
+
+
+_MAX_COUNT: Final = 2**63 - 1
+
+
+def _count(name: str, value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= _MAX_COUNT:
+        raise ValueError(f"{name}: {value!r} is not a count (a non-negative integer below 2**63)")
+    return value
+
+
+def _histogram(name: str, value: Any) -> LatencyHistogram:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name}: expected an object of bucket counts")
+    buckets: dict[int, int] = {}
+    for raw, n in value.items():
+        try:
+            bucket = int(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: bucket {raw!r} is not an integer") from None
+        if not 0 <= bucket <= _MAX_BUCKET:
+            raise ValueError(f"{name}: bucket {bucket} is outside [0, {_MAX_BUCKET}]")
+        buckets[bucket] = _count(f"{name}[{bucket}]", n)
+    return LatencyHistogram(buckets)

@@ -8,13 +8,13 @@ client alike:
   :data:`POOL_WAIT_S`), with TCP keepalive;
 * retries with exponential backoff and full jitter on connection errors,
   timeouts and ``LOADING`` (``REDIS_MAX_RETRIES`` attempts after the first,
-  base delay ``REDIS_RETRY_DELAY``). A retry opens a fresh connection, which is
+  base delay ``REDIS_RETRY_DELAY`` in milliseconds). A retry opens a fresh connection, which is
   how a pooled client survives a Redis restart with nothing for the caller to do;
 * ``REDIS_ENABLE_CLUSTERING`` with ``REDIS_CLUSTER_NODES`` gives redis-py's
   ``RedisCluster`` instead, which the cache client drives through the same API.
 
 >>> from pipeline.config import Settings
->>> backoff_cap(Settings(redis_retry_delay=0.1, redis_max_retries=3))
+>>> backoff_cap(Settings(redis_retry_delay_ms=100, redis_max_retries=3))
 0.8
 """
 
@@ -54,12 +54,14 @@ _RETRY_ON: Final = (ConnectionError, TimeoutError, BusyLoadingError)
 
 def backoff_cap(settings: Settings) -> float:
     """Longest single backoff: the base delay doubled once per allowed retry (<= 30 s)."""
-    delay = settings.redis_retry_delay
+    delay = settings.redis_retry_delay_s
     return round(min(30.0, max(delay, delay * float(2**settings.redis_max_retries))), 6)
 
 
 def _backoff(settings: Settings) -> ExponentialWithJitterBackoff:
-    return ExponentialWithJitterBackoff(cap=backoff_cap(settings), base=settings.redis_retry_delay)
+    return ExponentialWithJitterBackoff(
+        cap=backoff_cap(settings), base=settings.redis_retry_delay_s
+    )
 
 
 def async_retry(settings: Settings) -> redis.asyncio.retry.Retry:

@@ -285,7 +285,7 @@ class CacheCore:
         self.breaker_cooldown = (
             breaker_cooldown
             if breaker_cooldown is not None
-            else min(5.0, max(0.5, settings.redis_retry_delay * 2**settings.redis_max_retries))
+            else min(5.0, max(0.5, settings.redis_retry_delay_s * 2**settings.redis_max_retries))
         )
         self._logged_at = 0.0
 

@@ -99,7 +99,7 @@ class Backend:
         values: dict[str, Any] = {
             "redis_key_prefix": prefix,
             "emitter_enabled": False,
-            "redis_retry_delay": 0.01,
+            "redis_retry_delay_ms": 10,
             "redis_max_retries": 2,
             "redis_socket_timeout": 2.0,
         }

@@ -215,7 +215,7 @@ def test_increment_and_expire_plans() -> None:
 
 
 def test_failures_open_the_breaker_only_for_outages() -> None:
-    core, events = make_core(redis_retry_delay=0.05, redis_max_retries=3)
+    core, events = make_core(redis_retry_delay_ms=50, redis_max_retries=3)
     assert core.breaker_cooldown == pytest.approx(0.5)
     error = core.failure("get", "ns", ["k"], 0, ResponseError("WRONGTYPE"))
     assert isinstance(error, CacheCommandError)

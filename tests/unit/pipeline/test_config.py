@@ -20,7 +20,7 @@ def test_the_seed_environment_names_are_read(monkeypatch: pytest.MonkeyPatch) ->
         "REDIS_ENABLE_COMPRESSION": "false",
         "REDIS_ENABLE_CLUSTERING": "true",
         "REDIS_CLUSTER_NODES": "10.0.0.1:7000,10.0.0.2:7000",
-        "REDIS_RETRY_DELAY": "0.25",
+        "REDIS_RETRY_DELAY": "250",
         "REDIS_MAX_RETRIES": "5",
         "KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092",
         "CACHECAST_TOPIC_ACCESS": "shop.access",
@@ -41,7 +41,8 @@ def test_the_seed_environment_names_are_read(monkeypatch: pytest.MonkeyPatch) ->
     )
     assert (s.redis_compression_threshold, s.redis_enable_compression) == (2048, False)
     assert s.cluster_nodes() == [("10.0.0.1", 7000), ("10.0.0.2", 7000)]
-    assert (s.redis_retry_delay, s.redis_max_retries) == (0.25, 5)
+    assert (s.redis_retry_delay_ms, s.redis_max_retries) == (250, 5)
+    assert s.redis_retry_delay_s == 0.25
     assert s.kafka_brokers() == ["k1:9092", "k2:9092"]
     assert s.topic_access == "shop.access"
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import orjson
+import pytest
 
 from pipeline.stats import WindowStats
 from schemas.decode import validate_access_event, validate_metrics_snapshot
@@ -110,3 +113,28 @@ def test_the_snapshot_reports_both_paths_and_is_a_valid_contract() -> None:
     assert snapshot.joined_reads == 1
     doc = orjson.loads(snapshot.dumps())
     assert validate_metrics_snapshot(doc) == doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "words"),
+    [
+        ({"latency": {"1000000": 1}}, "bucket 1000000 is outside"),
+        ({"latency": {"1e6": 1}}, "is not an integer"),
+        ({"latency": {"3": -5}}, "latency[3]"),
+        ({"hits": 2**64}, "hits"),
+        ({"hits": "7"}, "hits"),
+        ({"warm_latency": [1, 2]}, "warm_latency"),
+    ],
+)
+def test_a_crafted_stats_delta_is_refused_with_the_field_named(
+    doc: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(words)):
+        WindowStats.from_dict(doc)
+
+
+def test_every_quantile_of_an_accepted_delta_is_finite() -> None:
+    stats = WindowStats.from_dict({"latency": {"500": 3, "0": 1}, "hits": 4})
+    snapshot = stats.snapshot("shop", 0.0, 1.0)
+    assert math.isfinite(snapshot.latency_p99_us)
+    assert WindowStats.from_dict(stats.to_dict()).to_dict() == stats.to_dict()
