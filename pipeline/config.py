@@ -185,6 +185,12 @@ class Settings(BaseSettings):
         validation_alias=_env("CACHECAST_EMITTER_BUFFER", "emitter_buffer_size"),
         description="Events held in memory while Kafka is slow; the oldest are dropped.",
     )
+    emitter_buffer_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=64 * 1024,
+        validation_alias=_env("CACHECAST_EMITTER_BUFFER_BYTES", "emitter_buffer_bytes"),
+        description="Bytes of events held in memory (estimated); the oldest are dropped.",
+    )
     emitter_batch_size: int = Field(
         500,
         ge=1,

@@ -18,8 +18,11 @@ __all__ = ["PartitionCache", "partition_for"]
 
 
 def partition_for(key: str, partitions: int) -> int:
-    """Kafka's default partition of ``key`` among ``partitions``."""
-    digest: int = murmur2(key.encode())
+    """Kafka's default partition of ``key`` among ``partitions``.
+
+    A key that is not valid UTF-8 text (a lone surrogate) still gets a partition.
+    """
+    digest: int = murmur2(key.encode("utf-8", "surrogatepass"))
     return (digest & 0x7FFFFFFF) % partitions
 
 

@@ -5,8 +5,17 @@ lock, no await, no exception. A background task drains the deque every
 ``linger`` interval, groups events by the Kafka partition their key hashes to
 (Kafka's own murmur2, so single-event producers in other languages land on the
 same partition for the same key), and sends each group as one record holding a
-JSON array. When Kafka is slow or down the deque fills and the *oldest* events
-are dropped and counted; when it returns, events flow again.
+JSON array. When Kafka is slow or down the deque fills (bounded in events and in
+estimated bytes) and the *oldest* events are dropped and counted; when it
+returns, events flow again.
+
+A broker outage costs the application almost nothing. The first failed delivery
+closes the producer (its retries are what burns CPU and floods the log); the
+emitter then probes the brokers with a plain TCP connect, backing off
+exponentially with full jitter (0.5 s to 5 s), and only builds a producer again
+once a broker accepts connections. It logs once when the outage starts and once
+when it ends, with the events dropped meanwhile. An event that cannot be encoded
+(a lone surrogate in a key) is dropped and counted; the others in its batch go.
 
 :class:`ThreadedAccessEmitter` runs the same loop in a daemon thread for
 synchronous applications.
@@ -32,7 +41,14 @@ from pipeline.config import Settings
 from pipeline.partitioning import PartitionCache
 from schemas.contracts import MAX_RECORD_BYTES
 
-__all__ = ["AccessEmitter", "EmitterStats", "ThreadedAccessEmitter"]
+__all__ = [
+    "AccessEmitter",
+    "EmitterStats",
+    "KafkaLogDeduplicator",
+    "ThreadedAccessEmitter",
+    "kafka_log_filter",
+    "quiet_kafka_logs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +73,11 @@ _FIELDS: Final = (
 )
 _METADATA_REFRESH_S: Final = 30.0
 _MAX_IN_FLIGHT: Final = 16
+_RECONNECT_BASE_S: Final = 0.5
+_RECONNECT_CAP_S: Final = 5.0  # a probe is one TCP connect: cheap, silent
+_PROBE_TIMEOUT_S: Final = 1.0
+_STALL_S: Final = 1.0
+_EVENT_OVERHEAD: Final = 160  # bytes of a queued event beside its strings (tuple, ints, floats)
 
 ProducerFactory = Callable[[], AIOKafkaProducer]
 
@@ -73,10 +94,66 @@ class EmitterStats:
     dropped_send_failed: int
     pending: int
     connected: bool
+    dropped_unencodable: int = 0
+    pending_bytes: int = 0
+    outages: int = 0
 
     @property
     def dropped(self) -> int:
-        return self.dropped_overflow + self.dropped_send_failed
+        return self.dropped_overflow + self.dropped_send_failed + self.dropped_unencodable
+
+
+class KafkaLogDeduplicator(logging.Filter):
+    """Lets each distinct aiokafka message through once per ``window`` seconds.
+
+    A broker outage makes aiokafka log the same connection errors tens of times
+    a second; an application should see that Kafka is down, once, not be
+    flooded. Installed on aiokafka's loggers by :func:`quiet_kafka_logs` (the
+    emitter does it when it starts); suppressed records are counted.
+    """
+
+    def __init__(self, window: float = 60.0) -> None:
+        super().__init__()
+        self.window = window
+        self.suppressed = 0
+        self._last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        now = record.created
+        key = (record.name, record.msg)
+        last = self._last.get(key)
+        if last is not None and now - last < self.window:
+            self.suppressed += 1
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
+_KAFKA_LOGGERS: Final = (
+    "aiokafka",
+    "aiokafka.client",
+    "aiokafka.cluster",
+    "aiokafka.conn",
+    "aiokafka.producer.producer",
+    "aiokafka.producer.sender",
+)
+kafka_log_filter: Final = KafkaLogDeduplicator()
+
+
+def quiet_kafka_logs() -> None:
+    """Install :data:`kafka_log_filter` on aiokafka's loggers (idempotent)."""
+    for name in _KAFKA_LOGGERS:
+        logger = logging.getLogger(name)
+        if kafka_log_filter not in logger.filters:
+            logger.addFilter(kafka_log_filter)
+
+
+async def _always() -> bool:
+    return True
 
 
 class AccessEmitter:
@@ -101,15 +178,22 @@ class AccessEmitter:
         self._sample_rate = settings.emitter_sample_rate
         self._batch_size = settings.emitter_batch_size
         self._linger = settings.emitter_linger_ms / 1000.0
-        self._buffer: deque[tuple[Any, ...]] = deque(maxlen=settings.emitter_buffer_size)
+        self._buffer: deque[tuple[Any, ...]] = deque()
+        self._max_events = settings.emitter_buffer_size
+        self._max_bytes = settings.emitter_buffer_bytes
+        self._bytes = 0
         self._factory = producer_factory or self._default_producer
+        # A probe before each connection attempt (the default producer only: a
+        # factory of the caller's own knows its own transport).
+        self._probe = self._reachable if producer_factory is None else _always
         self._producer: AIOKafkaProducer | None = None
         self._partitions: list[int] = []
         self._metadata_at = 0.0
         self._partition_of = PartitionCache(1)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._in_flight: set[asyncio.Future[Any]] = set()
+        # delivery -> (sent at, events), oldest first
+        self._in_flight: dict[asyncio.Future[Any], tuple[float, int]] = {}
         self._random = random.Random()
         # Counters (plain ints: emit runs on the cache path).
         self._emitted = 0
@@ -118,6 +202,12 @@ class AccessEmitter:
         self._batches = 0
         self._dropped_overflow = 0
         self._dropped_send_failed = 0
+        self._dropped_unencodable = 0
+        self._broken: str | None = None  # why the producer must go (a failed delivery)
+        self._outage_since: float | None = None
+        self._outage_dropped = 0
+        self._outages = 0
+        self._retiring: set[asyncio.Task[None]] = set()
 
     # -- the cache path -------------------------------------------------------------
 
@@ -150,10 +240,17 @@ class AccessEmitter:
             self._sampled_out += 1
             return
         buffer = self._buffer
-        if len(buffer) == buffer.maxlen:
-            self._dropped_overflow += 1
+        size = _EVENT_OVERHEAD + len(namespace) + len(key)
+        if user:
+            size += len(user)
+        if session:
+            size += len(session)
+        if tags:
+            size += sum(len(t) + 8 for t in tags)
+        self._bytes += size
         buffer.append(
             (
+                size,
                 time.time() if ts is None else ts,
                 namespace,
                 key,
@@ -173,6 +270,9 @@ class AccessEmitter:
             )
         )
         self._emitted += 1
+        while len(buffer) > self._max_events or self._bytes > self._max_bytes:
+            self._bytes -= buffer.popleft()[0]
+            self._dropped_overflow += 1
 
     def stats(self) -> EmitterStats:
         return EmitterStats(
@@ -183,7 +283,10 @@ class AccessEmitter:
             dropped_overflow=self._dropped_overflow,
             dropped_send_failed=self._dropped_send_failed,
             pending=len(self._buffer),
-            connected=self._producer is not None,
+            connected=self._producer is not None and self._broken is None,
+            dropped_unencodable=self._dropped_unencodable,
+            pending_bytes=self._bytes,
+            outages=self._outages,
         )
 
     # -- lifecycle ------------------------------------------------------------------
@@ -191,6 +294,7 @@ class AccessEmitter:
     async def start(self) -> None:
         """Start the background sender. Returns at once, even when Kafka is down."""
         if self._task is None:
+            quiet_kafka_logs()
             self._stopping = False
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="cachecast-access-emitter"
@@ -213,6 +317,7 @@ class AccessEmitter:
             # Whatever could not be flushed is lost: count it.
             self._dropped_send_failed += len(self._buffer)
             self._buffer.clear()
+            self._bytes = 0
 
     async def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the buffer is empty and in-flight sends are done."""
@@ -240,38 +345,106 @@ class AccessEmitter:
         )
 
     async def _run(self) -> None:
-        backoff = 0.2
+        attempt = 0
         while True:
+            if self._broken is not None:
+                self._begin_outage(self._broken)
+                self._broken = None
+                self._retire_producer()
             if self._producer is None:
                 if self._stopping and not self._buffer:
                     return
                 if not await self._connect():
                     if self._stopping:
                         return
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    attempt += 1
+                    cap = min(_RECONNECT_CAP_S, _RECONNECT_BASE_S * 2**attempt)
+                    await asyncio.sleep(self._random.uniform(_RECONNECT_BASE_S / 2, cap))
                     continue
-                backoff = 0.2
+                attempt = 0
+                self._end_outage()
+            if self._stalled():
+                continue
             if self._buffer:
-                await self._send_available()
+                try:
+                    await self._send_available()
+                except Exception:  # a bug must not end the sender: the cache path keeps emitting
+                    log.exception("access emitter: unexpected error while sending; carrying on")
+                    await asyncio.sleep(self._linger or 0.005)
             elif self._stopping:
                 await self._wait_in_flight()
                 return
             else:
                 await asyncio.sleep(self._linger)
 
+    def _stalled(self) -> bool:
+        """Whether the oldest delivery has waited over ``_STALL_S`` (the broker went away).
+
+        With acks=1 a delivery takes milliseconds; waiting for the producer's own
+        request timeout would leave its retries spinning (and logging) for seconds.
+        """
+        if self._broken is not None:
+            return True
+        if not self._in_flight or self._stopping:
+            return False
+        oldest = next(iter(self._in_flight.values()))[0]
+        if time.monotonic() - oldest < _STALL_S:
+            return False
+        self._broken = f"no delivery for {_STALL_S:g} s"
+        return True
+
+    def _begin_outage(self, reason: str) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            self._outage_dropped = self.stats().dropped
+            self._outages += 1
+            log.warning(
+                "access emitter: Kafka unreachable (%s); dropping events until it is back",
+                reason,
+            )
+
+    def _end_outage(self) -> None:
+        if self._outage_since is None:
+            log.info("access emitter connected to %s", self._settings.kafka_bootstrap_servers)
+            return
+        lasted = time.monotonic() - self._outage_since
+        dropped = self.stats().dropped - self._outage_dropped
+        self._outage_since = None
+        log.warning(
+            "access emitter: Kafka is back after %.1f s; %d events were dropped", lasted, dropped
+        )
+
+    async def _reachable(self) -> bool:
+        """Whether any bootstrap broker accepts a TCP connection (no Kafka client, no log)."""
+        for server in self._settings.kafka_brokers():
+            host, _, port = server.rpartition(":")
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host.strip("[]") or "localhost", int(port)),
+                    _PROBE_TIMEOUT_S,
+                )
+            except (OSError, TimeoutError, ValueError):
+                continue
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return True
+        return False
+
     async def _connect(self) -> bool:
+        if not await self._probe():
+            self._begin_outage("no broker accepts connections")
+            return False
         producer = self._factory()
         try:
             await producer.start()
             self._producer = producer
             await self._refresh_partitions(force=True)
-            log.info("access emitter connected to %s", self._settings.kafka_bootstrap_servers)
             return True
         except Exception as exc:  # any failure here means "Kafka unavailable"
-            log.debug("access emitter cannot reach Kafka: %s", exc)
+            self._begin_outage(f"{type(exc).__name__}: {exc}")
             with contextlib.suppress(Exception):
-                await producer.stop()
+                await asyncio.wait_for(producer.stop(), 5.0)
             self._producer = None
             return False
 
@@ -280,6 +453,27 @@ class AccessEmitter:
         if producer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), 5.0)
+
+    def _retire_producer(self) -> None:
+        """Stop a producer whose broker went away, in the background.
+
+        Its stop waits for its batches to expire; the emitter does not wait with
+        it, and cancelling it would leave aiokafka's sender running.
+        """
+        producer, self._producer = self._producer, None
+        # Its deliveries are lost: count them now, whether or not aiokafka ever settles them.
+        self._dropped_send_failed += sum(count for _, count in self._in_flight.values())
+        self._in_flight.clear()
+        if producer is None:
+            return
+        task = asyncio.get_running_loop().create_task(producer.stop())
+        self._retiring.add(task)
+        task.add_done_callback(self._retired)
+
+    def _retired(self, task: asyncio.Task[None]) -> None:
+        self._retiring.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("access emitter: stopping a broken producer: %r", task.exception())
 
     async def _refresh_partitions(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -299,50 +493,78 @@ class AccessEmitter:
         try:
             await self._refresh_partitions()
         except Exception as exc:
-            log.debug("access emitter lost Kafka metadata: %s", exc)
-            await self._drop_producer()
+            self._broken = f"metadata: {type(exc).__name__}"
             return
         groups: dict[int, list[dict[str, Any]]] = {}
         buffer, fields = self._buffer, _FIELDS
         for _ in range(min(len(buffer), self._batch_size * 8)):
             event = buffer.popleft()
-            groups.setdefault(self._partition(event[1], event[2]), []).append(
-                dict(zip(fields, event, strict=True))
+            self._bytes -= event[0]
+            groups.setdefault(self._partition(event[2], event[3]), []).append(
+                dict(zip(fields, event[1:], strict=True))
             )
         for partition, events in groups.items():
             for start in range(0, len(events), self._batch_size):
                 await self._send(partition, events[start : start + self._batch_size])
 
     async def _send(self, partition: int, events: list[dict[str, Any]]) -> None:
-        while len(self._in_flight) >= _MAX_IN_FLIGHT:
-            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+        while len(self._in_flight) >= _MAX_IN_FLIGHT and not self._stalled():
+            await asyncio.wait(
+                list(self._in_flight), timeout=_STALL_S / 4, return_when=asyncio.FIRST_COMPLETED
+            )
         producer = self._producer
-        if producer is None:
+        if producer is None or self._broken is not None:
             self._dropped_send_failed += len(events)
             return
-        value = orjson.dumps(events)
         try:
-            delivery = await producer.send(self._topic, value, partition=partition)
+            value = orjson.dumps(events)
+        except orjson.JSONEncodeError:
+            events = self._encodable(events)
+            if not events:
+                return
+            value = orjson.dumps(events)
+        try:
+            delivery = await asyncio.wait_for(
+                producer.send(self._topic, value, partition=partition), _STALL_S
+            )
         except Exception as exc:
             self._dropped_send_failed += len(events)
-            log.debug("access emitter send failed: %s", exc)
-            await self._drop_producer()
+            self._broken = f"send: {type(exc).__name__}"
             return
         count = len(events)
-        self._in_flight.add(delivery)
+        self._in_flight[delivery] = (time.monotonic(), count)
         delivery.add_done_callback(lambda fut: self._delivered(fut, count))
 
+    def _encodable(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The events of a batch that encode; the others are dropped and counted."""
+        kept = []
+        for event in events:
+            try:
+                orjson.dumps(event)
+            except orjson.JSONEncodeError:
+                self._dropped_unencodable += 1
+                continue
+            kept.append(event)
+        if len(kept) < len(events):
+            log.debug("access emitter dropped %d events it cannot encode", len(events) - len(kept))
+        return kept
+
     def _delivered(self, delivery: asyncio.Future[Any], count: int) -> None:
-        self._in_flight.discard(delivery)
+        if not delivery.cancelled():
+            delivery.exception()  # retrieved, so asyncio never logs it as unretrieved
+        if self._in_flight.pop(delivery, None) is None:
+            return  # its producer was retired, and its events counted as dropped then
         if delivery.cancelled() or delivery.exception() is not None:
             self._dropped_send_failed += count
+            if not self._stopping and self._broken is None and not delivery.cancelled():
+                self._broken = f"delivery: {type(delivery.exception()).__name__}"
         else:
             self._sent += count
             self._batches += 1
 
     async def _wait_in_flight(self) -> None:
         if self._in_flight:
-            await asyncio.wait(set(self._in_flight))
+            await asyncio.wait(list(self._in_flight))
 
 
 class ThreadedAccessEmitter:

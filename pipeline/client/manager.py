@@ -501,6 +501,9 @@ def _emitter_stats(emitter: Any) -> dict[str, Any] | None:
         "dropped": stats.dropped,
         "dropped_overflow": stats.dropped_overflow,
         "dropped_send_failed": stats.dropped_send_failed,
+        "dropped_unencodable": stats.dropped_unencodable,
         "pending": stats.pending,
+        "pending_bytes": stats.pending_bytes,
+        "outages": stats.outages,
         "connected": stats.connected,
     }

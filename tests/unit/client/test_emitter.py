@@ -53,3 +53,33 @@ async def test_edge_fields_reach_the_wire_and_decode() -> None:
     assert (warm.outcome, warm.size_bytes, warm.ttl) == ("none", 512, 60)
     assert (by_key_op["b", "get"].warmed, by_key_op["b", "get"].warm_path) == (True, "edge")
     assert by_key_op["c", "get"].joined is True
+
+
+async def test_an_event_that_cannot_be_encoded_is_dropped_and_the_rest_still_go() -> None:
+    producer = FakeProducer()
+    emitter = AccessEmitter(Settings(), producer_factory=lambda: producer)
+    emitter.emit("shop", "good-1", "get", "hit", ts=1.0)
+    emitter.emit("shop", "bad-\ud800", "get", "hit", ts=2.0)  # a lone surrogate
+    emitter.emit("shop", "good-2", "get", "hit", ts=3.0)
+    await emitter.start()
+    assert await emitter.flush(2.0)
+    emitter.emit("shop", "later", "get", "hit", ts=4.0)  # the sender task lives on
+    assert await emitter.flush(2.0)
+    stats = emitter.stats()
+    await emitter.close()
+    keys = [e.key for raw in producer.sent for e in decode_access(raw).records]
+    assert keys == ["good-1", "good-2", "later"]
+    assert (stats.dropped_unencodable, stats.sent, stats.connected) == (1, 3, True)
+
+
+def test_the_buffer_is_bounded_in_bytes_as_well_as_events() -> None:
+    emitter = AccessEmitter(
+        Settings(emitter_buffer_size=1_000_000, emitter_buffer_bytes=64 * 1024),
+        producer_factory=FakeProducer,
+    )
+    for i in range(1_000):
+        emitter.emit("shop", f"{i}-" + "k" * 500, "get", "miss", user="u" * 200)
+    stats = emitter.stats()
+    assert stats.pending_bytes <= 64 * 1024
+    assert stats.pending < 100  # each event holds ~860 bytes
+    assert stats.dropped_overflow == 1_000 - stats.pending
