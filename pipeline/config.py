@@ -319,6 +319,15 @@ class Settings(BaseSettings):
         " the background, through the namespace's loader (CACHECAST_LOADERS or"
         " register_loader).",
     )
+    load_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        validation_alias=_env("CACHECAST_LOAD_TIMEOUT_S", "load_timeout_s"),
+        description="Client: the longest a get waits for fallback_data (or for another"
+        " caller's load of the same key); then it raises LoadTimeoutError and the next"
+        " get loads again.",
+    )
     edge_join_wait_s: float = Field(
         1.0,
         ge=0,

@@ -362,7 +362,9 @@ class GuardedLoader:
             except TimeoutError:
                 self.breaker.record(False)
                 raise LoadError(f"load timed out after {self.config.timeout:g}s") from None
-            except LoadError:
+            except BaseException:
+                # Any error, and a cancelled call too: a half-open trial that ended
+                # without a success must re-open the breaker, never leave it half-open.
                 self.breaker.record(False)
                 raise
             self.breaker.record(True)

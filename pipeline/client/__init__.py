@@ -15,6 +15,7 @@ from pipeline.client.errors import (
     CacheError,
     CacheUnavailableError,
     InvalidKeyError,
+    LoadTimeoutError,
     RedisConfigError,
 )
 from pipeline.client.intelligent import IntelligentCache, Loader
@@ -39,6 +40,7 @@ __all__ = [
     "EmitterStats",
     "IntelligentCache",
     "InvalidKeyError",
+    "LoadTimeoutError",
     "Loader",
     "RedisCacheManager",
     "RedisConfigError",

@@ -14,6 +14,7 @@ __all__ = [
     "CacheError",
     "CacheUnavailableError",
     "InvalidKeyError",
+    "LoadTimeoutError",
     "RedisConfigError",
 ]
 
@@ -29,6 +30,11 @@ class CacheUnavailableError(CacheError):
 
 class CacheCommandError(CacheError):
     """Redis answered with an error (e.g. INCR on a non-integer value)."""
+
+
+class LoadTimeoutError(TimeoutError):
+    """``fallback_data`` (this caller's, or the one whose load it joined) did not return
+    within ``CACHECAST_LOAD_TIMEOUT_S``. The key is not blocked: the next get loads again."""
 
 
 class RedisConfigError(ValueError):

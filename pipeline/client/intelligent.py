@@ -71,7 +71,7 @@ from pipeline.client.edge import (
     worth_loading,
 )
 from pipeline.client.emitter import AccessEmitter
-from pipeline.client.errors import CacheError
+from pipeline.client.errors import CacheError, LoadTimeoutError
 from pipeline.client.keys import rules_stream, validate_key
 from pipeline.client.manager import RedisCacheManager
 from pipeline.client.rulebook import (
@@ -467,10 +467,16 @@ class IntelligentCache(RedisCacheManager):
         )
         core.stats.loads += 1
         started = time.perf_counter()
+        timeout = self.settings.load_timeout_s
         try:
             value = loader()
             if inspect.isawaitable(value):
-                value = await value
+                try:
+                    value = await asyncio.wait_for(value, timeout)
+                except TimeoutError:
+                    raise LoadTimeoutError(
+                        f"loading {namespace}:{key} took over {timeout:g} s"
+                    ) from None
         except BaseException:
             core.stats.load_errors += 1
             if smart_ttl is not None:

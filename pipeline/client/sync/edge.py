@@ -76,10 +76,10 @@ class SyncGuardedLoader:
         started = time.monotonic()
         try:
             value = self._func(namespace, key)
-        except Exception as exc:
+        except BaseException as exc:  # any end but a value re-opens a half-open breaker
             with self._lock:
                 self.breaker.record(False)
-            if isinstance(exc, LoadError):
+            if isinstance(exc, LoadError) or not isinstance(exc, Exception):
                 raise
             raise LoadError(f"loader raised {exc!r}") from exc
         finally:

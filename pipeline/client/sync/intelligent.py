@@ -42,7 +42,7 @@ from pipeline.client.edge import (
     worth_loading,
 )
 from pipeline.client.emitter import ThreadedAccessEmitter
-from pipeline.client.errors import CacheError
+from pipeline.client.errors import CacheError, LoadTimeoutError
 from pipeline.client.keys import rules_stream
 from pipeline.client.rulebook import (
     RuleBook,
@@ -263,7 +263,12 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                 flight = self._flights[dkey] = _Flight()
         assert flight is not None
         if not leader:
-            flight.done.wait()
+            timeout = self.settings.load_timeout_s
+            if not flight.done.wait(timeout):
+                with self._flights_lock:  # a hung load does not block its key: the next get loads
+                    if self._flights.get(dkey) is flight:
+                        del self._flights[dkey]
+                raise LoadTimeoutError(f"the load of {namespace}:{key} took over {timeout:g} s")
             if flight.error is not None:
                 raise flight.error
             if flight.value is not ABSENT:

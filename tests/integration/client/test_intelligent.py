@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from pipeline.client import IntelligentCache, InvalidKeyError, smart_ttl_hash, write_warmed
+from pipeline.client import (
+    IntelligentCache,
+    InvalidKeyError,
+    LoadTimeoutError,
+    smart_ttl_hash,
+    write_warmed,
+)
 from tests.integration.client.conftest import Backend, MakeCache, RecordingSink
 
 
@@ -60,6 +66,24 @@ async def test_loader_failure_reaches_every_waiter_and_is_not_cached(
     assert await cache.get("p", "k", fallback_data=loader) == "v"
     assert loader.calls == 2
     assert cache.core.stats.load_errors == 1
+
+
+async def test_a_hung_loader_times_out_and_does_not_block_its_key(
+    single: Backend, make_cache: MakeCache
+) -> None:
+    cache: IntelligentCache = make_cache(single, IntelligentCache, load_timeout_s=0.3)
+    hung = asyncio.Event()
+
+    async def never() -> str:
+        await hung.wait()
+        return "never"
+
+    results = await asyncio.gather(
+        *(cache.get("p", "stuck", fallback_data=never) for _ in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(r, LoadTimeoutError) for r in results), results
+    assert await cache.get("p", "stuck", fallback_data=CountingLoader("fresh")) == "fresh"
+    assert await cache.get("p", "stuck") == "fresh"
 
 
 async def test_plain_function_loaders_work_too(backend: Backend, make_cache: MakeCache) -> None:

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from pipeline.client import InvalidKeyError, keytags_key, write_warmed_sync
+from pipeline.client import InvalidKeyError, LoadTimeoutError, keytags_key, write_warmed_sync
 from pipeline.client.sync import SyncIntelligentCache, SyncRedisCacheManager
 from tests.integration.client.conftest import Backend, MakeCache, RecordingSink
 from tests.integration.client.test_events_kafka import read_events
@@ -88,6 +88,28 @@ def test_threads_missing_together_call_the_loader_once(
     assert calls == 1
     assert results == [{"v": 1}] * 40
     assert cache.get("p", "hot") == {"v": 1}
+
+
+def test_a_hung_sync_loader_does_not_block_its_key_for_other_threads(
+    single: Backend, make_sync_cache: MakeCache
+) -> None:
+    cache: SyncIntelligentCache = make_sync_cache(single, SyncIntelligentCache, load_timeout_s=0.3)
+    release = threading.Event()
+
+    def hung() -> str:
+        release.wait(10)
+        return "late"
+
+    leader = threading.Thread(target=lambda: cache.get("p", "stuck", fallback_data=hung))
+    leader.start()
+    time.sleep(0.1)  # the leader's load is in flight
+    started = time.monotonic()
+    with pytest.raises(LoadTimeoutError):
+        cache.get("p", "stuck", fallback_data=lambda: "mine")
+    assert time.monotonic() - started < 2
+    assert cache.get("p", "stuck", fallback_data=lambda: "fresh") == "fresh"  # loads again
+    release.set()
+    leader.join(5)
 
 
 def test_sync_intelligent_cache_smart_ttl_refresh_and_warm(

@@ -190,6 +190,38 @@ async def test_circuit_breaker_stops_calling_a_failing_origin() -> None:
     assert loader.breaker.state == "closed"
 
 
+@pytest.mark.parametrize("ending", ["raises", "cancelled"])
+async def test_a_half_open_trial_that_does_not_succeed_reopens_the_breaker(ending: str) -> None:
+    calls = 0
+
+    async def origin(namespace: str, key: str) -> str:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise LoadError("down")
+        if ending == "raises":
+            raise ValueError("a bug in the loader, not a LoadError")
+        await asyncio.sleep(10)
+        return key
+
+    loader = GuardedLoader(
+        CallableLoader(origin), LoaderConfig(rate=1000, breaker_failures=2, breaker_reset_s=0.1)
+    )
+    for _ in range(2):
+        with pytest.raises(LoadError):
+            await loader.load("n", "k")
+    await asyncio.sleep(0.15)
+    trial = asyncio.ensure_future(loader.load("n", "k"))
+    await asyncio.sleep(0.01)
+    if ending == "cancelled":
+        trial.cancel()
+    with pytest.raises((ValueError, LoadError, asyncio.CancelledError)):
+        await trial
+    assert loader.breaker.state == "open"  # never stuck half-open
+    await asyncio.sleep(0.15)
+    assert loader.breaker.allow()  # the next trial is let through after the cooldown
+
+
 def test_config_builds_loaders_and_rejects_typos() -> None:
     loaders = loaders_from_config(
         {
