@@ -282,6 +282,10 @@ class CacheCore:
         self._warm_seen: dict[str, bytes] = {}
         #: Monotonic time until which Redis is considered down (0: closed breaker).
         self.down_until = 0.0
+        self._trial_at = 0.0  # when the half-open breaker let its one trial call through
+        self._trial_window = max(
+            1.0, settings.redis_socket_timeout * (settings.redis_max_retries + 1)
+        )
         self.breaker_cooldown = (
             breaker_cooldown
             if breaker_cooldown is not None
@@ -528,11 +532,28 @@ class CacheCore:
     # -- failures and the circuit breaker --------------------------------------------
 
     def breaker_open(self) -> bool:
-        """True while Redis is considered down after an outage-type failure."""
-        if self.down_until and time.monotonic() < self.down_until:
+        """True while Redis is considered down after an outage-type failure: fail fast.
+
+        After the cooldown the breaker is half-open: one caller is let through as
+        a trial while the others keep failing fast (to their loader). The trial's
+        success closes it (:meth:`redis_answered`); its failure starts a new
+        cooldown; a trial that takes longer than its window lets another through.
+        """
+        until = self.down_until
+        if not until:
+            return False
+        now = time.monotonic()
+        if now < until:
             return True
-        self.down_until = 0.0
+        if self._trial_at and now - self._trial_at < self._trial_window:
+            return True
+        self._trial_at = now
         return False
+
+    def redis_answered(self) -> None:
+        """Redis answered a command: close the breaker."""
+        self.down_until = 0.0
+        self._trial_at = 0.0
 
     def rejected(
         self,
@@ -573,6 +594,7 @@ class CacheCore:
                 self.emit(namespace, key, op, "error", elapsed, 0, None, user, session, None, False)
         if isinstance(exc, _OUTAGE) and not isinstance(exc, MaxConnectionsError):
             self.down_until = time.monotonic() + self.breaker_cooldown
+            self._trial_at = 0.0
             self._log(logging.WARNING, "Redis unavailable during %s: %s", op, exc)
             return CacheUnavailableError(f"Redis unavailable during {op}: {exc}")
         self._log(logging.WARNING, "Redis rejected %s: %s", op, exc)

@@ -280,6 +280,9 @@ class IntelligentCache(RedisCacheManager):
                 return await self._serve_without_redis(
                     error, namespace, key, dkey, fallback_data, started, user, session
                 )
+        else:
+            if core.down_until:
+                core.redis_answered()
         elapsed = (_clock() - started) // 1000
         if data is not None and len(data) >= HEADER_SIZE:
             head, checksum = HIT_HEADER.unpack_from(data)

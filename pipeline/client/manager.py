@@ -240,6 +240,8 @@ class RedisCacheManager:
                 replies = await self._execute(commands)
                 commands = plan.send(replies)
         except StopIteration as done:
+            if core.down_until:
+                core.redis_answered()
             result: T = done.value
             return result
         except RedisError as exc:
@@ -261,6 +263,9 @@ class RedisCacheManager:
             data: bytes | None = await self._redis.execute_command("GET", dkey)
         except RedisError as exc:
             data = await self._get_after_error(exc, namespace, key, dkey, started)
+        else:
+            if core.down_until:
+                core.redis_answered()
         elapsed = (time.perf_counter_ns() - started) // 1000
         if data is None:
             core.record_miss(namespace, key, elapsed, None, None, True)
@@ -423,7 +428,7 @@ class RedisCacheManager:
                 "latency_ms": (time.perf_counter() - started) * 1000.0,
                 "error": f"{type(exc).__name__}: {exc}",
             }
-        self._core.down_until = 0.0  # Redis answers: no need to wait out the breaker
+        self._core.redis_answered()  # no need to wait out the breaker
         return {
             "healthy": True,
             "latency_ms": (time.perf_counter() - started) * 1000.0,

@@ -184,6 +184,9 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                 return self._serve_without_redis(
                     error, namespace, key, dkey, fallback_data, started, user, session
                 )
+        else:
+            if core.down_until:
+                core.redis_answered()
         elapsed = (time.perf_counter_ns() - started) // 1000
         if data is not None and is_loading_mark(data):
             joined = self._join_remote(

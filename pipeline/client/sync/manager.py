@@ -187,6 +187,8 @@ class SyncRedisCacheManager:
                 replies = self._execute(commands)
                 commands = plan.send(replies)
         except StopIteration as done:
+            if core.down_until:
+                core.redis_answered()
             result: T = done.value
             return result
         except RedisError as exc:
@@ -206,6 +208,9 @@ class SyncRedisCacheManager:
             data: bytes | None = self._redis.execute_command("GET", dkey)  # type: ignore[no-untyped-call]
         except RedisError as exc:
             data = self._get_after_error(exc, namespace, key, dkey, started)
+        else:
+            if core.down_until:
+                core.redis_answered()
         elapsed = (time.perf_counter_ns() - started) // 1000
         if data is None:
             core.record_miss(namespace, key, elapsed, None, None, True)
@@ -339,7 +344,7 @@ class SyncRedisCacheManager:
                 "latency_ms": (time.perf_counter() - started) * 1000.0,
                 "error": f"{type(exc).__name__}: {exc}",
             }
-        self._core.down_until = 0.0  # Redis answers: no need to wait out the breaker
+        self._core.redis_answered()  # no need to wait out the breaker
         return {
             "healthy": True,
             "latency_ms": (time.perf_counter() - started) * 1000.0,

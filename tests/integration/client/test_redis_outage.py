@@ -6,6 +6,8 @@ Each test runs its own Redis server (``redis_factory``), never the shared one.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import pytest
@@ -149,3 +151,72 @@ def test_sync_client_serves_from_the_loader_when_redis_is_down(
     time.sleep(0.35)
     assert cache.get("d", "k", fallback_data=lambda: "v3") == "v3"
     assert cache.get("d", "k") == "v3"
+
+
+@pytest.mark.fault
+@pytest.mark.timeout(120)
+async def test_a_redis_outage_under_load_is_served_by_the_loader_with_a_low_p99(
+    redis_factory: RedisFactory, make_cache: MakeCache
+) -> None:
+    """Redis hung (SIGSTOP: connections open, nothing answers) for 5 s, then stopped
+    for 5 s, under 500 gets/s, then started again: with the default settings every
+    get is served, p99 stays under 50 ms, and the client reconnects by itself."""
+    server = redis_factory()
+    cache: IntelligentCache = make_cache(Backend("single", server=server), IntelligentCache)
+
+    async def origin() -> str:
+        await asyncio.sleep(0.001)
+        return "value"
+
+    async def load(seconds: float, rate: float = 500) -> tuple[list[float], int]:
+        latencies: list[float] = []
+        failures = 0
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        tasks = []
+
+        async def one(i: int) -> None:
+            nonlocal failures
+            began = time.perf_counter()
+            try:
+                assert await cache.get("o", f"k{i % 50}", fallback_data=origin) == "value"
+            except Exception:
+                failures += 1
+            latencies.append(time.perf_counter() - began)
+
+        for i in range(int(seconds * rate)):
+            delay = start + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+        return sorted(latencies), failures
+
+    await load(1.0)
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        hung, failed_hung = await load(5.0)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    server.stop()
+    stopped, failed_stopped = await load(5.0)
+    during = sorted(hung + stopped)
+    failed = failed_hung + failed_stopped
+    server.start()
+    deadline = time.monotonic() + 10
+    while cache.core.down_until:
+        await cache.get("o", "k1", fallback_data=origin)
+        await asyncio.sleep(0.05)
+        assert time.monotonic() < deadline, "the client did not reconnect by itself"
+    hits_before = cache.core.stats.hits
+    _, failed_after = await load(1.0)
+
+    p99 = during[int(len(during) * 0.99)]
+    print(
+        f"outage: {len(during)} gets, p50 {during[len(during) // 2] * 1000:.2f} ms, "
+        f"p99 {p99 * 1000:.2f} ms, max {during[-1] * 1000:.0f} ms"
+    )
+    assert failed == failed_after == 0
+    assert p99 < 0.050, p99
+    assert cache.core.stats.hits > hits_before, "after the restart, reads hit Redis again"

@@ -6,6 +6,7 @@ drive the same plans against real servers.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from typing import Any
 
@@ -305,3 +306,25 @@ async def test_write_warmed_refuses_application_values_before_any_io() -> None:
         await write_warmed(not_a_client, "p:", "bad ns", "k", warm_value, 10)
     with pytest.raises(InvalidKeyError):
         await write_warmed(not_a_client, "p:", "ns", "k", warm_value, 0)
+
+
+def test_a_half_open_breaker_lets_one_trial_through_while_the_others_fail_fast() -> None:
+    core, _ = make_core(redis_socket_timeout=1.0, redis_max_retries=1)
+    core.failure("get", "n", ("k",), time.perf_counter_ns(), ConnectionError("down"))
+    assert core.breaker_open()  # cooling down
+    core.down_until = time.monotonic() - 0.01  # the cooldown has passed
+    assert core.breaker_open() is False  # this caller is the trial
+    assert all(core.breaker_open() for _ in range(100))  # everyone else: fail fast
+    core.redis_answered()  # the trial succeeded
+    assert core.breaker_open() is False
+    assert core.down_until == 0.0
+
+
+def test_a_failed_trial_starts_a_new_cooldown() -> None:
+    core, _ = make_core()
+    core.failure("get", "n", ("k",), time.perf_counter_ns(), ConnectionError("down"))
+    core.down_until = time.monotonic() - 0.01
+    assert core.breaker_open() is False
+    core.failure("get", "n", ("k",), time.perf_counter_ns(), ConnectionError("still down"))
+    assert core.breaker_open()
+    assert core.down_until > time.monotonic()
