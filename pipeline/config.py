@@ -319,6 +319,15 @@ class Settings(BaseSettings):
         " the background, through the namespace's loader (CACHECAST_LOADERS or"
         " register_loader).",
     )
+    redis_stall_ms: float = Field(
+        50.0,
+        ge=0,
+        le=60_000,
+        validation_alias=_env("CACHECAST_REDIS_STALL_MS", "redis_stall_ms"),
+        description="Client: when reads have waited this long and Redis answered nothing,"
+        " Redis is taken as hung and reads fail fast to their loader until it answers"
+        " again (0: wait for the socket timeout).",
+    )
     load_timeout_s: float = Field(
         30.0,
         gt=0,

@@ -283,6 +283,11 @@ class CacheCore:
         #: Monotonic time until which Redis is considered down (0: closed breaker).
         self.down_until = 0.0
         self._trial_at = 0.0  # when the half-open breaker let its one trial call through
+        #: Reads waiting for Redis now, and since when none got an answer (perf_counter_ns).
+        self.reads_waiting = 0
+        self.waiting_since_ns = 0
+        self.stall_ns = int(settings.redis_stall_ms * 1_000_000)
+        self._stall_suspected = False
         self._trial_window = max(
             1.0, settings.redis_socket_timeout * (settings.redis_max_retries + 1)
         )
@@ -554,6 +559,36 @@ class CacheCore:
         """Redis answered a command: close the breaker."""
         self.down_until = 0.0
         self._trial_at = 0.0
+
+    def watch(self, now_ns: int) -> None:
+        """One watchdog tick: open the breaker when Redis has stopped answering.
+
+        A hung Redis (a paused process, a network partition) fails nothing until
+        the socket timeout, times the retries: seconds in which every read would
+        wait. When reads have waited ``redis_stall_ms`` with no reply, seen on two
+        ticks in a row (a tick that ran late is skipped by the caller: a stalled
+        event loop, not Redis), the breaker opens and reads fail fast to their
+        loader. The first reply closes it again, so a false alarm costs a few
+        loads.
+        """
+        stalled = (
+            self.stall_ns > 0
+            and self.reads_waiting > 0
+            and not self.down_until
+            and now_ns - self.waiting_since_ns > self.stall_ns
+        )
+        if stalled and self._stall_suspected:
+            self.down_until = time.monotonic() + self.breaker_cooldown
+            self._trial_at = 0.0
+            self.stats.redis_stalls += 1
+            self._log(
+                logging.WARNING,
+                "Redis has not answered for %.0f ms with %d reads waiting; failing fast",
+                (now_ns - self.waiting_since_ns) / 1e6,
+                self.reads_waiting,
+            )
+            stalled = False
+        self._stall_suspected = stalled
 
     def rejected(
         self,

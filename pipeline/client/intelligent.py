@@ -266,12 +266,18 @@ class IntelligentCache(RedisCacheManager):
             return await self._serve_without_redis(
                 error, namespace, key, dkey, fallback_data, started, user, session
             )
+        if not core.reads_waiting:
+            core.waiting_since_ns = started
+        core.reads_waiting += 1
         try:
             if self._cold:
                 await self._warm_up()
             # execute_command skips redis-py's get() wrapper (a frame and a kwargs dict)
             data: bytes | None = await self._redis.execute_command("GET", dkey)
-        except RedisError as exc:
+        except BaseException as exc:
+            core.reads_waiting -= 1
+            if not isinstance(exc, RedisError):
+                raise
             try:
                 data = await self._get_after_error(
                     exc, namespace, key, dkey, started, user, session, enable_prediction
@@ -281,6 +287,8 @@ class IntelligentCache(RedisCacheManager):
                     error, namespace, key, dkey, fallback_data, started, user, session
                 )
         else:
+            core.reads_waiting -= 1
+            core.waiting_since_ns = _clock()
             if core.down_until:
                 core.redis_answered()
         elapsed = (_clock() - started) // 1000

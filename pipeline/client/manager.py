@@ -99,11 +99,13 @@ class RedisCacheManager:
             else connect_async(self.settings, max_connections=max_connections)
         )
         self.cluster = isinstance(self._redis, RedisCluster)
-        # redis-py's async RedisCluster initialises lazily, and concurrent first
-        # commands race its slot table (MOVED, then connections closed under
-        # other commands); so the client initialises it once, up front.
-        self._cold = self.cluster
+        # The first operation warms the client up once: it starts the stall
+        # watchdog, and initialises a cluster client (redis-py's async RedisCluster
+        # initialises lazily, and concurrent first commands race its slot table:
+        # MOVED, then connections closed under other commands).
+        self._cold = True
         self._init_lock = asyncio.Lock()
+        self._watchdog: asyncio.TimerHandle | None = None
         self._owns_emitter = emitter is None and self.settings.emitter_enabled
         self.emitter: AccessEmitter | None = (
             emitter
@@ -167,6 +169,8 @@ class RedisCacheManager:
         if self._closed:
             return
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.emitter is not None and self._owns_emitter:
             if self._emitter_starting is not None:
                 await self._emitter_starting
@@ -191,9 +195,29 @@ class RedisCacheManager:
 
     async def _warm_up(self) -> None:
         async with self._init_lock:
+            if self._cold:
+                self._start_watchdog()
             if self._cold and isinstance(self._redis, RedisCluster):
                 await self._redis.initialize()
             self._cold = False
+
+    def _start_watchdog(self) -> None:
+        """Tick ``CacheCore.watch`` every quarter of ``redis_stall_ms`` (see there)."""
+        core = self._core
+        if self._watchdog is not None or not core.stall_ns:
+            return
+        loop = asyncio.get_running_loop()
+        interval = core.stall_ns / 4e9
+
+        def tick(due: float) -> None:
+            if self._closed:
+                return
+            now = loop.time()
+            if now - due < interval:  # on time: the event loop itself was not stalled
+                core.watch(time.perf_counter_ns())
+            self._watchdog = loop.call_at(now + interval, tick, now + interval)
+
+        self._watchdog = loop.call_at(loop.time() + interval, tick, loop.time() + interval)
 
     async def _call(self, method: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run one command, waiting (up to POOL_WAIT_S) for a connection if the pool is full."""
@@ -257,13 +281,21 @@ class RedisCacheManager:
         if core.down_until and core.breaker_open():
             raise core.rejected("get", namespace, (key,))
         started = time.perf_counter_ns()
+        if not core.reads_waiting:
+            core.waiting_since_ns = started
+        core.reads_waiting += 1
         try:
             if self._cold:
                 await self._warm_up()
             data: bytes | None = await self._redis.execute_command("GET", dkey)
-        except RedisError as exc:
+        except BaseException as exc:
+            core.reads_waiting -= 1
+            if not isinstance(exc, RedisError):
+                raise
             data = await self._get_after_error(exc, namespace, key, dkey, started)
         else:
+            core.reads_waiting -= 1
+            core.waiting_since_ns = time.perf_counter_ns()
             if core.down_until:
                 core.redis_answered()
         elapsed = (time.perf_counter_ns() - started) // 1000

@@ -122,6 +122,7 @@ class ClientStats:
     load_joins: int = 0
     early_refreshes: int = 0
     breaker_rejections: int = 0
+    redis_stalls: int = 0
     #: Edge warms: loads of the keys a prefetch rule names, started when its trigger missed.
     rule_reads: int = 0
     rules_applied: int = 0
@@ -160,6 +161,7 @@ class ClientStats:
             "load_joins": self.load_joins,
             "early_refreshes": self.early_refreshes,
             "breaker_rejections": self.breaker_rejections,
+            "redis_stalls": self.redis_stalls,
             "rule_reads": self.rule_reads,
             "rules_applied": self.rules_applied,
             "edge_issued": self.edge_issued,
