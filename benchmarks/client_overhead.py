@@ -5,7 +5,9 @@ server and the same stored bytes:
 
 * baseline: ``await redis.asyncio.Redis.get(key)`` (bytes, nothing else);
 * cachecast: ``await IntelligentCache.get(ns, key, user_context=..., fallback_data=...)``
-  on a hit: one GET, header check, decode, statistics, access event;
+  on a hit: one GET, header check, decode, statistics, access event, with
+  ``--rules`` prefetch rules (10,000) loaded and a namespace loader registered,
+  so edge warming is live;
 
 and the same pair for the blocking clients (``redis.Redis.get`` vs
 ``SyncIntelligentCache.get``). The two are timed call by call, interleaved
@@ -15,7 +17,7 @@ Target: p50 ratio <= 1.05 for the async client.
 
 Usage::
 
-    python benchmarks/client_overhead.py [--rounds 10] [--block 2000]
+    python benchmarks/client_overhead.py [--rounds 10] [--block 2000] [--rules 10000]
 
 Servers come from ``pipeline.devstack`` (real Redis and Kafka started for the
 run), or from ``REDIS_HOST``/``REDIS_PORT`` and ``KAFKA_BOOTSTRAP_SERVERS``.
@@ -40,6 +42,7 @@ from pipeline.client import IntelligentCache
 from pipeline.client.sync import SyncIntelligentCache
 from pipeline.config import Settings, load_settings
 from pipeline.devstack import DevStack, free_port
+from pipeline.prefetch import RuleSet
 
 VALUE = {"id": 42, "name": "Ada Lovelace", "plan": "pro", "tags": ["a", "b"], "score": 0.93}
 TARGET_P50_RATIO = 1.05
@@ -108,10 +111,38 @@ async def _loader() -> dict[str, Any]:
     return VALUE
 
 
-async def bench_async(settings: Settings, label: str, rounds: int, block: int) -> Result:
+async def _publish_rules(settings: Settings, n: int) -> None:
+    """``n`` prefetch rules for namespace "bench", written as a worker writes them."""
+    rules = RuleSet(settings.redis_key_prefix, max_rules=max(1, n))
+    plan = rules.plan(
+        [(f"bench:k{i}", [(f"bench:k{i + 1}", 0.9), (f"bench:k{i + 2}", 0.7)]) for i in range(n)]
+        + [("bench:hot", [("bench:k0", 0.9)])],
+        now=time.time(),
+    )
+    writer = redis.asyncio.Redis(host=settings.redis_host, port=settings.redis_port)
+    for where, fields in plan.writes.items():
+        await writer.hset(where, mapping=fields)  # type: ignore[arg-type]
+    await writer.aclose()
+
+
+async def _edge_origin(namespace: str, key: str) -> dict[str, Any]:
+    return VALUE
+
+
+async def bench_async(
+    settings: Settings, label: str, rounds: int, block: int, rules: int = 0
+) -> Result:
+    if rules:
+        await _publish_rules(settings, rules)
     cache = IntelligentCache(settings)
+    if rules:
+        cache.register_loader("bench", _edge_origin)
     bare = redis.asyncio.Redis(host=settings.redis_host, port=settings.redis_port)
     await cache.start()
+    if rules:
+        loaded = await cache.refresh_rules()
+        assert loaded >= rules, f"only {loaded} of {rules} rules loaded"
+        print(f"  [{label}] {loaded} prefetch rules loaded", file=sys.stderr)
     await cache.set("bench", "hot", VALUE, ttl=3600)
     key = cache.core.data_key("bench", "hot")
     assert await cache.get("bench", "hot") == VALUE
@@ -176,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=10, help="alternating blocks per side")
     parser.add_argument("--block", type=int, default=2000, help="calls per block")
+    parser.add_argument(
+        "--rules", type=int, default=10_000, help="prefetch rules loaded in the async client"
+    )
     args = parser.parse_args(argv)
 
     results: list[Result] = []
@@ -201,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         for name, settings in cases.items():
             results.append(
-                asyncio.run(bench_async(settings, f"async, {name}", args.rounds, args.block))
+                asyncio.run(
+                    bench_async(settings, f"async, {name}", args.rounds, args.block, args.rules)
+                )
             )
             results.append(bench_sync(settings, f"sync, {name}", args.rounds, args.block))
 

@@ -20,6 +20,11 @@ client alike:
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Iterable
 from typing import Any, Final, TypeAlias
 
 import redis
@@ -31,11 +36,15 @@ from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
 from pipeline.config import Settings
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "POOL_WAIT_S",
     "AsyncRedisClient",
+    "ConnectionWatch",
     "SyncRedisClient",
+    "WatchedConnection",
     "async_retry",
     "backoff_cap",
     "connect_async",
@@ -93,6 +102,90 @@ def _pool_options(settings: Settings, max_connections: int) -> dict[str, Any]:
     }
 
 
+class ConnectionWatch:
+    """Read and write deadlines for a pool's connections, kept by one timer.
+
+    redis-py bounds each command with its socket timeout through
+    ``asyncio.wait_for`` (a new Task per write) and ``asyncio.timeout`` (per
+    read): measured at 15-55 µs on a 130 µs GET here. Instead, each
+    :class:`WatchedConnection` notes when it started waiting (a timestamp per
+    read and write), and this watch checks every connection every ``every_s``:
+    one that has waited over ``deadline_s`` is aborted, so its command fails
+    with a :class:`~redis.exceptions.ConnectionError` and redis-py's retry
+    policy takes over, as after a socket timeout.
+    """
+
+    def __init__(self, deadline_s: float, every_s: float = 0.05) -> None:
+        self.deadline_s = deadline_s
+        self.every_s = min(every_s, deadline_s / 4)
+        self.connections: weakref.WeakSet[WatchedConnection] = weakref.WeakSet()
+        self.expired = 0
+        self.running = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Begin checking on the running loop (the first command of a connection does)."""
+        loop = asyncio.get_running_loop()
+        if self.running and self._loop is loop:
+            return
+        self._loop, self.running = loop, True
+        loop.call_later(self.every_s, self._tick)
+
+    def _tick(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed() or not self.connections:
+            self.running = False
+            return
+        now = time.monotonic()
+        for connection in list(self.connections):
+            since = connection.waiting_since
+            if since and now - since > self.deadline_s:
+                connection.waiting_since = 0.0
+                self.expired += 1
+                log.warning(
+                    "Redis %s:%s sent nothing for %.1f s; dropping the connection",
+                    connection.host,
+                    connection.port,
+                    now - since,
+                )
+                connection.abort()
+        loop.call_later(self.every_s, self._tick)
+
+
+class WatchedConnection(redis.asyncio.Connection):
+    """redis-py's asyncio connection whose deadlines a :class:`ConnectionWatch` keeps."""
+
+    def __init__(self, *, watch: ConnectionWatch, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.watch = watch
+        self.waiting_since = 0.0
+        watch.connections.add(self)
+
+    def abort(self) -> None:
+        """Close the socket at once: a pending read or write fails now."""
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            writer.transport.abort()
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        if not self.watch.running:
+            self.watch.start()
+        self.waiting_since = time.monotonic()
+        try:
+            await super().send_packed_command(command, check_health)
+        finally:
+            self.waiting_since = 0.0
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        self.waiting_since = time.monotonic()
+        try:
+            return await super().read_response(*args, **kwargs)
+        finally:
+            self.waiting_since = 0.0
+
+
 def connect_async(
     settings: Settings, *, max_connections: int = DEFAULT_MAX_CONNECTIONS
 ) -> AsyncRedisClient:
@@ -109,8 +202,13 @@ def connect_async(
             socket_timeout=settings.redis_socket_timeout,
             socket_connect_timeout=settings.redis_socket_timeout,
         )
+    options = _pool_options(settings, max_connections)
+    options["socket_timeout"] = None  # kept by the watch instead, at no cost per command
     pool = redis.asyncio.ConnectionPool(
-        **_pool_options(settings, max_connections), retry=async_retry(settings)
+        **options,
+        retry=async_retry(settings),
+        connection_class=WatchedConnection,
+        watch=ConnectionWatch(settings.redis_socket_timeout),
     )
     return redis.asyncio.Redis.from_pool(pool)
 

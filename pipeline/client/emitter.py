@@ -203,7 +203,10 @@ class AccessEmitter:
         self._dropped_overflow = 0
         self._dropped_send_failed = 0
         self._dropped_unencodable = 0
-        self._broken: str | None = None  # why the producer must go (a failed delivery)
+        self._broken: str | None = None  # why the producer must go (the brokers are gone)
+        self._suspect: str | None = None  # a failure that may mean an outage: probe
+        self._probed_at = 0.0
+        self._handing_off = 0  # events taken from the buffer, not yet handed to the producer
         self._outage_since: float | None = None
         self._outage_dropped = 0
         self._outages = 0
@@ -282,7 +285,7 @@ class AccessEmitter:
             batches=self._batches,
             dropped_overflow=self._dropped_overflow,
             dropped_send_failed=self._dropped_send_failed,
-            pending=len(self._buffer),
+            pending=len(self._buffer) + self._handing_off,
             connected=self._producer is not None and self._broken is None,
             dropped_unencodable=self._dropped_unencodable,
             pending_bytes=self._bytes,
@@ -322,7 +325,7 @@ class AccessEmitter:
     async def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the buffer is empty and in-flight sends are done."""
         deadline = time.monotonic() + timeout
-        while self._buffer or self._in_flight:
+        while self._buffer or self._in_flight or self._handing_off:
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(self._linger or 0.005)
@@ -363,7 +366,7 @@ class AccessEmitter:
                     continue
                 attempt = 0
                 self._end_outage()
-            if self._stalled():
+            if await self._stalled():
                 continue
             if self._buffer:
                 try:
@@ -377,20 +380,33 @@ class AccessEmitter:
             else:
                 await asyncio.sleep(self._linger)
 
-    def _stalled(self) -> bool:
-        """Whether the oldest delivery has waited over ``_STALL_S`` (the broker went away).
+    async def _stalled(self) -> bool:
+        """Whether the producer must go: its brokers stopped accepting connections.
 
-        With acks=1 a delivery takes milliseconds; waiting for the producer's own
-        request timeout would leave its retries spinning (and logging) for seconds.
+        A failed delivery, or one that has waited over ``_STALL_S`` (with acks=1
+        a delivery takes milliseconds), is a suspicion; the brokers are then
+        probed (at most once a stall period). Unreachable: the producer is
+        retired at once, rather than left to spin (and log) in its retries until
+        its request timeout. Reachable (a slow broker, a topic being created):
+        the producer carries on.
         """
         if self._broken is not None:
             return True
-        if not self._in_flight or self._stopping:
+        if self._stopping:
             return False
-        oldest = next(iter(self._in_flight.values()))[0]
-        if time.monotonic() - oldest < _STALL_S:
+        now = time.monotonic()
+        suspect = self._suspect
+        if suspect is None and self._in_flight:
+            oldest = next(iter(self._in_flight.values()))[0]
+            if now - oldest >= _STALL_S:
+                suspect = f"no delivery for {_STALL_S:g} s"
+        if suspect is None or now - self._probed_at < _STALL_S:
             return False
-        self._broken = f"no delivery for {_STALL_S:g} s"
+        self._suspect = None
+        self._probed_at = now
+        if await self._probe():
+            return False
+        self._broken = suspect
         return True
 
     def _begin_outage(self, reason: str) -> None:
@@ -493,22 +509,31 @@ class AccessEmitter:
         try:
             await self._refresh_partitions()
         except Exception as exc:
-            self._broken = f"metadata: {type(exc).__name__}"
+            self._suspect = f"metadata: {type(exc).__name__}"
             return
         groups: dict[int, list[dict[str, Any]]] = {}
         buffer, fields = self._buffer, _FIELDS
-        for _ in range(min(len(buffer), self._batch_size * 8)):
-            event = buffer.popleft()
-            self._bytes -= event[0]
-            groups.setdefault(self._partition(event[2], event[3]), []).append(
-                dict(zip(fields, event[1:], strict=True))
-            )
-        for partition, events in groups.items():
-            for start in range(0, len(events), self._batch_size):
-                await self._send(partition, events[start : start + self._batch_size])
+        taken = min(len(buffer), self._batch_size * 8)
+        self._handing_off += taken
+        try:
+            for _ in range(taken):
+                event = buffer.popleft()
+                self._bytes -= event[0]
+                groups.setdefault(self._partition(event[2], event[3]), []).append(
+                    dict(zip(fields, event[1:], strict=True))
+                )
+            for partition, events in groups.items():
+                for start in range(0, len(events), self._batch_size):
+                    batch = events[start : start + self._batch_size]
+                    await self._send(partition, batch)
+                    self._handing_off -= len(batch)
+        finally:
+            if self._handing_off:  # an error part way: what was not handed over is lost
+                self._dropped_send_failed += self._handing_off
+                self._handing_off = 0
 
     async def _send(self, partition: int, events: list[dict[str, Any]]) -> None:
-        while len(self._in_flight) >= _MAX_IN_FLIGHT and not self._stalled():
+        while len(self._in_flight) >= _MAX_IN_FLIGHT and not await self._stalled():
             await asyncio.wait(
                 list(self._in_flight), timeout=_STALL_S / 4, return_when=asyncio.FIRST_COMPLETED
             )
@@ -524,12 +549,20 @@ class AccessEmitter:
                 return
             value = orjson.dumps(events)
         try:
-            delivery = await asyncio.wait_for(
-                producer.send(self._topic, value, partition=partition), _STALL_S
-            )
+            try:
+                delivery = await asyncio.wait_for(
+                    producer.send(self._topic, value, partition=partition), _STALL_S
+                )
+            except TimeoutError:
+                if not await self._probe():
+                    self._broken = f"no broker accepts connections (send waited {_STALL_S:g} s)"
+                    raise
+                # Reachable: a topic being created, a slow broker. Wait as aiokafka does.
+                delivery = await producer.send(self._topic, value, partition=partition)
         except Exception as exc:
             self._dropped_send_failed += len(events)
-            self._broken = f"send: {type(exc).__name__}"
+            if self._broken is None:
+                self._suspect = f"send: {type(exc).__name__}"
             return
         count = len(events)
         self._in_flight[delivery] = (time.monotonic(), count)
@@ -557,7 +590,7 @@ class AccessEmitter:
         if delivery.cancelled() or delivery.exception() is not None:
             self._dropped_send_failed += count
             if not self._stopping and self._broken is None and not delivery.cancelled():
-                self._broken = f"delivery: {type(delivery.exception()).__name__}"
+                self._suspect = f"delivery: {type(delivery.exception()).__name__}"
         else:
             self._sent += count
             self._batches += 1
