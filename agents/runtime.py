@@ -36,6 +36,7 @@ class Runtime:
         self.settings = settings
         self.worker = worker_name
         self.started_at = time.time()
+        self.last_event_at = 0.0
         self.redis = connect_async(settings)
         self.codec = ValueCodec(
             threshold=settings.redis_compression_threshold,
@@ -66,7 +67,12 @@ class Runtime:
 
     def record_lag(self, agent: str, message_timestamp: float) -> None:
         """Note how long a record waited in Kafka and in Faust before ``agent`` got it."""
+        self.last_event_at = time.time()
         self.consume_lag[agent].add(max(0.0, (time.time() - message_timestamp) * 1e6))
+
+    def last_event_age(self) -> float | None:
+        """Seconds since an agent last received a record (None: none yet)."""
+        return round(time.time() - self.last_event_at, 3) if self.last_event_at else None
 
     def lag_summary(self) -> dict[str, dict[str, float]]:
         histograms = {**self.consume_lag, "loop_stall": self.loop_stall, "gc_pause": self.gc_pause}

@@ -8,10 +8,12 @@ topic, which carries every namespace.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
+import orjson
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.web import Request, Response, View
 from prometheus_client import REGISTRY
@@ -23,6 +25,18 @@ from agents.checkpointing import checkpointers
 from agents.predict import deciders, engines
 from agents.runtime import runtime
 from agents.stats import namespace_stats
+from pipeline.client import CacheError, RedisCacheManager, RedisConfigError
+from pipeline.monitor import (
+    MAX_BODY_BYTES,
+    Action,
+    ApiError,
+    check_token,
+    parse_action,
+    parse_view,
+)
+from schemas.decode import validate_warmup_command
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DashboardView", "MonitorView", "monitor_document"]
 
@@ -81,10 +95,168 @@ async def watch_event_loop() -> None:
         runtime.loop_stall.add(max(0.0, time.perf_counter() - started - 0.05) * 1e6)
 
 
+_BASIC: Final = ("events", "hits", "misses", "sets", "deletes", "errors", "hit_ratio")
+_PERFORMANCE: Final = ("latency_p50_us", "latency_p90_us", "latency_p99_us", "events")
+_INTELLIGENT: Final = (
+    "prediction_precision",
+    "prediction_recall",
+    "warms_issued",
+    "warms_written",
+    "warms_useful",
+    "warm_precision",
+    "edge_warms_issued",
+    "edge_warms_written",
+    "edge_warms_useful",
+    "edge_warm_precision",
+    "joined_reads",
+)
+_INFO_TTL_S: Final = 5.0
+_info_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+
+
+async def _redis_info() -> dict[str, Any]:
+    """Redis memory, evictions and reachability (cached for a few seconds)."""
+    cached = _info_cache.get("info")
+    if cached is not None and time.monotonic() - cached[0] < _INFO_TTL_S:
+        return cached[1]
+    manager = _manager()
+    try:
+        stats = (await manager.get_stats())["redis"]
+        health = await manager.health_check()
+    except Exception as exc:  # Redis down: say so, do not fail the view
+        stats, health = {}, {"healthy": False, "latency_ms": None, "error": repr(exc)}
+    found = {"stats": stats, "health": health}
+    _info_cache["info"] = (time.monotonic(), found)
+    return found
+
+
+def _pick(namespaces: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {ns: {n: view["total"].get(n) for n in names} for ns, view in namespaces.items()}
+
+
+async def monitor_view(view: str) -> dict[str, Any]:
+    """One ``?type=`` view of the monitor (``all``: the whole document plus Redis)."""
+    doc = monitor_document()
+    namespaces: dict[str, Any] = doc["namespaces"]
+    redis = await _redis_info() if view in ("all", "basic", "memory", "health") else {}
+    stats: dict[str, Any] = redis.get("stats", {})
+    if view == "all":
+        return {**doc, "redis": stats, "redis_health": redis.get("health")}
+    out: dict[str, Any] = {"worker": doc["worker"], "type": view}
+    if view == "basic":
+        out["namespaces"] = _pick(namespaces, _BASIC)
+        out["evictions"] = stats.get("evictions")
+    elif view == "performance":
+        window = doc["window_s"]
+        out["namespaces"] = {
+            ns: {
+                **{n: v["window"].get(n) for n in _PERFORMANCE},
+                "throughput_per_s": round(v["window"]["events"] / window, 2) if window else None,
+            }
+            for ns, v in namespaces.items()
+        }
+        out["consume_lag"] = doc["consume_lag"]
+        out["lookahead"] = doc["lookahead"]
+    elif view == "memory":
+        out["redis"] = stats.get("memory")
+        out["keyspace"] = stats.get("keyspace")
+        out["namespaces"] = {
+            ns: {"compression_ratio": v["total"].get("compression_ratio")}
+            for ns, v in namespaces.items()
+        }
+    elif view == "intelligent":
+        out["namespaces"] = _pick(namespaces, _INTELLIGENT)
+        out["models"] = doc["models"]
+    else:  # health
+        out["redis"] = redis.get("health")
+        out["kafka"] = {
+            "assigned_partitions": doc["assigned_partitions"],
+            "rebalancing": doc["rebalancing"],
+            "consume_lag": doc["consume_lag"],
+        }
+        out["counters"] = {
+            k: doc["counters"].get(k, 0) for k in ("events", "dead_letters", "poison_records")
+        }
+        out["last_event_age_s"] = runtime.last_event_age()
+    return out
+
+
+def _manager() -> RedisCacheManager:
+    found = _managers.get("manager")
+    if found is None:
+        found = _managers["manager"] = RedisCacheManager(settings, redis=runtime.redis)
+    return found
+
+
+_managers: dict[str, RedisCacheManager] = {}
+
+
+async def run_action(action: Action) -> dict[str, Any]:
+    """Carry out a validated action; what it did, for the caller and the log."""
+    manager = _manager()
+    namespace = action.namespace or ""
+    if action.name == "clear":
+        return {"deleted": await manager.delete_by_pattern(namespace, "*")}
+    if action.name == "delete_pattern":
+        return {"deleted": await manager.delete_by_pattern(namespace, action.params["pattern"])}
+    if action.name == "invalidate_tags":
+        return {"deleted": await manager.delete_by_tags(namespace, action.params["tags"])}
+    if action.name == "configure":
+        return {"applied": await manager.configure_redis(action.params)}
+    now = time.time()
+    commands = [
+        validate_warmup_command(
+            {
+                "namespace": namespace,
+                "key": key,
+                "score": 1.0,
+                "reason": "manual",
+                "ttl": settings.redis_default_ttl,
+                "deadline": now + 60.0,
+                "issued_at": now,
+                "model_version": "monitor-api",
+            }
+        )
+        for key in action.params["keys"]
+    ]
+    outcomes = await runtime.writer.apply(commands)
+    return {"keys": {o["key"]: {"status": o["status"], "error": o.get("error")} for o in outcomes}}
+
+
 @app.page("/api/cache/monitor")
 class MonitorView(View):
     async def get(self, request: Request) -> Response:
-        return self.json(monitor_document())
+        try:
+            view = parse_view(request.query.get("type"))
+        except ApiError as exc:
+            return self.json({"error": exc.message}, status=exc.status)
+        return self.json(await monitor_view(view))
+
+    async def post(self, request: Request) -> Response:
+        token = settings.api_token.get_secret_value() if settings.api_token else None
+        refused = check_token(request.headers.get("Authorization"), token)
+        if refused is not None:
+            log.warning("monitor action refused: %s", refused.message)
+            return self.json({"error": refused.message}, status=refused.status)
+        declared = request.headers.get("Content-Length", "0")
+        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+            return self.json({"error": f"body over {MAX_BODY_BYTES} bytes"}, status=413)
+        try:
+            action = parse_action(await request.read())
+            result = await run_action(action)
+        except ApiError as exc:
+            return self.json({"error": exc.message}, status=exc.status)
+        except (ValueError, RedisConfigError) as exc:
+            return self.json({"error": str(exc)}, status=400)
+        except CacheError as exc:
+            return self.json({"error": f"Redis: {exc}"}, status=503)
+        log.warning(  # an audit trail: operators' changes are seen at the default level
+            "monitor action %s on %s: %s",
+            action.name,
+            action.namespace or "redis",
+            orjson.dumps(result).decode()[:500],
+        )
+        return self.json({"action": action.name, "namespace": action.namespace, **result})
 
 
 _DASHBOARD = """<!doctype html>

@@ -16,7 +16,14 @@ import json
 import re
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ConfigError", "Settings", "load_settings", "parse_memory_size"]
@@ -414,6 +421,12 @@ class Settings(BaseSettings):
         True,
         validation_alias=_env("CACHECAST_WARMING", "warming_enabled"),
         description="When off, the worker learns and reports but issues no warmup commands.",
+    )
+    api_token: SecretStr | None = Field(
+        None,
+        validation_alias=_env("CACHECAST_API_TOKEN", "api_token"),
+        description="Bearer token for the monitor API's actions (POST); without one, POST"
+        " is refused.",
     )
 
     @field_validator("redis_max_memory")

@@ -566,8 +566,8 @@ class CacheCore:
         A hung Redis (a paused process, a network partition) fails nothing until
         the socket timeout, times the retries: seconds in which every read would
         wait. When reads have waited ``redis_stall_ms`` with no reply, seen on two
-        ticks in a row (a tick that ran late is skipped by the caller: a stalled
-        event loop, not Redis), the breaker opens and reads fail fast to their
+        ticks in a row (a tick more than half that late is skipped by the caller:
+        a stalled event loop, not Redis), the breaker opens and reads fail fast to their
         loader. The first reply closes it again, so a false alarm costs a few
         loads.
         """

@@ -208,12 +208,13 @@ class RedisCacheManager:
             return
         loop = asyncio.get_running_loop()
         interval = core.stall_ns / 4e9
+        late = core.stall_ns / 2e9  # a tick this late: the event loop stalled, not Redis
 
         def tick(due: float) -> None:
             if self._closed:
                 return
             now = loop.time()
-            if now - due < interval:  # on time: the event loop itself was not stalled
+            if now - due < late:
                 core.watch(time.perf_counter_ns())
             self._watchdog = loop.call_at(now + interval, tick, now + interval)
 
