@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+import uuid
 from typing import Any
 
 import orjson
@@ -12,7 +13,7 @@ import redis
 from pipeline.client.keys import data_key
 from pipeline.config import Settings
 from pipeline.worker import WorkerProcess
-from tests.integration.pipeline.conftest import NAMESPACE, StartWorker
+from tests.integration.pipeline.conftest import StartWorker
 
 TOKEN = "t0k-for-tests"
 
@@ -36,7 +37,11 @@ def _call(
 
 
 def test_views_and_token_guarded_actions(start_worker: StartWorker, settings: Settings) -> None:
-    worker = start_worker(CACHECAST_API_TOKEN=TOKEN)
+    namespace = f"monitor-{uuid.uuid4().hex[:8]}"  # no other test writes here
+    loaders = {namespace: {"callable": "pipeline.replay:demo_origin", "rate": 5000}}
+    worker = start_worker(
+        CACHECAST_API_TOKEN=TOKEN, CACHECAST_LOADERS=orjson.dumps(loaders).decode()
+    )
     worker.wait_ready()
 
     for view in ("basic", "performance", "memory", "intelligent", "health"):
@@ -54,7 +59,7 @@ def test_views_and_token_guarded_actions(start_worker: StartWorker, settings: Se
     assert status == 400
     assert "unknown type" in doc["error"]
 
-    warmup = {"action": "warmup", "params": {"namespace": NAMESPACE, "keys": ["a1", "a2", "b1"]}}
+    warmup = {"action": "warmup", "params": {"namespace": namespace, "keys": ["a1", "a2", "b1"]}}
     assert _call(worker, "POST", body=warmup)[0] == 401
     assert _call(worker, "POST", body=warmup, token="wrong")[0] == 403
     assert _call(worker, "POST", body=b"{not json", token=TOKEN)[0] == 400
@@ -71,18 +76,18 @@ def test_views_and_token_guarded_actions(start_worker: StartWorker, settings: Se
     prefix = settings.redis_key_prefix
     try:
         raw.set(data_key(prefix, "other", "a1"), b"kept")  # another namespace
-        assert raw.exists(data_key(prefix, NAMESPACE, "a1"))
+        assert raw.exists(data_key(prefix, namespace, "a1"))
         status, doc = _call(
             worker,
             "POST",
-            body={"action": "delete_pattern", "params": {"namespace": NAMESPACE, "pattern": "a*"}},
+            body={"action": "delete_pattern", "params": {"namespace": namespace, "pattern": "a*"}},
             token=TOKEN,
         )
         assert (status, doc["deleted"]) == (200, 2)
         status, doc = _call(
             worker,
             "POST",
-            body={"action": "clear", "params": {"namespace": NAMESPACE}},
+            body={"action": "clear", "params": {"namespace": namespace}},
             token=TOKEN,
         )
         assert (status, doc["deleted"]) == (200, 1)
@@ -99,5 +104,5 @@ def test_views_and_token_guarded_actions(start_worker: StartWorker, settings: Se
         raw.delete(data_key(prefix, "other", "a1"))
         raw.close()
     log = worker.log_path.read_text(errors="replace")
-    assert "monitor action delete_pattern on orders" in log
+    assert f"monitor action delete_pattern on {namespace}" in log
     assert TOKEN not in log
