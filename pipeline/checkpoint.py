@@ -70,6 +70,9 @@ _DEFINE: Final = 7  # a mutable container held in more than one place: [id, valu
 _REF: Final = 8  # a later place holding it: id
 _MAX_INT_DIGITS: Final = 40
 _SHAREABLE: Final = (list, dict, set, deque)
+_NESTED: Final = frozenset({list, dict, set, deque, tuple})  # what the first pass walks
+_SCALARS: Final = frozenset({str, int, float, bool, bytes, type(None)})
+_NARROW_SCALARS: Final = _SCALARS - {int}
 
 
 class SnapshotError(ValueError):
@@ -88,38 +91,42 @@ class _Encoder:
     its deadline queue); a restored model must too. A first pass counts the
     places each mutable container appears; the second writes a shared one once
     (``_DEFINE``) and refers to it afterwards (``_REF``), in stream order.
+
+    Scalars (most of a state) are passed through inline. Dict keys and set
+    members are hashable, so they never hold a mutable container and are not
+    walked by the first pass. Integers beyond 64 bits are rare: they are
+    tagged only when a first attempt to pack overflows (``wide_ints``).
     """
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: Any, *, wide_ints: bool = False) -> None:
         self._seen: dict[int, int] = {}
         self._ids: dict[int, int] = {}
+        self._scalars = _NARROW_SCALARS if wide_ints else _SCALARS
         self._count(state)
 
     def _count(self, obj: Any) -> None:
         stack = [obj]
         seen = self._seen
+        nested = _NESTED
         while stack:
             item = stack.pop()
             kind = type(item)
-            if kind in _SHAREABLE:
+            if kind is not tuple:
                 key = id(item)
                 if key in seen:
                     seen[key] += 1
                     continue
                 seen[key] = 1
             if kind is dict:
-                stack.extend(item.keys())
-                stack.extend(item.values())
-            elif kind in (list, tuple, set, frozenset, deque):
-                stack.extend(item)
+                stack.extend([v for v in item.values() if type(v) in nested])
+            elif kind is list or kind is tuple or kind is deque:
+                stack.extend([v for v in item if type(v) in nested])
 
     def encode(self, obj: Any) -> Any:
         kind = type(obj)
-        if kind is str or kind is float or kind is bool or obj is None or kind is bytes:
+        if kind in self._scalars:
             return obj
         if kind is int:
-            if -(2**63) <= obj < 2**64:
-                return obj
             return msgpack.ExtType(_BIG_INT, str(obj).encode("ascii"))
         if kind in _SHAREABLE and self._seen.get(id(obj), 0) > 1:
             ref = self._ids.get(id(obj))
@@ -129,25 +136,38 @@ class _Encoder:
             return msgpack.ExtType(_DEFINE, _pack([ref, self._plain(obj)]))
         return self._plain(obj)
 
+    def _items(self, items: Any) -> list[Any]:
+        scalars, encode = self._scalars, self.encode
+        return [x if type(x) in scalars else encode(x) for x in items]
+
     def _plain(self, obj: Any) -> Any:
         kind = type(obj)
-        encode = self.encode
         if kind is list:
-            return [encode(item) for item in obj]
+            return self._items(obj)
         if kind is dict:
-            return {encode(key): encode(value) for key, value in obj.items()}
+            scalars, encode = self._scalars, self.encode
+            return {
+                (k if type(k) in scalars else encode(k)): (v if type(v) in scalars else encode(v))
+                for k, v in obj.items()
+            }
         if kind is tuple:
-            return msgpack.ExtType(_TUPLE, _pack([encode(item) for item in obj]))
+            return msgpack.ExtType(_TUPLE, _pack(self._items(obj)))
         if kind is set:
-            return msgpack.ExtType(_SET, _pack([encode(item) for item in obj]))
+            return msgpack.ExtType(_SET, _pack(self._items(obj)))
         if kind is frozenset:
-            return msgpack.ExtType(_FROZENSET, _pack([encode(item) for item in obj]))
+            return msgpack.ExtType(_FROZENSET, _pack(self._items(obj)))
         if kind is deque:
-            items = [encode(item) for item in obj]
-            return msgpack.ExtType(_DEQUE, _pack([obj.maxlen, items]))
+            return msgpack.ExtType(_DEQUE, _pack([obj.maxlen, self._items(obj)]))
         if kind is random.Random:
             return msgpack.ExtType(_RANDOM, _pack(self.encode(list(obj.getstate()))))
         raise SnapshotError(f"a snapshot cannot hold a {kind.__module__}.{kind.__qualname__}")
+
+
+def _encode(state: Any) -> bytes:
+    try:
+        return _pack(_Encoder(state).encode(state))
+    except OverflowError:  # an integer beyond 64 bits somewhere: tag every wide one
+        return _pack(_Encoder(state, wide_ints=True).encode(state))
 
 
 class _Decoder:
@@ -209,7 +229,7 @@ def encode_snapshot(state: Any, *, stage: str, partition: int, level: int = 3) -
     Raises :class:`SnapshotError` for anything but plain containers, numbers,
     strings, bytes, deques and ``random.Random`` (a model bug, caught by tests).
     """
-    raw = _pack(_Encoder(state).encode(state))
+    raw = _encode(state)
     if len(raw) > MAX_SNAPSHOT_BYTES:
         raise SnapshotError(
             f"snapshot of {stage}:{partition} is {len(raw)} bytes, over {MAX_SNAPSHOT_BYTES}"

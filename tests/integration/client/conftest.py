@@ -22,7 +22,7 @@ from pipeline.client import RedisCacheManager
 from pipeline.client.keys import escape_glob
 from pipeline.client.sync import SyncRedisCacheManager
 from pipeline.config import Settings
-from pipeline.devstack import RedisClusterServers, RedisServer
+from pipeline.devstack import DevStack, KafkaServer, RedisClusterServers, RedisServer
 from schemas.decode import validate_access_event
 
 M = TypeVar("M", bound=RedisCacheManager)
@@ -220,3 +220,13 @@ _CLIENT_KWARGS = frozenset(
         "edge_warming",
     }
 )
+
+
+@pytest.fixture(scope="module")
+def own_kafka() -> Iterator[KafkaServer]:
+    """A Kafka broker of the module's own, for tests that stop and restart it."""
+    with DevStack(kafka=True, redis=False) as stack:
+        assert stack.kafka is not None
+        if not stack.kafka.managed:
+            pytest.skip("KAFKA_BOOTSTRAP_SERVERS names an external broker; cannot stop it")
+        yield stack.kafka

@@ -14,12 +14,11 @@ import logging
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from pipeline.client import IntelligentCache
-from pipeline.devstack import DevStack, KafkaServer
+from pipeline.devstack import KafkaServer
 from tests.integration.client.conftest import Backend, MakeCache
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
@@ -28,15 +27,6 @@ RATE = 500
 OUTAGE_S = 30.0
 BEFORE_S = 10.0
 BUFFER_BYTES = 256 * 1024
-
-
-@pytest.fixture(scope="module")
-def own_kafka() -> Iterator[KafkaServer]:
-    with DevStack(kafka=True, redis=False) as stack:
-        assert stack.kafka is not None
-        if not stack.kafka.managed:
-            pytest.skip("KAFKA_BOOTSTRAP_SERVERS names an external broker; cannot stop it")
-        yield stack.kafka
 
 
 class _Lines(logging.Handler):

@@ -8,23 +8,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
-
-import pytest
 
 from pipeline.client import IntelligentCache
-from pipeline.devstack import DevStack, KafkaServer
+from pipeline.devstack import KafkaServer
 from tests.integration.client.conftest import Backend, MakeCache
 from tests.integration.client.test_events_kafka import read_events
-
-
-@pytest.fixture(scope="module")
-def own_kafka() -> Iterator[KafkaServer]:
-    with DevStack(kafka=True, redis=False) as stack:
-        assert stack.kafka is not None
-        if not stack.kafka.managed:
-            pytest.skip("KAFKA_BOOTSTRAP_SERVERS names an external broker; cannot stop it")
-        yield stack.kafka
 
 
 async def _p50_us(cache: IntelligentCache, n: int) -> tuple[float, int]:

@@ -3,45 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import pickle
 import time
 from pathlib import Path
 
 import orjson
-import zstandard
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.config import Settings
 from pipeline.deadletter import reason_of
+from tests.forged import eval_pickle, legacy_snapshot
 from tests.integration.pipeline.conftest import NAMESPACE, StartWorker
 
 PARTITIONS = 4
 GOOD_PER_PARTITION = 50
-
-
-def _eval_pickle(expression: str) -> bytes:
-    """The protocol-4 pickle that ran code through format 1's module-only allowlist."""
-
-    def text(value: str) -> bytes:
-        raw = value.encode()
-        return pickle.SHORT_BINUNICODE + bytes([len(raw)]) + raw
-
-    call_eval = text("collections") + text("__builtins__.get") + pickle.STACK_GLOBAL
-    call_eval += text("eval") + pickle.TUPLE1 + pickle.REDUCE
-    return (
-        pickle.PROTO
-        + b"\x04"
-        + call_eval
-        + text(expression)
-        + pickle.TUPLE1
-        + pickle.REDUCE
-        + (pickle.STOP)
-    )
-
-
-def _legacy_snapshot(payload: bytes) -> bytes:
-    return b"CCS1" + len(payload).to_bytes(4, "big") + zstandard.ZstdCompressor().compress(payload)
 
 
 def _good(partition: int, i: int) -> bytes:
@@ -61,7 +36,7 @@ async def _produce(settings: Settings, marker: Path) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_brokers())
     await producer.start()
     try:
-        exploit = _legacy_snapshot(_eval_pickle(f"open({str(marker)!r}, 'w').write('owned')"))
+        exploit = legacy_snapshot(eval_pickle(f"open({str(marker)!r}, 'w').write('owned')"))
         unknown = b"CCST" + (9).to_bytes(2, "big") + (3).to_bytes(4, "big") + b"\x00" * 8
         for p in range(PARTITIONS):
             await producer.send(settings.topic_state, exploit, key=f"ttl:{p}".encode(), partition=p)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import random
 from collections import deque
 from pathlib import Path
@@ -18,6 +17,7 @@ from pipeline.checkpoint import MAX_SNAPSHOT_BYTES, SnapshotError, decode_snapsh
 from pipeline.config import Settings
 from pipeline.decide import Decider, engine_config
 from pipeline.models import SmartTTL, WarmEngine
+from tests.forged import eval_pickle, legacy_snapshot
 
 
 def _events(n: int) -> list[dict[str, object]]:
@@ -64,37 +64,9 @@ def test_smart_ttl_state_round_trips() -> None:
     ]
 
 
-def _legacy_blob(payload: bytes) -> bytes:
-    """A snapshot in format 1's exact framing: magic, size, zstd-compressed pickle."""
-    return b"CCS1" + len(payload).to_bytes(4, "big") + zstandard.ZstdCompressor().compress(payload)
-
-
-def _eval_pickle(expression: str) -> bytes:
-    """Protocol 4: STACK_GLOBAL("collections", "__builtins__.get") resolves to a builtin.
-
-    Format 1's allowlist checked only the module; this pickle called eval.
-    """
-
-    def text(value: str) -> bytes:
-        raw = value.encode()
-        return pickle.SHORT_BINUNICODE + bytes([len(raw)]) + raw
-
-    get_builtin = text("collections") + text("__builtins__.get") + pickle.STACK_GLOBAL
-    call_eval = get_builtin + text("eval") + pickle.TUPLE1 + pickle.REDUCE
-    return (
-        pickle.PROTO
-        + b"\x04"
-        + call_eval
-        + text(expression)
-        + pickle.TUPLE1
-        + pickle.REDUCE
-        + pickle.STOP
-    )
-
-
 def test_a_crafted_pickle_on_the_state_topic_runs_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "owned"
-    blob = _legacy_blob(_eval_pickle(f"open({str(marker)!r}, 'w').write('x')"))
+    blob = legacy_snapshot(eval_pickle(f"open({str(marker)!r}, 'w').write('x')"))
     with pytest.raises(SnapshotError, match="format 1"):
         decode_snapshot(blob)
     assert not marker.exists()
