@@ -144,7 +144,9 @@ def _documents(
         try:
             good.append(validate(item))
         except FieldError as exc:
-            rejects.append(Reject(index, f"event [{index}]: {exc}", exc.field, _original(item, data)))
+            rejects.append(
+                Reject(index, f"event [{index}]: {exc}", exc.field, _original(item, data))
+            )
     return good, rejects
 
 
