@@ -27,6 +27,7 @@ import faust
 
 from pipeline.config import Settings, load_settings
 from pipeline.devstack import cache_root
+from pipeline.topics import STATE_MAX_MESSAGE_BYTES, STATE_TOPIC_CONFIG
 
 __all__ = ["app", "settings", "topics"]
 
@@ -58,7 +59,8 @@ def _faust_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_compression_type="lz4",
         producer_linger_ms=1,
-        producer_max_request_size=2 * 1024 * 1024,
+        producer_max_request_size=STATE_MAX_MESSAGE_BYTES,  # snapshots; batches stay small
+        producer_acks=-1,  # acks=all: warmups, outcomes and snapshots are not lost on failover
         stream_wait_empty=False,
         web_host=settings.web_host,
         web_port=settings.web_port,
@@ -91,6 +93,7 @@ class Topics:
                 key_serializer="raw",
                 value_serializer="raw",
                 partitions=partitions,
+                replicas=settings.topic_replication,
                 internal=True,
                 **kwargs,
             )
@@ -102,11 +105,7 @@ class Topics:
         self.stats = raw(settings.topic_stats)
         self.metrics = raw(settings.topic_metrics)
         self.dead_letter = raw(settings.topic_dead_letter)
-        self.state = raw(
-            settings.topic_state,
-            compacting=True,
-            config={"cleanup.policy": "compact", "segment.ms": "60000"},
-        )
+        self.state = raw(settings.topic_state, compacting=True, config=dict(STATE_TOPIC_CONFIG))
 
     def all(self) -> list[faust.TopicT]:
         return [

@@ -21,10 +21,14 @@ from faust.types import TP, EventT
 
 from agents.app import app, settings, topics
 from pipeline.checkpoint import SnapshotError, encode_snapshot, load_snapshot, snapshot_key
+from pipeline.topics import STATE_MAX_MESSAGE_BYTES
 
 __all__ = ["Checkpointer", "Stateful", "checkpointers"]
 
 log = logging.getLogger(__name__)
+
+_SEND_ATTEMPTS = 4
+_SEND_BACKOFF_S = 0.5
 
 
 class Stateful(Protocol):
@@ -57,6 +61,8 @@ class Checkpointer(Generic[M]):
         self.snapshot_seconds = 0.0
         self.restored = 0
         self.rejected = 0
+        self.refused = 0
+        self.send_failures = 0
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         checkpointers.append(self)
 
@@ -70,6 +76,8 @@ class Checkpointer(Generic[M]):
             "pending_records": len(self._pending),
             "partitions_restored": self.restored,
             "snapshots_rejected": self.rejected,
+            "snapshots_too_large": self.refused,
+            "snapshot_send_failures": self.send_failures,
         }
 
     async def model(self, partition: int) -> M:
@@ -117,31 +125,72 @@ class Checkpointer(Generic[M]):
     async def checkpoint(self) -> None:
         """Snapshot every model, wait for Kafka, then ack the records they cover.
 
-        Call with :attr:`lock` held.
+        Call with :attr:`lock` held. A partition whose snapshot is larger than
+        the state topic takes, or could not be written after retries, keeps its
+        records unacked (they are acked by the next checkpoint that writes its
+        snapshot) and says so in the log: its state is never silently lost.
         """
         started = time.perf_counter()
-        deliveries = []
+        written = 0
+        failed: set[int] = set()
         for partition, model in self.models.items():
             blob = encode_snapshot(model.state_dict(), stage=self.stage, partition=partition)
             self.snapshot_bytes = len(blob)
-            deliveries.append(
-                await topics.state.send(
+            if len(blob) > STATE_MAX_MESSAGE_BYTES - 4096:
+                self.refused += 1
+                log.error(
+                    "%s: snapshot of partition %d is %d bytes, over the state topic's %d;"
+                    " not written, its records stay unacked (lower the model bounds)",
+                    self.stage,
+                    partition,
+                    len(blob),
+                    STATE_MAX_MESSAGE_BYTES,
+                )
+                failed.add(partition)
+                continue
+            if await self._send(partition, blob):
+                written += 1
+            else:
+                failed.add(partition)
+        await app.producer.flush()
+        acked: list[EventT[Any]] = []
+        kept: list[EventT[Any]] = []
+        for event in self._pending:
+            (kept if event.message.partition in failed else acked).append(event)
+        self._pending = kept
+        if self.stream is not None:
+            for event in acked:
+                await self.stream.ack(event)
+        self.snapshots_written += written
+        self.snapshot_seconds = time.perf_counter() - started
+        self._last = time.monotonic()
+
+    async def _send(self, partition: int, blob: bytes) -> bool:
+        """Write one snapshot and wait for Kafka, retrying with backoff; False if it failed."""
+        for attempt in range(_SEND_ATTEMPTS):
+            try:
+                delivery = await topics.state.send(
                     key=snapshot_key(self.stage, partition),
                     value=blob,
                     partition=partition,
                     force=True,
                 )
-            )
-        for delivery in deliveries:
-            await delivery
-        await app.producer.flush()
-        pending, self._pending = self._pending, []
-        if self.stream is not None:
-            for event in pending:
-                await self.stream.ack(event)
-        self.snapshots_written += len(deliveries)
-        self.snapshot_seconds = time.perf_counter() - started
-        self._last = time.monotonic()
+                await delivery
+                return True
+            except Exception as exc:  # Kafka trouble: try again, then keep the records unacked
+                if attempt == _SEND_ATTEMPTS - 1:
+                    self.send_failures += 1
+                    log.error(
+                        "%s: snapshot of partition %d not written after %d attempts (%r);"
+                        " its records stay unacked until a checkpoint succeeds",
+                        self.stage,
+                        partition,
+                        _SEND_ATTEMPTS,
+                        exc,
+                    )
+                    return False
+                await asyncio.sleep(_SEND_BACKOFF_S * 2**attempt)
+        return False
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
         mine = {tp.partition for tp in revoked if tp.topic == self.topic_name}
@@ -151,3 +200,5 @@ class Checkpointer(Generic[M]):
             await self.checkpoint()
             for partition in mine:
                 self.models.pop(partition, None)
+            # Records a failed checkpoint kept unacked go to the partition's new owner.
+            self._pending = [e for e in self._pending if e.message.partition not in mine]

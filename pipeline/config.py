@@ -174,6 +174,14 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(
         4, ge=1, le=1024, validation_alias=_env("CACHECAST_TOPIC_PARTITIONS", "topic_partitions")
     )
+    topic_replication: int = Field(
+        1,
+        ge=1,
+        le=16,
+        validation_alias=_env("CACHECAST_TOPIC_REPLICATION", "topic_replication"),
+        description="Replication factor of the topics cachecast creates (1 for one broker;"
+        " 3 in production).",
+    )
 
     # --- Access-event emitter (client side) --------------------------------------
     emitter_enabled: bool = Field(

@@ -9,20 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Final
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from pipeline.config import Settings
 
-__all__ = ["ensure_topics", "topic_specs"]
+__all__ = ["STATE_MAX_MESSAGE_BYTES", "STATE_TOPIC_CONFIG", "ensure_topics", "topic_specs"]
 
 log = logging.getLogger(__name__)
 
 
+STATE_MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+"""The largest model snapshot the state topic takes (the broker's default is 1 MiB)."""
+
+STATE_TOPIC_CONFIG: Final = {
+    "cleanup.policy": "compact",
+    "segment.ms": "60000",
+    "max.message.bytes": str(STATE_MAX_MESSAGE_BYTES),
+}
+
+
 def topic_specs(settings: Settings) -> list[NewTopic]:
-    """Every topic with its partitions and config."""
+    """Every topic with its partitions, replication factor and config."""
     parts = settings.topic_partitions
+    replicas = settings.topic_replication
     names = [
         settings.topic_access,
         settings.topic_sequence,
@@ -32,14 +44,9 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         settings.topic_metrics,
         settings.topic_dead_letter,
     ]
-    specs = [NewTopic(name, parts, 1) for name in names]
+    specs = [NewTopic(name, parts, replicas) for name in names]
     specs.append(
-        NewTopic(
-            settings.topic_state,
-            parts,
-            1,
-            topic_configs={"cleanup.policy": "compact", "segment.ms": "60000"},
-        )
+        NewTopic(settings.topic_state, parts, replicas, topic_configs=dict(STATE_TOPIC_CONFIG))
     )
     return specs
 
