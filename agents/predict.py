@@ -112,10 +112,19 @@ async def _decide(partition: int, events: list[dict[str, Any]]) -> None:
         await _send(commands)
 
 
-async def _checkpoint() -> None:
-    """Feed what the reorder buffers hold, then snapshot: acked records are all learnt."""
+async def _drain_reorderers() -> None:
+    """Feed what the reorder buffers hold to the models: acked records are all learnt.
+
+    Runs before every checkpoint, the one a revocation triggers included.
+    """
     for partition, buffer in list(_reorderers.items()):
         await _decide(partition, buffer.drain())
+
+
+engines.before_checkpoint = _drain_reorderers
+
+
+async def _checkpoint() -> None:
     await engines.checkpoint()
 
 

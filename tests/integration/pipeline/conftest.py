@@ -21,7 +21,7 @@ StartWorker = Callable[..., WorkerProcess]
 
 @pytest.fixture
 def pipeline_env(devstack: DevStack, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Environment of one test's pipeline: own app id and topics, fast timings.
+    """Environment of one test's pipeline: own app id, topics and keys, fast timings.
 
     Also applied to this process (monkeypatch), so ``load_settings()`` here sees it.
     """
@@ -30,6 +30,7 @@ def pipeline_env(devstack: DevStack, monkeypatch: pytest.MonkeyPatch) -> dict[st
         **devstack.env(),
         "CACHECAST_APP_ID": f"it-{tag}",
         "CACHECAST_TOPIC_NAMESPACE": f"it-{tag}",
+        "REDIS_KEY_PREFIX": f"it-{tag}:",  # the session's Redis is shared: keys stay apart too
         "CACHECAST_TOPIC_PARTITIONS": "4",
         "CACHECAST_SESSION_TIMEOUT_S": "2",
         "CACHECAST_HEARTBEAT_S": "0.5",
