@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import re
 import struct
 import time
@@ -158,14 +159,46 @@ return 1
 """
 #: INCRBY that gives a new counter a TTL (explicit, else the default) in one round trip.
 _INCR_SCRIPT: Final = """
+if KEYS[2] then
+  local done = redis.call('GET', KEYS[2])
+  if done then return tonumber(done) end
+end
 local value = redis.call('INCRBY', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 elseif redis.call('TTL', KEYS[1]) == -1 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
+if KEYS[2] then
+  redis.call('SET', KEYS[2], value, 'PX', ARGV[4])
+end
 return value
 """
+#: How long an increment's receipt is kept: a retry within it returns the first result.
+INCR_RECEIPT_MS: Final = 10_000
+
+
+def receipt_key(prefix: str, dkey: str, op: str) -> str | None:
+    """Where an increment's receipt lives: internal (``prefix#incr:``), in ``dkey``'s
+    Redis Cluster hash slot; None when no such key can be built (odd braces).
+
+    >>> receipt_key("c:", "c:users:42", "ab")
+    'c:#incr:{c:users:42}ab'
+    >>> receipt_key("c:", "c:users:{42}:visits", "ab")
+    'c:#incr:{42}ab'
+    >>> receipt_key("c:", "c:users:a}b", "ab") is None
+    True
+    """
+    if "{" in prefix or "}" in prefix:
+        return None
+    start = dkey.find("{")
+    if start >= 0:
+        end = dkey.find("}", start + 1)
+        if end > start + 1:
+            return f"{prefix}#incr:{{{dkey[start + 1 : end]}}}{op}"
+    if "}" in dkey or "{" in dkey:
+        return None
+    return f"{prefix}#incr:{{{dkey}}}{op}"
 
 _HEADER: Final = struct.Struct(">2sBBQI")
 #: Header flags the fast decode path handles (uncompressed values, any writer).
@@ -766,7 +799,14 @@ class CacheCore:
         self, namespace: str, key: str, dkey: str, amount: int, ttl: int | str
     ) -> Plan[int]:
         started = time.perf_counter_ns()
-        (value,) = yield [("EVAL", _INCR_SCRIPT, 1, dkey, amount, ttl, self.default_ttl)]
+        # A receipt keyed by a fresh id makes the script idempotent: when redis-py
+        # retries it after a lost reply, the retry returns the first result
+        # instead of adding ``amount`` again.
+        receipt = receipt_key(self.prefix, dkey, os.urandom(12).hex())
+        keys = (2, dkey, receipt) if receipt is not None else (1, dkey)
+        (value,) = yield [
+            ("EVAL", _INCR_SCRIPT, *keys, amount, ttl, self.default_ttl, INCR_RECEIPT_MS)
+        ]
         elapsed = (time.perf_counter_ns() - started) // 1000
         self.stats.latency["incr"].record(elapsed)
         self.emit(namespace, key, "incr", "none", elapsed, 0, ttl or None, None, None, None, False)
