@@ -94,8 +94,10 @@ class Settings(BaseSettings):
     # --- Redis (the original cache layer's names) -------------------------------------------------
     redis_host: str = Field("127.0.0.1", validation_alias=_env("REDIS_HOST", "redis_host"))
     redis_port: int = Field(6379, ge=1, le=65535, validation_alias=_env("REDIS_PORT", "redis_port"))
-    redis_password: str | None = Field(
-        None, validation_alias=_env("REDIS_PASSWORD", "redis_password")
+    redis_password: SecretStr | None = Field(
+        None,
+        validation_alias=_env("REDIS_PASSWORD", "redis_password"),
+        description="Never shown in logs or reprs (a SecretStr).",
     )
     redis_db: int = Field(0, ge=0, le=15, validation_alias=_env("REDIS_DB", "redis_db"))
     redis_key_prefix: str = Field(
@@ -422,6 +424,7 @@ class Settings(BaseSettings):
     )
     loaders: str = Field(
         "",
+        repr=False,  # may hold an origin's API key in a header
         validation_alias=_env("CACHECAST_LOADERS", "loaders"),
         description="Per-namespace loaders as JSON, or @path/to/file.json (see pipeline/loaders).",
     )
@@ -506,6 +509,10 @@ class Settings(BaseSettings):
     def redis_retry_delay_s(self) -> float:
         """``REDIS_RETRY_DELAY`` in seconds (it is set in milliseconds)."""
         return self.redis_retry_delay_ms / 1000
+
+    def redis_secret(self) -> str | None:
+        """``REDIS_PASSWORD`` in clear, for the Redis clients only."""
+        return self.redis_password.get_secret_value() if self.redis_password else None
 
     def kafka_brokers(self) -> list[str]:
         """The bootstrap servers as a list."""

@@ -93,7 +93,7 @@ def _pool_options(settings: Settings, max_connections: int) -> dict[str, Any]:
         "host": settings.redis_host,
         "port": settings.redis_port,
         "db": settings.redis_db,
-        "password": settings.redis_password,
+        "password": settings.redis_secret(),
         "max_connections": max_connections,
         "socket_timeout": settings.redis_socket_timeout,
         "socket_connect_timeout": settings.redis_socket_timeout,
@@ -196,7 +196,7 @@ def connect_async(
                 redis.asyncio.cluster.ClusterNode(host, port)
                 for host, port in settings.cluster_nodes()
             ],
-            password=settings.redis_password,
+            password=settings.redis_secret(),
             retry=async_retry(settings),
             max_connections=max_connections,
             socket_timeout=settings.redis_socket_timeout,
@@ -223,7 +223,7 @@ def connect_sync(
                 redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
                 for host, port in settings.cluster_nodes()
             ],
-            password=settings.redis_password,
+            password=settings.redis_secret(),
             retry=sync_retry(settings),
             max_connections=max_connections,
             socket_timeout=settings.redis_socket_timeout,

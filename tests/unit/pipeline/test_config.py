@@ -28,12 +28,14 @@ def test_the_seed_environment_names_are_read(monkeypatch: pytest.MonkeyPatch) ->
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     s = load_settings()
-    assert (s.redis_host, s.redis_port, s.redis_password, s.redis_db) == (
+    assert (s.redis_host, s.redis_port, s.redis_secret(), s.redis_db) == (
         "cache.internal",
         6380,
         "s3cret",
         2,
     )
+    assert "s3cret" not in repr(s)
+    assert "s3cret" not in str(s.model_dump())
     assert (s.redis_key_prefix, s.redis_default_ttl, s.redis_max_memory_bytes()) == (
         "shop:",
         600,

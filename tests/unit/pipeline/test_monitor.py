@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.monitor import (
     MAX_BODY_BYTES,
@@ -69,3 +71,40 @@ def test_actions_are_validated() -> None:
         with pytest.raises(ApiError, match=words) as caught:
             parse_action(body)
         assert caught.value.status == status
+
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner),
+    max_leaves=20,
+)
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            lambda action, params: orjson.dumps({"action": action, "params": params}),
+            st.sampled_from(["clear", "warmup", "invalidate_tags", "delete_pattern", "configure"]),
+            st.dictionaries(
+                st.sampled_from(["namespace", "keys", "tags", "pattern", "maxmemory", "x"]), _json
+            ),
+        ),
+    )
+)
+@settings(max_examples=400, deadline=None)
+def test_any_body_is_an_action_or_a_clear_refusal(body: bytes) -> None:
+    refusal: ApiError | None = None
+    try:
+        action = parse_action(body)
+    except ApiError as exc:
+        refusal = exc
+    if refusal is not None:
+        assert refusal.status in (400, 413)
+        assert refusal.message
+    else:
+        assert action.name in ("clear", "warmup", "invalidate_tags", "delete_pattern", "configure")
