@@ -337,13 +337,14 @@ class Settings(BaseSettings):
         " register_loader).",
     )
     redis_stall_ms: float = Field(
-        50.0,
+        200.0,
         ge=0,
         le=60_000,
         validation_alias=_env("CACHECAST_REDIS_STALL_MS", "redis_stall_ms"),
         description="Client: when reads have waited this long and Redis answered nothing,"
         " Redis is taken as hung and reads fail fast to their loader until it answers"
-        " again (0: wait for the socket timeout).",
+        " again (0: wait for the socket timeout). Lower it (50) where Redis has CPU of"
+        " its own; on a machine it shares, a starved Redis pauses that long.",
     )
     load_timeout_s: float = Field(
         30.0,

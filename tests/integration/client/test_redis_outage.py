@@ -159,10 +159,13 @@ async def test_a_redis_outage_under_load_is_served_by_the_loader_with_a_low_p99(
     redis_factory: RedisFactory, make_cache: MakeCache
 ) -> None:
     """Redis hung (SIGSTOP: connections open, nothing answers) for 10 s, then stopped
-    for 5 s, under 500 gets/s, then started again: with the default settings every
-    get is served, p99 stays under 50 ms, and the client reconnects by itself."""
+    for 5 s, under 500 gets/s, then started again: every get is served, p99 stays
+    under 50 ms, and the client reconnects by itself. (The stall threshold is 50 ms
+    here, for a Redis with CPU of its own; the stop needs no setting.)"""
     server = redis_factory()
-    cache: IntelligentCache = make_cache(Backend("single", server=server), IntelligentCache)
+    cache: IntelligentCache = make_cache(
+        Backend("single", server=server), IntelligentCache, redis_stall_ms=50
+    )
 
     async def origin() -> str:
         await asyncio.sleep(0.001)
