@@ -206,7 +206,9 @@ def test_increment_and_expire_plans() -> None:
     core, events = make_core()
     value, (batch,) = run(core.increment_plan("ns", "n", 5, ttl=30), [12])
     assert value == 12
-    assert batch[0][3:] == ("cache:ns:n", 5, 30, core.default_ttl)
+    numkeys, dkey, receipt, *args = batch[0][2:]
+    assert (numkeys, dkey, args) == (2, "cache:ns:n", [5, 30, core.default_ttl, 10_000])
+    assert receipt.startswith("cache:#incr:{cache:ns:n}")  # the counter's cluster slot
     existed, batches = run(core.expire_plan("ns", "k", 90), [1, {b"t"}], [True, 1])
     assert existed is True
     assert batches[1][0] == ("EXPIRE", "cache:#keytags:ns:k", 90)
