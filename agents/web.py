@@ -8,6 +8,7 @@ topic, which carries every namespace.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -181,14 +182,10 @@ async def monitor_view(view: str) -> dict[str, Any]:
     return out
 
 
+@functools.cache
 def _manager() -> RedisCacheManager:
-    found = _managers.get("manager")
-    if found is None:
-        found = _managers["manager"] = RedisCacheManager(settings, redis=runtime.redis)
-    return found
-
-
-_managers: dict[str, RedisCacheManager] = {}
+    """The cache API over the worker's own Redis client (no second connection pool)."""
+    return RedisCacheManager(settings, redis=runtime.redis)
 
 
 async def run_action(action: Action) -> dict[str, Any]:

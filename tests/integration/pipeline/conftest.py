@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -9,8 +10,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from pipeline.config import Settings, load_settings
+from pipeline.deadletter import reason_of
 from pipeline.devstack import DevStack, free_port
 from pipeline.worker import WorkerProcess
 
@@ -65,3 +68,37 @@ def start_worker(pipeline_env: dict[str, str], tmp_path: Path) -> Iterator[Start
     yield start
     for worker in started:
         worker.stop()
+
+
+async def read_dead_letters(
+    settings: Settings, expected: int, *, timeout: float = 120.0, settle: float = 0.0
+) -> list[tuple[bytes, str | None]]:
+    """The dead-letter topic from its start: (original bytes, reason) of each record.
+
+    Reads until ``expected`` records arrived (or ``timeout``), then ``settle``
+    seconds more, so a test can also see that no more than expected arrive.
+    """
+    consumer = AIOKafkaConsumer(
+        settings.topic_dead_letter,
+        bootstrap_servers=settings.kafka_brokers(),
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    found: list[tuple[bytes, str | None]] = []
+
+    async def take(timeout_ms: int) -> None:
+        batch = await consumer.getmany(timeout_ms=timeout_ms)
+        for records in batch.values():
+            found.extend((r.value or b"", reason_of(r.headers)) for r in records)
+
+    try:
+        async with asyncio.timeout(timeout):
+            while len(found) < expected:
+                await take(1000)
+        if settle:
+            await asyncio.sleep(settle)
+            await take(1000)
+    finally:
+        await consumer.stop()
+    return found

@@ -8,11 +8,10 @@ import random
 import time
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from pipeline.config import Settings
-from pipeline.deadletter import reason_of
-from tests.integration.pipeline.conftest import NAMESPACE, StartWorker
+from tests.integration.pipeline.conftest import NAMESPACE, StartWorker, read_dead_letters
 
 BAD_RECORDS = 10_000
 GOOD_RECORDS = 1_000
@@ -78,33 +77,13 @@ async def _produce(settings: Settings) -> int:
     return good_events
 
 
-async def _dead_letters(settings: Settings, expected: int) -> list[tuple[bytes, str | None]]:
-    consumer = AIOKafkaConsumer(
-        settings.topic_dead_letter,
-        bootstrap_servers=settings.kafka_brokers(),
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    found: list[tuple[bytes, str | None]] = []
-    try:
-        async with asyncio.timeout(120):
-            while len(found) < expected:
-                batch = await consumer.getmany(timeout_ms=1000)
-                for records in batch.values():
-                    found.extend((r.value or b"", reason_of(r.headers)) for r in records)
-    finally:
-        await consumer.stop()
-    return found
-
-
 async def test_malformed_records_are_dead_lettered_and_valid_ones_processed(
     start_worker: StartWorker, settings: Settings
 ) -> None:
     worker = start_worker()
     good_events = await _produce(settings)
     expected = _expected_dead_letters()
-    letters = await _dead_letters(settings, expected)
+    letters = await read_dead_letters(settings, expected)
 
     assert len(letters) == expected
     reasons = [reason for _, reason in letters]

@@ -3,13 +3,12 @@ every record is processed or dead-lettered, exactly as the decoders say it shoul
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Callable
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from pipeline.config import Settings
 from pipeline.stats import WindowStats
@@ -19,7 +18,7 @@ from schemas.decode import (
     decode_warmup_command_dicts,
     decode_warmup_outcome_dicts,
 )
-from tests.integration.pipeline.conftest import StartWorker
+from tests.integration.pipeline.conftest import StartWorker, read_dead_letters
 
 PER_TOPIC = 10_000
 
@@ -59,28 +58,6 @@ def _stats_letters(value: bytes) -> int:
     return 0
 
 
-async def _count_dead_letters(settings: Settings, expected: int) -> int:
-    consumer = AIOKafkaConsumer(
-        settings.topic_dead_letter,
-        bootstrap_servers=settings.kafka_brokers(),
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    found = 0
-    try:
-        async with asyncio.timeout(300):
-            while found < expected:
-                batch = await consumer.getmany(timeout_ms=1000)
-                found += sum(len(records) for records in batch.values())
-        await asyncio.sleep(3)  # nothing more arrives than expected
-        batch = await consumer.getmany(timeout_ms=1000)
-        found += sum(len(records) for records in batch.values())
-    finally:
-        await consumer.stop()
-    return found
-
-
 async def test_random_bytes_into_every_input_topic_crash_nothing(
     start_worker: StartWorker, settings: Settings
 ) -> None:
@@ -116,7 +93,7 @@ async def test_random_bytes_into_every_input_topic_crash_nothing(
     finally:
         await producer.stop()
 
-    found = await _count_dead_letters(settings, expected)
+    found = len(await read_dead_letters(settings, expected, timeout=300, settle=3.0))
     assert found == expected
     log = worker.log_path.read_text(errors="replace")
     assert "Crashed" not in log

@@ -11,9 +11,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.config import Settings
-from pipeline.deadletter import reason_of
 from tests.forged import eval_pickle, legacy_snapshot
-from tests.integration.pipeline.conftest import NAMESPACE, StartWorker
+from tests.integration.pipeline.conftest import NAMESPACE, StartWorker, read_dead_letters
 
 PARTITIONS = 4
 GOOD_PER_PARTITION = 50
@@ -57,26 +56,6 @@ async def _produce(settings: Settings, marker: Path) -> None:
         await producer.stop()
 
 
-async def _dead_letters(settings: Settings, expected: int) -> list[str]:
-    consumer = AIOKafkaConsumer(
-        settings.topic_dead_letter,
-        bootstrap_servers=settings.kafka_brokers(),
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    reasons: list[str] = []
-    try:
-        async with asyncio.timeout(60):
-            while len(reasons) < expected:
-                batch = await consumer.getmany(timeout_ms=1000)
-                for records in batch.values():
-                    reasons.extend(reason_of(r.headers) or "" for r in records)
-    finally:
-        await consumer.stop()
-    return reasons
-
-
 async def _committed_reaches_end(settings: Settings) -> dict[int, tuple[int, int]]:
     """Per access partition: (committed offset, end offset), once all are committed or 60 s."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_brokers())
@@ -107,7 +86,9 @@ async def test_poison_records_and_forged_snapshots_stop_nothing_and_run_nothing(
     marker = tmp_path / "owned"
     await _produce(settings, marker)
 
-    reasons = await _dead_letters(settings, 2 * PARTITIONS)
+    reasons = [
+        reason or "" for _, reason in await read_dead_letters(settings, 2 * PARTITIONS, timeout=60)
+    ]
     assert sum("null record (a tombstone)" in r for r in reasons) == PARTITIONS
     assert sum("event [1]: expected a JSON object" in r for r in reasons) == PARTITIONS
 
