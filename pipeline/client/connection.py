@@ -21,11 +21,13 @@ client alike:
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import sys
 import time
 import weakref
-from collections.abc import Iterable
-from typing import Any, Final, TypeAlias
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, Final, TypeAlias, TypeVar
 
 import redis
 import redis.asyncio
@@ -36,6 +38,14 @@ from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
 from pipeline.config import Settings
 
+try:  # POSIX: how many bytes a socket holds unread
+    import fcntl
+    import termios
+
+    _FIONREAD: int | None = termios.FIONREAD
+except ImportError:  # pragma: no cover - Windows: the watchdog trusts its timing alone
+    _FIONREAD = None
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -43,6 +53,8 @@ __all__ = [
     "POOL_WAIT_S",
     "AsyncRedisClient",
     "ConnectionWatch",
+    "GatedRetry",
+    "RetryGate",
     "SyncRedisClient",
     "WatchedConnection",
     "async_retry",
@@ -59,6 +71,7 @@ DEFAULT_MAX_CONNECTIONS: Final = 256
 #: How long an operation waits for a pooled connection when all are busy.
 POOL_WAIT_S: Final = 1.0
 _RETRY_ON: Final = (ConnectionError, TimeoutError, BusyLoadingError)
+T = TypeVar("T")
 
 
 def backoff_cap(settings: Settings) -> float:
@@ -73,11 +86,70 @@ def _backoff(settings: Settings) -> ExponentialWithJitterBackoff:
     )
 
 
-def async_retry(settings: Settings) -> redis.asyncio.retry.Retry:
+class RetryGate:
+    """Stops a pool's retries while its client's circuit breaker is open.
+
+    redis-py copies the retry policy into every connection (``deepcopy``); the
+    gate survives the copies as the one shared object, so the client can tell
+    all of them at once that Redis is down: a command that fails then raises at
+    once instead of reconnecting to a Redis that does not answer.
+    """
+
+    __slots__ = ("stopped",)
+
+    def __init__(self) -> None:
+        self.stopped: Callable[[], bool] = _never
+
+    def __copy__(self) -> RetryGate:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RetryGate:
+        return self
+
+
+def _never() -> bool:
+    return False
+
+
+class GatedRetry(redis.asyncio.retry.Retry):
+    """redis-py's async retry policy that gives up while its :class:`RetryGate` is shut."""
+
+    def __init__(self, *args: Any, gate: RetryGate | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = gate if gate is not None else RetryGate()
+        self._open = self._gate_open  # bound once: no allocation per command
+
+    def _gate_open(self, error: Exception) -> bool:
+        return not self.gate.stopped()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GatedRetry:
+        return GatedRetry(
+            copy.deepcopy(self._backoff, memo),
+            self._retries,
+            supported_errors=self._supported_errors,
+            gate=self.gate,
+        )
+
+    def call_with_retry(  # a plain def returning the coroutine: no extra frame per command
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> Coroutine[Any, Any, T]:
+        if is_retryable is None:
+            return super().call_with_retry(do, fail, self._open, with_failure_count)
+        also = is_retryable
+
+        def retryable(error: Exception) -> bool:
+            return not self.gate.stopped() and also(error)
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def async_retry(settings: Settings) -> GatedRetry:
     """The async retry policy: exponential backoff with jitter, on connection trouble."""
-    return redis.asyncio.retry.Retry(
-        _backoff(settings), settings.redis_max_retries, supported_errors=_RETRY_ON
-    )
+    return GatedRetry(_backoff(settings), settings.redis_max_retries, supported_errors=_RETRY_ON)
 
 
 def sync_retry(settings: Settings) -> redis.retry.Retry:
@@ -120,6 +192,10 @@ class ConnectionWatch:
         self.every_s = min(every_s, deadline_s / 4)
         self.connections: weakref.WeakSet[WatchedConnection] = weakref.WeakSet()
         self.expired = 0
+        #: When a reply last arrived on any of the connections (perf_counter_ns):
+        #: the client's stall watchdog counts handshakes of new connections as
+        #: signs of life too.
+        self.answered_ns = 0
         self.running = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -151,6 +227,25 @@ class ConnectionWatch:
                 connection.abort()
         loop.call_later(self.every_s, self._tick)
 
+    def replies_pending(self) -> bool:
+        """A reply has arrived that the event loop has not read yet.
+
+        True when a connection waiting for Redis has bytes in its socket or its
+        stream buffer: the loop is behind (busy, or starved of CPU), not Redis.
+        The stall watchdog asks before it declares Redis hung.
+        """
+        return any(c.waiting_since and c.unread() for c in list(self.connections))
+
+    def abort_waiting(self) -> int:
+        """Abort every connection waiting for Redis now (the client's breaker opened)."""
+        aborted = 0
+        for connection in list(self.connections):
+            if connection.waiting_since:
+                connection.waiting_since = 0.0
+                connection.abort()
+                aborted += 1
+        return aborted
+
 
 class WatchedConnection(redis.asyncio.Connection):
     """redis-py's asyncio connection whose deadlines a :class:`ConnectionWatch` keeps."""
@@ -160,6 +255,23 @@ class WatchedConnection(redis.asyncio.Connection):
         self.watch = watch
         self.waiting_since = 0.0
         watch.connections.add(self)
+
+    def unread(self) -> bool:
+        """Bytes from Redis wait on this connection: in its stream buffer or its socket."""
+        reader = getattr(self, "_reader", None)
+        if reader is not None and getattr(reader, "_buffer", None):
+            return True
+        writer = getattr(self, "_writer", None)
+        if writer is None or _FIONREAD is None:
+            return False
+        sock = writer.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            count = fcntl.ioctl(sock.fileno(), _FIONREAD, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return False
+        return int.from_bytes(count, sys.byteorder) > 0
 
     def abort(self) -> None:
         """Close the socket at once: a pending read or write fails now."""
@@ -181,9 +293,11 @@ class WatchedConnection(redis.asyncio.Connection):
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         self.waiting_since = time.monotonic()
         try:
-            return await super().read_response(*args, **kwargs)
+            reply = await super().read_response(*args, **kwargs)
         finally:
             self.waiting_since = 0.0
+        self.watch.answered_ns = time.perf_counter_ns()
+        return reply
 
 
 def connect_async(

@@ -200,6 +200,7 @@ def receipt_key(prefix: str, dkey: str, op: str) -> str | None:
         return None
     return f"{prefix}#incr:{{{dkey}}}{op}"
 
+
 _HEADER: Final = struct.Struct(">2sBBQI")
 #: Header flags the fast decode path handles (uncompressed values, any writer).
 _FAST_FLAGS: Final = FLAG_WARM | FLAG_EDGE
@@ -593,22 +594,37 @@ class CacheCore:
         self.down_until = 0.0
         self._trial_at = 0.0
 
-    def watch(self, now_ns: int) -> None:
+    def watch(
+        self,
+        now_ns: int,
+        answered_ns: int = 0,
+        replies_pending: Callable[[], bool] | None = None,
+    ) -> bool:
         """One watchdog tick: open the breaker when Redis has stopped answering.
 
         A hung Redis (a paused process, a network partition) fails nothing until
         the socket timeout, times the retries: seconds in which every read would
-        wait. When reads have waited ``redis_stall_ms`` with no reply, seen on two
-        ticks in a row (a tick more than half that late is skipped by the caller:
-        a stalled event loop, not Redis), the breaker opens and reads fail fast to their
-        loader. The first reply closes it again, so a false alarm costs a few
-        loads.
+        wait. When reads have waited ``redis_stall_ms`` with no reply, seen on a
+        tick and again on a confirming tick that the caller runs a few
+        milliseconds later (after the event loop has read its sockets, so a loop
+        that was busy, not Redis, is no alarm), the breaker opens: True is
+        returned, and the caller aborts the reads still waiting, which then go to
+        their loader, as all reads do until the cooldown ends. The first reply
+        closes the breaker again, so a false alarm costs a few loads. A trial read
+        of the half-open breaker that stalls opens it again the same way.
+        ``answered_ns`` is when the connections last got any reply (a new
+        connection's handshake included): a burst of reads that wait while their
+        connections are opened is no stall. ``replies_pending`` says whether
+        replies sit unread in the client's sockets: then the loop is behind, not
+        Redis, and that is no stall either.
         """
+        since = max(self.waiting_since_ns, answered_ns)
         stalled = (
             self.stall_ns > 0
             and self.reads_waiting > 0
-            and not self.down_until
-            and now_ns - self.waiting_since_ns > self.stall_ns
+            and now_ns - since > self.stall_ns
+            and not (self.down_until and time.monotonic() < self.down_until)
+            and not (replies_pending is not None and replies_pending())
         )
         if stalled and self._stall_suspected:
             self.down_until = time.monotonic() + self.breaker_cooldown
@@ -617,11 +633,22 @@ class CacheCore:
             self._log(
                 logging.WARNING,
                 "Redis has not answered for %.0f ms with %d reads waiting; failing fast",
-                (now_ns - self.waiting_since_ns) / 1e6,
+                (now_ns - since) / 1e6,
                 self.reads_waiting,
             )
-            stalled = False
+            self._stall_suspected = False
+            return True
         self._stall_suspected = stalled
+        return False
+
+    @property
+    def stall_suspected(self) -> bool:
+        """The last tick saw a stall that the next one must confirm."""
+        return self._stall_suspected
+
+    def breaker_tripped(self) -> bool:
+        """The breaker is open and its cooldown still running: retries are pointless."""
+        return self.down_until > time.monotonic()
 
     def rejected(
         self,
@@ -660,7 +687,9 @@ class CacheCore:
         if emit and namespace is not None:
             for key in keys:
                 self.emit(namespace, key, op, "error", elapsed, 0, None, user, session, None, False)
-        if isinstance(exc, _OUTAGE) and not isinstance(exc, MaxConnectionsError):
+        if isinstance(exc, _OUTAGE) and (
+            not isinstance(exc, MaxConnectionsError) or self.breaker_tripped()
+        ):  # a full pool is an outage only when its connections wait on a hung Redis
             self.down_until = time.monotonic() + self.breaker_cooldown
             self._trial_at = 0.0
             self._log(logging.WARNING, "Redis unavailable during %s: %s", op, exc)

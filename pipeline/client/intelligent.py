@@ -105,9 +105,25 @@ _RULE_ENTRIES_READ = 1_000
 
 @dataclass(slots=True)
 class _Flight:
-    task: asyncio.Task[Any]
+    """One load of a key by this client.
+
+    ``value`` resolves as soon as the loader returns (or fails): readers that
+    join the load wait for that, never for the write to Redis that ``task``
+    goes on with (a hung Redis must not hold back a value already loaded); the
+    reader that started the load waits for the task, so its value is cached
+    when its get returns. ``done_ns`` is set when the task has finished.
+
+    An edge load's warm marker goes to its first reader: one that joins before
+    the write lands takes it here (``taken``), and the write then drops the
+    marker; once ``write_settled``, the marker is in Redis for readers to take.
+    """
+
+    value: asyncio.Future[Any]
+    task: asyncio.Task[Any] | None = None
     done_ns: int = 0
     edge: bool = False
+    taken: bool = False
+    write_settled: bool = False
 
 
 class IntelligentCache(RedisCacheManager):
@@ -422,12 +438,15 @@ class IntelligentCache(RedisCacheManager):
     ) -> Any:
         flight = self._flights.get(dkey)
         if flight is not None and (not flight.done_ns or flight.done_ns >= missed_ns):
-            value = await asyncio.shield(flight.task)
+            value = await asyncio.shield(flight.value)
             if value is not ABSENT:
                 self._core.stats.load_joins += 1
                 return value
-        task = self._start_flight(namespace, key, dkey, loader, user, session)
-        return await asyncio.shield(task)
+        flight = self._start_flight(namespace, key, dkey, loader, user, session)
+        # The reader that started the load returns once the value is cached (read
+        # your writes); readers that joined it return as soon as it is loaded.
+        assert flight.task is not None
+        return await asyncio.shield(flight.task)
 
     def _start_flight(
         self,
@@ -437,23 +456,34 @@ class IntelligentCache(RedisCacheManager):
         loader: Loader,
         user: str | None,
         session: str | None,
-    ) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(
-            self._fill(namespace, key, dkey, loader, user, session)
+    ) -> _Flight:
+        loop = asyncio.get_running_loop()
+        flight = _Flight(loop.create_future())
+        task = loop.create_task(
+            self._fill(namespace, key, dkey, loader, user, session, flight.value)
         )
-        flight = _Flight(task)
+        flight.task = task
         self._flights[dkey] = flight
-        task.add_done_callback(lambda done: self._landed(dkey, flight, done))
-        return task
+        task.add_done_callback(functools.partial(self._landed, dkey, flight))
+        return flight
 
     def _landed(self, dkey: str, flight: _Flight, task: asyncio.Task[Any]) -> None:
+        settled = flight.value
         if task.cancelled():
+            settled.cancel()
             if self._flights.get(dkey) is flight:
                 del self._flights[dkey]
             return
         # A failed load is shared like a successful one with the callers whose
         # miss predates it (and its exception is marked as retrieved).
-        task.exception()
+        error = task.exception()
+        if not settled.done():
+            if error is not None:
+                settled.set_exception(error)
+            else:
+                settled.set_result(task.result())
+        if not settled.cancelled():
+            settled.exception()
         flight.done_ns = time.perf_counter_ns()
         if len(self._flights) > _FLIGHTS_KEPT:
             for old_key, old in list(self._flights.items())[: len(self._flights) // 2]:
@@ -468,7 +498,9 @@ class IntelligentCache(RedisCacheManager):
         loader: Loader,
         user: str | None,
         session: str | None,
+        settled: asyncio.Future[Any],
     ) -> Any:
+        """Load the value (``settled`` gets it at once), then write it with its TTL."""
         core = self._core
         redis_up = not (core.down_until and core.breaker_open())
         smart_ttl = (
@@ -494,6 +526,8 @@ class IntelligentCache(RedisCacheManager):
                 smart_ttl.cancel()
             raise
         load_s = time.perf_counter() - started
+        if not settled.done():
+            settled.set_result(value)
         ttl = core.ttl_for(await smart_ttl if smart_ttl is not None else None)
         if redis_up:
             now = time.time()
@@ -541,9 +575,13 @@ class IntelligentCache(RedisCacheManager):
             return
         core.stats.rules_applied += 1
         guard = self._edge_loaders[namespace]
+        loop = asyncio.get_running_loop()
         for successor, dkey in worth_loading(core, namespace, rule, self._loading, guard.available):
-            task = self._background(self._edge_fill(namespace, successor, dkey, guard, _clock()))
-            flight = _Flight(task, edge=True)
+            flight = _Flight(loop.create_future(), edge=True)
+            task = self._background(
+                self._edge_fill(namespace, successor, dkey, guard, _clock(), flight)
+            )
+            flight.task = task
             self._flights[dkey] = flight
             task.add_done_callback(functools.partial(self._landed, dkey, flight))
 
@@ -601,9 +639,18 @@ class IntelligentCache(RedisCacheManager):
         return flight is not None and not flight.done_ns
 
     async def _edge_fill(
-        self, namespace: str, key: str, dkey: str, guard: GuardedLoader, started: int
+        self,
+        namespace: str,
+        key: str,
+        dkey: str,
+        guard: GuardedLoader,
+        started: int,
+        flight: _Flight,
     ) -> Any:
-        """Claim the key with a loading mark, load it, and write it in the loading mark's place."""
+        """Claim the key with a loading mark, load it, and write it in the loading mark's place.
+
+        The flight's readers get the value as soon as it is loaded, before the write.
+        """
         core = self._core
         mark = loading_mark(self._tokens.next())
         try:
@@ -636,6 +683,8 @@ class IntelligentCache(RedisCacheManager):
             with contextlib.suppress(RedisError):
                 await self._redis.execute_command("EVAL", RELEASE_SCRIPT, 1, dkey, mark)
             return ABSENT
+        if not flight.value.done():
+            flight.value.set_result(value)
         written = False
         try:
             if isinstance(self._redis, RedisCluster):
@@ -655,6 +704,10 @@ class IntelligentCache(RedisCacheManager):
                 )
         except RedisError:
             written = False
+        flight.write_settled = True
+        if written and flight.taken:  # a reader joined before the write and took the warm
+            with contextlib.suppress(RedisError):
+                await self._redis.delete(core.marker_key(namespace, key))
         elapsed = (_clock() - started) // 1000
         core.record_edge_warm(namespace, key, written, len(data) if written else 0, ttl, elapsed)
         return value
@@ -670,10 +723,14 @@ class IntelligentCache(RedisCacheManager):
         emit: bool,
     ) -> Any:
         """A read that missed while this client's edge load of the key is in flight."""
-        value = await asyncio.shield(flight.task)
+        value = await asyncio.shield(flight.value)
         if value is ABSENT:
             return ABSENT
-        await self._count_join(namespace, key, started, user, session, emit)
+        if flight.write_settled:
+            consumed: bool | None = None  # the marker is in Redis: the first DEL takes it
+        else:
+            consumed, flight.taken = not flight.taken, True
+        await self._count_join(namespace, key, started, user, session, emit, consumed=consumed)
         return value
 
     async def _join_remote(
@@ -736,10 +793,16 @@ class IntelligentCache(RedisCacheManager):
         session: str | None,
         emit: bool,
         size: int = 0,
+        consumed: bool | None = None,
     ) -> None:
-        """Count a read served by a load in flight; the first reader takes the warm marker."""
+        """Count a read served by a load in flight; the first reader takes the warm marker.
+
+        ``consumed`` is already known for a join of this client's edge load that
+        landed before its write; otherwise the marker is taken from Redis.
+        """
         core = self._core
-        consumed = await self._consume_warm(namespace, key)
+        if consumed is None:
+            consumed = await self._consume_warm(namespace, key)
         if consumed:
             core.stats.warmed_hits += 1
             core.stats.edge_hits += 1
@@ -782,7 +845,8 @@ class IntelligentCache(RedisCacheManager):
             return
         del self._loaded[dkey]
         self._core.stats.early_refreshes += 1
-        task = self._start_flight(namespace, key, dkey, loader, user, session)
+        task = self._start_flight(namespace, key, dkey, loader, user, session).task
+        assert task is not None
         self._refreshes.add(task)
         task.add_done_callback(self._refreshes.discard)
 

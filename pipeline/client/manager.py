@@ -32,6 +32,8 @@ from pipeline.client.connection import (
     DEFAULT_MAX_CONNECTIONS,
     POOL_WAIT_S,
     AsyncRedisClient,
+    ConnectionWatch,
+    GatedRetry,
     connect_async,
 )
 from pipeline.client.core import MISS, SLOW, CacheCore, Command, Plan, summarize_info
@@ -43,10 +45,28 @@ __all__ = ["RedisCacheManager"]
 
 T = TypeVar("T")
 _SCAN_COUNT = 500
+#: How soon a tick confirms a suspected Redis stall (the loop polls its sockets first).
+CONFIRM_S = 0.002
 
 
 def _slot(key: str) -> int:
     return key_slot(key.encode("utf-8", "surrogateescape"))
+
+
+def _retry_of(client: AsyncRedisClient) -> GatedRetry | None:
+    retry = (
+        client.retry
+        if isinstance(client, RedisCluster)
+        else client.connection_pool.connection_kwargs.get("retry")
+    )
+    return retry if isinstance(retry, GatedRetry) else None
+
+
+def _watch_of(client: AsyncRedisClient) -> ConnectionWatch | None:
+    if isinstance(client, RedisCluster):
+        return None
+    watch = client.connection_pool.connection_kwargs.get("watch")
+    return watch if isinstance(watch, ConnectionWatch) else None
 
 
 class RedisCacheManager:
@@ -120,6 +140,9 @@ class RedisCacheManager:
             slot_of=_slot if self.cluster else None,
             breaker_cooldown=breaker_cooldown,
         )
+        retry = _retry_of(self._redis)
+        if retry is not None:  # retries stop while the breaker is open
+            retry.gate.stopped = self._core.breaker_tripped
         self._emitter_started = False
         self._emitter_starting: asyncio.Task[None] | None = None
         if self.emitter is not None:
@@ -202,33 +225,45 @@ class RedisCacheManager:
             self._cold = False
 
     def _start_watchdog(self) -> None:
-        """Tick ``CacheCore.watch`` every quarter of ``redis_stall_ms`` (see there)."""
+        """Tick ``CacheCore.watch`` every quarter of ``redis_stall_ms`` (see there).
+
+        A suspected stall is confirmed by a tick :data:`CONFIRM_S` later, after
+        the loop has polled its sockets. When the breaker opens, the reads still
+        waiting are aborted (their retries stop while it is open) and go to
+        their loaders, instead of waiting out the socket timeout and retries.
+        """
         core = self._core
         if self._watchdog is not None or not core.stall_ns:
             return
         loop = asyncio.get_running_loop()
         interval = core.stall_ns / 4e9
-        late = core.stall_ns / 2e9  # a tick this late: the event loop stalled, not Redis
+        confirm = min(interval, CONFIRM_S)
+        watch = _watch_of(self._redis)
 
-        def tick(due: float) -> None:
+        def tick() -> None:
             if self._closed:
                 return
-            now = loop.time()
-            if now - due < late:
+            if watch is None:
                 core.watch(time.perf_counter_ns())
-            self._watchdog = loop.call_at(now + interval, tick, now + interval)
+            elif core.watch(time.perf_counter_ns(), watch.answered_ns, watch.replies_pending):
+                watch.abort_waiting()
+            self._watchdog = loop.call_later(confirm if core.stall_suspected else interval, tick)
 
-        self._watchdog = loop.call_at(loop.time() + interval, tick, loop.time() + interval)
+        self._watchdog = loop.call_later(interval, tick)
 
     async def _call(self, method: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run one command, waiting (up to POOL_WAIT_S) for a connection if the pool is full."""
+        """Run one command, waiting (up to POOL_WAIT_S) for a connection if the pool is full.
+
+        The wait ends early when the breaker opens: the connections are held by
+        reads of a Redis that stopped answering.
+        """
         deadline = time.monotonic() + POOL_WAIT_S
         pause = 0.001
         while True:
             try:
                 return await method(*args)
             except MaxConnectionsError:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or self._core.breaker_tripped():
                     raise
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 0.05)

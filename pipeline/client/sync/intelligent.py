@@ -70,7 +70,18 @@ _EDGE_QUEUE_MAX = 1024
 
 @dataclass(slots=True)
 class _Flight:
-    done: threading.Event = field(default_factory=threading.Event)
+    """One load of a key by this client.
+
+    ``loaded`` is set as soon as the loader returns (``value``) or fails
+    (``error``): readers that join the load wait for that, never for the write
+    to Redis that follows (a hung Redis must not hold back a value already
+    loaded). ``done_ns`` is set when the flight has finished, write included.
+    """
+
+    loaded: threading.Event = field(default_factory=threading.Event)
+    #: The warm marker of an edge load, as in the async client's flight.
+    taken: bool = False
+    write_settled: bool = False
     done_ns: int = 0
     value: Any = None
     error: BaseException | None = None
@@ -267,7 +278,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         assert flight is not None
         if not leader:
             timeout = self.settings.load_timeout_s
-            if not flight.done.wait(timeout):
+            if not flight.loaded.wait(timeout):
                 with self._flights_lock:  # a hung load does not block its key: the next get loads
                     if self._flights.get(dkey) is flight:
                         del self._flights[dkey]
@@ -292,13 +303,13 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         flight: _Flight,
     ) -> Any:
         try:
-            flight.value = self._fill(namespace, key, dkey, loader, user, session)
+            flight.value = self._fill(namespace, key, dkey, loader, user, session, flight)
         except BaseException as exc:
             flight.error = exc  # shared with the callers whose miss predates it
             raise
         finally:
             flight.done_ns = time.perf_counter_ns()
-            flight.done.set()
+            flight.loaded.set()
         with self._flights_lock:
             if len(self._flights) > _FLIGHTS_KEPT:
                 for old_key, old in list(self._flights.items())[: len(self._flights) // 2]:
@@ -314,7 +325,9 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         loader: SyncLoader,
         user: str | None,
         session: str | None,
+        flight: _Flight,
     ) -> Any:
+        """Load the value (the flight's joiners get it at once), then write it with its TTL."""
         core = self._core
         redis_up = not (core.down_until and core.breaker_open())
         core.stats.loads += 1
@@ -325,6 +338,8 @@ class SyncIntelligentCache(SyncRedisCacheManager):
             core.stats.load_errors += 1
             raise
         load_s = time.perf_counter() - started
+        flight.value = value
+        flight.loaded.set()
         if redis_up:
             ttl = core.ttl_for(self._smart_ttl(namespace, key))
             now = time.time()
@@ -443,13 +458,19 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         started: int,
     ) -> None:
         try:
-            flight.value = self._edge_load(namespace, key, dkey, guard, started)
+            flight.value = self._edge_load(namespace, key, dkey, guard, started, flight)
         finally:
             flight.done_ns = _now()
-            flight.done.set()
+            flight.loaded.set()
 
     def _edge_load(
-        self, namespace: str, key: str, dkey: str, guard: SyncGuardedLoader, started: int
+        self,
+        namespace: str,
+        key: str,
+        dkey: str,
+        guard: SyncGuardedLoader,
+        started: int,
+        flight: _Flight,
     ) -> Any:
         core = self._core
         mark = loading_mark(self._tokens.next())
@@ -478,6 +499,8 @@ class SyncIntelligentCache(SyncRedisCacheManager):
             with contextlib.suppress(RedisError):
                 self._redis.eval(RELEASE_SCRIPT, 1, dkey, mark)
             return ABSENT
+        flight.value = value
+        flight.loaded.set()
         try:
             if isinstance(self._redis, redis.cluster.RedisCluster):
                 written = bool(self._redis.eval(EDGE_CAS_SCRIPT, 1, dkey, data, ttl, mark))
@@ -490,6 +513,12 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                 )
         except RedisError:
             written = False
+        with self._flights_lock:
+            flight.write_settled = True
+            drop_marker = written and flight.taken
+        if drop_marker:  # a reader joined before the write and took the warm
+            with contextlib.suppress(RedisError):
+                self._redis.delete(core.marker_key(namespace, key))
         elapsed = (time.perf_counter_ns() - started) // 1000
         core.record_edge_warm(namespace, key, written, len(data) if written else 0, ttl, elapsed)
         return value
@@ -504,9 +533,14 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         session: str | None,
         emit: bool,
     ) -> Any:
-        if not flight.done.wait(self.settings.edge_join_wait_s) or flight.value is ABSENT:
+        if not flight.loaded.wait(self.settings.edge_join_wait_s) or flight.value is ABSENT:
             return ABSENT
-        self._count_join(namespace, key, started, user, session, emit, 0)
+        with self._flights_lock:
+            if flight.write_settled:
+                consumed: bool | None = None  # the marker is in Redis: the first DEL takes it
+            else:
+                consumed, flight.taken = not flight.taken, True
+        self._count_join(namespace, key, started, user, session, emit, 0, consumed)
         return flight.value
 
     def _join_remote(
@@ -559,9 +593,12 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         session: str | None,
         emit: bool,
         size: int,
+        consumed: bool | None = None,
     ) -> None:
+        """Count a read served by a load in flight (see the async client's ``_count_join``)."""
         core = self._core
-        consumed = self._consume_warm(namespace, key)
+        if consumed is None:
+            consumed = self._consume_warm(namespace, key)
         if consumed:
             core.stats.warmed_hits += 1
             core.stats.edge_hits += 1

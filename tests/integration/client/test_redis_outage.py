@@ -223,3 +223,48 @@ async def test_a_redis_outage_under_load_is_served_by_the_loader_with_a_low_p99(
     assert failed == failed_after == 0
     assert p99 < 0.050, p99
     assert cache.core.stats.hits > hits_before, "after the restart, reads hit Redis again"
+
+
+@pytest.mark.fault
+@pytest.mark.timeout(60)
+async def test_a_read_waiting_on_a_hung_redis_joins_the_load_in_flight_at_once(
+    redis_factory: RedisFactory, make_cache: MakeCache
+) -> None:
+    """Redis hangs while a key is being loaded. A read of that key, already waiting
+    on Redis, is let go as soon as the stall is seen (not after the socket timeout
+    and its retries), and joins the load, whose value it gets without waiting for
+    the load's write to the hung Redis. The origin is asked once."""
+    server = redis_factory()
+    cache: IntelligentCache = make_cache(
+        Backend("single", server=server),
+        IntelligentCache,
+        redis_stall_ms=50,
+        redis_socket_timeout=5.0,
+    )
+    assert await cache.get("h", "warm", fallback_data=lambda: 0) == 0  # connected
+    assert server.pid is not None
+    pid = server.pid
+    loads = 0
+    second_read: asyncio.Task[object] | None = None
+
+    async def origin() -> str:
+        nonlocal loads, second_read
+        loads += 1
+        os.kill(pid, signal.SIGSTOP)  # Redis hangs mid-load
+        second_read = asyncio.create_task(cache.get("h", "k", fallback_data=origin))
+        await asyncio.sleep(0.01)  # the second read is waiting on the hung Redis
+        return "value"
+
+    try:
+        began = time.perf_counter()
+        first = await cache.get("h", "k", fallback_data=origin)
+        assert second_read is not None
+        second = await asyncio.wait_for(second_read, 4.0)
+        waited = time.perf_counter() - began
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert first == second == "value"
+    assert loads == 1
+    assert cache.core.stats.load_joins == 1
+    assert cache.core.stats.redis_stalls == 1
+    assert waited < 2.0, f"the read waited {waited:.2f} s on a hung Redis"
