@@ -330,3 +330,38 @@ def test_a_failed_trial_starts_a_new_cooldown() -> None:
     core.failure("get", "n", ("k",), time.perf_counter_ns(), ConnectionError("still down"))
     assert core.breaker_open()
     assert core.down_until > time.monotonic()
+
+
+def test_the_stall_watchdog_opens_the_breaker_only_for_a_silent_redis() -> None:
+    core, _ = make_core(redis_stall_ms=50)
+    ms = 1_000_000
+    core.reads_waiting, core.waiting_since_ns = 3, 0
+    # A reply on any connection (a handshake, another command) is a sign of life.
+    assert not core.watch(60 * ms, answered_ns=20 * ms)
+    assert not core.watch(62 * ms, answered_ns=20 * ms)
+    # Replies unread in the sockets: the loop is behind, not Redis.
+    assert not core.watch(100 * ms, replies_pending=lambda: True)
+    assert not core.watch(102 * ms, replies_pending=lambda: True)
+    assert core.down_until == 0.0
+    # Silent: suspected on one tick, confirmed on the next.
+    assert not core.watch(110 * ms, replies_pending=lambda: False)
+    assert core.stall_suspected
+    assert core.watch(112 * ms, replies_pending=lambda: False)
+    assert core.breaker_tripped()
+    assert core.stats.redis_stalls == 1
+    assert not core.watch(114 * ms)  # open already: nothing more to do
+    # The cooldown passes; the half-open breaker's trial read hangs too: it opens again.
+    core.down_until = time.monotonic() - 0.01
+    assert not core.breaker_tripped()
+    core.waiting_since_ns = 200 * ms
+    assert not core.watch(300 * ms)
+    assert core.watch(302 * ms)
+    assert core.stats.redis_stalls == 2
+    # A full pool is an outage only while the breaker is open.
+    assert isinstance(
+        core.failure("get", "n", ("k",), 0, MaxConnectionsError("full")), CacheUnavailableError
+    )
+    core.redis_answered()
+    assert isinstance(
+        core.failure("get", "n", ("k",), 0, MaxConnectionsError("full")), CacheCommandError
+    )
