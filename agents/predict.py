@@ -108,6 +108,12 @@ async def _decide(partition: int, events: list[dict[str, Any]]) -> None:
         return
     engine = await engines.model(partition)
     commands = decider(partition).decide(engine, events)
+    # The labels learnt in this batch: prediction precision and recall per namespace.
+    for namespace, (hit, wasted, missed) in engine.drain_outcomes().items():
+        delta = runtime.deltas[namespace]
+        delta.predicted_true += hit
+        delta.predicted_false += wasted
+        delta.missed_true += missed
     if commands:
         await _send(commands)
 

@@ -24,6 +24,27 @@ from typing import Any, Self
 from pipeline._native import is_compiled, source_path
 
 Key = Hashable
+
+#: Where a labelled prediction lands in an outcome tally ([tp, fp, fn]).
+TRUE_POSITIVE, FALSE_POSITIVE, FALSE_NEGATIVE = 0, 1, 2
+
+
+def count_outcome(outcomes: dict[str, list[int]], key: Key, index: int) -> None:
+    """Count one labelled prediction of ``key`` under its namespace (before ``:``).
+
+    >>> tally: dict[str, list[int]] = {}
+    >>> count_outcome(tally, "users:42", TRUE_POSITIVE)
+    >>> count_outcome(tally, "users:43", FALSE_NEGATIVE)
+    >>> tally
+    {'users': [1, 0, 1]}
+    """
+    namespace = key.partition(":")[0] if isinstance(key, str) else ""
+    tally = outcomes.get(namespace)
+    if tally is None:
+        tally = outcomes[namespace] = [0, 0, 0]
+    tally[index] += 1
+
+
 """A cache key as the models see it: an int in the simulator, ``"ns:key"`` in the agents."""
 
 _INIT_PARAMS: dict[type, tuple[str, ...]] = {}

@@ -547,6 +547,21 @@ class WarmEngine:
             return None
         return self.config.new_key_ttl * self.horizon._value
 
+    def drain_outcomes(self) -> dict[str, list[int]]:
+        """Labelled predictions per namespace since the last call, both paths summed:
+        the ensemble's candidates (worker warms) and the prefetch rules' successors
+        (edge warms). Each value is ``[true positives, false positives, false negatives]``.
+        """
+        merged = self.scorer.drain_outcomes()
+        for namespace, tally in self.rules.drain_outcomes().items():
+            into = merged.get(namespace)
+            if into is None:
+                merged[namespace] = tally
+            else:
+                for i in range(3):
+                    into[i] += tally[i]
+        return merged
+
     @property
     def horizon_estimate(self) -> float:
         """How long an unread key is believed to survive in the cache (ts units)."""

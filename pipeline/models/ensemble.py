@@ -10,7 +10,14 @@ from typing import Any
 
 from river import linear_model, optim
 
-from pipeline.models.base import Key, Predictor
+from pipeline.models.base import (
+    FALSE_NEGATIVE,
+    FALSE_POSITIVE,
+    TRUE_POSITIVE,
+    Key,
+    Predictor,
+    count_outcome,
+)
 
 FEATURES: tuple[str, ...] = (
     "matches",  # sequence-replay stream confidence, min(matches, 16) / 16
@@ -198,6 +205,10 @@ class WarmScorer(Predictor):
         self._rng = random.Random(seed)
         self._admitted = 0
         self._wasted = 0
+        # Labels per namespace since the last drain_outcomes(): [admitted and requested,
+        # admitted and not requested, requested but not admitted]. Not state: the
+        # worker drains it after every batch into its statistics.
+        self._outcomes: dict[str, list[int]] = {}
         self._registered = 0
 
     # -- the model ------------------------------------------------------------------------
@@ -345,7 +356,12 @@ class WarmScorer(Predictor):
                 continue
             if state == _OPEN and pending.get(key) is entry:
                 del pending[key]
-            self._label(entry, state == _POSITIVE)
+            y = state == _POSITIVE
+            self._label(entry, y)
+            if entry[3]:
+                count_outcome(self._outcomes, key, TRUE_POSITIVE if y else FALSE_POSITIVE)
+            elif y:
+                count_outcome(self._outcomes, key, FALSE_NEGATIVE)
 
     def _label(self, entry: list[Any], y: bool) -> None:
         vector, admitted, p = entry[2], entry[3], entry[5]
@@ -368,6 +384,26 @@ class WarmScorer(Predictor):
             weights = model.weights
             self._weights = tuple([float(weights.get(name, 0.0)) for name in FEATURES])
             self._bias = float(model.intercept)
+
+    def drain_outcomes(self) -> dict[str, list[int]]:
+        """Labels per namespace (the part of a key before ``:``) since the last call.
+
+        Each value is ``[true positives, false positives, false negatives]``: a
+        candidate admitted and requested in time, admitted and not requested, and
+        requested in time but not admitted. Prediction precision is tp / (tp + fp),
+        recall tp / (tp + fn).
+
+        >>> scorer = WarmScorer(threshold=0.5, waste_budget=None)
+        >>> scorer.register("users:a", 0.0, [0.0] * len(FEATURES), True, 0.0, 10.0, 0.9)
+        >>> scorer.register("users:b", 0.0, [0.0] * len(FEATURES), True, 0.0, 10.0, 0.9)
+        >>> scorer.register("users:c", 0.0, [0.0] * len(FEATURES), False, 0.0, 10.0, 0.2)
+        >>> scorer.resolve("users:a", 5.0); scorer.resolve("users:c", 6.0)
+        >>> scorer.expire(11.0)
+        >>> scorer.drain_outcomes(), scorer.drain_outcomes()
+        ({'users': [1, 1, 1]}, {})
+        """
+        outcomes, self._outcomes = self._outcomes, {}
+        return outcomes
 
     # -- the waste budget -------------------------------------------------------------------
 

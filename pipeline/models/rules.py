@@ -48,13 +48,20 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.models.base import Key, Predictor
+from pipeline.models.base import (
+    FALSE_NEGATIVE,
+    FALSE_POSITIVE,
+    TRUE_POSITIVE,
+    Key,
+    Predictor,
+    count_outcome,
+)
 from pipeline.models.similarity import CoAccess
 
 __all__ = ["PrefetchRules"]
 
 #: A calibration bucket index: count(A -> B) * (cap + 1) + count(A), both capped.
-_Trial = list[Any]  # [expires at position, successor, bucket, resolved]
+_Trial = list[Any]  # [expires at position, successor, bucket, resolved, admitted]
 
 
 class PrefetchRules(Predictor):
@@ -145,6 +152,10 @@ class PrefetchRules(Predictor):
         self._changed: dict[Key, None] = {}  # insertion-ordered set of triggers
         self._version = 0  # bumped whenever the calibration counts move
         self._rows: dict[int, tuple[int, list[float]]] = {}
+        # Labelled trials per namespace since drain_outcomes() ([tp, fp, fn], as the
+        # scorer's): a successor its rule names now that followed, that did not,
+        # and one that followed without being named. Not state.
+        self._outcomes: dict[str, list[int]] = {}
 
     # -- learning ------------------------------------------------------------------------
 
@@ -174,10 +185,16 @@ class PrefetchRules(Predictor):
                     trial[3] = True
                     hits[trial[2]] += 1.0
                     self._version += 1
+                    if len(trial) > 4:  # (trials restored from older snapshots have no label)
+                        count_outcome(
+                            self._outcomes, key, TRUE_POSITIVE if trial[4] else FALSE_NEGATIVE
+                        )
         opened = self._open
         while opened and opened[0][0] < position:
             expired = opened.popleft()
             if not expired[3]:
+                if len(expired) > 4 and expired[4]:
+                    count_outcome(self._outcomes, expired[1], FALSE_POSITIVE)
                 pending = self._waiting.get(expired[1])
                 if pending is not None:
                     pending.remove(expired)
@@ -210,6 +227,7 @@ class PrefetchRules(Predictor):
         trials = self._trials
         expires = position + self.label_window
         ranked = sorted(counts.items(), key=_by_count, reverse=True)[: self.top_n]
+        threshold = self._threshold
         opened = 0
         for successor, count in ranked:
             if cached is not None and cached(successor):
@@ -217,7 +235,8 @@ class PrefetchRules(Predictor):
             opened += 1
             bucket = min(count, cap) * width + min(seen, cap)
             trials[bucket] += 1.0
-            trial: _Trial = [expires, successor, bucket, False]
+            admitted = self.probability(count, seen) >= threshold  # the rule names it now
+            trial: _Trial = [expires, successor, bucket, False, admitted]
             self._open.append(trial)
             pending = self._waiting.get(successor)
             if pending is None:
@@ -289,6 +308,11 @@ class PrefetchRules(Predictor):
         row = [0.0] + [self.probability(count, seen) for count in range(1, self.cap + 1)]
         self._rows[seen] = (version, row)
         return row
+
+    def drain_outcomes(self) -> dict[str, list[int]]:
+        """Labelled trials per namespace since the last call (see ``WarmScorer.drain_outcomes``)."""
+        outcomes, self._outcomes = self._outcomes, {}
+        return outcomes
 
     @property
     def threshold(self) -> float:

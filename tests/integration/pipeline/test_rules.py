@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from typing import Any
 
+import orjson
 import pytest
 import redis
 
@@ -121,3 +123,21 @@ def test_a_rule_learnt_by_a_worker_is_applied_by_a_client(
     # The worker keeps at most RULES_MAX rules of the namespace in Redis.
     assert 0 < len(_published(settings)) <= RULES_MAX
     assert monitor["counters"]["rules_deleted"] > 0
+    # The models' own quality per namespace, from the labels they learnt: most of
+    # what they predicted was read in time (t_i -> s_i), and they were not silent.
+    deadline = time.monotonic() + 30
+    while True:
+        intelligent = _view(worker.web_port, "intelligent")["namespaces"].get(NAMESPACE, {})
+        if intelligent.get("prediction_precision") is not None:
+            break
+        assert time.monotonic() < deadline, intelligent
+        time.sleep(0.2)
+    assert intelligent["prediction_precision"] >= 0.5, intelligent
+    assert 0.0 < intelligent["prediction_recall"] <= 1.0, intelligent
+
+
+def _view(port: int, view: str) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}/api/cache/monitor?type={view}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        doc: dict[str, Any] = orjson.loads(response.read())
+    return doc
