@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
 from pydantic import (
     AliasChoices,
@@ -26,7 +28,14 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ConfigError", "Settings", "load_settings", "parse_memory_size"]
+__all__ = [
+    "CACHE_CONFIG_NAMES",
+    "ConfigError",
+    "Settings",
+    "cache_settings",
+    "load_settings",
+    "parse_memory_size",
+]
 
 _MEMORY_RE = re.compile(r"^\s*(\d+)\s*(b|k|kb|m|mb|g|gb)?\s*$", re.IGNORECASE)
 _MEMORY_UNITS = {
@@ -571,3 +580,92 @@ def load_settings(**overrides: object) -> Settings:
             shown = "" if isinstance(given, dict) else f" (got {given!r})"
             lines.append(f"{name}: {err.get('msg', 'invalid value')}{shown}")
         raise ConfigError("invalid cachecast configuration:\n  " + "\n  ".join(lines)) from None
+
+
+#: The cache configuration of the layer cachecast grew out of (snake_case or
+#: camelCase) and the setting each name sets.
+CACHE_CONFIG_NAMES: Final[dict[str, str]] = {
+    "host": "redis_host",
+    "port": "redis_port",
+    "password": "redis_password",
+    "db": "redis_db",
+    "key_prefix": "redis_key_prefix",
+    "keyPrefix": "redis_key_prefix",
+    "default_ttl": "redis_default_ttl",
+    "defaultTTL": "redis_default_ttl",
+    "defaultTtl": "redis_default_ttl",
+    "max_memory": "redis_max_memory",
+    "maxMemory": "redis_max_memory",
+    "compression_threshold": "redis_compression_threshold",
+    "compressionThreshold": "redis_compression_threshold",
+    "enable_compression": "redis_enable_compression",
+    "enableCompression": "redis_enable_compression",
+    "enable_clustering": "redis_enable_clustering",
+    "enableClustering": "redis_enable_clustering",
+    "nodes": "redis_cluster_nodes",
+    "retry_delay": "redis_retry_delay_ms",
+    "retryDelay": "redis_retry_delay_ms",
+    "retry_delay_on_failover": "redis_retry_delay_ms",
+    "retryDelayOnFailover": "redis_retry_delay_ms",
+    "max_retries": "redis_max_retries",
+    "maxRetries": "redis_max_retries",
+    "max_retries_per_request": "redis_max_retries",
+    "maxRetriesPerRequest": "redis_max_retries",
+}
+
+
+def _nodes(value: object) -> str:
+    """``nodes`` as a list of host/port pairs ({"host", "port"}, (host, port) or "host:port")."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"nodes: expected a list of host/port pairs, got {value!r}")
+    out = []
+    for node in value:
+        if isinstance(node, Mapping) and set(node) == {"host", "port"}:
+            host, port = node["host"], node["port"]
+        elif isinstance(node, (list, tuple)) and len(node) == 2:
+            host, port = node
+        elif isinstance(node, str) and ":" in node:
+            host, _, port = node.rpartition(":")
+        else:
+            raise ConfigError(f"nodes: {node!r} is not a host/port pair")
+        out.append(f"{host}:{port}")
+    return ",".join(out)
+
+
+def cache_settings(config: Settings | Mapping[str, object] | None = None) -> Settings:
+    """The settings of a cache client: given, from the environment, or from a config dict.
+
+    A dict uses the original cache configuration's names (:data:`CACHE_CONFIG_NAMES`,
+    snake_case or camelCase; ``retry_delay`` in milliseconds, ``nodes`` a list of
+    host/port pairs); what it leaves out comes from the environment. An unknown
+    name is an error, not ignored.
+
+    >>> s = cache_settings({"host": "cache.local", "port": 6380, "keyPrefix": "app:",
+    ...                     "nodes": [{"host": "a", "port": 7000}, ("b", 7001)]})
+    >>> s.redis_host, s.redis_port, s.redis_key_prefix, s.cluster_nodes()
+    ('cache.local', 6380, 'app:', [('a', 7000), ('b', 7001)])
+    >>> cache_settings({"hots": "x"})
+    Traceback (most recent call last):
+    ...
+    pipeline.config.ConfigError: unknown cache configuration name 'hots' (known: ...
+    """
+    if config is None:
+        return load_settings()
+    if isinstance(config, Settings):
+        return config
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"expected Settings or a configuration dict, got {type(config).__name__}")
+    overrides: dict[str, object] = {}
+    for name, value in config.items():
+        field = CACHE_CONFIG_NAMES.get(name)
+        if field is None:
+            known = ", ".join(sorted(n for n in CACHE_CONFIG_NAMES if n == n.lower()))
+            raise ConfigError(
+                f"unknown cache configuration name {name!r} (known: {known}, or camelCase)"
+            )
+        if field in overrides:
+            raise ConfigError(f"{name!r} sets {field} a second time")
+        overrides[field] = _nodes(value) if name == "nodes" else value
+    return load_settings(**overrides)

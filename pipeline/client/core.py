@@ -303,6 +303,8 @@ class CacheCore:
     ) -> None:
         self.settings = settings
         self.prefix = settings.redis_key_prefix
+        #: Namespaces whose loaded values get a fixed TTL (see ``load_ttl``).
+        self.fixed_ttls: dict[str, int] = {}
         self.default_ttl = settings.redis_default_ttl
         self.codec = ValueCodec(
             threshold=settings.redis_compression_threshold,
@@ -405,6 +407,12 @@ class CacheCore:
         if seconds <= 0:
             return None
         return max(self.settings.smart_ttl_min, min(self.settings.smart_ttl_max, seconds))
+
+    def load_ttl(self, namespace: str, smart_ttl: int | None) -> int:
+        """The TTL of a loaded value: the namespace's fixed one (a ``cached`` function's
+        ``ttl``), else the smart TTL, else the default."""
+        fixed = self.fixed_ttls.get(namespace)
+        return fixed if fixed is not None else self.ttl_for(smart_ttl)
 
     def ttl_for(self, smart_ttl: int | None, priority: Priority = "normal") -> int:
         """The TTL of a value written without an explicit TTL."""

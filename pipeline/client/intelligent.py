@@ -47,6 +47,7 @@ from orjson import loads as _loads
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from pipeline.client.cached import CachedFunction, KeyBuilder, key_function, namespace_loader
 from pipeline.client.connection import DEFAULT_MAX_CONNECTIONS, AsyncRedisClient
 from pipeline.client.core import (
     HIT_HEADER,
@@ -72,7 +73,7 @@ from pipeline.client.edge import (
 )
 from pipeline.client.emitter import AccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
-from pipeline.client.keys import rules_stream, validate_key
+from pipeline.client.keys import rules_stream, validate_key, validate_ttl
 from pipeline.client.manager import RedisCacheManager
 from pipeline.client.rulebook import (
     RuleBook,
@@ -161,7 +162,7 @@ class IntelligentCache(RedisCacheManager):
 
     def __init__(
         self,
-        config: Settings | None = None,
+        config: Settings | Mapping[str, Any] | None = None,
         *,
         redis: AsyncRedisClient | None = None,
         emitter: AccessEmitter | None = None,
@@ -203,6 +204,44 @@ class IntelligentCache(RedisCacheManager):
         self._follower: asyncio.Task[None] | None = None
         self._stop_following = asyncio.Event()
         self._tokens = EdgeTokens()
+
+    def cached(
+        self,
+        namespace: str,
+        *,
+        key: str | KeyBuilder,
+        ttl: int | None = None,
+        loader_config: LoaderConfig | None = None,
+    ) -> Callable[[Callable[..., Any]], CachedFunction]:
+        """Cache a function's results in ``namespace``: ``@cache.cached("users", key="{user_id}")``.
+
+        ``key`` is a template over the parameters (or a function of the same
+        arguments returning the key); ``ttl`` fixes the TTL of the values it loads
+        (else the smart TTL). Misses go through :meth:`get`, so concurrent misses of
+        a key call the function once. When the template names every parameter the
+        function requires, the function becomes the namespace's loader for edge
+        warms, guarded by ``loader_config`` (see :mod:`pipeline.client.cached`).
+        With this client the decorated function is awaited; a blocking
+        function runs in a worker thread on a miss.
+        """
+        core = self._core
+        core.base(namespace)
+        fixed = None if ttl is None else validate_ttl(ttl)
+
+        def decorate(func: Callable[..., Any]) -> CachedFunction:
+            build, template = key_function(func, key)
+            if fixed is not None:
+                if core.fixed_ttls.get(namespace, fixed) != fixed:
+                    raise ValueError(f"namespace {namespace!r} already has another fixed TTL")
+                core.fixed_ttls[namespace] = fixed
+            if template is not None and template.covers(func):
+                if namespace in self._edge_loaders:
+                    raise ValueError(f"namespace {namespace!r} already has a loader")
+                loader = namespace_loader(func, template, asynchronous=True)
+                self.register_loader(namespace, loader, loader_config)
+            return CachedFunction(self, namespace, func, build, asynchronous=True)
+
+        return decorate
 
     def register_loader(
         self, namespace: str, loader: LoaderSpec, config: LoaderConfig | None = None
@@ -528,7 +567,7 @@ class IntelligentCache(RedisCacheManager):
         load_s = time.perf_counter() - started
         if not settled.done():
             settled.set_result(value)
-        ttl = core.ttl_for(await smart_ttl if smart_ttl is not None else None)
+        ttl = core.load_ttl(namespace, await smart_ttl if smart_ttl is not None else None)
         if redis_up:
             now = time.time()
             try:
@@ -664,7 +703,7 @@ class IntelligentCache(RedisCacheManager):
             core.stats.edge_skipped += 1  # cached, or loading on another client
             return ABSENT
         core.stats.edge_issued += 1
-        ttl = core.ttl_for(core.parse_smart_ttl(smart))
+        ttl = core.load_ttl(namespace, core.parse_smart_ttl(smart))
         try:
             value = await guard.load(namespace, key)
         except (LoadRefused, LoadError) as exc:

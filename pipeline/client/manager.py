@@ -39,7 +39,7 @@ from pipeline.client.connection import (
 from pipeline.client.core import MISS, SLOW, CacheCore, Command, Plan, summarize_info
 from pipeline.client.emitter import AccessEmitter
 from pipeline.client.keys import pattern_for
-from pipeline.config import Settings, load_settings
+from pipeline.config import Settings, cache_settings
 
 __all__ = ["RedisCacheManager"]
 
@@ -78,8 +78,13 @@ class RedisCacheManager:
     Parameters
     ----------
     config
-        Settings; by default read from the environment with
-        :func:`~pipeline.config.load_settings`.
+        Settings; or a dict in the original cache configuration's shape
+        (``host``, ``port``, ``password``, ``db``, ``key_prefix``, ``default_ttl``,
+        ``max_memory``, ``compression_threshold``, ``enable_compression``,
+        ``enable_clustering``, ``nodes``, ``retry_delay``, ``max_retries``, or
+        their camelCase forms; unknown names are an error, see
+        :func:`~pipeline.config.cache_settings`); by default read from the
+        environment with :func:`~pipeline.config.load_settings`.
     redis
         An existing redis-py asyncio client to use (not closed by :meth:`close`);
         by default one is built from ``config`` (pool, retries, cluster).
@@ -104,14 +109,14 @@ class RedisCacheManager:
 
     def __init__(
         self,
-        config: Settings | None = None,
+        config: Settings | Mapping[str, Any] | None = None,
         *,
         redis: AsyncRedisClient | None = None,
         emitter: AccessEmitter | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         breaker_cooldown: float | None = None,
     ) -> None:
-        self.settings = config if config is not None else load_settings()
+        self.settings = cache_settings(config)
         self._owns_redis = redis is None
         self._redis: AsyncRedisClient = (
             redis
@@ -515,7 +520,17 @@ class RedisCacheManager:
             stats["redis"] = summarize_info(await self._infos())
         except RedisError as exc:
             stats["redis"] = {"error": f"{type(exc).__name__}: {exc}"}
+        stats["performance"] = _performance(self._core, stats["redis"])
         return stats
+
+    async def get_performance_metrics(self) -> dict[str, Any]:
+        """Average response time, throughput, error rate, hit and miss rates (this
+        client's own operations) and Redis memory usage (None when unreachable)."""
+        try:
+            redis = summarize_info(await self._infos())
+        except RedisError as exc:
+            redis = {"error": f"{type(exc).__name__}: {exc}"}
+        return _performance(self._core, redis)
 
     async def _infos(self) -> list[Mapping[str, Any]]:
         client = self._redis
@@ -580,3 +595,12 @@ def _emitter_stats(emitter: Any) -> dict[str, Any] | None:
         "outages": stats.outages,
         "connected": stats.connected,
     }
+
+
+def _performance(core: CacheCore, redis: Mapping[str, Any]) -> dict[str, Any]:
+    """The performance figures of :meth:`RedisCacheManager.get_performance_metrics`."""
+    figures = core.stats.performance()
+    memory = redis.get("memory") or {}
+    figures["memory_usage_bytes"] = memory.get("used_memory")
+    figures["max_memory_bytes"] = memory.get("maxmemory")
+    return figures

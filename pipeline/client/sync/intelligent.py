@@ -11,6 +11,7 @@ clients, serving from the loader when Redis is down, user/session context and
 from __future__ import annotations
 
 import contextlib
+import inspect
 import random
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any, TypeAlias
 import redis.cluster
 from redis.exceptions import RedisError
 
+from pipeline.client.cached import CachedFunction, KeyBuilder, key_function, namespace_loader
 from pipeline.client.connection import DEFAULT_MAX_CONNECTIONS, SyncRedisClient
 from pipeline.client.core import (
     MISS,
@@ -43,7 +45,7 @@ from pipeline.client.edge import (
 )
 from pipeline.client.emitter import ThreadedAccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
-from pipeline.client.keys import rules_stream
+from pipeline.client.keys import rules_stream, validate_ttl
 from pipeline.client.rulebook import (
     RuleBook,
     bootstrap_commands,
@@ -97,7 +99,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
 
     def __init__(
         self,
-        config: Settings | None = None,
+        config: Settings | Mapping[str, Any] | None = None,
         *,
         redis: SyncRedisClient | None = None,
         emitter: ThreadedAccessEmitter | None = None,
@@ -140,6 +142,46 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         self._rule_ids: dict[str, bytes] = {}
         self._follower: threading.Thread | None = None
         self._stop_following = threading.Event()
+
+    def cached(
+        self,
+        namespace: str,
+        *,
+        key: str | KeyBuilder,
+        ttl: int | None = None,
+        loader_config: LoaderConfig | None = None,
+    ) -> Callable[[Callable[..., Any]], CachedFunction]:
+        """Cache a function's results in ``namespace``: ``@cache.cached("users", key="{user_id}")``.
+
+        ``key`` is a template over the parameters (or a function of the same
+        arguments returning the key); ``ttl`` fixes the TTL of the values it loads
+        (else the smart TTL). Misses go through :meth:`get`, so concurrent misses of
+        a key call the function once. When the template names every parameter the
+        function requires, the function becomes the namespace's loader for edge
+        warms, guarded by ``loader_config`` (see :mod:`pipeline.client.cached`).
+        Blocking functions only (coroutine functions need
+        :class:`~pipeline.client.IntelligentCache`).
+        """
+        core = self._core
+        core.base(namespace)
+        fixed = None if ttl is None else validate_ttl(ttl)
+
+        def decorate(func: Callable[..., Any]) -> CachedFunction:
+            if inspect.iscoroutinefunction(func):
+                raise TypeError(f"{func.__name__} is a coroutine function: use IntelligentCache")
+            build, template = key_function(func, key)
+            if fixed is not None:
+                if core.fixed_ttls.get(namespace, fixed) != fixed:
+                    raise ValueError(f"namespace {namespace!r} already has another fixed TTL")
+                core.fixed_ttls[namespace] = fixed
+            if template is not None and template.covers(func):
+                if namespace in self._edge_loaders:
+                    raise ValueError(f"namespace {namespace!r} already has a loader")
+                loader = namespace_loader(func, template, asynchronous=False)
+                self.register_loader(namespace, loader, loader_config)
+            return CachedFunction(self, namespace, func, build, asynchronous=False)
+
+        return decorate
 
     def register_loader(
         self, namespace: str, loader: SyncLoaderFunc, config: LoaderConfig | None = None
@@ -341,7 +383,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         flight.value = value
         flight.loaded.set()
         if redis_up:
-            ttl = core.ttl_for(self._smart_ttl(namespace, key))
+            ttl = core.load_ttl(namespace, self._smart_ttl(namespace, key))
             now = time.time()
             try:
                 plan = core.set_plan(
@@ -485,7 +527,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
             core.stats.edge_skipped += 1
             return ABSENT
         core.stats.edge_issued += 1
-        ttl = core.ttl_for(core.parse_smart_ttl(smart))
+        ttl = core.load_ttl(namespace, core.parse_smart_ttl(smart))
         try:
             value = guard.load(namespace, key)
             data = core.codec.encode(value, origin="edge").data

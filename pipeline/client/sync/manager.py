@@ -27,8 +27,8 @@ from pipeline.client.connection import (
 from pipeline.client.core import MISS, SLOW, CacheCore, Command, Plan, summarize_info
 from pipeline.client.emitter import ThreadedAccessEmitter
 from pipeline.client.keys import pattern_for
-from pipeline.client.manager import _emitter_stats, _str
-from pipeline.config import Settings, load_settings
+from pipeline.client.manager import _emitter_stats, _performance, _str
+from pipeline.config import Settings, cache_settings
 
 __all__ = ["SyncRedisCacheManager"]
 
@@ -57,14 +57,14 @@ class SyncRedisCacheManager:
 
     def __init__(
         self,
-        config: Settings | None = None,
+        config: Settings | Mapping[str, Any] | None = None,
         *,
         redis: SyncRedisClient | None = None,
         emitter: ThreadedAccessEmitter | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         breaker_cooldown: float | None = None,
     ) -> None:
-        self.settings = config if config is not None else load_settings()
+        self.settings = cache_settings(config)
         self._owns_redis = redis is None
         self._redis: SyncRedisClient = (
             redis
@@ -359,7 +359,17 @@ class SyncRedisCacheManager:
             stats["redis"] = summarize_info(self._infos())
         except RedisError as exc:
             stats["redis"] = {"error": f"{type(exc).__name__}: {exc}"}
+        stats["performance"] = _performance(self._core, stats["redis"])
         return stats
+
+    def get_performance_metrics(self) -> dict[str, Any]:
+        """Average response time, throughput, error rate, hit and miss rates (this
+        client's own operations) and Redis memory usage (None when unreachable)."""
+        try:
+            redis = summarize_info(self._infos())
+        except RedisError as exc:
+            redis = {"error": f"{type(exc).__name__}: {exc}"}
+        return _performance(self._core, redis)
 
     def _infos(self) -> list[Mapping[str, Any]]:
         client = self._redis
