@@ -12,13 +12,17 @@ import functools
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Final
 
 import orjson
-from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.web import Request, Response, View
-from prometheus_client import REGISTRY
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from agents.app import app, settings, worker_name
@@ -26,6 +30,7 @@ from agents.checkpointing import checkpointers
 from agents.predict import deciders, engines
 from agents.runtime import runtime
 from agents.stats import namespace_stats
+from agents.writer import carry_out
 from pipeline.client import CacheError, RedisCacheManager, RedisConfigError
 from pipeline.monitor import (
     MAX_BODY_BYTES,
@@ -35,6 +40,7 @@ from pipeline.monitor import (
     parse_action,
     parse_view,
 )
+from pipeline.stats import LatencyHistogram
 from schemas.decode import validate_warmup_command
 
 log = logging.getLogger(__name__)
@@ -216,7 +222,7 @@ async def run_action(action: Action) -> dict[str, Any]:
         )
         for key in action.params["keys"]
     ]
-    outcomes = await runtime.writer.apply(commands)
+    outcomes = await carry_out(commands)
     return {"keys": {o["key"]: {"status": o["status"], "error": o.get("error")} for o in outcomes}}
 
 
@@ -256,53 +262,8 @@ class MonitorView(View):
         return self.json({"action": action.name, "namespace": action.namespace, **result})
 
 
-_DASHBOARD = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>cachecast</title>
-<style>
- body{font:14px system-ui,sans-serif;margin:2em;color:#222}
- table{border-collapse:collapse;margin-top:1em}
- td,th{padding:.35em .8em;border-bottom:1px solid #ddd;text-align:right}
- th:first-child,td:first-child{text-align:left}
- .muted{color:#777}
-</style></head><body>
-<h1>cachecast</h1>
-<p class="muted" id="meta">loading…</p>
-<table id="t"><thead><tr><th>namespace</th><th>events</th><th>hit ratio</th>
-<th>p50 µs</th><th>p99 µs</th><th>warms written</th><th>warms useful</th>
-<th>warm precision</th><th>edge warms written</th><th>edge warms useful</th>
-<th>edge warm precision</th><th>joined reads</th>
-<th>prediction precision</th><th>recall</th></tr></thead>
-<tbody></tbody></table>
-<script>
-const pct = v => v === null || v === undefined ? "-" : (100 * v).toFixed(1) + "%";
-const num = v => v === null || v === undefined ? "-" : Math.round(v).toLocaleString();
-async function refresh() {
-  const doc = await (await fetch("/api/cache/monitor")).json();
-  document.getElementById("meta").textContent =
-    `worker ${doc.worker} · up ${Math.round(doc.uptime_s)} s · window ${doc.window_s} s · ` +
-    `warming ${doc.warming_enabled ? "on" : "off"} · ` +
-    `dead letters ${doc.counters.dead_letters || 0}`;
-  // Text only: a namespace or a number from the data never becomes markup.
-  const rows = Object.entries(doc.namespaces).map(([ns, v]) => {
-    const t = v.total;
-    const cells = [ns, num(t.events), pct(t.hit_ratio), num(t.latency_p50_us),
-      num(t.latency_p99_us), num(t.warms_written), num(t.warms_useful),
-      pct(t.warm_precision), num(t.edge_warms_written), num(t.edge_warms_useful),
-      pct(t.edge_warm_precision), num(t.joined_reads), pct(t.prediction_precision),
-      pct(t.prediction_recall)];
-    const tr = document.createElement("tr");
-    for (const text of cells) {
-      const td = document.createElement("td");
-      td.textContent = String(text);
-      tr.appendChild(td);
-    }
-    return tr;
-  });
-  document.querySelector("#t tbody").replaceChildren(...rows);
-}
-refresh(); setInterval(refresh, 2000);
-</script></body></html>
-"""
+#: The dashboard: one self-contained page (no CDN: it works offline), text only.
+_DASHBOARD: Final = (Path(__file__).parent / "dashboard.html").read_text(encoding="utf-8")
 
 
 @app.page("/dashboard")
@@ -311,8 +272,29 @@ class DashboardView(View):
         return self.html(_DASHBOARD)
 
 
+#: Latency buckets of the exported histograms, in seconds (100 µs .. 10 s).
+_BUCKETS_S: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_BUCKETS_US: Final = [b * 1e6 for b in _BUCKETS_S]
+
+
+def _histogram(family: HistogramMetricFamily, labels: list[str], hist: LatencyHistogram) -> None:
+    """Add a microsecond log-bucket histogram to ``family`` in seconds, cumulative buckets."""
+    counts, total_us = hist.cumulative(_BUCKETS_US)
+    buckets = [(repr(bound), float(n)) for bound, n in zip(_BUCKETS_S, counts, strict=True)]
+    buckets.append(("+Inf", float(hist.count)))
+    family.add_metric(labels, buckets, total_us / 1e6)
+
+
 class StatsCollector(Collector):
-    """Exposes the stats table (all-time per namespace) at scrape time."""
+    """The stats table (all time, per namespace), the worker and Redis, at scrape time.
+
+    Names follow Prometheus's conventions (``promtool check metrics`` is clean, a
+    test checks it): base units (seconds, bytes), ``_total`` counters, latencies
+    as histograms. The warm counters carry ``path`` (``worker`` or ``edge``).
+    """
 
     _COUNTERS = (
         ("events", "Access events"),
@@ -321,14 +303,13 @@ class StatsCollector(Collector):
         ("sets", "Writes"),
         ("deletes", "Deletes"),
         ("errors", "Operations that failed in Redis"),
-        ("warms_issued", "Warmup commands issued by the worker"),
-        ("warms_written", "Values warmed by the worker"),
-        ("warms_useful", "Values warmed by the worker and read before eviction or expiry"),
-        ("edge_warms_issued", "Edge warms the clients carried out"),
-        ("edge_warms_written", "Values warmed at the edge"),
-        ("edge_warms_useful", "Values warmed at the edge and read before eviction or expiry"),
         ("joined_reads", "Reads that waited for a load in flight instead of fetching"),
         ("dead_letters", "Records sent to the dead-letter topic"),
+    )
+    _WARMS = (
+        ("issued", "Warms decided: warmup commands of the worker, loads of the clients"),
+        ("written", "Warmed values written to Redis"),
+        ("useful", "Warmed values read before they were evicted or expired"),
     )
 
     def collect(self) -> Iterator[Any]:
@@ -338,45 +319,142 @@ class StatsCollector(Collector):
             for ns, view in views.items():
                 family.add_metric([ns], float(getattr(view["counters"], name)))
             yield family
+        for name, text in self._WARMS:
+            family = CounterMetricFamily(
+                f"cachecast_warms_{name}", text, labels=["namespace", "path"]
+            )
+            for ns, view in views.items():
+                counters = view["counters"]
+                family.add_metric([ns, "worker"], float(getattr(counters, f"warms_{name}")))
+                family.add_metric([ns, "edge"], float(getattr(counters, f"edge_warms_{name}")))
+            yield family
+        predictions = CounterMetricFamily(
+            "cachecast_predictions",
+            "Labelled predictions of the models: true_positive (admitted, read in time), "
+            "false_positive (admitted, not read), false_negative (read, not admitted)",
+            labels=["namespace", "outcome"],
+        )
         ratio = GaugeMetricFamily(
             "cachecast_hit_ratio", "Hit ratio, all time", labels=["namespace"]
         )
         precision = GaugeMetricFamily(
             "cachecast_warm_precision",
-            "Useful warms / written warms, worker path",
+            "Useful warms / written warms, by path",
+            labels=["namespace", "path"],
+        )
+        quality = GaugeMetricFamily(
+            "cachecast_prediction_quality",
+            "Precision and recall of the models' predictions, all time",
+            labels=["namespace", "measure"],
+        )
+        latency = HistogramMetricFamily(
+            "cachecast_operation_latency_seconds",
+            "Cache operation latency seen by the clients, all time",
             labels=["namespace"],
         )
-        edge_precision = GaugeMetricFamily(
-            "cachecast_edge_warm_precision",
-            "Useful warms / written warms, edge path",
+        warm_latency = HistogramMetricFamily(
+            "cachecast_warm_latency_seconds",
+            "Trigger to warmed value written, all time",
             labels=["namespace"],
-        )
-        latency = GaugeMetricFamily(
-            "cachecast_latency_us",
-            "Operation latency quantiles in the open window",
-            labels=["namespace", "quantile"],
         )
         for ns, view in views.items():
-            total, window = view["total"], view["window"]
+            total, counters = view["total"], view["counters"]
+            predictions.add_metric([ns, "true_positive"], float(counters.predicted_true))
+            predictions.add_metric([ns, "false_positive"], float(counters.predicted_false))
+            predictions.add_metric([ns, "false_negative"], float(counters.missed_true))
             if total["hit_ratio"] is not None:
                 ratio.add_metric([ns], total["hit_ratio"])
-            if total["warm_precision"] is not None:
-                precision.add_metric([ns], total["warm_precision"])
-            if total["edge_warm_precision"] is not None:
-                edge_precision.add_metric([ns], total["edge_warm_precision"])
-            for q in ("50", "90", "99"):
-                latency.add_metric([ns, f"0.{q}"], window[f"latency_p{q}_us"])
-        yield ratio
-        yield precision
-        yield edge_precision
-        yield latency
+            for path, key in (("worker", "warm_precision"), ("edge", "edge_warm_precision")):
+                if total[key] is not None:
+                    precision.add_metric([ns, path], total[key])
+            for measure in ("precision", "recall"):
+                if total[f"prediction_{measure}"] is not None:
+                    quality.add_metric([ns, measure], total[f"prediction_{measure}"])
+            _histogram(latency, [ns], counters.latency)
+            _histogram(warm_latency, [ns], counters.warm_latency)
+        yield from (predictions, ratio, precision, quality, latency, warm_latency)
         worker = CounterMetricFamily(
             "cachecast_worker_events", "Worker counters by kind", labels=["kind"]
         )
         for kind, value in runtime.counters.items():
             worker.add_metric([kind], float(value))
         yield worker
+        lag = HistogramMetricFamily(
+            "cachecast_consume_lag_seconds",
+            "Record timestamp to processing, by agent",
+            labels=["agent"],
+        )
+        for agent, hist in sorted(runtime.consume_lag.items()):
+            _histogram(lag, [agent], hist)
+        yield lag
+        stall = HistogramMetricFamily(
+            "cachecast_event_loop_stall_seconds", "How late the event loop ran a 50 ms sleep"
+        )
+        _histogram(stall, [], runtime.loop_stall)
+        yield stall
+        yield from self._redis()
+        yield from self._faust()
+
+    def _redis(self) -> Iterator[Any]:
+        """Redis figures from the last INFO (refreshed every few seconds by a timer)."""
+        cached = _info_cache.get("info")
+        info = cached[1] if cached is not None else {}
+        health = info.get("health") or {}
+        up = GaugeMetricFamily("cachecast_redis_up", "1 when Redis answered the last check")
+        up.add_metric([], 1.0 if health.get("healthy") else 0.0)
+        yield up
+        stats = info.get("stats") or {}
+        memory = stats.get("memory") or {}
+        for name, key, text in (
+            ("used", "used_memory", "Memory Redis uses"),
+            ("max", "maxmemory", "Redis's maxmemory (0: unlimited)"),
+        ):
+            if memory.get(key) is not None:
+                gauge = GaugeMetricFamily(f"cachecast_redis_memory_{name}_bytes", text)
+                gauge.add_metric([], float(memory[key]))
+                yield gauge
+        if stats.get("evictions") is not None:
+            evicted = CounterMetricFamily(
+                "cachecast_redis_evicted_keys", "Keys Redis evicted under its maxmemory"
+            )
+            evicted.add_metric([], float(stats["evictions"]))
+            yield evicted
+
+    def _faust(self) -> Iterator[Any]:
+        """Faust's own monitor, in base units."""
+        monitor = app.monitor
+        for name, value, text in (
+            ("messages_received", monitor.messages_received_total, "Records consumed"),
+            ("messages_sent", monitor.messages_sent, "Records produced"),
+            ("events", monitor.events_total, "Stream events processed"),
+        ):
+            counter = CounterMetricFamily(f"cachecast_faust_{name}", text)
+            counter.add_metric([], float(value))
+            yield counter
+        for name, samples, text in (
+            ("event_runtime", monitor.events_runtime, "Stream event processing time"),
+            ("commit_latency", monitor.commit_latency, "Offset commit latency"),
+            ("send_latency", monitor.send_latency, "Producer send latency"),
+        ):
+            recent = list(samples or ())
+            gauge = GaugeMetricFamily(
+                f"cachecast_faust_{name}_seconds", f"{text}, mean of the last {len(recent)}"
+            )
+            gauge.add_metric([], sum(recent) / len(recent) if recent else 0.0)
+            yield gauge
 
 
-setup_prometheus_sensors(app, pattern="/metrics", name_prefix="cachecast_faust")
+@app.timer(interval=_INFO_TTL_S, name="cachecast.redis-info")
+async def refresh_redis_info() -> None:
+    """Keep the Redis figures of /metrics fresh (a scrape must not wait on Redis)."""
+    await _redis_info()
+
+
+@app.page("/metrics")
+class MetricsView(View):
+    async def get(self, request: Request) -> Response:
+        # aiohttp refuses a charset inside content_type: the header carries it whole.
+        return self.bytes(generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 REGISTRY.register(StatsCollector())

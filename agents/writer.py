@@ -48,8 +48,12 @@ WRITER_CONCURRENCY = 4
 CLAIMED_HEADER = "cachecast-claimed"
 
 
-async def carry_out(commands: Sequence[Mapping[str, Any]]) -> None:
-    """Write a batch of validated commands; publish one outcome per command, by namespace."""
+async def carry_out(commands: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Write a batch of validated commands; publish one outcome per command, by namespace.
+
+    The monitor API's ``warmup`` action goes this way too, so operators' warms
+    are counted (and measured) like the models'.
+    """
     outcomes = await runtime.writer.apply(commands)
     by_namespace: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for outcome in outcomes:
@@ -59,6 +63,7 @@ async def carry_out(commands: Sequence[Mapping[str, Any]]) -> None:
             runtime.warm_latency.add(outcome["latency_us"] / 1e6)
     for namespace, items in by_namespace.items():
         await topics.outcomes.send(key=namespace.encode(), value=encode_batch(items), force=True)
+    return outcomes
 
 
 class LocalWarms:

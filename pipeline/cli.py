@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline import demo, devstack, replay, worker
+from pipeline import admin, demo, devstack, replay, worker
 from pipeline.sim import cli as simulate
 
 
@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     replay.register(sub)
     demo.register(sub)
     simulate.register(sub)
+    admin.register(sub)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()

@@ -88,6 +88,29 @@ class LatencyHistogram:
             self.buckets[b] = self.buckets.get(b, 0) + n
         self.count += other.count
 
+    def cumulative(self, bounds: list[float]) -> tuple[list[int], float]:
+        """Counts at or below each of ``bounds`` (ascending, same unit), and the sum.
+
+        For a Prometheus histogram: a bucket's values count below a bound when its
+        midpoint does (so within a bucket's width, 5%); the sum is of midpoints.
+
+        >>> h = LatencyHistogram()
+        >>> for v in (10, 100, 1000):
+        ...     h.add(v)
+        >>> counts, total = h.cumulative([50.0, 500.0])
+        >>> counts, 1000 < total < 1250
+        ([1, 2], True)
+        """
+        counts = [0] * len(bounds)
+        total = 0.0
+        for b, n in self.buckets.items():
+            mid = 0.5 if b == 0 else float(_GROWTH ** (b + 0.5))
+            total += mid * n
+            for i in range(len(bounds)):
+                if mid <= bounds[i]:
+                    counts[i] += n
+        return counts, total
+
     def quantile(self, q: float) -> float:
         """The value below which a fraction ``q`` of values lie (bucket midpoint); 0 if empty."""
         if self.count == 0:

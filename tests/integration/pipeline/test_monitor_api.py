@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
 import urllib.error
 import urllib.request
 import uuid
 from typing import Any
 
 import orjson
+import pytest
 import redis
 
+from pipeline import cli
 from pipeline.client.keys import data_key
 from pipeline.config import Settings
 from pipeline.worker import WorkerProcess
@@ -36,7 +41,12 @@ def _call(
         return error.code, orjson.loads(error.read())
 
 
-def test_views_and_token_guarded_actions(start_worker: StartWorker, settings: Settings) -> None:
+def test_views_and_token_guarded_actions(
+    start_worker: StartWorker,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     namespace = f"monitor-{uuid.uuid4().hex[:8]}"  # no other test writes here
     loaders = {namespace: {"callable": "pipeline.replay:demo_origin", "rate": 5000}}
     worker = start_worker(
@@ -106,3 +116,57 @@ def test_views_and_token_guarded_actions(start_worker: StartWorker, settings: Se
     log = worker.log_path.read_text(errors="replace")
     assert f"monitor action delete_pattern on {namespace}" in log
     assert TOKEN not in log
+
+    # The operator commands call the same API, with the token from the environment.
+    url = f"http://127.0.0.1:{worker.web_port}"
+    capsys.readouterr()
+    monkeypatch.setenv("CACHECAST_API_TOKEN", TOKEN)
+    assert cli.main(["warm", namespace, "c1", "c2", "--url", url]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{namespace}:c1: written",
+        f"{namespace}:c2: written",
+    ]
+    assert cli.main(["tags", namespace, "no-such-tag", "--url", url]) == 0
+    assert capsys.readouterr().out.strip() == f"{namespace}: 0 keys deleted"
+    assert cli.main(["clear", namespace, "--url", url]) == 0
+    assert capsys.readouterr().out.strip() == f"{namespace}: 2 keys deleted"
+    assert cli.main(["status", "--url", url]) == 0
+    table = capsys.readouterr().out
+    assert f"cachecast: worker {worker_name(url)}" in table
+    assert "redis: up" in table
+    monkeypatch.setenv("CACHECAST_API_TOKEN", "wrong")
+    assert cli.main(["clear", namespace, "--url", url]) == 1
+    assert "the worker answered 403" in capsys.readouterr().err
+    assert cli.main(["status", "--url", "http://127.0.0.1:1"]) == 2
+    assert "cannot reach the worker" in capsys.readouterr().err
+
+    # /metrics counts what the actions did: five values warmed on the worker path.
+    written = f'cachecast_warms_written_total{{namespace="{namespace}",path="worker"}} 5.0'
+    deadline = time.monotonic() + 30
+    while written not in (metrics := _metrics(url)):
+        assert time.monotonic() < deadline, [
+            m for m in metrics.splitlines() if namespace in m and "warms" in m
+        ]
+        time.sleep(0.5)
+    assert "cachecast_redis_up 1.0" in metrics
+    assert "cachecast_operation_latency_seconds_bucket" in metrics
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian's prometheus package) is not installed; CI installs it")
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=metrics.encode(), capture_output=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+    assert checked.stdout.decode().strip() == "", checked.stdout.decode()
+
+
+def _metrics(url: str) -> str:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text: str = response.read().decode()
+    return text
+
+
+def worker_name(url: str) -> str:
+    with urllib.request.urlopen(url + "/api/cache/monitor?type=health", timeout=10) as response:
+        name: str = orjson.loads(response.read())["worker"]
+    return name
