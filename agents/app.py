@@ -28,6 +28,7 @@ import faust
 from pipeline.config import Settings, load_settings
 from pipeline.devstack import cache_root
 from pipeline.topics import STATE_MAX_MESSAGE_BYTES, STATE_TOPIC_CONFIG
+from pipeline.transport import faust_credentials
 
 __all__ = ["app", "settings", "topics"]
 
@@ -50,6 +51,7 @@ def _faust_app(settings: Settings) -> faust.App:
         settings.app_id,
         Worker=Worker,
         broker=[f"kafka://{b}" for b in settings.kafka_brokers()],
+        broker_credentials=faust_credentials(settings),  # KAFKA_SECURITY_PROTOCOL, SASL, TLS
         store="memory://",
         topic_partitions=settings.topic_partitions,
         topic_allow_declare=True,

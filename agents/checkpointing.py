@@ -22,6 +22,7 @@ from faust.types import TP, EventT
 from agents.app import app, settings, topics
 from pipeline.checkpoint import SnapshotError, encode_snapshot, load_snapshot, snapshot_key
 from pipeline.topics import STATE_MAX_MESSAGE_BYTES
+from pipeline.transport import kafka_options
 
 __all__ = ["Checkpointer", "Stateful", "checkpointers"]
 
@@ -90,7 +91,11 @@ class Checkpointer(Generic[M]):
             model = self.factory()
             try:
                 state = await load_snapshot(
-                    settings.kafka_brokers(), settings.topic_state, self.stage, partition
+                    settings.kafka_brokers(),
+                    settings.topic_state,
+                    self.stage,
+                    partition,
+                    connection=kafka_options(settings),
                 )
             except (SnapshotError, TimeoutError) as exc:
                 self.rejected += 1

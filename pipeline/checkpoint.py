@@ -33,6 +33,7 @@ import asyncio
 import random
 import struct
 from collections import deque
+from collections.abc import Mapping
 from typing import Any, Final
 
 import msgpack
@@ -268,7 +269,12 @@ def decode_snapshot(blob: bytes) -> Any:
 
 
 async def load_snapshot(
-    bootstrap_servers: list[str], topic: str, stage: str, partition: int, timeout: float = 30.0
+    bootstrap_servers: list[str],
+    topic: str,
+    stage: str,
+    partition: int,
+    timeout: float = 30.0,
+    connection: Mapping[str, Any] | None = None,
 ) -> Any | None:
     """The latest snapshot of ``stage`` for ``partition``, or None if there is none.
 
@@ -283,6 +289,7 @@ async def load_snapshot(
         group_id=None,
         max_partition_fetch_bytes=64 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
+        **(connection or {}),
     )
     await consumer.start()
     try:

@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 from pydantic import (
     AliasChoices,
@@ -157,6 +157,28 @@ class Settings(BaseSettings):
     redis_socket_timeout: float = Field(
         1.0, gt=0, le=60, validation_alias=_env("REDIS_SOCKET_TIMEOUT", "redis_socket_timeout")
     )
+    redis_username: str | None = Field(
+        None,
+        validation_alias=_env("REDIS_USERNAME", "redis_username"),
+        description="Redis ACL user (with REDIS_PASSWORD); unset: the default user.",
+    )
+    redis_tls: bool = Field(
+        False,
+        validation_alias=_env("REDIS_TLS", "redis_tls"),
+        description="Connect to Redis over TLS (rediss).",
+    )
+    redis_tls_ca_file: str | None = Field(
+        None, validation_alias=_env("REDIS_TLS_CA_FILE", "redis_tls_ca_file")
+    )
+    redis_tls_cert_file: str | None = Field(
+        None, validation_alias=_env("REDIS_TLS_CERT_FILE", "redis_tls_cert_file")
+    )
+    redis_tls_key_file: str | None = Field(
+        None, validation_alias=_env("REDIS_TLS_KEY_FILE", "redis_tls_key_file")
+    )
+    redis_tls_check_hostname: bool = Field(
+        True, validation_alias=_env("REDIS_TLS_CHECK_HOSTNAME", "redis_tls_check_hostname")
+    )
 
     # --- Kafka ------------------------------------------------------------------
     topic_namespace: str = Field(
@@ -168,6 +190,37 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         "127.0.0.1:9092",
         validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        validation_alias=_env("KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol"),
+        description="How every Kafka client of cachecast connects (Faust, emitter, admin...).",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", validation_alias=_env("KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism")
+    )
+    kafka_sasl_username: str | None = Field(
+        None, validation_alias=_env("KAFKA_SASL_USERNAME", "kafka_sasl_username")
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        None,
+        validation_alias=_env("KAFKA_SASL_PASSWORD", "kafka_sasl_password"),
+        description="Never shown in logs or reprs (a SecretStr).",
+    )
+    kafka_ssl_ca_file: str | None = Field(
+        None, validation_alias=_env("KAFKA_SSL_CA_FILE", "kafka_ssl_ca_file")
+    )
+    kafka_ssl_cert_file: str | None = Field(
+        None, validation_alias=_env("KAFKA_SSL_CERT_FILE", "kafka_ssl_cert_file")
+    )
+    kafka_ssl_key_file: str | None = Field(
+        None, validation_alias=_env("KAFKA_SSL_KEY_FILE", "kafka_ssl_key_file")
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, validation_alias=_env("KAFKA_SSL_KEY_PASSWORD", "kafka_ssl_key_password")
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True, validation_alias=_env("KAFKA_SSL_CHECK_HOSTNAME", "kafka_ssl_check_hostname")
     )
     topic_access: str = Field("", validation_alias=_env("CACHECAST_TOPIC_ACCESS", "topic_access"))
     topic_warmup: str = Field("", validation_alias=_env("CACHECAST_TOPIC_WARMUP", "topic_warmup"))
@@ -513,6 +566,15 @@ class Settings(BaseSettings):
             raise ValueError("CACHECAST_TTL_MIN must not exceed CACHECAST_TTL_MAX")
         if self.redis_enable_clustering and not self.cluster_nodes():
             raise ValueError("REDIS_ENABLE_CLUSTERING is on but REDIS_CLUSTER_NODES is empty")
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs"
+                " KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        if self.redis_username and not self.redis_password:
+            raise ValueError("REDIS_USERNAME needs REDIS_PASSWORD")
         return self
 
     @property

@@ -53,7 +53,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 __all__ = [
     "KAFKA_VERSION",
@@ -454,6 +454,7 @@ def kafka_server_properties(
     partitions: int = 1,
     host: str = LOOPBACK,
     node_id: int = 1,
+    sasl_users: Mapping[str, str] | None = None,
 ) -> str:
     """server.properties for a single-node KRaft broker+controller on loopback.
 
@@ -463,6 +464,9 @@ def kafka_server_properties(
     offsets and transaction logs (the first group join takes ~0.2 s instead of ~1 s
     creating 50 partitions), and a small log-cleaner buffer (the 128 MB default is a
     third of the broker's memory); compaction itself stays on, Faust needs it.
+
+    With ``sasl_users`` (name -> password) clients must authenticate with SASL
+    PLAIN over a SASL_PLAINTEXT listener (the first user is the broker's own).
     """
     if partitions < 1:
         raise ValueError("partitions must be >= 1")
@@ -490,6 +494,26 @@ def kafka_server_properties(
         "message.max.bytes": str(2 * 1024 * 1024),
         "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
     }
+    if sasl_users:
+        (admin, admin_password), *_ = sasl_users.items()
+        users = " ".join(f'user_{name}="{password}"' for name, password in sasl_users.items())
+        settings.update(
+            {
+                "listeners": f"SASL_PLAINTEXT://{host}:{broker_port},"
+                f"CONTROLLER://{host}:{controller_port}",
+                "advertised.listeners": f"SASL_PLAINTEXT://{host}:{broker_port}",
+                "inter.broker.listener.name": "SASL_PLAINTEXT",
+                "listener.security.protocol.map": (
+                    "CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+                ),
+                "sasl.enabled.mechanisms": "PLAIN",
+                "sasl.mechanism.inter.broker.protocol": "PLAIN",
+                "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+                    "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                    f'username="{admin}" password="{admin_password}" {users};'
+                ),
+            }
+        )
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
@@ -703,13 +727,16 @@ def _finish_cds_dump(dump: tuple[Path, Path] | None) -> None:
 # --------------------------------------------------------------------------- Kafka: server
 
 
-async def _describe_cluster(bootstrap: str, request_timeout: float) -> str | None:
+async def _describe_cluster(
+    bootstrap: str, request_timeout: float, options: Mapping[str, Any] | None = None
+) -> str | None:
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap,
         request_timeout_ms=max(500, int(request_timeout * 1000)),
         retry_backoff_ms=50,
+        **(options or {}),
     )
     try:
         await admin.start()
@@ -723,9 +750,11 @@ async def _describe_cluster(bootstrap: str, request_timeout: float) -> str | Non
         await admin.close()
 
 
-def _kafka_serving_cluster(bootstrap: str, timeout: float = 3.0) -> str | None:
+def _kafka_serving_cluster(
+    bootstrap: str, timeout: float = 3.0, options: Mapping[str, Any] | None = None
+) -> str | None:
     """The cluster id a real Kafka metadata request returns, or None if it does not answer."""
-    return _run_async(lambda: _describe_cluster(bootstrap, timeout))
+    return _run_async(lambda: _describe_cluster(bootstrap, timeout, options))
 
 
 @dataclass(eq=False)
@@ -748,6 +777,8 @@ class KafkaServer:
     java: str | None = field(default=None, repr=False)
     libs: Path | None = field(default=None, repr=False)
     tansu_bin: str | None = field(default=None, repr=False)
+    #: SASL PLAIN users (name -> password) the broker requires, first the broker's own.
+    sasl_users: dict[str, str] | None = field(default=None, repr=False)
     _proc: _Process | None = field(default=None, init=False, repr=False)
     _cds_dump: tuple[Path, Path] | None = field(default=None, init=False, repr=False)
 
@@ -791,6 +822,7 @@ class KafkaServer:
                 log_dir=directory / "data",
                 partitions=self.partitions,
                 host=self.host,
+                sasl_users=self.sasl_users,
             )
         )
         (directory / "log4j.properties").write_text(KAFKA_LOG4J_PROPERTIES)
@@ -929,11 +961,23 @@ class KafkaServer:
                 )
             if _tcp_open(self.host, self.port, 0.25):
                 cluster = _kafka_serving_cluster(
-                    self.bootstrap_servers, min(3.0, max(0.5, remaining))
+                    self.bootstrap_servers, min(3.0, max(0.5, remaining)), self.client_options()
                 )
                 if cluster is not None and cluster == self.cluster_id and proc.alive:
                     return
             time.sleep(0.05)
+
+    def client_options(self) -> dict[str, Any]:
+        """aiokafka options to connect as the broker's own SASL user (empty without SASL)."""
+        if not self.sasl_users:
+            return {}
+        (name, password), *_ = self.sasl_users.items()
+        return {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "PLAIN",
+            "sasl_plain_username": name,
+            "sasl_plain_password": password,
+        }
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the broker (SIGTERM, SIGKILL after ``timeout``); no-op when external/stopped."""
@@ -971,6 +1015,7 @@ def _launch_kafka(
     environ: Mapping[str, str],
     host: str = LOOPBACK,
     attempts: int = 4,
+    sasl_users: Mapping[str, str] | None = None,
 ) -> KafkaServer:
     forced = environ.get("CACHECAST_KAFKA")
     java = _find_java(environ)
@@ -995,6 +1040,8 @@ def _launch_kafka(
             _warn(f"cachecast devstack: cannot get Kafka's jars, falling back to Tansu: {exc}")
             kind = "tansu"
     if kind == "tansu":
+        if sasl_users:
+            raise DevStackError("SASL needs Apache Kafka (Tansu has no authentication)")
         _warn(TANSU_WARNING)
     directory = Path(tempfile.mkdtemp(prefix="kafka-", dir=root))
     cluster_id = kafka_cluster_id() if kind == "apache" else f"cachecast-{uuid.uuid4().hex[:12]}"
@@ -1009,6 +1056,7 @@ def _launch_kafka(
             java=java if kind == "apache" else None,
             libs=libs if kind == "apache" else None,
             tansu_bin=tansu if kind == "tansu" else None,
+            sasl_users=dict(sasl_users) if sasl_users else None,
         )
         try:
             server.start()
@@ -1378,6 +1426,7 @@ class DevStack:
         kafka_partitions: int = 1,
         workdir: Path | None = None,
         environ: Mapping[str, str] | None = None,
+        kafka_sasl_users: Mapping[str, str] | None = None,
     ) -> None:
         if kafka_partitions < 1:
             raise ValueError("kafka_partitions must be >= 1")
@@ -1390,6 +1439,7 @@ class DevStack:
         self.redis_maxmemory = redis_maxmemory
         self.redis_policy = redis_policy
         self.kafka_partitions = kafka_partitions
+        self.kafka_sasl_users = kafka_sasl_users
         self.workdir = workdir
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.kafka: KafkaServer | None = None
@@ -1421,8 +1471,12 @@ class DevStack:
                     self._ensure_root(), maxmemory=self.redis_maxmemory, policy=self.redis_policy
                 )
             if self.want_kafka and self.kafka is None:
-                self.kafka = self._external_kafka() or _launch_kafka(
-                    self._ensure_root(), partitions=self.kafka_partitions, environ=self.environ
+                external = None if self.kafka_sasl_users else self._external_kafka()
+                self.kafka = external or _launch_kafka(
+                    self._ensure_root(),
+                    partitions=self.kafka_partitions,
+                    environ=self.environ,
+                    sasl_users=self.kafka_sasl_users,
                 )
         except BaseException:
             self.stop()

@@ -53,6 +53,7 @@ from pipeline.codec import ValueCodec
 from pipeline.config import Settings, load_settings
 from pipeline.sim.traces import CsvMapping, Trace, TraceFormat, read_trace
 from pipeline.stats import LatencyHistogram
+from pipeline.transport import kafka_options
 from schemas.decode import InvalidEvent, decode_warmup_outcome_dicts
 
 __all__ = [
@@ -607,6 +608,7 @@ class _OutcomeWatcher:
             group_id=None,
             auto_offset_reset="latest",
             enable_auto_commit=False,
+            **kafka_options(settings),
         )
         self._task: asyncio.Task[None] | None = None
 

@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from pipeline.config import Settings
+from pipeline.transport import kafka_options
 
 __all__ = ["STATE_MAX_MESSAGE_BYTES", "STATE_TOPIC_CONFIG", "ensure_topics", "topic_specs"]
 
@@ -54,7 +55,9 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
 async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create the missing topics; returns the names created."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_brokers(), request_timeout_ms=int(timeout * 1000)
+        bootstrap_servers=settings.kafka_brokers(),
+        request_timeout_ms=int(timeout * 1000),
+        **kafka_options(settings),
     )
     await asyncio.wait_for(admin.start(), timeout)
     try:

@@ -57,11 +57,13 @@ __all__ = [
     "RetryGate",
     "SyncRedisClient",
     "WatchedConnection",
+    "WatchedSSLConnection",
     "async_retry",
     "backoff_cap",
     "connect_async",
     "connect_sync",
     "sync_retry",
+    "tls_options",
 ]
 
 AsyncRedisClient: TypeAlias = "redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster"
@@ -165,12 +167,33 @@ def _pool_options(settings: Settings, max_connections: int) -> dict[str, Any]:
         "host": settings.redis_host,
         "port": settings.redis_port,
         "db": settings.redis_db,
+        "username": settings.redis_username,
         "password": settings.redis_secret(),
         "max_connections": max_connections,
         "socket_timeout": settings.redis_socket_timeout,
         "socket_connect_timeout": settings.redis_socket_timeout,
         "socket_keepalive": True,
         "client_name": settings.client_name,
+        **tls_options(settings),
+    }
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """redis-py's TLS options for ``REDIS_TLS`` (nothing when it is off).
+
+    >>> tls_options(Settings(redis_tls=True, redis_tls_ca_file="/etc/ca.pem"))["ssl_ca_certs"]
+    '/etc/ca.pem'
+    >>> tls_options(Settings())
+    {}
+    """
+    if not settings.redis_tls:
+        return {}
+    return {
+        "ssl_ca_certs": settings.redis_tls_ca_file,
+        "ssl_certfile": settings.redis_tls_cert_file,
+        "ssl_keyfile": settings.redis_tls_key_file,
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": settings.redis_tls_check_hostname,
     }
 
 
@@ -300,6 +323,15 @@ class WatchedConnection(redis.asyncio.Connection):
         return reply
 
 
+def _cluster_tls(settings: Settings) -> dict[str, Any]:
+    options = tls_options(settings)
+    return {"ssl": True, **options} if options else {}
+
+
+class WatchedSSLConnection(WatchedConnection, redis.asyncio.SSLConnection):
+    """:class:`WatchedConnection` over TLS (``REDIS_TLS``)."""
+
+
 def connect_async(
     settings: Settings, *, max_connections: int = DEFAULT_MAX_CONNECTIONS
 ) -> AsyncRedisClient:
@@ -310,18 +342,20 @@ def connect_async(
                 redis.asyncio.cluster.ClusterNode(host, port)
                 for host, port in settings.cluster_nodes()
             ],
+            username=settings.redis_username,
             password=settings.redis_secret(),
             retry=async_retry(settings),
             max_connections=max_connections,
             socket_timeout=settings.redis_socket_timeout,
             socket_connect_timeout=settings.redis_socket_timeout,
+            **_cluster_tls(settings),
         )
     options = _pool_options(settings, max_connections)
     options["socket_timeout"] = None  # kept by the watch instead, at no cost per command
     pool = redis.asyncio.ConnectionPool(
         **options,
         retry=async_retry(settings),
-        connection_class=WatchedConnection,
+        connection_class=WatchedSSLConnection if settings.redis_tls else WatchedConnection,
         watch=ConnectionWatch(settings.redis_socket_timeout),
     )
     return redis.asyncio.Redis.from_pool(pool)
@@ -337,14 +371,18 @@ def connect_sync(
                 redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
                 for host, port in settings.cluster_nodes()
             ],
+            username=settings.redis_username,
             password=settings.redis_secret(),
             retry=sync_retry(settings),
             max_connections=max_connections,
             socket_timeout=settings.redis_socket_timeout,
             socket_connect_timeout=settings.redis_socket_timeout,
             client_name=settings.client_name,
+            **_cluster_tls(settings),
         )
     pool = redis.ConnectionPool(
-        **_pool_options(settings, max_connections), retry=sync_retry(settings)
+        **_pool_options(settings, max_connections),
+        retry=sync_retry(settings),
+        connection_class=redis.SSLConnection if settings.redis_tls else redis.Connection,
     )
     return redis.Redis.from_pool(pool)

@@ -39,6 +39,7 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline.config import Settings
 from pipeline.partitioning import PartitionCache
+from pipeline.transport import kafka_options
 from schemas.contracts import MAX_RECORD_BYTES
 
 __all__ = [
@@ -345,6 +346,7 @@ class AccessEmitter:
             request_timeout_ms=5000,
             retry_backoff_ms=200,
             metadata_max_age_ms=30_000,
+            **kafka_options(self._settings),
         )
 
     async def _run(self) -> None:

@@ -1,0 +1,125 @@
+"""Authenticated transports end to end: Kafka SASL and a Redis ACL user.
+
+A broker of its own requires SASL PLAIN (a SASL_PLAINTEXT listener), and the
+session's Redis gets an ACL user confined to this test's key prefix. The
+worker (Faust, its admin and snapshot clients, its Redis clients) and the
+application's client (its Redis pool and its event emitter) all connect with
+the credentials from the environment; the secrets appear in no log and no repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from pipeline.client import IntelligentCache
+from pipeline.config import Settings, load_settings
+from pipeline.devstack import DevStack, KafkaServer
+from tests.integration.pipeline.conftest import NAMESPACE, StartWorker
+
+KAFKA_USERS = {"broker": "broker-secret-1", "app": "app-secret-2"}
+REDIS_PASSWORD = "redis-secret-3"
+
+
+@pytest.fixture(scope="module")
+def sasl_kafka() -> Iterator[KafkaServer]:
+    with DevStack(kafka=True, redis=False, kafka_sasl_users=KAFKA_USERS) as stack:
+        assert stack.kafka is not None
+        yield stack.kafka
+
+
+@pytest.fixture
+def acl_user(settings: Settings) -> Iterator[str]:
+    """A Redis ACL user that may touch only this test's keys."""
+    name = f"cc-{uuid.uuid4().hex[:8]}"
+    admin = redis.Redis(host=settings.redis_host, port=settings.redis_port)
+    admin.acl_setuser(
+        name,
+        enabled=True,
+        passwords=[f"+{REDIS_PASSWORD}"],
+        keys=[f"{settings.redis_key_prefix}*"],
+        commands=["+@all"],
+    )
+    try:
+        yield name
+    finally:
+        admin.acl_deluser(name)
+        admin.close()
+
+
+async def _traffic(settings: Settings, reads: int) -> dict[str, Any]:
+    cache = IntelligentCache(settings, early_refresh=False)
+    try:
+        for i in range(reads):
+            assert await cache.get(NAMESPACE, f"k{i % 20}", fallback_data=lambda i=i: i) is not None
+        assert cache.emitter is not None
+        delivered = await cache.emitter.flush(10.0)
+        stats = await cache.get_stats()
+        return {"delivered": delivered, **stats}
+    finally:
+        await cache.close()
+
+
+@pytest.mark.timeout(240)
+def test_worker_and_client_use_kafka_sasl_and_a_redis_acl_user(
+    sasl_kafka: KafkaServer,
+    acl_user: str,
+    start_worker: StartWorker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secure = {
+        "KAFKA_BOOTSTRAP_SERVERS": sasl_kafka.bootstrap_servers,
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "KAFKA_SASL_MECHANISM": "PLAIN",
+        "KAFKA_SASL_USERNAME": "app",
+        "KAFKA_SASL_PASSWORD": KAFKA_USERS["app"],
+        "REDIS_USERNAME": acl_user,
+        "REDIS_PASSWORD": REDIS_PASSWORD,
+    }
+    for name, value in secure.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert KAFKA_USERS["app"] not in repr(settings)
+    assert REDIS_PASSWORD not in repr(settings)
+
+    worker = start_worker(**secure)
+    worker.wait_ready()
+    client = asyncio.run(_traffic(settings, 100))
+    assert client["delivered"] is True
+    assert client["client"]["errors"] == 0
+    assert client["redis"]["memory"]["used_memory"] > 0  # INFO, as the ACL user
+    deadline = time.monotonic() + 60
+    while True:  # the events went through the SASL broker to the worker
+        total = worker.monitor()["namespaces"].get(NAMESPACE, {}).get("total", {})
+        if total.get("hits", 0) + total.get("misses", 0) == 100:
+            break
+        assert time.monotonic() < deadline, total
+        time.sleep(0.5)
+
+    # A wrong Kafka password: the cache still serves, the events are not delivered.
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "wrong")
+    refused = asyncio.run(_traffic(load_settings(), 5))
+    assert refused["delivered"] is False
+    assert refused["client"]["errors"] == 0
+
+    # Outside its key prefix the ACL user is refused: the credentials were really used.
+    user = redis.Redis(
+        host=settings.redis_host,
+        port=settings.redis_port,
+        username=acl_user,
+        password=REDIS_PASSWORD,
+    )
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            user.get("someone-else:key")
+    finally:
+        user.close()
+    log = worker.log_path.read_text(errors="replace")
+    for secret in (*KAFKA_USERS.values(), REDIS_PASSWORD):
+        assert secret not in log
