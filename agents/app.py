@@ -27,7 +27,7 @@ import faust
 
 from pipeline.config import Settings, load_settings
 from pipeline.devstack import cache_root
-from pipeline.topics import STATE_MAX_MESSAGE_BYTES, STATE_TOPIC_CONFIG
+from pipeline.topics import STATE_MAX_MESSAGE_BYTES, STATE_TOPIC_CONFIG, VIEW_TOPIC_CONFIG
 from pipeline.transport import faust_credentials
 
 __all__ = ["app", "settings", "topics"]
@@ -108,6 +108,9 @@ class Topics:
         self.metrics = raw(settings.topic_metrics)
         self.dead_letter = raw(settings.topic_dead_letter)
         self.state = raw(settings.topic_state, compacting=True, config=dict(STATE_TOPIC_CONFIG))
+        self.stats_view = raw(
+            settings.topic_stats_view, compacting=True, config=dict(VIEW_TOPIC_CONFIG)
+        )
 
     def all(self) -> list[faust.TopicT]:
         return [
@@ -119,6 +122,7 @@ class Topics:
             self.metrics,
             self.dead_letter,
             self.state,
+            self.stats_view,
         ]
 
 

@@ -5,23 +5,41 @@ on one partition and one worker. An entry holds the open window, the totals of
 all closed windows, and which window was last published. A window is published
 to the metrics topic once it is over: by the next update of the namespace, or by
 the timer when the namespace went quiet.
+
+With the window, the owner also writes the namespace's whole statistics (all
+time, and the window just closed) to the compacted stats-view topic, which
+every worker follows from its start into :data:`cluster_view`: the monitor of
+any worker answers for every namespace of the cluster, its own ones live and
+the others as of their last closed window.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
 
 import faust
 import orjson
+from aiokafka import AIOKafkaConsumer
 
 from agents.app import app, settings, topics, worker_name
 from agents.runtime import runtime
 from pipeline.stats import WindowStats
+from pipeline.transport import kafka_options
 from schemas.decode import InvalidEvent, decode_warmup_outcome_dicts
 
-__all__ = ["aggregate_deltas", "aggregate_outcomes", "namespace_stats", "stats_table"]
+__all__ = [
+    "aggregate_deltas",
+    "aggregate_outcomes",
+    "cluster_view",
+    "follow_stats_view",
+    "namespace_stats",
+    "stats_table",
+]
+
+log = logging.getLogger(__name__)
 
 WINDOW = settings.stats_window_s
 
@@ -36,6 +54,9 @@ stats_table = app.Table(
 #: Windows published by this process (ns -> window start), so the timer and the
 #: agents do not publish the same window twice.
 _published: dict[str, float] = {}
+#: Every namespace of the cluster, from the stats-view topic: ns -> (worker, window
+#: start, all-time totals, last closed window).
+cluster_view: dict[str, tuple[str, float, WindowStats, WindowStats]] = {}
 
 
 def window_start(now: float) -> float:
@@ -49,12 +70,23 @@ def _load(namespace: str) -> dict[str, Any]:
     return dict(entry)
 
 
-async def _publish(namespace: str, start: float, stats: WindowStats) -> None:
+async def _publish(namespace: str, start: float, stats: WindowStats, total: WindowStats) -> None:
+    """A closed window: its MetricsSnapshot, and the namespace's view for the other workers."""
     if _published.get(namespace, -1.0) >= start:
         return
     _published[namespace] = start
     snapshot = stats.snapshot(namespace, start, start + WINDOW, worker=worker_name)
     await topics.metrics.send(key=namespace.encode(), value=snapshot.dumps(), force=True)
+    overall = WindowStats.from_dict(total.to_dict())
+    overall.merge(stats)
+    view = {
+        "namespace": namespace,
+        "worker": worker_name,
+        "window_start": start,
+        "total": overall.to_dict(),
+        "window": stats.to_dict(),
+    }
+    await topics.stats_view.send(key=namespace.encode(), value=orjson.dumps(view), force=True)
 
 
 async def _update(namespace: str, delta: WindowStats) -> None:
@@ -62,8 +94,8 @@ async def _update(namespace: str, delta: WindowStats) -> None:
     now_start = window_start(time.time())
     current = WindowStats.from_dict(entry["current"])
     if entry["window_start"] < now_start:
-        await _publish(namespace, entry["window_start"], current)
         total = WindowStats.from_dict(entry["total"])
+        await _publish(namespace, entry["window_start"], current, total)
         total.merge(current)
         entry["total"] = total.to_dict()
         entry["window_start"] = now_start
@@ -128,12 +160,65 @@ async def publish_quiet_windows() -> None:
     for namespace, entry in list(stats_table.items()):
         if entry["window_start"] < now_start:
             await _publish(
-                namespace, entry["window_start"], WindowStats.from_dict(entry["current"])
+                namespace,
+                entry["window_start"],
+                WindowStats.from_dict(entry["current"]),
+                WindowStats.from_dict(entry["total"]),
             )
 
 
-def namespace_stats() -> dict[str, dict[str, Any]]:
-    """This worker's namespaces: the open window, closed-window totals, and all-time view."""
+@app.task
+async def follow_stats_view() -> None:
+    """Read the stats-view topic from its start, then follow it, into :data:`cluster_view`."""
+    # Without a group, a subscription is every partition, from the start (compacted:
+    # about one record per namespace), then what comes.
+    consumer = AIOKafkaConsumer(
+        settings.topic_stats_view,
+        bootstrap_servers=settings.kafka_brokers(),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id=f"cachecast-stats-view-{worker_name}",
+        **kafka_options(settings),
+    )
+    await consumer.start()
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                for record in records:
+                    _take_view(record.value, f"{record.topic}/{record.partition}/{record.offset}")
+    finally:
+        await consumer.stop()
+
+
+def _take_view(value: bytes | None, source: str) -> None:
+    try:
+        doc = orjson.loads(value or b"null")
+        namespace = str(doc["namespace"])
+        entry = (
+            str(doc["worker"]),
+            float(doc["window_start"]),
+            WindowStats.from_dict(doc["total"]),
+            WindowStats.from_dict(doc["window"]),
+        )
+    except Exception as exc:  # written by workers, but read like any other input
+        runtime.counters["stats_view_rejected"] += 1
+        log.warning("stats view %s unusable: %r", source, exc)
+        return
+    known = cluster_view.get(namespace)
+    if known is None or known[1] <= entry[1]:
+        cluster_view[namespace] = entry
+
+
+def namespace_stats(local_only: bool = False) -> dict[str, dict[str, Any]]:
+    """Every namespace of the cluster: the open window, closed-window totals, all-time view.
+
+    Namespaces this worker owns come from its table (live); the others from the
+    stats view (as of their last closed window), with the ``worker`` that owns
+    them. ``local_only``: this worker's own namespaces (what /metrics exports, so
+    that scraping every worker counts each namespace once).
+    """
     out: dict[str, dict[str, Any]] = {}
     for namespace, entry in list(stats_table.items()):
         current = WindowStats.from_dict(entry["current"])
@@ -144,5 +229,15 @@ def namespace_stats() -> dict[str, dict[str, Any]]:
             "window": current.snapshot(namespace, start, start + WINDOW, worker_name).asdict(),
             "total": total.snapshot(namespace, 0.0, start + WINDOW, worker_name).asdict(),
             "counters": total,
+            "worker": worker_name,
+        }
+    for namespace, (owner, start, total, window) in list(cluster_view.items()):
+        if local_only or namespace in out:
+            continue
+        out[namespace] = {
+            "window": window.snapshot(namespace, start, start + WINDOW, owner).asdict(),
+            "total": total.snapshot(namespace, 0.0, start + WINDOW, owner).asdict(),
+            "counters": total,
+            "worker": owner,
         }
     return out

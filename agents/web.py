@@ -51,7 +51,7 @@ __all__ = ["DashboardView", "MonitorView", "monitor_document"]
 def monitor_document() -> dict[str, Any]:
     """What /api/cache/monitor answers."""
     namespaces = {
-        ns: {"window": view["window"], "total": view["total"]}
+        ns: {"window": view["window"], "total": view["total"], "owner": view["worker"]}
         for ns, view in namespace_stats().items()
     }
     return {
@@ -313,7 +313,7 @@ class StatsCollector(Collector):
     )
 
     def collect(self) -> Iterator[Any]:
-        views = namespace_stats()
+        views = namespace_stats(local_only=True)  # scraping every worker counts each once
         for name, text in self._COUNTERS:
             family = CounterMetricFamily(f"cachecast_{name}", text, labels=["namespace"])
             for ns, view in views.items():

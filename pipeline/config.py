@@ -59,6 +59,7 @@ _TOPIC_ROLES = {
     "topic_dead_letter": "dead-letter",
     "topic_state": "model-state",
     "topic_stats": "stats-deltas",
+    "topic_stats_view": "stats-view",
     "topic_sequence": "access-by-session",
 }
 
@@ -448,6 +449,11 @@ class Settings(BaseSettings):
         validation_alias=_env("CACHECAST_TOPIC_STATS", "topic_stats"),
         description="Per-batch statistics, re-partitioned by namespace for the stats table.",
     )
+    topic_stats_view: str = Field(
+        "",
+        validation_alias=_env("CACHECAST_TOPIC_STATS_VIEW", "topic_stats_view"),
+        description="Compacted: each namespace's statistics, read by every worker's monitor.",
+    )
     topic_sequence: str = Field(
         "",
         validation_alias=_env("CACHECAST_TOPIC_SEQUENCE", "topic_sequence"),
@@ -528,6 +534,7 @@ class Settings(BaseSettings):
         "topic_dead_letter",
         "topic_state",
         "topic_stats",
+        "topic_stats_view",
         "topic_sequence",
     )
     @classmethod

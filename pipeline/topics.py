@@ -17,7 +17,13 @@ from aiokafka.errors import TopicAlreadyExistsError
 from pipeline.config import Settings
 from pipeline.transport import kafka_options
 
-__all__ = ["STATE_MAX_MESSAGE_BYTES", "STATE_TOPIC_CONFIG", "ensure_topics", "topic_specs"]
+__all__ = [
+    "STATE_MAX_MESSAGE_BYTES",
+    "STATE_TOPIC_CONFIG",
+    "VIEW_TOPIC_CONFIG",
+    "ensure_topics",
+    "topic_specs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,10 @@ STATE_TOPIC_CONFIG: Final = {
     "segment.ms": "60000",
     "max.message.bytes": str(STATE_MAX_MESSAGE_BYTES),
 }
+
+
+VIEW_TOPIC_CONFIG: Final = {"cleanup.policy": "compact", "segment.ms": "60000"}
+"""The stats view keeps the latest record of each namespace."""
 
 
 def topic_specs(settings: Settings) -> list[NewTopic]:
@@ -48,6 +58,11 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     specs = [NewTopic(name, parts, replicas) for name in names]
     specs.append(
         NewTopic(settings.topic_state, parts, replicas, topic_configs=dict(STATE_TOPIC_CONFIG))
+    )
+    specs.append(
+        NewTopic(
+            settings.topic_stats_view, parts, replicas, topic_configs=dict(VIEW_TOPIC_CONFIG)
+        )
     )
     return specs
 
