@@ -118,6 +118,8 @@ _INTELLIGENT: Final = (
     "joined_reads",
 )
 _INFO_TTL_S: Final = 5.0
+#: How often the memory view's key count under the prefix is refreshed (a SCAN pass).
+_PREFIX_COUNT_EVERY_S: Final = 30.0
 _info_cache: dict[str, tuple[float, dict[str, Any]]] = {}
 
 
@@ -132,7 +134,17 @@ async def _redis_info() -> dict[str, Any]:
         health = await manager.health_check()
     except Exception as exc:  # Redis down: say so, do not fail the view
         stats, health = {}, {"healthy": False, "latency_ms": None, "error": repr(exc)}
-    found = {"stats": stats, "health": health}
+    previous = _info_cache.get("prefix")
+    prefix_keys = previous[1] if previous is not None else None
+    if health.get("healthy") and (
+        previous is None or time.monotonic() - previous[0] >= _PREFIX_COUNT_EVERY_S
+    ):
+        try:  # a SCAN pass: not at every view
+            prefix_keys = await manager.count_keys()
+            _info_cache["prefix"] = (time.monotonic(), prefix_keys)
+        except Exception as exc:
+            log.warning("counting the keys under the prefix failed: %r", exc)
+    found = {"stats": stats, "health": health, "prefix_keys": prefix_keys}
     _info_cache["info"] = (time.monotonic(), found)
     return found
 
@@ -167,6 +179,7 @@ async def monitor_view(view: str) -> dict[str, Any]:
     elif view == "memory":
         out["redis"] = stats.get("memory")
         out["keyspace"] = stats.get("keyspace")
+        out["prefix_keys"] = redis.get("prefix_keys")
         out["namespaces"] = {
             ns: {"compression_ratio": v["total"].get("compression_ratio")}
             for ns, v in namespaces.items()

@@ -38,7 +38,7 @@ from pipeline.client.connection import (
 )
 from pipeline.client.core import MISS, SLOW, CacheCore, Command, Plan, summarize_info
 from pipeline.client.emitter import AccessEmitter
-from pipeline.client.keys import pattern_for
+from pipeline.client.keys import escape_glob, pattern_for
 from pipeline.config import Settings, cache_settings
 
 __all__ = ["RedisCacheManager"]
@@ -479,6 +479,31 @@ class RedisCacheManager:
                 core.delete_found_plan(namespace, batch), "delete", namespace
             )
         return deleted
+
+    async def count_keys(self, limit: int = 1_000_000) -> dict[str, Any]:
+        """How many keys cachecast holds under ``REDIS_KEY_PREFIX`` (values and its own).
+
+        SCAN with the prefix as pattern (never KEYS; every primary of a cluster),
+        stopping after ``limit`` keys: ``complete`` says whether the count is
+        exact. Costs one pass over the keyspace; the worker runs it every 30 s.
+        """
+        match = escape_glob(self._core.prefix) + "*"
+        if self._cold:
+            await self._warm_up()
+        started = time.perf_counter()
+        count = 0
+        complete = True
+        async for _ in self._redis.scan_iter(match=match, count=_SCAN_COUNT):
+            count += 1
+            if count >= limit:
+                complete = False
+                break
+        return {
+            "prefix": self._core.prefix,
+            "keys": count,
+            "complete": complete,
+            "scan_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
 
     async def delete_by_tags(self, namespace: str, tags: Iterable[str]) -> int:
         """Delete every value of ``namespace`` tagged with any of ``tags``; returns the count."""

@@ -218,3 +218,22 @@ def test_a_cached_function_on_the_sync_client(single: Backend, make_sync_cache: 
 
     with pytest.raises(TypeError, match="coroutine function"):
         cache.cached("x", key="{number}")(not_blocking)
+
+
+async def test_keys_under_the_prefix_are_counted(
+    backend: Backend, make_cache: MakeCache, make_sync_cache: MakeCache
+) -> None:
+    cache: RedisCacheManager = make_cache(backend)
+    for i in range(5):
+        await cache.set("c", f"k{i}", i)
+    other: RedisCacheManager = make_cache(backend)  # another prefix: not counted
+    await other.set("c", "elsewhere", 1)
+    counted = await cache.count_keys()
+    assert (counted["keys"], counted["complete"]) == (5, True)
+    assert counted["prefix"] == cache.settings.redis_key_prefix
+    partial = await cache.count_keys(limit=3)
+    assert (partial["keys"], partial["complete"]) == (3, False)
+    twin: SyncRedisCacheManager = make_sync_cache(
+        backend, redis_key_prefix=cache.settings.redis_key_prefix
+    )
+    assert twin.count_keys()["keys"] == 5

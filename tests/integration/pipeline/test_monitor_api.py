@@ -63,6 +63,8 @@ def test_views_and_token_guarded_actions(
     assert doc["kafka"]["assigned_partitions"] > 0
     status, doc = _call(worker, "GET", "?type=memory")
     assert doc["redis"]["used_memory"] > 0
+    assert doc["prefix_keys"]["prefix"] == settings.redis_key_prefix
+    assert doc["prefix_keys"]["complete"] is True
     status, doc = _call(worker, "GET", "?type=basic")
     assert doc["evictions"] >= 0
     status, doc = _call(worker, "GET", "?type=everything")
