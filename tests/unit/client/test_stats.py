@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,13 +29,18 @@ def test_quantiles_are_within_the_bucket_resolution(samples: list[int], q: float
     assert hist.maximum == max(samples)
 
 
-def test_memory_does_not_grow_with_samples() -> None:
+def test_memory_stays_fixed_and_quantiles_close_over_seven_decades() -> None:
     hist = LatencyHistogram()
-    buckets = len(hist.counts)
-    for value in range(0, 10**7, 997):
+    size = sys.getsizeof(hist.counts)
+    samples = sorted(int(1.0023**i) for i in range(7000))  # 1 µs .. ~9.7 s
+    for value in samples:
         hist.record(value)
-    assert len(hist.counts) == buckets
-    assert hist.quantile(0.5) == hist.quantile(0.5)
+    assert sys.getsizeof(hist.counts) == size  # no per-sample memory
+    for q in (0.5, 0.9, 0.99):
+        exact = samples[round(q * len(samples)) - 1]
+        assert abs(hist.quantile(q) - exact) <= 0.0625 * exact + 1, (q, exact)
+    mean = sum(samples) / len(samples)
+    assert abs(hist.mean() - mean) <= 0.0625 * mean
 
 
 def test_empty_and_negative() -> None:
