@@ -285,3 +285,94 @@ def test_a_sync_get_during_the_edge_load_joins_it(
     (read,) = sink.of("get", "b")
     assert (read["joined"], read["warmed"]) == (True, True)
     assert cache.core.stats.inflight_joins == 1
+
+
+class FlakyOrigin:
+    """An origin that is down, slow or up; counts calls, their times and the peak in flight."""
+
+    def __init__(self) -> None:
+        self.mode = "up"
+        self.delay = 0.3
+        self.calls: list[float] = []
+        self.in_flight = 0
+        self.peak = 0
+
+    async def __call__(self, namespace: str, key: str) -> Any:
+        self.calls.append(time.monotonic())
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            if self.mode == "down":
+                raise ConnectionError("origin down")
+            if self.mode == "slow":
+                await asyncio.sleep(self.delay)
+            return {"key": key, "from": "origin"}
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.mark.fault
+@pytest.mark.timeout(120)
+async def test_the_origin_down_then_slow_then_back(single: Backend, make_cache: MakeCache) -> None:
+    """Down: the breaker stops edge loads after 3 failures. Slow: edge loads stay within
+    their caps (4 in flight, 20/s after a burst of 5) while the application's own reads
+    are not slowed. Back: edge warms are written again."""
+    origin = FlakyOrigin()
+    cache: IntelligentCache = make_cache(single, IntelligentCache)
+    config = LoaderConfig(
+        timeout=2.0, concurrency=4, rate=20.0, burst=5, breaker_failures=3, breaker_reset_s=0.5
+    )
+    cache.register_loader("orders", origin, config)
+    app = Origin()
+    for i in range(150):
+        publish(single, cache, f"t{i}", [f"s{i}a", f"s{i}b"])
+    await cache.refresh_rules()
+    stats = cache.core.stats
+
+    async def trigger(i: int) -> float:
+        began = time.perf_counter()
+        value = await cache.get("orders", f"t{i}", fallback_data=app.app_loader(f"t{i}"))
+        assert value["key"] == f"t{i}"
+        return time.perf_counter() - began
+
+    origin.mode = "down"
+    for i in range(30):
+        await trigger(i)
+        await settle(cache)
+    # The breaker opens at the third failure; a trigger's two loads start together.
+    assert 3 <= len(origin.calls) <= 4
+    assert stats.edge_refused >= 2 * 30 - 4
+
+    await asyncio.sleep(0.6)  # the breaker's reset: one trial goes through
+    origin.mode = "slow"
+    written_before = stats.edge_written
+    await trigger(30)
+    await settle(cache)  # the trial (0.3 s) succeeded: the breaker is closed again
+    assert stats.edge_written > written_before
+    origin.peak = 0
+    slow_start = time.monotonic()
+    calls_before = len(origin.calls)
+    reads = []
+    for i in range(31, 91):  # 60 triggers over ~1.2 s: 120 successors offered
+        reads.append(await trigger(i))
+        await asyncio.sleep(0.02)
+    await settle(cache)
+    slow_end = time.monotonic()
+    slow_calls = origin.calls[calls_before:]
+    assert origin.peak == 4  # the cap was reached, never passed
+    assert len(slow_calls) <= 5 + 20 * (slow_end - slow_start) + 1
+    assert len(slow_calls) < 120  # the rest was skipped, not queued behind the origin
+    assert sorted(reads)[len(reads) // 2] < 0.05, "the application's reads waited on edge loads"
+
+    origin.mode = "up"
+    written_before = stats.edge_written
+    await asyncio.sleep(0.3)  # tokens for a burst
+    for i in range(90, 100):
+        await trigger(i)
+        await settle(cache)
+    assert stats.edge_written - written_before >= 5
+    assert stats.errors == 0
+    print(
+        f"origin: slow phase {len(slow_calls)} loads in {slow_end - slow_start:.1f} s,"
+        f" peak {origin.peak} in flight; app read p50 {sorted(reads)[30] * 1000:.1f} ms"
+    )
