@@ -89,6 +89,49 @@ def _lookahead() -> dict[str, Any]:
     return out
 
 
+_INSIGHTS_PER_NAMESPACE: Final = 10
+
+
+def model_insights(per_namespace: int = _INSIGHTS_PER_NAMESPACE) -> dict[str, dict[str, Any]]:
+    """What this worker's models see, per namespace: the hottest keys and their rhythm,
+    and the keys they expect to be read next.
+
+    ``hottest``: decayed access counts, with the typical gap between two reads
+    (in requests of the partition: the engines run on a request clock) when the
+    key has a rhythm. ``predicted``: admitted candidates awaiting their label,
+    with their calibrated probability. Only this worker's partitions (the models
+    are not shared between workers).
+    """
+    found: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for engine in list(engines.models.values()):
+        for full, weight in engine.frequency.most_common(per_namespace * 5):
+            namespace, _, key = str(full).partition(":")
+            rhythm = engine.recency.rhythm(full)
+            found.setdefault(namespace, {"hottest": [], "predicted": []})["hottest"].append(
+                {
+                    "key": key,
+                    "weight": round(weight, 2),
+                    "typical_gap_requests": (
+                        round(rhythm.typical_gap, 1) if rhythm and rhythm.n_gaps else None
+                    ),
+                }
+            )
+        for full, probability in engine.scorer.top_admitted(per_namespace * 5):
+            namespace, _, key = str(full).partition(":")
+            found.setdefault(namespace, {"hottest": [], "predicted": []})["predicted"].append(
+                {"key": key, "probability": round(probability, 3)}
+            )
+    out: dict[str, dict[str, Any]] = {}
+    for namespace, lists in found.items():
+        hottest = sorted(lists["hottest"], key=lambda item: -item["weight"])
+        predicted = sorted(lists["predicted"], key=lambda item: -item["probability"])
+        out[namespace] = {
+            "hottest": hottest[:per_namespace],
+            "predicted": predicted[:per_namespace],
+        }
+    return out
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
@@ -187,6 +230,7 @@ async def monitor_view(view: str) -> dict[str, Any]:
     elif view == "intelligent":
         out["namespaces"] = _pick(namespaces, _INTELLIGENT)
         out["models"] = doc["models"]
+        out["insights"] = model_insights()
     else:  # health
         out["redis"] = redis.get("health")
         out["kafka"] = {

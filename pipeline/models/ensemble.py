@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections import deque
@@ -385,6 +386,14 @@ class WarmScorer(Predictor):
             self._weights = tuple([float(weights.get(name, 0.0)) for name in FEATURES])
             self._bias = float(model.intercept)
 
+    def top_admitted(self, n: int) -> list[tuple[Key, float]]:
+        """The ``n`` admitted candidates still awaiting their label, most probable first:
+        what the models currently expect to be read."""
+        if n <= 0:
+            return []
+        admitted = [(key, float(entry[5])) for key, entry in self._pending.items() if entry[3]]
+        return heapq.nlargest(n, admitted, key=_by_probability)
+
     def drain_outcomes(self) -> dict[str, list[int]]:
         """Labels per namespace (the part of a key before ``:``) since the last call.
 
@@ -472,3 +481,7 @@ class WarmScorer(Predictor):
     @property
     def n_tracked(self) -> int:
         return len(self._pending)
+
+
+def _by_probability(item: tuple[Key, float]) -> float:
+    return item[1]

@@ -134,6 +134,17 @@ def test_a_rule_learnt_by_a_worker_is_applied_by_a_client(
         time.sleep(0.2)
     assert intelligent["prediction_precision"] >= 0.5, intelligent
     assert 0.0 < intelligent["prediction_recall"] <= 1.0, intelligent
+    # What the models see: the hottest keys are the pairs read every round, and
+    # each has a rhythm (a typical gap between its reads).
+    insights = _view(worker.web_port, "intelligent")["insights"][NAMESPACE]
+    hottest = insights["hottest"]
+    assert 0 < len(hottest) <= 10
+    assert all(item["key"][0] in "ts" for item in hottest), hottest
+    assert any(item["typical_gap_requests"] for item in hottest), hottest
+    print(
+        f"prediction precision {intelligent['prediction_precision']:.3f},"
+        f" recall {intelligent['prediction_recall']:.3f}; hottest {hottest[:3]}"
+    )
 
 
 def _view(port: int, view: str) -> dict[str, Any]:
