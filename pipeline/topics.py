@@ -60,9 +60,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(settings.topic_state, parts, replicas, topic_configs=dict(STATE_TOPIC_CONFIG))
     )
     specs.append(
-        NewTopic(
-            settings.topic_stats_view, parts, replicas, topic_configs=dict(VIEW_TOPIC_CONFIG)
-        )
+        NewTopic(settings.topic_stats_view, parts, replicas, topic_configs=dict(VIEW_TOPIC_CONFIG))
     )
     return specs
 

@@ -36,7 +36,14 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-__all__ = ["CachedFunction", "KeyBuilder", "KeyTemplate", "key_function", "namespace_loader"]
+__all__ = [
+    "CachedFunction",
+    "KeyBuilder",
+    "KeyTemplate",
+    "cached_decorator",
+    "key_function",
+    "namespace_loader",
+]
 
 KeyBuilder = Callable[..., str]
 _COERCE: Final[dict[Any, Callable[[str], Any]]] = {
@@ -225,3 +232,48 @@ def namespace_loader(
         return func(**arguments(namespace, key))
 
     return load
+
+
+class _Client(_Cache, typing.Protocol):
+    """What :func:`cached_decorator` needs of a client (either one)."""
+
+    @property
+    def core(self) -> Any: ...
+
+    def has_loader(self, namespace: str) -> bool: ...
+
+    def register_loader(self, namespace: str, loader: Any, config: Any = None) -> None: ...
+
+
+def cached_decorator(
+    client: _Client,
+    namespace: str,
+    key: str | KeyBuilder,
+    ttl: int | None,
+    loader_config: Any,
+    *,
+    asynchronous: bool,
+) -> Callable[[Callable[..., Any]], CachedFunction]:
+    """The decorator behind ``cache.cached(...)`` of both clients (see their docstrings)."""
+    from pipeline.client.keys import validate_ttl
+
+    core = client.core
+    core.base(namespace)  # validates the namespace
+    fixed = None if ttl is None else validate_ttl(ttl)
+
+    def decorate(func: Callable[..., Any]) -> CachedFunction:
+        if not asynchronous and inspect.iscoroutinefunction(func):
+            raise TypeError(f"{func.__name__} is a coroutine function: use IntelligentCache")
+        build, template = key_function(func, key)
+        if fixed is not None:
+            if core.fixed_ttls.get(namespace, fixed) != fixed:
+                raise ValueError(f"namespace {namespace!r} already has another fixed TTL")
+            core.fixed_ttls[namespace] = fixed
+        if template is not None and template.covers(func):
+            if client.has_loader(namespace):
+                raise ValueError(f"namespace {namespace!r} already has a loader")
+            loader = namespace_loader(func, template, asynchronous=asynchronous)
+            client.register_loader(namespace, loader, loader_config)
+        return CachedFunction(client, namespace, func, build, asynchronous=asynchronous)
+
+    return decorate

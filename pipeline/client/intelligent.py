@@ -47,7 +47,7 @@ from orjson import loads as _loads
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from pipeline.client.cached import CachedFunction, KeyBuilder, key_function, namespace_loader
+from pipeline.client.cached import CachedFunction, KeyBuilder, cached_decorator
 from pipeline.client.connection import DEFAULT_MAX_CONNECTIONS, AsyncRedisClient
 from pipeline.client.core import (
     HIT_HEADER,
@@ -73,7 +73,7 @@ from pipeline.client.edge import (
 )
 from pipeline.client.emitter import AccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
-from pipeline.client.keys import rules_stream, validate_key, validate_ttl
+from pipeline.client.keys import rules_stream, validate_key
 from pipeline.client.manager import RedisCacheManager
 from pipeline.client.rulebook import (
     RuleBook,
@@ -224,24 +224,11 @@ class IntelligentCache(RedisCacheManager):
         With this client the decorated function is awaited; a blocking
         function runs in a worker thread on a miss.
         """
-        core = self._core
-        core.base(namespace)
-        fixed = None if ttl is None else validate_ttl(ttl)
+        return cached_decorator(self, namespace, key, ttl, loader_config, asynchronous=True)
 
-        def decorate(func: Callable[..., Any]) -> CachedFunction:
-            build, template = key_function(func, key)
-            if fixed is not None:
-                if core.fixed_ttls.get(namespace, fixed) != fixed:
-                    raise ValueError(f"namespace {namespace!r} already has another fixed TTL")
-                core.fixed_ttls[namespace] = fixed
-            if template is not None and template.covers(func):
-                if namespace in self._edge_loaders:
-                    raise ValueError(f"namespace {namespace!r} already has a loader")
-                loader = namespace_loader(func, template, asynchronous=True)
-                self.register_loader(namespace, loader, loader_config)
-            return CachedFunction(self, namespace, func, build, asynchronous=True)
-
-        return decorate
+    def has_loader(self, namespace: str) -> bool:
+        """Whether ``namespace`` has a loader for edge warms."""
+        return namespace in self._edge_loaders
 
     def register_loader(
         self, namespace: str, loader: LoaderSpec, config: LoaderConfig | None = None

@@ -11,7 +11,6 @@ clients, serving from the loader when Redis is down, user/session context and
 from __future__ import annotations
 
 import contextlib
-import inspect
 import random
 import threading
 import time
@@ -23,7 +22,7 @@ from typing import Any, TypeAlias
 import redis.cluster
 from redis.exceptions import RedisError
 
-from pipeline.client.cached import CachedFunction, KeyBuilder, key_function, namespace_loader
+from pipeline.client.cached import CachedFunction, KeyBuilder, cached_decorator
 from pipeline.client.connection import DEFAULT_MAX_CONNECTIONS, SyncRedisClient
 from pipeline.client.core import (
     MISS,
@@ -45,7 +44,7 @@ from pipeline.client.edge import (
 )
 from pipeline.client.emitter import ThreadedAccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
-from pipeline.client.keys import rules_stream, validate_ttl
+from pipeline.client.keys import rules_stream
 from pipeline.client.rulebook import (
     RuleBook,
     bootstrap_commands,
@@ -162,26 +161,11 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         Blocking functions only (coroutine functions need
         :class:`~pipeline.client.IntelligentCache`).
         """
-        core = self._core
-        core.base(namespace)
-        fixed = None if ttl is None else validate_ttl(ttl)
+        return cached_decorator(self, namespace, key, ttl, loader_config, asynchronous=False)
 
-        def decorate(func: Callable[..., Any]) -> CachedFunction:
-            if inspect.iscoroutinefunction(func):
-                raise TypeError(f"{func.__name__} is a coroutine function: use IntelligentCache")
-            build, template = key_function(func, key)
-            if fixed is not None:
-                if core.fixed_ttls.get(namespace, fixed) != fixed:
-                    raise ValueError(f"namespace {namespace!r} already has another fixed TTL")
-                core.fixed_ttls[namespace] = fixed
-            if template is not None and template.covers(func):
-                if namespace in self._edge_loaders:
-                    raise ValueError(f"namespace {namespace!r} already has a loader")
-                loader = namespace_loader(func, template, asynchronous=False)
-                self.register_loader(namespace, loader, loader_config)
-            return CachedFunction(self, namespace, func, build, asynchronous=False)
-
-        return decorate
+    def has_loader(self, namespace: str) -> bool:
+        """Whether ``namespace`` has a loader for edge warms."""
+        return namespace in self._edge_loaders
 
     def register_loader(
         self, namespace: str, loader: SyncLoaderFunc, config: LoaderConfig | None = None
