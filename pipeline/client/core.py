@@ -35,7 +35,7 @@ import time
 import zlib
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, Final, Protocol, TypeAlias, TypeVar
 
 import orjson
 from redis.exceptions import (
@@ -105,7 +105,31 @@ T = TypeVar("T")
 Command: TypeAlias = tuple[Any, ...]
 #: A plan yields command batches, receives their replies, and returns a result.
 Plan: TypeAlias = Generator[list[Command], list[Any], T]
-EmitFn: TypeAlias = Callable[..., None]
+
+
+class EmitFn(Protocol):
+    """Where the client's access events go: ``AccessEmitter.emit``'s signature."""
+
+    def __call__(
+        self,
+        namespace: str,
+        key: str,
+        op: str,
+        outcome: str,
+        latency_us: int = 0,
+        size_bytes: int = 0,
+        ttl: int | None = None,
+        user: str | None = None,
+        session: str | None = None,
+        tags: Sequence[str] | None = None,
+        warmed: bool = False,
+        ts: float | None = None,
+        raw_bytes: int = 0,
+        warm_path: str | None = None,
+        joined: bool = False,
+    ) -> None: ...
+
+
 UserContext: TypeAlias = "str | Mapping[str, Any] | None"
 Priority: TypeAlias = str
 
@@ -846,7 +870,8 @@ class CacheCore:
         ]
         elapsed = (time.perf_counter_ns() - started) // 1000
         self.stats.latency["incr"].record(elapsed)
-        self.emit(namespace, key, "incr", "none", elapsed, 0, ttl or None, None, None, None, False)
+        event_ttl = ttl if isinstance(ttl, int) else None  # "" means the default TTL
+        self.emit(namespace, key, "incr", "none", elapsed, 0, event_ttl, None, None, None, False)
         return int(value)
 
     def expire_plan(self, namespace: str, key: str, ttl: int) -> Plan[bool]:
