@@ -121,7 +121,7 @@ async def _publish_rules(settings: Settings, n: int) -> None:
     )
     writer = redis.asyncio.Redis(host=settings.redis_host, port=settings.redis_port)
     for where, fields in plan.writes.items():
-        await writer.hset(where, mapping=fields)  # type: ignore[arg-type]
+        await writer.hset(where, mapping=fields)  # type: ignore[misc]
     await writer.aclose()
 
 
