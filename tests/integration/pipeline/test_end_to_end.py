@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import time
 import uuid
 from typing import Any
 
@@ -42,7 +43,9 @@ async def _records(settings: Settings, topic: str) -> list[bytes]:
         await consumer.stop()
 
 
-def _run(start_worker: StartWorker, warming: bool) -> tuple[ReplayResult, Settings, dict[str, Any]]:
+def _run(
+    start_worker: StartWorker, warming: bool
+) -> tuple[ReplayResult, Settings, dict[str, Any], float]:
     tag = uuid.uuid4().hex[:8]
     overrides = {
         "CACHECAST_APP_ID": f"e2e-{tag}",
@@ -73,14 +76,15 @@ def _run(start_worker: StartWorker, warming: bool) -> tuple[ReplayResult, Settin
         )
         monitor = worker.monitor()
     finally:
+        stopped_at = time.time()
         worker.stop()
-    return result, settings, monitor
+    return result, settings, monitor, stopped_at
 
 
 @pytest.mark.timeout(900)
 def test_warming_raises_the_real_hit_ratio(start_worker: StartWorker) -> None:
-    off, _, _ = _run(start_worker, False)
-    on, settings, on_monitor = _run(start_worker, True)
+    off, _, _, _ = _run(start_worker, False)
+    on, settings, on_monitor, stopped_at = _run(start_worker, True)
 
     assert off.warms_written == 0
     assert off.edge_written == 0
@@ -109,8 +113,13 @@ def test_warming_raises_the_real_hit_ratio(start_worker: StartWorker) -> None:
         for o in schemas.decode_warmup_outcomes(value).records
     ]
     # One outcome per command: those the predict agent carried out itself (claimed)
-    # are not carried out again by the writer agent.
-    assert len(outcomes) == len(commands)
+    # are not carried out again by the writer agent. Every command issued well before
+    # the worker stopped has its outcome; the last ones may be cut short by the stop.
+    assert len(outcomes) <= len(commands)
+    answered = {(o.namespace, o.key) for o in outcomes}
+    settled = [c for c in commands if c.issued_at < stopped_at - 5.0]
+    assert len(settled) > 0.9 * len(commands)
+    assert [c.key for c in settled if (c.namespace, c.key) not in answered] == []
     written = [o for o in outcomes if o.status == "written"]
     assert len(written) == on.warms_written
     assert all(o.size_bytes > 0 and o.ttl for o in written)
