@@ -76,5 +76,7 @@ async def test_kafka_down_drops_events_without_touching_the_cache_path(
             break
         assert time.monotonic() < deadline, emitter.stats()
     # Events buffered during the outage (up to the buffer's bound) are sent first.
-    events, _ = await read_events(own_kafka.bootstrap_servers, topic, until=emitter.stats().sent)
+    events, _ = await read_events(
+        own_kafka.bootstrap_servers, topic, until=emitter.stats().sent, timeout=90.0
+    )
     assert any(e.key == "after-outage" and e.user == "back" for e in events)
