@@ -70,15 +70,14 @@ def _load(namespace: str) -> dict[str, Any]:
     return dict(entry)
 
 
-async def _publish(namespace: str, start: float, stats: WindowStats, total: WindowStats) -> None:
-    """A closed window: its MetricsSnapshot, and the namespace's view for the other workers."""
+async def _publish(namespace: str, start: float, stats: WindowStats, overall: WindowStats) -> None:
+    """A closed window: its MetricsSnapshot, and the namespace's view for the other workers
+    (``overall``: the totals with this window merged in)."""
     if _published.get(namespace, -1.0) >= start:
         return
     _published[namespace] = start
     snapshot = stats.snapshot(namespace, start, start + WINDOW, worker=worker_name)
     await topics.metrics.send(key=namespace.encode(), value=snapshot.dumps(), force=True)
-    overall = WindowStats.from_dict(total.to_dict())
-    overall.merge(stats)
     view = {
         "namespace": namespace,
         "worker": worker_name,
@@ -95,8 +94,8 @@ async def _update(namespace: str, delta: WindowStats) -> None:
     current = WindowStats.from_dict(entry["current"])
     if entry["window_start"] < now_start:
         total = WindowStats.from_dict(entry["total"])
-        await _publish(namespace, entry["window_start"], current, total)
         total.merge(current)
+        await _publish(namespace, entry["window_start"], current, total)
         entry["total"] = total.to_dict()
         entry["window_start"] = now_start
         current = WindowStats()
@@ -159,12 +158,10 @@ async def publish_quiet_windows() -> None:
     now_start = window_start(time.time())
     for namespace, entry in list(stats_table.items()):
         if entry["window_start"] < now_start:
-            await _publish(
-                namespace,
-                entry["window_start"],
-                WindowStats.from_dict(entry["current"]),
-                WindowStats.from_dict(entry["total"]),
-            )
+            current = WindowStats.from_dict(entry["current"])
+            overall = WindowStats.from_dict(entry["total"])
+            overall.merge(current)
+            await _publish(namespace, entry["window_start"], current, overall)
 
 
 @app.task

@@ -127,20 +127,10 @@ def render_status(doc: dict[str, Any], out: TextIO) -> None:
     )
 
 
-def _base_url(args: argparse.Namespace) -> str:
-    if args.url:
-        return str(args.url)
-    settings = load_settings()
-    return f"http://{settings.web_host}:{settings.web_port}"
-
-
-def _token() -> str | None:
-    token = load_settings().api_token
-    return token.get_secret_value() if token is not None else None
-
-
 def _run(args: argparse.Namespace) -> int:
-    url = _base_url(args)
+    settings = load_settings()
+    url = str(args.url) if args.url else f"http://{settings.web_host}:{settings.web_port}"
+    token = settings.api_token.get_secret_value() if settings.api_token else None
     try:
         if args.command == "status":
             render_status(call(url, query="?type=all"), sys.stdout)
@@ -157,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
                 "action": "invalidate_tags",
                 "params": {"namespace": args.namespace, "tags": args.tags},
             }
-        result = call(url, "POST", body=body, token=_token())
+        result = call(url, "POST", body=body, token=token)
     except ApiCallError as error:
         print(f"cachecast {args.command}: {error.message}", file=sys.stderr)
         return 2 if error.status == 0 else 1

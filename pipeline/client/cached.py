@@ -36,6 +36,8 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from pipeline.client.keys import validate_ttl
+
 __all__ = [
     "CachedFunction",
     "KeyBuilder",
@@ -255,8 +257,6 @@ def cached_decorator(
     asynchronous: bool,
 ) -> Callable[[Callable[..., Any]], CachedFunction]:
     """The decorator behind ``cache.cached(...)`` of both clients (see their docstrings)."""
-    from pipeline.client.keys import validate_ttl
-
     core = client.core
     core.base(namespace)  # validates the namespace
     fixed = None if ttl is None else validate_ttl(ttl)

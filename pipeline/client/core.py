@@ -55,6 +55,7 @@ from pipeline.client.errors import (
 from pipeline.client.keys import (
     InvalidKeyError,
     data_key,
+    escape_glob,
     keytags_key,
     smart_ttl_hash,
     split_data_key,
@@ -431,6 +432,19 @@ class CacheCore:
         if seconds <= 0:
             return None
         return max(self.settings.smart_ttl_min, min(self.settings.smart_ttl_max, seconds))
+
+    def prefix_match(self) -> str:
+        """The SCAN pattern of every key under this client's prefix."""
+        return escape_glob(self.prefix) + "*"
+
+    def key_count(self, count: int, complete: bool, started: float) -> dict[str, Any]:
+        """What ``count_keys`` reports (``started``: its ``time.perf_counter()``)."""
+        return {
+            "prefix": self.prefix,
+            "keys": count,
+            "complete": complete,
+            "scan_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
 
     def load_ttl(self, namespace: str, smart_ttl: int | None) -> int:
         """The TTL of a loaded value: the namespace's fixed one (a ``cached`` function's

@@ -38,7 +38,7 @@ from pipeline.client.connection import (
 )
 from pipeline.client.core import MISS, SLOW, CacheCore, Command, Plan, summarize_info
 from pipeline.client.emitter import AccessEmitter
-from pipeline.client.keys import escape_glob, pattern_for
+from pipeline.client.keys import pattern_for
 from pipeline.config import Settings, cache_settings
 
 __all__ = ["RedisCacheManager"]
@@ -487,7 +487,7 @@ class RedisCacheManager:
         stopping after ``limit`` keys: ``complete`` says whether the count is
         exact. Costs one pass over the keyspace; the worker runs it every 30 s.
         """
-        match = escape_glob(self._core.prefix) + "*"
+        match = self._core.prefix_match()
         if self._cold:
             await self._warm_up()
         started = time.perf_counter()
@@ -498,12 +498,7 @@ class RedisCacheManager:
             if count >= limit:
                 complete = False
                 break
-        return {
-            "prefix": self._core.prefix,
-            "keys": count,
-            "complete": complete,
-            "scan_ms": round((time.perf_counter() - started) * 1000, 1),
-        }
+        return self._core.key_count(count, complete, started)
 
     async def delete_by_tags(self, namespace: str, tags: Iterable[str]) -> int:
         """Delete every value of ``namespace`` tagged with any of ``tags``; returns the count."""

@@ -26,7 +26,7 @@ from pipeline.client.connection import (
 )
 from pipeline.client.core import MISS, SLOW, CacheCore, Command, Plan, summarize_info
 from pipeline.client.emitter import ThreadedAccessEmitter
-from pipeline.client.keys import escape_glob, pattern_for
+from pipeline.client.keys import pattern_for
 from pipeline.client.manager import _emitter_stats, _performance, _str
 from pipeline.config import Settings, cache_settings
 
@@ -329,7 +329,7 @@ class SyncRedisCacheManager:
 
     def count_keys(self, limit: int = 1_000_000) -> dict[str, Any]:
         """How many keys cachecast holds under the prefix (as the async client's)."""
-        match = escape_glob(self._core.prefix) + "*"
+        match = self._core.prefix_match()
         started = time.perf_counter()
         count = 0
         complete = True
@@ -338,12 +338,7 @@ class SyncRedisCacheManager:
             if count >= limit:
                 complete = False
                 break
-        return {
-            "prefix": self._core.prefix,
-            "keys": count,
-            "complete": complete,
-            "scan_ms": round((time.perf_counter() - started) * 1000, 1),
-        }
+        return self._core.key_count(count, complete, started)
 
     def delete_by_tags(self, namespace: str, tags: Iterable[str]) -> int:
         """Delete every value of ``namespace`` tagged with any of ``tags``; returns the count."""
