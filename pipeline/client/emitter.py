@@ -255,7 +255,10 @@ class AccessEmitter:
         buffer.append(
             (
                 size,
-                time.time() if ts is None else ts,
+                # When the operation started: events are emitted as operations end (a
+                # miss after its GET, a join after its load), but the sequence models
+                # learn what follows what, so the stream is ordered by start.
+                time.time() - latency_us * 1e-6 if ts is None else ts,
                 namespace,
                 key,
                 op,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -83,3 +84,18 @@ def test_the_buffer_is_bounded_in_bytes_as_well_as_events() -> None:
     assert stats.pending_bytes <= 64 * 1024
     assert stats.pending < 100  # each event holds ~860 bytes
     assert stats.dropped_overflow == 1_000 - stats.pending
+
+
+async def test_events_are_stamped_with_when_their_operation_started() -> None:
+    """A miss reported after its 20 ms read comes before a hit asked for 10 ms later."""
+    producer = FakeProducer()
+    emitter = AccessEmitter(Settings(), producer_factory=lambda: producer)
+    before = time.time()
+    emitter.emit("shop", "hit-asked-later", "get", "hit", 500)
+    emitter.emit("shop", "slow-miss", "get", "miss", 20_000)
+    await emitter.start()
+    assert await emitter.flush(2.0)
+    await emitter.close()
+    ts = {e["key"]: e["ts"] for raw in producer.sent for e in orjson.loads(raw)}
+    assert ts["slow-miss"] < ts["hit-asked-later"]
+    assert before - 0.021 < ts["slow-miss"] <= before - 0.019 + 0.05
