@@ -73,7 +73,7 @@ from pipeline.client.edge import (
 )
 from pipeline.client.emitter import AccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
-from pipeline.client.keys import rules_stream, validate_key
+from pipeline.client.keys import InvalidKeyError, rules_stream, validate_key
 from pipeline.client.manager import RedisCacheManager
 from pipeline.client.rulebook import (
     RuleBook,
@@ -125,6 +125,21 @@ class _Flight:
     edge: bool = False
     taken: bool = False
     write_settled: bool = False
+
+
+@dataclass(slots=True)
+class _Armed:
+    """The loads a key's prefetch rule names, reserved while that key's own read is out.
+
+    Each is a flight with no task yet: a read of a successor from now on waits on
+    it. When the trigger's read turns out to be one the cache could not serve
+    alone, the loads start on these flights; otherwise they are released (the
+    waiting reads then load for themselves).
+    """
+
+    flights: list[tuple[str, str, _Flight]]  # (successor, data key, flight)
+    skipped: int = 0  # successors already loading here
+    refused: int = 0  # successors the loader's guards had no room for
 
 
 class IntelligentCache(RedisCacheManager):
@@ -200,6 +215,8 @@ class IntelligentCache(RedisCacheManager):
         )
         self._edge_tasks: set[asyncio.Task[Any]] = set()
         self._rulebook = RuleBook(self.settings.rules_max)
+        #: Whether any rule is held (reads look their key's rule up only then).
+        self._rules_held = False
         self._rule_ids: dict[str, bytes] = {}
         self._follower: asyncio.Task[None] | None = None
         self._stop_following = asyncio.Event()
@@ -308,6 +325,9 @@ class IntelligentCache(RedisCacheManager):
             return await self._serve_without_redis(
                 error, namespace, key, dkey, fallback_data, started, user, session
             )
+        # The loads this key's prefetch rule names are reserved before its read is
+        # sent: a successor asked for while that read is on its way joins them.
+        armed = self._arm(namespace, key) if enable_prediction and self._rules_held else None
         if not core.reads_waiting:
             core.waiting_since_ns = started
         core.reads_waiting += 1
@@ -318,6 +338,8 @@ class IntelligentCache(RedisCacheManager):
             data: bytes | None = await self._redis.execute_command("GET", dkey)
         except BaseException as exc:
             core.reads_waiting -= 1
+            if armed is not None:
+                self._disarm(armed)
             if not isinstance(exc, RedisError):
                 raise
             try:
@@ -328,6 +350,7 @@ class IntelligentCache(RedisCacheManager):
                 return await self._serve_without_redis(
                     error, namespace, key, dkey, fallback_data, started, user, session
                 )
+            armed = None
         else:
             core.reads_waiting -= 1
             core.waiting_since_ns = _clock()
@@ -344,6 +367,8 @@ class IntelligentCache(RedisCacheManager):
                     except JSONDecodeError:
                         pass
                     else:
+                        if armed is not None:
+                            self._disarm(armed)  # a hit no warm served: no trigger
                         stats = core.stats
                         stats.hits += 1
                         size = len(data)
@@ -358,18 +383,35 @@ class IntelligentCache(RedisCacheManager):
                                 namespace, key, dkey, data, fallback_data, user, session
                             )
                         return value
-        return await self._get_slow(
-            namespace,
-            key,
-            dkey,
-            data,
-            started,
-            elapsed,
-            user,
-            session,
-            enable_prediction,
-            fallback_data,
-        )
+        if armed is None:
+            return await self._get_slow(
+                namespace,
+                key,
+                dkey,
+                data,
+                started,
+                elapsed,
+                user,
+                session,
+                enable_prediction,
+                fallback_data,
+            )
+        try:
+            return await self._get_slow(
+                namespace,
+                key,
+                dkey,
+                data,
+                started,
+                elapsed,
+                user,
+                session,
+                enable_prediction,
+                fallback_data,
+                armed,
+            )
+        finally:
+            self._disarm(armed)  # what the rule did not start (no trigger, or cancelled)
 
     async def _get_slow(
         self,
@@ -383,11 +425,21 @@ class IntelligentCache(RedisCacheManager):
         session: str | None,
         enable_prediction: bool,
         fallback_data: Loader | None,
+        armed: _Armed | None = None,
     ) -> Any:
         """Everything but the common hit: misses, warmed values, counters, damaged values,
-        loads in flight (joined), and the edge warms a miss triggers."""
+        loads in flight (joined), and the edge warms a miss triggers.
+
+        A read the cache could not serve alone (a miss, a load joined, the first read
+        of a warmed value) triggers its key's prefetch rule at once, before it waits
+        for anything, as the rules were learnt.
+        """
         core = self._core
+        trigger = enable_prediction  # the rule is still to fire
         if data is not None and is_loading_mark(data):
+            if trigger:
+                self._prefetch(namespace, key, armed)
+                trigger = False
             joined = await self._join_remote(
                 namespace, key, dkey, started, user, session, enable_prediction
             )
@@ -401,8 +453,8 @@ class IntelligentCache(RedisCacheManager):
                 namespace, key, data, elapsed, user, session, warmed, enable_prediction
             )
             if value is not MISS:
-                if warmed and enable_prediction:
-                    self._prefetch(namespace, key)
+                if warmed and trigger:
+                    self._prefetch(namespace, key, armed)
                 if fallback_data is not None and dkey in self._loaded:
                     self._maybe_refresh(namespace, key, dkey, data, fallback_data, user, session)
                 return value
@@ -413,6 +465,9 @@ class IntelligentCache(RedisCacheManager):
                 and flight.edge
                 and (not flight.done_ns or flight.done_ns >= started)
             ):
+                if trigger:
+                    self._prefetch(namespace, key, armed)
+                    trigger = False
                 joined = await self._join_edge(
                     flight, namespace, key, started, user, session, enable_prediction
                 )
@@ -426,8 +481,8 @@ class IntelligentCache(RedisCacheManager):
                     return joined
                 elapsed = (_clock() - started) // 1000
             core.record_miss(namespace, key, elapsed, user, session, enable_prediction)
-        if enable_prediction:
-            self._prefetch(namespace, key)
+        if trigger:
+            self._prefetch(namespace, key, armed)
         if fallback_data is None:
             return None
         return await self._load(namespace, key, dkey, fallback_data, started, user, session)
@@ -579,12 +634,67 @@ class IntelligentCache(RedisCacheManager):
 
     # -- edge warms ------------------------------------------------------------------
 
-    def _prefetch(self, namespace: str, trigger: str) -> None:
+    def _arm(self, namespace: str, trigger: str) -> _Armed | None:
+        """Reserve the loads ``trigger``'s rule names (None: no rule, or no room now).
+
+        Called before ``trigger``'s own read is sent, so that a successor read
+        while it is out (a busy event loop, a slow Redis) waits for the load the
+        rule will start instead of fetching the key itself.
+        """
+        rule = self._rulebook.get(namespace, trigger)
+        if rule is None:
+            return None
+        guard = self._edge_loaders.get(namespace)
+        core = self._core
+        if (
+            guard is None
+            or len(self._edge_tasks) >= _EDGE_TASKS_MAX
+            or (core.down_until and core.breaker_open())
+        ):
+            return None
+        armed = _Armed([])
+        base = core.base(namespace)
+        flights = self._flights
+        loop = asyncio.get_running_loop()
+        for successor, _ in rule:
+            try:
+                validate_key(successor)
+            except InvalidKeyError:
+                continue
+            dkey = base + successor
+            flight = flights.get(dkey)
+            if flight is not None and not flight.done_ns:
+                armed.skipped += 1
+                continue
+            if not guard.available():
+                armed.refused += 1
+                continue
+            flight = _Flight(loop.create_future(), edge=True)
+            flights[dkey] = flight
+            armed.flights.append((successor, dkey, flight))
+        return armed
+
+    def _disarm(self, armed: _Armed) -> None:
+        """Release the reserved loads that did not start: their readers load for themselves."""
+        now = _clock()
+        flights = self._flights
+        for _, dkey, flight in armed.flights:
+            if flight.task is not None:
+                continue
+            if not flight.value.done():
+                flight.value.set_result(ABSENT)
+            flight.done_ns = now
+            if flights.get(dkey) is flight:
+                del flights[dkey]
+        armed.flights = []
+
+    def _prefetch(self, namespace: str, trigger: str, armed: _Armed | None = None) -> None:
         """``trigger`` missed: start loading what its prefetch rule names (never waited for).
 
         The rule is looked up in memory (:class:`~pipeline.client.rulebook.RuleBook`),
-        and each load is registered as a flight before this returns, so a read of
-        one of those keys from now on joins its load.
+        unless the read reserved its loads already (``armed``); each load is
+        registered as a flight before this returns, so a read of one of those
+        keys from now on joins its load.
         """
         if (
             not self.edge_warming
@@ -594,22 +704,34 @@ class IntelligentCache(RedisCacheManager):
         ):
             return
         core = self._core
-        core.stats.rule_reads += 1
+        stats = core.stats
+        stats.rule_reads += 1
         self._follow()
+        guard = self._edge_loaders[namespace]
+        if armed is not None:
+            stats.rules_applied += 1
+            stats.edge_skipped += armed.skipped
+            stats.edge_refused += armed.refused
+            for successor, dkey, flight in armed.flights:
+                if flight.task is None and self._flights.get(dkey) is flight:
+                    self._start_edge(namespace, successor, dkey, guard, flight)
+            return
         rule = self._rulebook.get(namespace, trigger)
         if not rule:
             return
-        core.stats.rules_applied += 1
-        guard = self._edge_loaders[namespace]
+        stats.rules_applied += 1
         loop = asyncio.get_running_loop()
         for successor, dkey in worth_loading(core, namespace, rule, self._loading, guard.available):
             flight = _Flight(loop.create_future(), edge=True)
-            task = self._background(
-                self._edge_fill(namespace, successor, dkey, guard, _clock(), flight)
-            )
-            flight.task = task
             self._flights[dkey] = flight
-            task.add_done_callback(functools.partial(self._landed, dkey, flight))
+            self._start_edge(namespace, successor, dkey, guard, flight)
+
+    def _start_edge(
+        self, namespace: str, key: str, dkey: str, guard: GuardedLoader, flight: _Flight
+    ) -> None:
+        task = self._background(self._edge_fill(namespace, key, dkey, guard, _clock(), flight))
+        flight.task = task
+        task.add_done_callback(functools.partial(self._landed, dkey, flight))
 
     def _background(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(work)
@@ -630,6 +752,7 @@ class IntelligentCache(RedisCacheManager):
                 replies = await self._execute(bootstrap_commands(self._core.prefix, namespace))
                 self._rule_ids[stream] = newest_id(replies[0])
                 self._rulebook.apply(namespace, table_rules(replies[1:]))
+                self._rules_held = self.edge_warming and len(self._rulebook) > 0
             reply = await self._redis.execute_command(
                 "XRANGE", stream, b"(" + self._rule_ids[stream], "+", "COUNT", _RULE_ENTRIES_READ
             )
@@ -637,6 +760,7 @@ class IntelligentCache(RedisCacheManager):
             if last is not None:
                 self._rule_ids[stream] = last
                 self._rulebook.apply(namespace, changes)
+                self._rules_held = self.edge_warming and len(self._rulebook) > 0
         return len(self._rulebook)
 
     def _follow(self) -> None:
@@ -835,8 +959,6 @@ class IntelligentCache(RedisCacheManager):
         core.record_join(
             namespace, key, size, (_clock() - started) // 1000, user, session, emit, consumed
         )
-        if emit:
-            self._prefetch(namespace, key)
 
     # -- early refresh ---------------------------------------------------------------
 

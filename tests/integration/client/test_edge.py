@@ -125,6 +125,71 @@ async def test_a_get_during_the_edge_load_joins_it_and_the_origin_is_asked_once(
     assert (stats.inflight_joins, stats.loads, stats.misses) == (1, 1, 1)
 
 
+def hold_reads_of(cache: IntelligentCache, key: str, seconds: float) -> None:
+    """Delay this client's GET of ``key`` (as a busy event loop or a slow Redis would)."""
+    dkey = cache.settings.redis_key_prefix + "orders:" + key
+    real = cache._redis.execute_command
+
+    async def execute_command(*args: Any, **options: Any) -> Any:
+        if args[:2] == ("GET", dkey):
+            await asyncio.sleep(seconds)
+        return await real(*args, **options)
+
+    cache._redis.execute_command = execute_command  # type: ignore[method-assign]
+
+
+async def test_a_successor_read_while_its_triggers_read_is_out_joins_the_rules_load(
+    backend: Backend, make_cache: MakeCache, sink: RecordingSink
+) -> None:
+    origin = Origin(delay=0.02)
+    cache: IntelligentCache = make_cache(backend, IntelligentCache, loaders={"orders": origin})
+    publish(backend, cache, "a", ["b"])
+    await cache.refresh_rules()
+    hold_reads_of(cache, "a", 0.05)
+    app = Origin()
+
+    async def b_soon_after() -> Any:
+        await asyncio.sleep(0.01)  # b is asked for while a's read is still out
+        return await cache.get("orders", "b", fallback_data=app.app_loader("b"))
+
+    _, b = await asyncio.gather(
+        cache.get("orders", "a", fallback_data=app.app_loader("a")), b_soon_after()
+    )
+    assert b == {"key": "b", "from": "origin"}
+    assert app.calls == {"a": 1}  # b was no demand miss: it waited for the rule's load
+    assert origin.calls == {"b": 1}
+    (read,) = sink.of("get", "b")
+    assert (read["outcome"], read["joined"]) == ("hit", True)
+    assert cache.core.stats.inflight_joins == 1
+
+
+async def test_a_trigger_that_hits_releases_the_reserved_loads_at_once(
+    backend: Backend, make_cache: MakeCache, sink: RecordingSink
+) -> None:
+    origin = Origin()
+    cache: IntelligentCache = make_cache(backend, IntelligentCache, loaders={"orders": origin})
+    publish(backend, cache, "a", ["b"])
+    await cache.refresh_rules()
+    await cache.set("orders", "a", {"cached": True})  # a will hit: its rule must not fire
+    hold_reads_of(cache, "a", 0.05)
+    app = Origin()
+
+    async def b_soon_after() -> Any:
+        await asyncio.sleep(0.01)
+        return await cache.get("orders", "b", fallback_data=app.app_loader("b"))
+
+    a, b = await asyncio.gather(cache.get("orders", "a"), b_soon_after())
+    await settle(cache)
+    assert a == {"cached": True}
+    assert b == {"key": "b", "from": "origin"}
+    assert origin.calls == {}  # no edge load: a hit triggers nothing
+    assert app.calls == {"b": 1}  # b, released, loaded itself
+    (read,) = sink.of("get", "b")
+    assert (read["outcome"], read["joined"]) == ("miss", False)
+    assert cache.core.stats.rules_applied == 0
+    assert not any(not f.done_ns for f in cache._flights.values())  # nothing left reserved
+
+
 async def test_another_client_waits_for_the_load_in_flight_instead_of_fetching(
     single: Backend, make_cache: MakeCache
 ) -> None:
