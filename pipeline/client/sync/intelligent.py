@@ -44,7 +44,7 @@ from pipeline.client.edge import (
 )
 from pipeline.client.emitter import ThreadedAccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
-from pipeline.client.keys import rules_stream
+from pipeline.client.keys import InvalidKeyError, rules_stream, validate_key
 from pipeline.client.rulebook import (
     RuleBook,
     bootstrap_commands,
@@ -87,6 +87,18 @@ class _Flight:
     value: Any = None
     error: BaseException | None = None
     edge: bool = False
+    #: Reserved by a trigger's read and not started yet (see ``_Armed``).
+    reserved: bool = False
+
+
+@dataclass(slots=True)
+class _Armed:
+    """The loads a key's rule names, reserved while that key's own read is out
+    (see the async client's ``_Armed``)."""
+
+    flights: list[tuple[str, str, _Flight]]  # (successor, data key, flight)
+    skipped: int = 0
+    refused: int = 0
 
 
 class SyncIntelligentCache(SyncRedisCacheManager):
@@ -138,6 +150,8 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         self._edge_queued = 0
         self._tokens = EdgeTokens()
         self._rulebook = RuleBook(self.settings.rules_max)
+        #: Whether any rule is held (reads look their key's rule up only then).
+        self._rules_held = False
         self._rule_ids: dict[str, bytes] = {}
         self._follower: threading.Thread | None = None
         self._stop_following = threading.Event()
@@ -210,6 +224,44 @@ class SyncIntelligentCache(SyncRedisCacheManager):
             return self._serve_without_redis(
                 error, namespace, key, dkey, fallback_data, started, user, session
             )
+        # The loads this key's rule names are reserved before its read is sent: a
+        # successor asked for (by another thread) meanwhile joins them.
+        armed = self._arm(namespace, key) if enable_prediction and self._rules_held else None
+        if armed is None:
+            return self._read(
+                namespace, key, dkey, started, user, session, enable_prediction, fallback_data
+            )
+        try:
+            return self._read(
+                namespace,
+                key,
+                dkey,
+                started,
+                user,
+                session,
+                enable_prediction,
+                fallback_data,
+                armed,
+            )
+        finally:
+            self._disarm(armed)  # what the rule did not start (no trigger, or an error)
+
+    def _read(
+        self,
+        namespace: str,
+        key: str,
+        dkey: str,
+        started: int,
+        user: str | None,
+        session: str | None,
+        enable_prediction: bool,
+        fallback_data: SyncLoader | None,
+        armed: _Armed | None = None,
+    ) -> Any:
+        """``get`` from its read on; a read the cache could not serve alone triggers its
+        key's rule before it waits for anything (see the async client's ``_get_slow``)."""
+        core = self._core
+        trigger = enable_prediction  # the rule is still to fire
         try:
             data: bytes | None = self._redis.execute_command("GET", dkey)  # type: ignore[no-untyped-call]
         except RedisError as exc:
@@ -226,6 +278,9 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                 core.redis_answered()
         elapsed = (time.perf_counter_ns() - started) // 1000
         if data is not None and is_loading_mark(data):
+            if trigger:
+                self._prefetch(namespace, key, armed)
+                trigger = False
             joined = self._join_remote(
                 namespace, key, dkey, started, user, session, enable_prediction
             )
@@ -240,8 +295,9 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                 value = core.record_hit(
                     namespace, key, data, elapsed, user, session, warmed, enable_prediction
                 )
-                if warmed and enable_prediction:
-                    self._prefetch(namespace, key)
+                if warmed and trigger:
+                    self._prefetch(namespace, key, armed)
+                    trigger = False
             if value is not MISS:
                 if fallback_data is not None and dkey in self._loaded:
                     self._maybe_refresh(namespace, key, dkey, data, fallback_data, user, session)
@@ -253,6 +309,9 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                 and flight.edge
                 and (not flight.done_ns or flight.done_ns >= started)
             ):
+                if trigger:
+                    self._prefetch(namespace, key, armed)
+                    trigger = False
                 joined = self._join_edge(
                     flight, namespace, key, started, user, session, enable_prediction
                 )
@@ -260,8 +319,8 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                     return joined
                 elapsed = (time.perf_counter_ns() - started) // 1000
             core.record_miss(namespace, key, elapsed, user, session, enable_prediction)
-        if enable_prediction:
-            self._prefetch(namespace, key)
+        if trigger:
+            self._prefetch(namespace, key, armed)
         if fallback_data is None:
             return None
         return self._load(namespace, key, dkey, fallback_data, started, user, session)
@@ -389,8 +448,58 @@ class SyncIntelligentCache(SyncRedisCacheManager):
 
     # -- edge warms ------------------------------------------------------------------
 
-    def _prefetch(self, namespace: str, trigger: str) -> None:
-        """``trigger`` missed: start loading what its rule names on the edge pool."""
+    def _arm(self, namespace: str, trigger: str) -> _Armed | None:
+        """Reserve the loads ``trigger``'s rule names (None: no rule, or no room now)."""
+        rule = self._rulebook.get(namespace, trigger)
+        if rule is None:
+            return None
+        guard = self._edge_loaders.get(namespace)
+        core = self._core
+        if (
+            guard is None
+            or self._edge_queued >= _EDGE_QUEUE_MAX
+            or (core.down_until and core.breaker_open())
+        ):
+            return None
+        armed = _Armed([])
+        base = core.base(namespace)
+        with self._flights_lock:
+            for successor, _ in rule:
+                try:
+                    validate_key(successor)
+                except InvalidKeyError:
+                    continue
+                dkey = base + successor
+                if self._loading(dkey):
+                    armed.skipped += 1
+                    continue
+                if not guard.available():
+                    armed.refused += 1
+                    continue
+                flight = self._flights[dkey] = _Flight(edge=True, reserved=True)
+                armed.flights.append((successor, dkey, flight))
+        return armed
+
+    def _disarm(self, armed: _Armed) -> None:
+        """Release the reserved loads that did not start: their readers load for themselves."""
+        if not armed.flights:
+            return
+        now = _now()
+        with self._flights_lock:
+            for _, dkey, flight in armed.flights:
+                if not flight.reserved:
+                    continue
+                flight.reserved = False
+                flight.value = ABSENT
+                flight.done_ns = now
+                flight.loaded.set()
+                if self._flights.get(dkey) is flight:
+                    del self._flights[dkey]
+        armed.flights = []
+
+    def _prefetch(self, namespace: str, trigger: str, armed: _Armed | None = None) -> None:
+        """``trigger`` missed: start loading what its rule names on the edge pool
+        (the loads its read reserved, when it did)."""
         if (
             not self.edge_warming
             or namespace not in self._edge_loaders
@@ -399,13 +508,25 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         ):
             return
         core = self._core
-        core.stats.rule_reads += 1
+        stats = core.stats
+        stats.rule_reads += 1
         self._follow()
+        guard = self._edge_loaders[namespace]
+        if armed is not None:
+            stats.rules_applied += 1
+            stats.edge_skipped += armed.skipped
+            stats.edge_refused += armed.refused
+            for successor, dkey, flight in armed.flights:
+                with self._flights_lock:
+                    if not flight.reserved or self._flights.get(dkey) is not flight:
+                        continue
+                    flight.reserved = False
+                self._submit(self._edge_fill, namespace, successor, dkey, guard, flight, _now())
+            return
         rule = self._rulebook.get(namespace, trigger)
         if not rule:
             return
-        core.stats.rules_applied += 1
-        guard = self._edge_loaders[namespace]
+        stats.rules_applied += 1
         for successor, dkey in worth_loading(core, namespace, rule, self._loading, guard.available):
             with self._flights_lock:
                 if self._loading(dkey):
@@ -433,6 +554,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                 replies = self._execute(bootstrap_commands(prefix, namespace))
                 self._rule_ids[stream] = newest_id(replies[0])
                 self._rulebook.apply(namespace, table_rules(replies[1:]))
+                self._rules_held = self.edge_warming and len(self._rulebook) > 0
             reply = self._redis.execute_command(  # type: ignore[no-untyped-call]
                 "XRANGE", stream, b"(" + self._rule_ids[stream], "+", "COUNT", 1_000
             )
@@ -440,6 +562,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
             if last is not None:
                 self._rule_ids[stream] = last
                 self._rulebook.apply(namespace, changes)
+                self._rules_held = self.edge_warming and len(self._rulebook) > 0
         return len(self._rulebook)
 
     def _follow_rules(self) -> None:
@@ -630,8 +753,6 @@ class SyncIntelligentCache(SyncRedisCacheManager):
             core.stats.edge_hits += 1
         elapsed = (time.perf_counter_ns() - started) // 1000
         core.record_join(namespace, key, size, elapsed, user, session, emit, consumed)
-        if emit:
-            self._prefetch(namespace, key)
 
     # -- early refresh ---------------------------------------------------------------
 

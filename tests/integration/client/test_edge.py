@@ -352,6 +352,41 @@ def test_a_sync_get_during_the_edge_load_joins_it(
     assert cache.core.stats.inflight_joins == 1
 
 
+def test_a_sync_successor_read_while_its_triggers_read_is_out_joins_the_rules_load(
+    single: Backend, make_sync_cache: MakeCache, sink: RecordingSink
+) -> None:
+    origin = BlockingOrigin(delay=0.02)
+    cache: SyncIntelligentCache = make_sync_cache(
+        single, SyncIntelligentCache, loaders={"orders": origin}
+    )
+    publish(single, cache, "a", ["b"])
+    cache.refresh_rules()
+    dkey = cache.settings.redis_key_prefix + "orders:a"
+    real = cache._redis.execute_command
+
+    def execute_command(*args: Any, **options: Any) -> Any:
+        if args[:2] == ("GET", dkey):
+            time.sleep(0.05)  # a's read is slow to come back
+        return real(*args, **options)
+
+    cache._redis.execute_command = execute_command  # type: ignore[method-assign]
+    app = BlockingOrigin()
+    first = threading.Thread(
+        target=lambda: cache.get("orders", "a", fallback_data=lambda: app("orders", "a"))
+    )
+    first.start()
+    time.sleep(0.01)  # b is asked for (by another thread) while a's read is out
+    assert cache.get("orders", "b", fallback_data=lambda: app("orders", "b")) == {
+        "key": "b",
+        "from": "origin",
+    }
+    first.join()
+    assert app.calls == {"a": 1}
+    assert origin.calls == {"b": 1}
+    (read,) = sink.of("get", "b")
+    assert read["joined"] is True
+
+
 class FlakyOrigin:
     """An origin that is down, slow or up; counts calls, their times and the peak in flight."""
 
