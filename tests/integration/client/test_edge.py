@@ -367,7 +367,7 @@ def test_a_sync_successor_read_while_its_triggers_read_is_out_joins_the_rules_lo
     def execute_command(*args: Any, **options: Any) -> Any:
         if args[:2] == ("GET", dkey):
             time.sleep(0.05)  # a's read is slow to come back
-        return real(*args, **options)
+        return real(*args, **options)  # type: ignore[no-untyped-call]
 
     cache._redis.execute_command = execute_command  # type: ignore[method-assign]
     app = BlockingOrigin()
