@@ -73,7 +73,7 @@ from pipeline.client.edge import (
 )
 from pipeline.client.emitter import AccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
-from pipeline.client.keys import InvalidKeyError, rules_stream, validate_key
+from pipeline.client.keys import rules_stream, validate_key
 from pipeline.client.manager import RedisCacheManager
 from pipeline.client.rulebook import (
     RuleBook,
@@ -127,19 +127,24 @@ class _Flight:
     write_settled: bool = False
 
 
-@dataclass(slots=True)
 class _Armed:
-    """The loads a key's prefetch rule names, reserved while that key's own read is out.
+    """A read is out for a key whose prefetch rule names ``keys`` (data keys).
 
-    Each is a flight with no task yet: a read of a successor from now on waits on
-    it. When the trigger's read turns out to be one the cache could not serve
-    alone, the loads start on these flights; otherwise they are released (the
-    waiting reads then load for themselves).
+    A read of one of those keys that misses meanwhile waits for the trigger's
+    outcome (``ready``, made only when someone waits) instead of fetching at
+    once: if the trigger turns out to be a read the cache could not serve alone,
+    its rule has started the load by then and the waiting read joins it. So the
+    loads of a rule are as early as the trigger's request, however long its
+    read takes to come back (a busy event loop, a slow Redis). Reserving costs a
+    dictionary entry per successor; nothing else happens on a read that hits.
     """
 
-    flights: list[tuple[str, str, _Flight]]  # (successor, data key, flight)
-    skipped: int = 0  # successors already loading here
-    refused: int = 0  # successors the loader's guards had no room for
+    __slots__ = ("keys", "ready", "settled")
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.ready: asyncio.Future[None] | None = None
+        self.settled = False
 
 
 class IntelligentCache(RedisCacheManager):
@@ -217,6 +222,8 @@ class IntelligentCache(RedisCacheManager):
         self._rulebook = RuleBook(self.settings.rules_max)
         #: Whether any rule is held (reads look their key's rule up only then).
         self._rules_held = False
+        #: data key -> the trigger read out now whose rule names it (see _Armed).
+        self._reserved: dict[str, _Armed] = {}
         self._rule_ids: dict[str, bytes] = {}
         self._follower: asyncio.Task[None] | None = None
         self._stop_following = asyncio.Event()
@@ -339,7 +346,7 @@ class IntelligentCache(RedisCacheManager):
         except BaseException as exc:
             core.reads_waiting -= 1
             if armed is not None:
-                self._disarm(armed)
+                self._settle(armed)
             if not isinstance(exc, RedisError):
                 raise
             try:
@@ -368,7 +375,7 @@ class IntelligentCache(RedisCacheManager):
                         pass
                     else:
                         if armed is not None:
-                            self._disarm(armed)  # a hit no warm served: no trigger
+                            self._settle(armed)  # a hit no warm served: no trigger
                         stats = core.stats
                         stats.hits += 1
                         size = len(data)
@@ -411,7 +418,7 @@ class IntelligentCache(RedisCacheManager):
                 armed,
             )
         finally:
-            self._disarm(armed)  # what the rule did not start (no trigger, or cancelled)
+            self._settle(armed)  # no trigger after all, or an error
 
     async def _get_slow(
         self,
@@ -459,15 +466,18 @@ class IntelligentCache(RedisCacheManager):
                     self._maybe_refresh(namespace, key, dkey, data, fallback_data, user, session)
                 return value
         else:
+            if trigger:  # first, so that two reads whose rules name each other never wait
+                self._prefetch(namespace, key, armed)
+                trigger = False
+            reserved = self._reserved.get(dkey)
+            if reserved is not None and not reserved.settled:
+                await self._trigger_settled(reserved)
             flight = self._flights.get(dkey)
             if (
                 flight is not None
                 and flight.edge
                 and (not flight.done_ns or flight.done_ns >= started)
             ):
-                if trigger:
-                    self._prefetch(namespace, key, armed)
-                    trigger = False
                 joined = await self._join_edge(
                     flight, namespace, key, started, user, session, enable_prediction
                 )
@@ -635,96 +645,71 @@ class IntelligentCache(RedisCacheManager):
     # -- edge warms ------------------------------------------------------------------
 
     def _arm(self, namespace: str, trigger: str) -> _Armed | None:
-        """Reserve the loads ``trigger``'s rule names (None: no rule, or no room now).
-
-        Called before ``trigger``'s own read is sent, so that a successor read
-        while it is out (a busy event loop, a slow Redis) waits for the load the
-        rule will start instead of fetching the key itself.
-        """
+        """Reserve the keys ``trigger``'s rule names while its read is out (None: no rule)."""
         rule = self._rulebook.get(namespace, trigger)
         if rule is None:
             return None
-        guard = self._edge_loaders.get(namespace)
-        core = self._core
-        if (
-            guard is None
-            or len(self._edge_tasks) >= _EDGE_TASKS_MAX
-            or (core.down_until and core.breaker_open())
-        ):
-            return None
-        armed = _Armed([])
-        base = core.base(namespace)
-        flights = self._flights
-        loop = asyncio.get_running_loop()
-        for successor, _ in rule:
-            try:
-                validate_key(successor)
-            except InvalidKeyError:
-                continue
-            dkey = base + successor
-            flight = flights.get(dkey)
-            if flight is not None and not flight.done_ns:
-                armed.skipped += 1
-                continue
-            if not guard.available():
-                armed.refused += 1
-                continue
-            flight = _Flight(loop.create_future(), edge=True)
-            flights[dkey] = flight
-            armed.flights.append((successor, dkey, flight))
+        base = self._core.bases.get(namespace) or self._core.base(namespace)
+        armed = _Armed([base + successor for successor, _ in rule])
+        reserved = self._reserved
+        for dkey in armed.keys:
+            reserved[dkey] = armed
         return armed
 
-    def _disarm(self, armed: _Armed) -> None:
-        """Release the reserved loads that did not start: their readers load for themselves."""
-        now = _clock()
-        flights = self._flights
-        for _, dkey, flight in armed.flights:
-            if flight.task is not None:
-                continue
-            if not flight.value.done():
-                flight.value.set_result(ABSENT)
-            flight.done_ns = now
-            if flights.get(dkey) is flight:
-                del flights[dkey]
-        armed.flights = []
+    def _settle(self, armed: _Armed) -> None:
+        """The trigger's outcome is known (its rule fired, or will not): wake who waits."""
+        if armed.settled:
+            return
+        armed.settled = True
+        reserved = self._reserved
+        for dkey in armed.keys:
+            if reserved.get(dkey) is armed:
+                del reserved[dkey]
+        ready = armed.ready
+        if ready is not None and not ready.done():
+            ready.set_result(None)
+
+    async def _trigger_settled(self, armed: _Armed) -> None:
+        """Wait (bounded) for the outcome of a trigger read whose rule names this key."""
+        if armed.ready is None:
+            armed.ready = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(armed.ready), self.settings.edge_join_wait_s)
 
     def _prefetch(self, namespace: str, trigger: str, armed: _Armed | None = None) -> None:
         """``trigger`` missed: start loading what its prefetch rule names (never waited for).
 
         The rule is looked up in memory (:class:`~pipeline.client.rulebook.RuleBook`),
-        unless the read reserved its loads already (``armed``); each load is
-        registered as a flight before this returns, so a read of one of those
-        keys from now on joins its load.
+        and each load is registered as a flight before this returns, so a read of
+        one of those keys from now on joins its load; then the reads that waited
+        for this trigger (``armed``) are woken.
         """
-        if (
-            not self.edge_warming
-            or namespace not in self._edge_loaders
-            or len(self._edge_tasks) >= _EDGE_TASKS_MAX
-            or (self._core.down_until and self._core.breaker_open())
-        ):
-            return
-        core = self._core
-        stats = core.stats
-        stats.rule_reads += 1
-        self._follow()
-        guard = self._edge_loaders[namespace]
-        if armed is not None:
-            stats.rules_applied += 1
-            stats.edge_skipped += armed.skipped
-            stats.edge_refused += armed.refused
-            for successor, dkey, flight in armed.flights:
-                if flight.task is None and self._flights.get(dkey) is flight:
-                    self._start_edge(namespace, successor, dkey, guard, flight)
-            return
-        rule = self._rulebook.get(namespace, trigger)
-        if not rule:
-            return
-        stats.rules_applied += 1
-        loop = asyncio.get_running_loop()
-        for successor, dkey in worth_loading(core, namespace, rule, self._loading, guard.available):
-            flight = _Flight(loop.create_future(), edge=True)
-            self._flights[dkey] = flight
-            self._start_edge(namespace, successor, dkey, guard, flight)
+        try:
+            if (
+                not self.edge_warming
+                or namespace not in self._edge_loaders
+                or len(self._edge_tasks) >= _EDGE_TASKS_MAX
+                or (self._core.down_until and self._core.breaker_open())
+            ):
+                return
+            core = self._core
+            core.stats.rule_reads += 1
+            self._follow()
+            rule = self._rulebook.get(namespace, trigger)
+            if not rule:
+                return
+            core.stats.rules_applied += 1
+            guard = self._edge_loaders[namespace]
+            loop = asyncio.get_running_loop()
+            for successor, dkey in worth_loading(
+                core, namespace, rule, self._loading, guard.available
+            ):
+                flight = _Flight(loop.create_future(), edge=True)
+                self._flights[dkey] = flight
+                self._start_edge(namespace, successor, dkey, guard, flight)
+        finally:
+            if armed is not None:
+                self._settle(armed)
 
     def _start_edge(
         self, namespace: str, key: str, dkey: str, guard: GuardedLoader, flight: _Flight

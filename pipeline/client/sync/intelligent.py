@@ -44,7 +44,7 @@ from pipeline.client.edge import (
 )
 from pipeline.client.emitter import ThreadedAccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
-from pipeline.client.keys import InvalidKeyError, rules_stream, validate_key
+from pipeline.client.keys import rules_stream
 from pipeline.client.rulebook import (
     RuleBook,
     bootstrap_commands,
@@ -87,18 +87,17 @@ class _Flight:
     value: Any = None
     error: BaseException | None = None
     edge: bool = False
-    #: Reserved by a trigger's read and not started yet (see ``_Armed``).
-    reserved: bool = False
 
 
-@dataclass(slots=True)
 class _Armed:
-    """The loads a key's rule names, reserved while that key's own read is out
-    (see the async client's ``_Armed``)."""
+    """A read is out for a key whose rule names ``keys`` (see the async client's ``_Armed``)."""
 
-    flights: list[tuple[str, str, _Flight]]  # (successor, data key, flight)
-    skipped: int = 0
-    refused: int = 0
+    __slots__ = ("keys", "ready", "settled")
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.ready: threading.Event | None = None
+        self.settled = False
 
 
 class SyncIntelligentCache(SyncRedisCacheManager):
@@ -152,6 +151,8 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         self._rulebook = RuleBook(self.settings.rules_max)
         #: Whether any rule is held (reads look their key's rule up only then).
         self._rules_held = False
+        #: data key -> the trigger read out now whose rule names it (see _Armed).
+        self._reserved: dict[str, _Armed] = {}
         self._rule_ids: dict[str, bytes] = {}
         self._follower: threading.Thread | None = None
         self._stop_following = threading.Event()
@@ -244,7 +245,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                 armed,
             )
         finally:
-            self._disarm(armed)  # what the rule did not start (no trigger, or an error)
+            self._settle(armed)  # no trigger after all, or an error
 
     def _read(
         self,
@@ -303,15 +304,18 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                     self._maybe_refresh(namespace, key, dkey, data, fallback_data, user, session)
                 return value
         else:
+            if trigger:  # first, so that two reads whose rules name each other never wait
+                self._prefetch(namespace, key, armed)
+                trigger = False
+            reserved = self._reserved.get(dkey)
+            if reserved is not None and not reserved.settled:
+                self._trigger_settled(reserved)
             flight = self._flights.get(dkey)
             if (
                 flight is not None
                 and flight.edge
                 and (not flight.done_ns or flight.done_ns >= started)
             ):
-                if trigger:
-                    self._prefetch(namespace, key, armed)
-                    trigger = False
                 joined = self._join_edge(
                     flight, namespace, key, started, user, session, enable_prediction
                 )
@@ -449,90 +453,72 @@ class SyncIntelligentCache(SyncRedisCacheManager):
     # -- edge warms ------------------------------------------------------------------
 
     def _arm(self, namespace: str, trigger: str) -> _Armed | None:
-        """Reserve the loads ``trigger``'s rule names (None: no rule, or no room now)."""
+        """Reserve the keys ``trigger``'s rule names while its read is out (None: no rule)."""
         rule = self._rulebook.get(namespace, trigger)
         if rule is None:
             return None
-        guard = self._edge_loaders.get(namespace)
-        core = self._core
-        if (
-            guard is None
-            or self._edge_queued >= _EDGE_QUEUE_MAX
-            or (core.down_until and core.breaker_open())
-        ):
-            return None
-        armed = _Armed([])
-        base = core.base(namespace)
+        base = self._core.base(namespace)
+        armed = _Armed([base + successor for successor, _ in rule])
         with self._flights_lock:
-            for successor, _ in rule:
-                try:
-                    validate_key(successor)
-                except InvalidKeyError:
-                    continue
-                dkey = base + successor
-                if self._loading(dkey):
-                    armed.skipped += 1
-                    continue
-                if not guard.available():
-                    armed.refused += 1
-                    continue
-                flight = self._flights[dkey] = _Flight(edge=True, reserved=True)
-                armed.flights.append((successor, dkey, flight))
+            reserved = self._reserved
+            for dkey in armed.keys:
+                reserved[dkey] = armed
         return armed
 
-    def _disarm(self, armed: _Armed) -> None:
-        """Release the reserved loads that did not start: their readers load for themselves."""
-        if not armed.flights:
+    def _settle(self, armed: _Armed) -> None:
+        """The trigger's outcome is known (its rule fired, or will not): wake who waits."""
+        if armed.settled:
             return
-        now = _now()
         with self._flights_lock:
-            for _, dkey, flight in armed.flights:
-                if not flight.reserved:
-                    continue
-                flight.reserved = False
-                flight.value = ABSENT
-                flight.done_ns = now
-                flight.loaded.set()
-                if self._flights.get(dkey) is flight:
-                    del self._flights[dkey]
-        armed.flights = []
+            armed.settled = True
+            reserved = self._reserved
+            for dkey in armed.keys:
+                if reserved.get(dkey) is armed:
+                    del reserved[dkey]
+            ready = armed.ready
+        if ready is not None:
+            ready.set()
+
+    def _trigger_settled(self, armed: _Armed) -> None:
+        """Wait (bounded) for the outcome of a trigger read whose rule names this key."""
+        with self._flights_lock:
+            if armed.settled:
+                return
+            if armed.ready is None:
+                armed.ready = threading.Event()
+            ready = armed.ready
+        ready.wait(self.settings.edge_join_wait_s)
 
     def _prefetch(self, namespace: str, trigger: str, armed: _Armed | None = None) -> None:
-        """``trigger`` missed: start loading what its rule names on the edge pool
-        (the loads its read reserved, when it did)."""
-        if (
-            not self.edge_warming
-            or namespace not in self._edge_loaders
-            or self._edge_queued >= _EDGE_QUEUE_MAX
-            or (self._core.down_until and self._core.breaker_open())
-        ):
-            return
-        core = self._core
-        stats = core.stats
-        stats.rule_reads += 1
-        self._follow()
-        guard = self._edge_loaders[namespace]
-        if armed is not None:
-            stats.rules_applied += 1
-            stats.edge_skipped += armed.skipped
-            stats.edge_refused += armed.refused
-            for successor, dkey, flight in armed.flights:
+        """``trigger`` missed: start loading what its rule names on the edge pool, then
+        wake the reads that waited for this trigger (``armed``)."""
+        try:
+            if (
+                not self.edge_warming
+                or namespace not in self._edge_loaders
+                or self._edge_queued >= _EDGE_QUEUE_MAX
+                or (self._core.down_until and self._core.breaker_open())
+            ):
+                return
+            core = self._core
+            core.stats.rule_reads += 1
+            self._follow()
+            rule = self._rulebook.get(namespace, trigger)
+            if not rule:
+                return
+            core.stats.rules_applied += 1
+            guard = self._edge_loaders[namespace]
+            for successor, dkey in worth_loading(
+                core, namespace, rule, self._loading, guard.available
+            ):
                 with self._flights_lock:
-                    if not flight.reserved or self._flights.get(dkey) is not flight:
+                    if self._loading(dkey):
                         continue
-                    flight.reserved = False
+                    flight = self._flights[dkey] = _Flight(edge=True)
                 self._submit(self._edge_fill, namespace, successor, dkey, guard, flight, _now())
-            return
-        rule = self._rulebook.get(namespace, trigger)
-        if not rule:
-            return
-        stats.rules_applied += 1
-        for successor, dkey in worth_loading(core, namespace, rule, self._loading, guard.available):
-            with self._flights_lock:
-                if self._loading(dkey):
-                    continue
-                flight = self._flights[dkey] = _Flight(edge=True)
-            self._submit(self._edge_fill, namespace, successor, dkey, guard, flight, _now())
+        finally:
+            if armed is not None:
+                self._settle(armed)
 
     def _follow(self) -> None:
         """Start the thread that loads the rule tables and follows the rule streams."""
