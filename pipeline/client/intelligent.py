@@ -390,19 +390,6 @@ class IntelligentCache(RedisCacheManager):
                                 namespace, key, dkey, data, fallback_data, user, session
                             )
                         return value
-        if armed is None:
-            return await self._get_slow(
-                namespace,
-                key,
-                dkey,
-                data,
-                started,
-                elapsed,
-                user,
-                session,
-                enable_prediction,
-                fallback_data,
-            )
         try:
             return await self._get_slow(
                 namespace,
@@ -418,7 +405,8 @@ class IntelligentCache(RedisCacheManager):
                 armed,
             )
         finally:
-            self._settle(armed)  # no trigger after all, or an error
+            if armed is not None:
+                self._settle(armed)  # no trigger after all, or an error
 
     async def _get_slow(
         self,

@@ -228,10 +228,6 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         # The loads this key's rule names are reserved before its read is sent: a
         # successor asked for (by another thread) meanwhile joins them.
         armed = self._arm(namespace, key) if enable_prediction and self._rules_held else None
-        if armed is None:
-            return self._read(
-                namespace, key, dkey, started, user, session, enable_prediction, fallback_data
-            )
         try:
             return self._read(
                 namespace,
@@ -245,7 +241,8 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                 armed,
             )
         finally:
-            self._settle(armed)  # no trigger after all, or an error
+            if armed is not None:
+                self._settle(armed)  # no trigger after all, or an error
 
     def _read(
         self,
