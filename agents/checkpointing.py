@@ -68,7 +68,6 @@ class Checkpointer(Generic[M]):
         self.refused = 0
         self.send_failures = 0
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
-        app.on_before_shutdown.connect(self._on_shutdown)
         checkpointers.append(self)
 
     def describe(self) -> dict[str, Any]:
@@ -202,18 +201,6 @@ class Checkpointer(Generic[M]):
                     return False
                 await asyncio.sleep(_SEND_BACKOFF_S * 2**attempt)
         return False
-
-    async def _on_shutdown(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
-        """A clean stop: snapshot and ack what was processed, so that Faust commits it as
-        its consumer stops and the partitions' next owner does not process it again.
-
-        (Faust sends no revocation while it stops: without this, every record since
-        the last checkpoint was processed twice, and counted twice in the stats.)
-        """
-        if not self._pending:
-            return
-        async with self.lock:
-            await self.checkpoint()
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
         mine = {tp.partition for tp in revoked if tp.topic == self.topic_name}

@@ -84,6 +84,7 @@ async def observe(stream: faust.StreamT[bytes]) -> None:
             if time.monotonic() - _last_flush >= FLUSH_S:
                 await _flush()
             if ttl_models.due():
+                await _flush()
                 await ttl_models.checkpoint()
 
 
@@ -139,11 +140,6 @@ async def _flush() -> None:
     if "-" in deltas:
         runtime.counters["dead_letter_events"] += deltas["-"].dead_letters
     await _publish_ttls()
-
-
-# The deltas of every record a checkpoint acks are sent first (revocations and a
-# clean stop included): an acked record's counts are never lost with the process.
-ttl_models.before_checkpoint = _flush
 
 
 async def _publish_ttls() -> None:
