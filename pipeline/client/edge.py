@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from pipeline.client.core import CacheCore
 from pipeline.client.keys import InvalidKeyError, validate_key
+from pipeline.client.rulebook import Rule, RuleBook
 from pipeline.loaders import (
     CallableLoader,
     GuardedLoader,
@@ -43,6 +44,7 @@ __all__ = [
     "claim_expiry_ms",
     "guarded",
     "namespace_loaders",
+    "rule_to_apply",
     "worth_loading",
 ]
 
@@ -127,6 +129,17 @@ def namespace_loaders(
     for namespace, loader in (extra or {}).items():
         loaders[namespace] = guarded(loader)
     return loaders
+
+
+def rule_to_apply(core: CacheCore, rulebook: RuleBook, namespace: str, trigger: str) -> Rule | None:
+    """The rule ``trigger`` fires now (None: it has none); counts the lookup and the hit."""
+    stats = core.stats
+    stats.rule_reads += 1
+    rule = rulebook.get(namespace, trigger)
+    if not rule:
+        return None
+    stats.rules_applied += 1
+    return rule
 
 
 def worth_loading(

@@ -69,6 +69,7 @@ from pipeline.client.edge import (
     claim_expiry_ms,
     guarded,
     namespace_loaders,
+    rule_to_apply,
     worth_loading,
 )
 from pipeline.client.emitter import AccessEmitter
@@ -681,12 +682,10 @@ class IntelligentCache(RedisCacheManager):
             ):
                 return
             core = self._core
-            core.stats.rule_reads += 1
             self._follow()
-            rule = self._rulebook.get(namespace, trigger)
-            if not rule:
+            rule = rule_to_apply(core, self._rulebook, namespace, trigger)
+            if rule is None:
                 return
-            core.stats.rules_applied += 1
             guard = self._edge_loaders[namespace]
             loop = asyncio.get_running_loop()
             for successor, dkey in worth_loading(

@@ -40,6 +40,7 @@ from pipeline.client.edge import (
     RELEASE_SCRIPT,
     EdgeTokens,
     claim_expiry_ms,
+    rule_to_apply,
     worth_loading,
 )
 from pipeline.client.emitter import ThreadedAccessEmitter
@@ -498,12 +499,10 @@ class SyncIntelligentCache(SyncRedisCacheManager):
             ):
                 return
             core = self._core
-            core.stats.rule_reads += 1
             self._follow()
-            rule = self._rulebook.get(namespace, trigger)
-            if not rule:
+            rule = rule_to_apply(core, self._rulebook, namespace, trigger)
+            if rule is None:
                 return
-            core.stats.rules_applied += 1
             guard = self._edge_loaders[namespace]
             for successor, dkey in worth_loading(
                 core, namespace, rule, self._loading, guard.available
