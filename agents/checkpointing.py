@@ -3,9 +3,11 @@
 A stateful agent iterates its stream with manual acks. Every record it has
 processed is remembered; at a checkpoint the models of every partition are
 snapshotted to the state topic, the producer is flushed, and only then are the
-remembered records acknowledged (so Faust commits their offsets). After a crash
-the new owner of a partition loads the snapshot and is redelivered exactly the
-records the snapshot does not cover.
+remembered records acknowledged (so Faust commits their offsets). Each snapshot
+carries the last offset it covers; the new owner of a partition loads it and
+skips the redelivered records it covers (:meth:`Checkpointer.covers`): Faust
+commits acked offsets up to a second later, and not at all while it stops, so
+without the offset a leave would make the next owner learn those records twice.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ class Checkpointer(Generic[M]):
         self.topic_name = topic_name
         self.factory = factory
         self.models: dict[int, M] = {}
+        #: Per partition, the highest offset processed here and the one the restored
+        #: snapshot covers: a snapshot records the larger.
+        self.offsets: dict[int, int] = {}
+        self.covered: dict[int, int] = {}
         self.lock = asyncio.Lock()
         self.stream: faust.StreamT[Any] | None = None
         self._pending: list[EventT[Any]] = []
@@ -65,6 +71,8 @@ class Checkpointer(Generic[M]):
         #: Runs first at every checkpoint, revocations included (predict feeds its
         #: reorder buffers to the models here, so no acked record is left unlearnt).
         self.before_checkpoint: Callable[[], Awaitable[None]] | None = None
+        #: Runs after revoked partitions are checkpointed and dropped (their numbers).
+        self.after_revoked: Callable[[set[int]], None] | None = None
         self.refused = 0
         self.send_failures = 0
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
@@ -106,9 +114,11 @@ class Checkpointer(Generic[M]):
                     exc,
                 )
                 state = None
+            covered = -1
             if state is not None:
                 try:
-                    model.load_state_dict(state)
+                    covered = int(state["offset"])
+                    model.load_state_dict(state["state"])
                     self.restored += 1
                     log.info("%s: restored partition %d from its snapshot", self.stage, partition)
                 except Exception as exc:  # a document that does not fit: start fresh
@@ -120,12 +130,26 @@ class Checkpointer(Generic[M]):
                         partition,
                         exc,
                     )
+                    model = self.factory()
+                    covered = -1
             self.models[partition] = model
+            self.covered[partition] = covered
         return model
+
+    def covers(self, event: EventT[Any]) -> bool:
+        """Whether the snapshot this partition was restored from already holds ``event``.
+
+        Call after :meth:`model` for the event's partition. A covered record is
+        only :meth:`processed` (acked), never applied again.
+        """
+        return event.message.offset <= self.covered.get(event.message.partition, -1)
 
     def processed(self, event: EventT[Any]) -> None:
         """Remember a record whose effects are in the models; it is acked at the checkpoint."""
         self._pending.append(event)
+        partition, offset = event.message.partition, event.message.offset
+        if offset > self.offsets.get(partition, -1):
+            self.offsets[partition] = offset
 
     def due(self) -> bool:
         return time.monotonic() - self._last >= settings.checkpoint_s
@@ -144,7 +168,12 @@ class Checkpointer(Generic[M]):
         written = 0
         failed: set[int] = set()
         for partition, model in self.models.items():
-            blob = encode_snapshot(model.state_dict(), stage=self.stage, partition=partition)
+            offset = max(self.offsets.get(partition, -1), self.covered.get(partition, -1))
+            blob = encode_snapshot(
+                {"offset": offset, "state": model.state_dict()},
+                stage=self.stage,
+                partition=partition,
+            )
             self.snapshot_bytes = len(blob)
             if len(blob) > STATE_MAX_MESSAGE_BYTES - 4096:
                 self.refused += 1
@@ -210,5 +239,9 @@ class Checkpointer(Generic[M]):
             await self.checkpoint()
             for partition in mine:
                 self.models.pop(partition, None)
+                self.offsets.pop(partition, None)
+                self.covered.pop(partition, None)
             # Records a failed checkpoint kept unacked go to the partition's new owner.
             self._pending = [e for e in self._pending if e.message.partition not in mine]
+            if self.after_revoked is not None:
+                self.after_revoked(mine)

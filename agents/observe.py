@@ -11,7 +11,9 @@ For each record on the access topic:
 2. feed the per-key smart-TTL model of this partition (every access of a key
    arrives here, so its inter-arrival statistics are complete) and, every flush,
    publish changed TTLs to Redis where the client reads them;
-3. count the events into per-namespace stats deltas (sent every flush);
+3. count the events into per-namespace stats deltas (sent every flush, then a
+   progress record per partition says up to which offset they count, so the
+   next owner of a partition counts each record once: see :func:`_flush`);
 4. re-batch the reads by sequence key (session, else user, else client) onto
    the sequence topic, where the predict agent sees each sequence in order. A
    sequence row keeps only what the models use (ts, namespace, key, op, outcome,
@@ -20,6 +22,7 @@ For each record on the access topic:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict, defaultdict
@@ -32,10 +35,12 @@ from redis.typing import EncodableT
 from agents.app import app, settings, topics
 from agents.checkpointing import Checkpointer
 from agents.runtime import runtime
+from pipeline.checkpoint import encode_snapshot, load_snapshot, snapshot_key
 from pipeline.client.keys import smart_ttl_hash
 from pipeline.models import SmartTTL
 from pipeline.partitioning import PartitionCache
 from pipeline.routing import changed_ttls, route
+from pipeline.transport import kafka_options
 from schemas.decode import InvalidEvent, decode_access_dicts
 
 __all__ = ["observe"]
@@ -66,6 +71,11 @@ _deltas = runtime.deltas
 _touched: dict[int, set[str]] = defaultdict(set)
 _published_ttl: OrderedDict[str, int] = OrderedDict()
 _last_flush = time.monotonic()
+#: Per access partition: the last offset the sent stats deltas count (from its progress
+#: record on the state topic), and the last one counted into deltas not sent yet.
+_counted: dict[int, int] = {}
+_unsent_upto: dict[int, int] = {}
+_PROGRESS_STAGE = "stats-progress"
 
 
 @app.agent(topics.access, name="cachecast.observe")
@@ -76,44 +86,83 @@ async def observe(stream: faust.StreamT[bytes]) -> None:
     async for event in stream.noack().events():  # type: ignore[attr-defined]
         runtime.record_lag("observe", event.message.timestamp)
         async with ttl_models.lock:
-            try:
-                await _process(event)
-            except Exception as exc:  # a poison record must not stop the agent or its commits
-                await runtime.reject(event, "observe", exc)
+            partition = event.message.partition
+            model = await ttl_models.model(partition)  # restored first: it may cover this record
+            if not ttl_models.covers(event):
+                try:
+                    await _process(event, model, await _counted_upto(partition))
+                except Exception as exc:  # a poison record must not stop the agent or its commits
+                    await runtime.reject(event, "observe", exc)
             ttl_models.processed(event)
             if time.monotonic() - _last_flush >= FLUSH_S:
                 await _flush()
             if ttl_models.due():
-                await _flush()
-                await ttl_models.checkpoint()
+                await ttl_models.checkpoint()  # flushes first (before_checkpoint)
 
 
-async def _process(event: Any) -> None:
+async def _counted_upto(partition: int) -> int:
+    """The last offset of ``partition`` whose events the sent stats deltas hold.
+
+    Loaded from the partition's progress record when this worker starts on it, so
+    that records a previous owner counted but had not acked are not counted again.
+    """
+    known = _counted.get(partition)
+    if known is None:
+        known = -1
+        try:
+            doc = await load_snapshot(
+                settings.kafka_brokers(),
+                settings.topic_state,
+                _PROGRESS_STAGE,
+                partition,
+                connection=kafka_options(settings),
+            )
+            if doc is not None:
+                known = int(doc["offset"])
+        except Exception as exc:  # unreadable: count from the snapshot on (at least once)
+            log.error(
+                "stats progress of partition %d unusable (%r); counting again", partition, exc
+            )
+        _counted[partition] = known
+    return known
+
+
+async def _process(event: Any, model: SmartTTL, counted_upto: int) -> None:
+    """One access record. At or below ``counted_upto``, a previous owner of the partition
+    already counted, dead-lettered and re-partitioned it: it only teaches the TTL model."""
     message = event.message
     source = f"{message.topic}/{message.partition}/{message.offset}"
+    replayed = message.offset <= counted_upto
     try:
         events, rejects = decode_access_dicts(event.value)
     except InvalidEvent as exc:
-        await runtime.dead_letter(event.value or b"", exc.reason, source=source, agent="observe")
-        _deltas["-"].dead_letters += 1
+        if not replayed:
+            await runtime.dead_letter(
+                event.value or b"", exc.reason, source=source, agent="observe"
+            )
+            _deltas["-"].dead_letters += 1
+            _note_counted(message.partition, message.offset)
         return
-    for reject in rejects:
-        await runtime.dead_letter(
-            reject.raw,
-            reject.reason,
-            source=source,
-            agent="observe",
-            field=reject.field,
-            index=reject.index,
-        )
-    if rejects:
-        _deltas["-"].dead_letters += len(rejects)
+    if not replayed:
+        for reject in rejects:
+            await runtime.dead_letter(
+                reject.raw,
+                reject.reason,
+                source=source,
+                agent="observe",
+                field=reject.field,
+                index=reject.index,
+            )
+        if rejects:
+            _deltas["-"].dead_letters += len(rejects)
+        _note_counted(message.partition, message.offset)
     if not events:
         return
-    runtime.counters["events"] += len(events)
-    model = await ttl_models.model(message.partition)
     touched = _touched[message.partition]
     by_namespace, by_partition = route(events, model, touched, _sequence_partition)
+    if replayed:
+        return
+    runtime.counters["events"] += len(events)
     for namespace, items in by_namespace.items():
         _deltas[namespace].add_access(items)
     origin = str(message.partition).encode()  # lets predict keep a watermark per source
@@ -123,23 +172,67 @@ async def _process(event: Any) -> None:
         )
 
 
+def _note_counted(partition: int, offset: int) -> None:
+    if offset > _unsent_upto.get(partition, -1):
+        _unsent_upto[partition] = offset
+
+
 async def _flush() -> None:
-    """Send the stats deltas and publish the smart TTLs that changed."""
+    """Send the stats deltas, record how far they count, publish the smart TTLs that changed.
+
+    The progress records go once Kafka has the deltas and the re-partitioned
+    batches, so a record at or below a partition's progress is never counted or
+    sent twice by the next owner (a crash between the two sends can still
+    count one flush twice).
+    """
     global _last_flush
     _last_flush = time.monotonic()
     deltas = dict(_deltas)
     _deltas.clear()
+    upto = dict(_unsent_upto)
+    _unsent_upto.clear()
+    deliveries = []
     for namespace, delta in deltas.items():
         if namespace == "-":
             continue
-        await topics.stats.send(
-            key=namespace.encode(),
-            value=orjson.dumps({"namespace": namespace, "stats": delta.to_dict()}),
-            force=True,
+        deliveries.append(
+            await topics.stats.send(
+                key=namespace.encode(),
+                value=orjson.dumps({"namespace": namespace, "stats": delta.to_dict()}),
+                force=True,
+            )
         )
     if "-" in deltas:
         runtime.counters["dead_letter_events"] += deltas["-"].dead_letters
+    if upto:
+        try:
+            await app.producer.flush()
+            await asyncio.gather(*deliveries)
+            for partition, offset in upto.items():
+                blob = encode_snapshot(
+                    {"offset": offset}, stage=_PROGRESS_STAGE, partition=partition
+                )
+                await topics.state.send(
+                    key=snapshot_key(_PROGRESS_STAGE, partition),
+                    value=blob,
+                    partition=partition,
+                    force=True,
+                )
+                _counted[partition] = offset
+        except Exception as exc:  # Kafka trouble: the next owner may count these again
+            log.warning("stats progress not recorded (%r)", exc)
     await _publish_ttls()
+
+
+def _forget(partitions: set[int]) -> None:
+    """Revoked partitions: their next owner (maybe this worker again) reloads their progress."""
+    for partition in partitions:
+        _counted.pop(partition, None)
+        _touched.pop(partition, None)
+
+
+ttl_models.before_checkpoint = _flush
+ttl_models.after_revoked = _forget
 
 
 async def _publish_ttls() -> None:

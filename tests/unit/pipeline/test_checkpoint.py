@@ -13,7 +13,13 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.checkpoint import MAX_SNAPSHOT_BYTES, SnapshotError, decode_snapshot, encode_snapshot
+from pipeline.checkpoint import (
+    MAX_SNAPSHOT_BYTES,
+    SCHEMA_VERSION,
+    SnapshotError,
+    decode_snapshot,
+    encode_snapshot,
+)
 from pipeline.config import Settings
 from pipeline.decide import Decider, engine_config
 from pipeline.models import SmartTTL, WarmEngine
@@ -81,7 +87,9 @@ def test_a_snapshot_of_an_unknown_schema_version_is_refused() -> None:
 
 def test_a_snapshot_claiming_too_much_is_refused_before_decompressing() -> None:
     bomb = zstandard.ZstdCompressor().compress(b"\0" * (MAX_SNAPSHOT_BYTES // 64))
-    header = b"CCST" + (2).to_bytes(2, "big") + (MAX_SNAPSHOT_BYTES + 1).to_bytes(4, "big")
+    header = (
+        b"CCST" + SCHEMA_VERSION.to_bytes(2, "big") + (MAX_SNAPSHOT_BYTES + 1).to_bytes(4, "big")
+    )
     with pytest.raises(SnapshotError, match="over"):
         decode_snapshot(header + bomb)
 
@@ -126,7 +134,7 @@ def test_any_bytes_after_a_valid_header_decode_to_plain_data_or_a_snapshot_error
     body: bytes,
 ) -> None:
     compressed = zstandard.ZstdCompressor().compress(body)
-    blob = b"CCST" + (2).to_bytes(2, "big") + len(body).to_bytes(4, "big") + compressed
+    blob = b"CCST" + SCHEMA_VERSION.to_bytes(2, "big") + len(body).to_bytes(4, "big") + compressed
     try:
         value = decode_snapshot(blob)
     except SnapshotError:
