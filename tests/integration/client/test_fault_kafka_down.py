@@ -1,7 +1,9 @@
 """Kafka stopped for 30 s under 500 gets/s: the application barely notices.
 
 Figures asserted (the outage costs the application almost nothing):
-0 failed reads; get p50 within 1.1x of before; under 10% of a core above the
+0 failed reads; no get waits on Kafka (p50 within 2x of before plus 200 us: a
+wait on the broker costs milliseconds; the printed ratio was 1.0-1.4x on a busy
+2-core machine, so a tighter bound only measured the machine); under 10% of a core above the
 pre-outage CPU; a handful of log lines; the emitter's memory stays within its
 bound; every event is sent, dropped (counted) or still buffered; events flow
 again after the restart.
@@ -104,7 +106,7 @@ async def test_a_thirty_second_kafka_outage_costs_the_application_almost_nothing
     assert failed_before == failed_during == 0
     p50_before = statistics.median(before)
     p50_during = statistics.median(during)
-    assert p50_during <= 1.1 * p50_before + 20_000, (p50_before, p50_during)  # ns
+    assert p50_during <= 2 * p50_before + 200_000, (p50_before, p50_during)  # ns
     extra_core = cpu_during / OUTAGE_S - cpu_before / BEFORE_S
     assert extra_core < 0.10, (cpu_before / BEFORE_S, cpu_during / OUTAGE_S)
     noisy = [r for r in lines.records if r.levelno >= logging.WARNING]
