@@ -33,6 +33,7 @@ import re
 import struct
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeAlias, TypeVar
@@ -85,6 +86,8 @@ __all__ = [
     "MEMORY_POLICIES",
     "MISS",
     "PLAIN_HEAD",
+    "PRIORITY_HINTS_MAX",
+    "PRIORITY_RANK",
     "PRIORITY_TTL_FACTOR",
     "SLOW",
     "TAG_ADD_SCRIPT",
@@ -170,6 +173,11 @@ MEMORY_POLICIES: Final = (
 #: high-priority entry lives longer, which is also what keeps it under the
 #: ``volatile-ttl`` eviction policy.
 PRIORITY_TTL_FACTOR: Final[Mapping[str, float]] = {"low": 0.5, "normal": 1.0, "high": 2.0}
+#: The order edge warms start in when a rule names several keys and the namespace's
+#: loader budget cannot take them all: keys last set ``high`` first, ``low`` last.
+PRIORITY_RANK: Final[Mapping[str, int]] = {"high": 0, "normal": 1, "low": 2}
+#: Most keys whose (non-normal) priority a client remembers, oldest forgotten first.
+PRIORITY_HINTS_MAX: Final = 100_000
 
 #: Add a member to a tag set and make the set live at least as long as the member.
 #: Redis 6.2 has no ``EXPIRE GT``, hence the script; one key, so cluster-safe.
@@ -302,6 +310,8 @@ class _Write:
     raw_size: int
     ttl: int
     tags: tuple[str, ...]
+    #: A high-priority write: TOUCHed in the same round trip (see ``set_plan``).
+    touch: bool = False
 
 
 class CacheCore:
@@ -340,6 +350,9 @@ class CacheCore:
         self.stats = ClientStats()
         self.get_latency = self.stats.latency["get"]
         self.bases: dict[str, str] = {}
+        #: data key -> PRIORITY_RANK of the keys last set with a priority other than
+        #: normal (bounded; see note_priority).
+        self.priorities: OrderedDict[str, int] = OrderedDict()
         self._warm_seen: dict[str, bytes] = {}
         #: Monotonic time until which Redis is considered down (0: closed breaker).
         self.down_until = 0.0
@@ -762,11 +775,12 @@ class CacheCore:
         tags: tuple[str, ...],
         compress: bool | None,
         now: float | None,
+        touch: bool = False,
     ) -> _Write:
         dkey = self.data_key(namespace, key)
         seconds = self.default_ttl if ttl is None else validate_ttl(ttl)
         encoded = self.codec.encode(value, compress=compress, now=now)
-        return _Write(namespace, key, dkey, encoded.data, encoded.raw_size, seconds, tags)
+        return _Write(namespace, key, dkey, encoded.data, encoded.raw_size, seconds, tags, touch)
 
     def _write_commands(self, write: _Write) -> list[Command]:
         ktk = keytags_key(self.prefix, write.namespace, write.key)
@@ -785,7 +799,25 @@ class CacheCore:
                         write.ttl,
                     )
                 )
+        if write.touch:
+            commands.append(("TOUCH", write.dkey))
         return commands
+
+    def note_priority(self, dkey: str, priority: Priority) -> None:
+        """Remember the priority ``dkey`` was last set with (normal is forgotten)."""
+        rank = PRIORITY_RANK.get(priority)
+        if rank is None:
+            raise InvalidKeyError(
+                f"priority must be one of {sorted(PRIORITY_RANK)}, not {priority!r}"
+            )
+        hints = self.priorities
+        if rank == PRIORITY_RANK["normal"]:
+            hints.pop(dkey, None)
+            return
+        hints[dkey] = rank
+        hints.move_to_end(dkey)
+        if len(hints) > PRIORITY_HINTS_MAX:
+            hints.popitem(last=False)
 
     def set_plan(
         self,
@@ -800,9 +832,22 @@ class CacheCore:
         session: str | None = None,
         emit: bool = True,
         now: float | None = None,
+        priority: Priority = "normal",
     ) -> Plan[list[bool]]:
-        """SET the envelope with its TTL and (re)index its tags, in one round trip."""
-        write = self._write(namespace, key, value, ttl, validate_tags(tags), compress, now)
+        """SET the envelope with its TTL and (re)index its tags, in one round trip.
+
+        ``priority`` (beyond the TTL factor a caller applies with :meth:`ttl_for`):
+        a ``"high"`` write also sends ``TOUCH`` in the same round trip, which under
+        an LFU eviction policy raises the key's access count by one, so that among
+        keys read as often Redis evicts it last (under LRU the SET already made it
+        the most recent); and the priority is remembered, so edge warms start the
+        keys last set ``"high"`` first (:func:`pipeline.client.edge.worth_loading`).
+        """
+        checked = validate_tags(tags)
+        write = self._write(
+            namespace, key, value, ttl, checked, compress, now, touch=priority == "high"
+        )
+        self.note_priority(write.dkey, priority)
         return self._writes_plan([write], "set", user, session, emit)
 
     def mset_plan(

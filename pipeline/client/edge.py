@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-from pipeline.client.core import CacheCore
+from pipeline.client.core import PRIORITY_RANK, CacheCore
 from pipeline.client.keys import InvalidKeyError, validate_key
 from pipeline.client.rulebook import Rule, RuleBook
 from pipeline.loaders import (
@@ -153,10 +153,15 @@ def worth_loading(
 
     Skipped (and counted): keys that are not valid keys, keys ``busy`` says are
     already loading in this client, and, once the loader's guards say no, the rest.
+    Keys this client last set with ``priority="high"`` go first and ``"low"`` last
+    (the rule's order otherwise), so a tight budget is spent on them first.
     """
     stats = core.stats
     base = core.base(namespace)
     todo: list[tuple[str, str]] = []
+    if core.priorities:
+        rank = core.priorities.get
+        rule = sorted(rule, key=lambda item: rank(base + item[0], PRIORITY_RANK["normal"]))
     for successor, _ in rule:
         try:
             validate_key(successor)

@@ -988,6 +988,9 @@ class IntelligentCache(RedisCacheManager):
         """Store ``value``; without ``ttl``, for the smart TTL scaled by ``priority``.
 
         ``priority`` is ``"low"`` (half the TTL), ``"normal"`` or ``"high"`` (twice).
+        Beyond the TTL, a high-priority key is evicted last among keys read as often
+        under an LFU policy, and edge warms start high-priority keys first and low
+        ones last (see :meth:`CacheCore.set_plan`).
         """
         core = self._core
         core.data_key(namespace, key)  # validate before any I/O
@@ -995,6 +998,16 @@ class IntelligentCache(RedisCacheManager):
         if ttl is None:
             core.ttl_for(None, priority)  # validate before any I/O
             ttl = core.ttl_for(await self._smart_ttl(namespace, key), priority)
-        plan = core.set_plan(namespace, key, value, ttl, tags, compress, user=user, session=session)
+        plan = core.set_plan(
+            namespace,
+            key,
+            value,
+            ttl,
+            tags,
+            compress,
+            user=user,
+            session=session,
+            priority=priority,
+        )
         (stored,) = await self._drive(plan, "set", namespace, (key,), user, session)
         return stored

@@ -815,6 +815,16 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         if ttl is None:
             core.ttl_for(None, priority)
             ttl = core.ttl_for(self._smart_ttl(namespace, key), priority)
-        plan = core.set_plan(namespace, key, value, ttl, tags, compress, user=user, session=session)
+        plan = core.set_plan(
+            namespace,
+            key,
+            value,
+            ttl,
+            tags,
+            compress,
+            user=user,
+            session=session,
+            priority=priority,
+        )
         (stored,) = self._drive(plan, "set", namespace, (key,), user, session)
         return stored

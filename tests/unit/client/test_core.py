@@ -7,7 +7,7 @@ drive the same plans against real servers.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ from pipeline.client.core import (
     context_labels,
     xfetch_due,
 )
+from pipeline.client.edge import worth_loading
 from pipeline.client.errors import CacheCommandError, CacheUnavailableError, RedisConfigError
 from pipeline.client.keys import InvalidKeyError
 from pipeline.codec import CodecError, ValueCodec
@@ -365,3 +366,44 @@ def test_the_stall_watchdog_opens_the_breaker_only_for_a_silent_redis() -> None:
     assert isinstance(
         core.failure("get", "n", ("k",), 0, MaxConnectionsError("full")), CacheCommandError
     )
+
+
+def test_a_high_priority_write_touches_its_key_in_the_same_round_trip() -> None:
+    core, _ = make_core()
+    high = core.set_plan("n", "k", {"v": 1}, ttl=60, priority="high")
+    (batch,) = [next(high)]
+    assert batch[0][0] == "SET"
+    assert ("TOUCH", core.data_key("n", "k")) in batch
+    normal = core.set_plan("n", "j", {"v": 1}, ttl=60)
+    assert all(command[0] != "TOUCH" for command in next(normal))
+    with pytest.raises(InvalidKeyError, match="priority must be one of"):
+        core.set_plan("n", "k", 1, ttl=60, priority="urgent")
+
+
+def test_edge_warms_start_high_priority_keys_first_and_low_ones_last() -> None:
+    core, _ = make_core()
+    for key, priority in (("a", "low"), ("c", "high"), ("d", "normal")):
+        next(core.set_plan("n", key, 1, ttl=60, priority=priority))
+    rule = [("a", 0.9), ("b", 0.8), ("c", 0.7), ("d", 0.6)]
+
+    def budget(n: int) -> Callable[[], bool]:
+        left = [n]
+
+        def available() -> bool:
+            left[0] -= 1
+            return left[0] >= 0
+
+        return available
+
+    order = [key for key, _ in worth_loading(core, "n", rule, lambda _: False, budget(9))]
+    assert order == ["c", "b", "d", "a"]  # high, then the rule's order, then low
+    assert [k for k, _ in worth_loading(core, "n", rule, lambda _: False, budget(1))] == ["c"]
+    assert core.stats.edge_refused == 3
+    # Set again as normal: the key goes back to the rule's order.
+    next(core.set_plan("n", "c", 1, ttl=60))
+    assert [k for k, _ in worth_loading(core, "n", rule, lambda _: False, budget(9))] == [
+        "b",
+        "c",
+        "d",
+        "a",
+    ]
