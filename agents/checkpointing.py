@@ -19,10 +19,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.types import TP, EventT
 
 from agents.app import app, settings, topics
-from pipeline.checkpoint import SnapshotError, encode_snapshot, load_snapshot, snapshot_key
+from pipeline.checkpoint import (
+    SnapshotError,
+    decode_snapshot,
+    encode_snapshot,
+    load_snapshot_blobs,
+    snapshot_key,
+)
 from pipeline.topics import STATE_MAX_MESSAGE_BYTES
 from pipeline.transport import kafka_options
 
@@ -50,8 +57,19 @@ checkpointers: list[Checkpointer[Any]] = []
 class Checkpointer(Generic[M]):
     """Holds one model per partition of ``topic`` for ``stage``; checkpoints them."""
 
-    def __init__(self, stage: str, topic_name: str, factory: Callable[[], M]) -> None:
+    def __init__(
+        self,
+        stage: str,
+        topic_name: str,
+        factory: Callable[[], M],
+        extra_stages: tuple[str, ...] = (),
+    ) -> None:
         self.stage = stage
+        #: Other records of the same partition read in the same pass as the snapshot
+        #: (undecoded, in :attr:`extras`; an agent's own side state, such as progress).
+        self.extra_stages = extra_stages
+        self.extras: dict[tuple[str, int], bytes | None] = {}
+        self._loading: dict[int, asyncio.Future[None]] = {}
         self.topic_name = topic_name
         self.factory = factory
         self.models: dict[int, M] = {}
@@ -76,6 +94,7 @@ class Checkpointer(Generic[M]):
         self.refused = 0
         self.send_failures = 0
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         checkpointers.append(self)
 
     def describe(self) -> dict[str, Any]:
@@ -93,48 +112,88 @@ class Checkpointer(Generic[M]):
         }
 
     async def model(self, partition: int) -> M:
-        """The model of ``partition``, restored from its latest snapshot on first use."""
+        """The model of ``partition``, restored from its latest snapshot on first use.
+
+        The restore starts as soon as the partition is assigned (see
+        :meth:`_on_assigned`), so the first record rarely waits for it.
+        """
         model = self.models.get(partition)
-        if model is None:
-            model = self.factory()
-            try:
-                state = await load_snapshot(
-                    settings.kafka_brokers(),
-                    settings.topic_state,
-                    self.stage,
-                    partition,
-                    connection=kafka_options(settings),
-                )
-            except (SnapshotError, TimeoutError) as exc:
-                self.rejected += 1
-                log.error(
-                    "%s: snapshot of partition %d unusable (%s); starting fresh",
-                    self.stage,
-                    partition,
-                    exc,
-                )
-                state = None
-            covered = -1
-            if state is not None:
-                try:
-                    covered = int(state["offset"])
-                    model.load_state_dict(state["state"])
-                    self.restored += 1
-                    log.info("%s: restored partition %d from its snapshot", self.stage, partition)
-                except Exception as exc:  # a document that does not fit: start fresh
-                    self.rejected += 1
-                    log.error(
-                        "%s: snapshot of partition %d does not fit this configuration"
-                        " (%s); starting fresh",
-                        self.stage,
-                        partition,
-                        exc,
-                    )
-                    model = self.factory()
-                    covered = -1
-            self.models[partition] = model
-            self.covered[partition] = covered
-        return model
+        if model is not None:
+            return model
+        loading = self._loading.get(partition)
+        if loading is None:
+            loading = self._loading[partition] = asyncio.ensure_future(self._restore(partition))
+        await asyncio.shield(loading)
+        return self.models[partition]
+
+    async def _restore(self, partition: int) -> None:
+        try:
+            model, covered = await self._load(partition)
+            if partition not in self.models:
+                self.models[partition] = model
+                self.covered[partition] = covered
+        finally:
+            self._loading.pop(partition, None)
+
+    async def _load(self, partition: int) -> tuple[M, int]:
+        """A fresh model with the partition's snapshot loaded, and the offset it covers."""
+        model = self.factory()
+        stages = (self.stage, *self.extra_stages)
+        try:
+            blobs = await load_snapshot_blobs(
+                settings.kafka_brokers(),
+                settings.topic_state,
+                stages,
+                partition,
+                connection=kafka_options(settings),
+            )
+        except (TimeoutError, KafkaError, OSError) as exc:
+            self.rejected += 1
+            log.error(
+                "%s: snapshots of partition %d unreadable (%r); starting fresh",
+                self.stage,
+                partition,
+                exc,
+            )
+            return model, -1
+        for stage in self.extra_stages:
+            self.extras[(stage, partition)] = blobs[stage]
+        blob = blobs[self.stage]
+        if blob is None:
+            return model, -1
+        try:
+            state = decode_snapshot(blob)
+            covered = int(state["offset"])
+            model.load_state_dict(state["state"])
+        except SnapshotError as exc:
+            self.rejected += 1
+            log.error(
+                "%s: snapshot of partition %d unusable (%s); starting fresh",
+                self.stage,
+                partition,
+                exc,
+            )
+            return self.factory(), -1
+        except Exception as exc:  # a document that does not fit: start fresh
+            self.rejected += 1
+            log.error(
+                "%s: snapshot of partition %d does not fit this configuration (%s); starting fresh",
+                self.stage,
+                partition,
+                exc,
+            )
+            return self.factory(), -1
+        self.restored += 1
+        log.info("%s: restored partition %d from its snapshot", self.stage, partition)
+        return model, covered
+
+    async def _on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
+        """Start restoring newly assigned partitions now, before their first record."""
+        for tp in assigned:
+            if tp.topic == self.topic_name and tp.partition not in self.models:
+                partition = tp.partition
+                if partition not in self._loading:
+                    self._loading[partition] = asyncio.ensure_future(self._restore(partition))
 
     def covers(self, event: EventT[Any]) -> bool:
         """Whether the snapshot this partition was restored from already holds ``event``.
@@ -238,6 +297,11 @@ class Checkpointer(Generic[M]):
         async with self.lock:
             await self.checkpoint()
             for partition in mine:
+                loading = self._loading.pop(partition, None)
+                if loading is not None:
+                    loading.cancel()
+                for stage in self.extra_stages:
+                    self.extras.pop((stage, partition), None)
                 self.models.pop(partition, None)
                 self.offsets.pop(partition, None)
                 self.covered.pop(partition, None)

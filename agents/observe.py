@@ -35,12 +35,11 @@ from redis.typing import EncodableT
 from agents.app import app, settings, topics
 from agents.checkpointing import Checkpointer
 from agents.runtime import runtime
-from pipeline.checkpoint import encode_snapshot, load_snapshot, snapshot_key
+from pipeline.checkpoint import decode_snapshot, encode_snapshot, snapshot_key
 from pipeline.client.keys import smart_ttl_hash
 from pipeline.models import SmartTTL
 from pipeline.partitioning import PartitionCache
 from pipeline.routing import changed_ttls, route
-from pipeline.transport import kafka_options
 from schemas.decode import InvalidEvent, decode_access_dicts
 
 __all__ = ["observe"]
@@ -65,7 +64,10 @@ def _new_ttl_model() -> SmartTTL:
     )
 
 
-ttl_models: Checkpointer[SmartTTL] = Checkpointer("ttl", settings.topic_access, _new_ttl_model)
+_PROGRESS_STAGE = "stats-progress"
+ttl_models: Checkpointer[SmartTTL] = Checkpointer(
+    "ttl", settings.topic_access, _new_ttl_model, extra_stages=(_PROGRESS_STAGE,)
+)
 _sequence_partition = PartitionCache(settings.topic_partitions)
 _deltas = runtime.deltas
 _touched: dict[int, set[str]] = defaultdict(set)
@@ -75,7 +77,6 @@ _last_flush = time.monotonic()
 #: record on the state topic), and the last one counted into deltas not sent yet.
 _counted: dict[int, int] = {}
 _unsent_upto: dict[int, int] = {}
-_PROGRESS_STAGE = "stats-progress"
 
 
 @app.agent(topics.access, name="cachecast.observe")
@@ -90,7 +91,7 @@ async def observe(stream: faust.StreamT[bytes]) -> None:
             model = await ttl_models.model(partition)  # restored first: it may cover this record
             if not ttl_models.covers(event):
                 try:
-                    await _process(event, model, await _counted_upto(partition))
+                    await _process(event, model, _counted_upto(partition))
                 except Exception as exc:  # a poison record must not stop the agent or its commits
                     await runtime.reject(event, "observe", exc)
             ttl_models.processed(event)
@@ -100,29 +101,24 @@ async def observe(stream: faust.StreamT[bytes]) -> None:
                 await ttl_models.checkpoint()  # flushes first (before_checkpoint)
 
 
-async def _counted_upto(partition: int) -> int:
+def _counted_upto(partition: int) -> int:
     """The last offset of ``partition`` whose events the sent stats deltas hold.
 
-    Loaded from the partition's progress record when this worker starts on it, so
-    that records a previous owner counted but had not acked are not counted again.
+    From the partition's progress record, read with its TTL snapshot when this
+    worker starts on it (call after ``ttl_models.model(partition)``), so that
+    records a previous owner counted but had not acked are not counted again.
     """
     known = _counted.get(partition)
     if known is None:
         known = -1
-        try:
-            doc = await load_snapshot(
-                settings.kafka_brokers(),
-                settings.topic_state,
-                _PROGRESS_STAGE,
-                partition,
-                connection=kafka_options(settings),
-            )
-            if doc is not None:
-                known = int(doc["offset"])
-        except Exception as exc:  # unreadable: count from the snapshot on (at least once)
-            log.error(
-                "stats progress of partition %d unusable (%r); counting again", partition, exc
-            )
+        blob = ttl_models.extras.get((_PROGRESS_STAGE, partition))
+        if blob is not None:
+            try:
+                known = int(decode_snapshot(blob)["offset"])
+            except Exception as exc:  # unreadable: count from the snapshot on (at least once)
+                log.error(
+                    "stats progress of partition %d unusable (%r); counting again", partition, exc
+                )
         _counted[partition] = known
     return known
 

@@ -33,7 +33,7 @@ from pipeline.prefetch import RulePlan, RuleSet, encode_updates
 from pipeline.reorder import Reorderer
 from schemas.decode import InvalidEvent, decode_access_dicts
 
-__all__ = ["deciders", "engines", "predict", "rule_set"]
+__all__ = ["deciders", "engines", "predict", "reorderers", "rule_set"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ engines: Checkpointer[WarmEngine] = Checkpointer(
     "engine", settings.topic_sequence, lambda: WarmEngine(engine_config(settings))
 )
 deciders: dict[int, Decider] = {}
-_reorderers: dict[int, Reorderer] = {}
+reorderers: dict[int, Reorderer] = {}
 _warmup_partition = PartitionCache(settings.topic_partitions)
 #: The prefetch rules this worker has published (bounded per namespace).
 rule_set = RuleSet(settings.redis_key_prefix, settings.rules_max)
@@ -101,9 +101,9 @@ async def predict(stream: faust.StreamT[bytes]) -> None:
 
 
 def reorderer(partition: int) -> Reorderer:
-    found = _reorderers.get(partition)
+    found = reorderers.get(partition)
     if found is None:
-        found = _reorderers[partition] = Reorderer(settings.reorder_s)
+        found = reorderers[partition] = Reorderer(settings.reorder_s)
     return found
 
 
@@ -127,7 +127,7 @@ async def _drain_reorderers() -> None:
 
     Runs before every checkpoint, the one a revocation triggers included.
     """
-    for partition, buffer in list(_reorderers.items()):
+    for partition, buffer in list(reorderers.items()):
         await _decide(partition, buffer.drain())
 
 
@@ -156,10 +156,10 @@ async def _send(commands: list[dict[str, Any]]) -> None:
 @app.timer(interval=max(0.01, settings.reorder_s), name="cachecast.predict-release")
 async def release_held_events() -> None:
     """Release events that waited out the reorder delay while their stream was quiet."""
-    if not any(len(buffer) for buffer in _reorderers.values()):
+    if not any(len(buffer) for buffer in reorderers.values()):
         return
     async with engines.lock:
-        for partition, buffer in list(_reorderers.items()):
+        for partition, buffer in list(reorderers.items()):
             await _decide(partition, buffer.release())
 
 

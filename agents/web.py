@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from agents.app import app, settings, worker_name
 from agents.checkpointing import checkpointers
-from agents.predict import deciders, engines
+from agents.predict import deciders, engines, reorderers
 from agents.runtime import runtime
 from agents.stats import namespace_stats
 from agents.writer import carry_out
@@ -66,7 +66,18 @@ def monitor_document() -> dict[str, Any]:
         "checkpoints": {c.stage: c.describe() for c in checkpointers},
         "models": {str(p): engine.stats() for p, engine in sorted(engines.models.items())},
         "lookahead": _lookahead(),
+        "reorder": _reorder(),
         "namespaces": namespaces,
+    }
+
+
+def _reorder() -> dict[str, Any]:
+    """Events that reached predict after newer ones were learnt, and the hold that adapts."""
+    buffers = list(reorderers.values())
+    return {
+        "late_events": sum(r.late for r in buffers),
+        "held_events": sum(len(r) for r in buffers),
+        "hold_ms": round(max((r.delay for r in buffers), default=settings.reorder_s) * 1000, 1),
     }
 
 

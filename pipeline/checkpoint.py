@@ -35,7 +35,7 @@ import asyncio
 import random
 import struct
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import msgpack
@@ -49,6 +49,7 @@ __all__ = [
     "decode_snapshot",
     "encode_snapshot",
     "load_snapshot",
+    "load_snapshot_blobs",
     "snapshot_key",
 ]
 
@@ -279,12 +280,29 @@ async def load_snapshot(
     timeout: float = 30.0,
     connection: Mapping[str, Any] | None = None,
 ) -> Any | None:
-    """The latest snapshot of ``stage`` for ``partition``, or None if there is none.
+    """The latest snapshot of ``stage`` for ``partition``, or None if there is none."""
+    blobs = await load_snapshot_blobs(
+        bootstrap_servers, topic, (stage,), partition, timeout, connection
+    )
+    blob = blobs[stage]
+    return decode_snapshot(blob) if blob else None
 
-    Reads the state topic's partition from the beginning to its end offset (it is
-    compacted, so this is about one record per key).
+
+async def load_snapshot_blobs(
+    bootstrap_servers: list[str],
+    topic: str,
+    stages: Sequence[str],
+    partition: int,
+    timeout: float = 30.0,
+    connection: Mapping[str, Any] | None = None,
+) -> dict[str, bytes | None]:
+    """The latest record of each of ``stages`` for ``partition``, undecoded (None: none).
+
+    Reads the state topic's partition once, from the beginning to its end offset
+    (it is compacted, so this is about one record per key); each blob goes to
+    :func:`decode_snapshot`.
     """
-    key = snapshot_key(stage, partition)
+    keys = {snapshot_key(stage, partition): stage for stage in stages}
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         enable_auto_commit=False,
@@ -300,7 +318,7 @@ async def load_snapshot(
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
         end = (await consumer.end_offsets([tp]))[tp]
-        latest: bytes | None = None
+        latest: dict[str, bytes | None] = dict.fromkeys(stages)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while await consumer.position(tp) < end:
@@ -308,8 +326,9 @@ async def load_snapshot(
                 raise TimeoutError(f"reading snapshots of {topic}/{partition} took over {timeout}s")
             batch = await consumer.getmany(tp, timeout_ms=500)
             for record in batch.get(tp, []):
-                if record.key == key:
-                    latest = record.value
-        return decode_snapshot(latest) if latest else None
+                stage = keys.get(record.key or b"")
+                if stage is not None:
+                    latest[stage] = record.value
+        return latest
     finally:
         await consumer.stop()

@@ -307,7 +307,8 @@ class Settings(BaseSettings):
         ge=0,
         le=10,
         validation_alias=_env("CACHECAST_REORDER_S", "reorder_s"),
-        description="How long the predict agent may hold events to restore their time order.",
+        description="How long the predict agent holds events to restore their time order, at"
+        " least (late events raise it, up to 0.5 s; 0 turns holding off).",
     )
     model_delay_requests: int = Field(
         30,

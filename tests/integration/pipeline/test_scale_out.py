@@ -58,10 +58,14 @@ async def _scenario(settings: Settings, leave: Any) -> dict[str, Any]:
         assert cache.emitter is not None
         assert await cache.emitter.flush(10.0)
         deadline = time.monotonic() + 20
-        ruled = 0
-        while ruled < PAIRS // 5 and time.monotonic() < deadline:
+        ruled, grew_at = 0, time.monotonic()
+        # Until every pair has its rule, or none came for 2 s (the workers publish every
+        # 50 ms here, so what they learnt is out by then).
+        while ruled < PAIRS and time.monotonic() < min(deadline, grew_at + 2.0):
             await cache.refresh_rules()  # the rules the workers published on the cluster
-            ruled = sum(bool(cache._rulebook.get(NAMESPACE, f"t{i}")) for i in range(PAIRS))
+            now = sum(bool(cache._rulebook.get(NAMESPACE, f"t{i}")) for i in range(PAIRS))
+            if now > ruled:
+                ruled, grew_at = now, time.monotonic()
             await asyncio.sleep(0.2)
         await cache.delete_by_pattern(NAMESPACE, "*")
         applied: dict[str, int] = {}
@@ -114,12 +118,13 @@ def test_two_workers_and_a_redis_cluster_warm_at_the_edge_and_survive_a_leave(
         f" {sum(result['applied'].values())} with rules; edge written {stats['edge_written']},"
         f" useful {stats['edge_useful']}"
     )
-    # Every operation on the cluster succeeded, and rules learnt there were applied.
-    # (What the two workers learn in three rounds varies from run to run: 1 to 30 pair
-    # rules, and edge precision from 28% to 100%, where a single worker on one Redis
-    # learns at least 10 at full precision; recorded as open in docs/OPERATIONS.md.)
+    # Every operation on the cluster succeeded, and two workers learn what one does (a
+    # single worker on one Redis learns at least 10 of the pairs at full precision):
+    # their partitions are restored as soon as they are assigned, and the reorder
+    # hold grows to the skew between the two workers' batches.
     assert stats["errors"] == 0, stats
-    assert stats["edge_written"] > 0, stats
+    assert result["ruled"] >= 20, result["ruled"]
+    assert stats["edge_useful"] >= 0.8 * stats["edge_written"] > 0, stats
 
     # The remaining worker took every partition and counted every read exactly once:
     # the deltas the leaver sent are not sent again (progress records), the ones it

@@ -84,3 +84,58 @@ def test_late_events_are_passed_on_not_dropped() -> None:
     assert _ts(r.push([{"ts": 2.0}], source=0)) == [2.0]
     assert _ts(r.push([{"ts": 1.0}], source=1)) == [1.0]
     assert r.late == 1
+
+
+def _two_skewed_sources(r: Reorderer, clock: Clock, skew: float, n: int) -> list[float]:
+    """Source 1 sends each event ``skew`` seconds after source 0 sent the next one; the
+    buffer is also polled every 5 ms, as the predict agent's timer does."""
+    out: list[float] = []
+    arrivals = sorted(
+        [(i * 0.020, 0, i * 0.020 + 0.010) for i in range(n)]
+        + [(i * 0.020 + skew, 1, i * 0.020) for i in range(n)]
+        + [(k * 0.005, 2, 0.0) for k in range(int(n * 0.020 / 0.005) + 20)]
+    )
+    for at, source, ts in arrivals:
+        clock.now = at
+        if source == 2:
+            out += _ts(r.release(at))
+        else:
+            out += _ts(r.push([{"ts": ts}], source=source))
+    clock.now += 1.0
+    return out + _ts(r.release(clock.now))
+
+
+def test_the_hold_grows_to_what_late_sources_need_then_keeps_them_in_order() -> None:
+    clock = Clock()
+    r = Reorderer(delay=0.010, clock=clock)
+    out = _two_skewed_sources(r, clock, skew=0.045, n=200)
+    assert 0.045 <= r.delay <= 0.5  # raised from 10 ms by the first late events
+    assert len(out) == 400  # late ones included
+    assert r.late <= 3
+    assert _ts_sorted_after_first_late(out, r.late)
+
+
+def _ts_sorted_after_first_late(out: list[float], late: int) -> bool:
+    """In time order once the first few late events have raised the hold."""
+    tail = out[4 * late + 4 :]
+    return tail == sorted(tail)
+
+
+def test_a_raised_hold_falls_back_when_the_sources_are_in_step_again() -> None:
+    clock = Clock()
+    r = Reorderer(delay=0.010, clock=clock)
+    assert _ts(r.push([{"ts": 2.0}], source=0)) == [2.0]
+    clock.now = 0.1
+    assert _ts(r.push([{"ts": 1.9}], source=1)) == [1.9]  # came 100 ms after 2.0 went
+    assert abs(r.delay - 0.2) < 1e-9
+    for minute in range(1, 11):
+        clock.now = 60.0 * minute
+        r.push([{"ts": 2.0 + minute}], source=0)
+    assert r.delay == 0.010  # a few half-lives later, back to the configured hold
+
+
+def test_a_zero_delay_never_holds_even_after_late_events() -> None:
+    r = Reorderer(delay=0.0, clock=Clock())
+    r.push([{"ts": 2.0}], source=0)
+    r.push([{"ts": 1.0}], source=1)
+    assert r.delay == 0.0
