@@ -43,6 +43,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -447,6 +448,53 @@ def _prop_value(value: str) -> str:
     return value.replace("\\", "\\\\")
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A self-signed certificate for a loopback broker (clients trust ``cert`` as the CA)."""
+
+    cert: Path
+    key: Path
+    #: The key and the certificate in one PEM file, as Kafka's PEM key store reads it.
+    keystore: Path
+
+
+def self_signed_tls(directory: Path, host: str = LOOPBACK) -> TlsFiles:
+    """Make a certificate for ``host`` and localhost with Debian's ``openssl`` (valid 2 days)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise DevStackError("a TLS broker needs the openssl command (Debian's openssl package)")
+    directory.mkdir(parents=True, exist_ok=True)
+    files = TlsFiles(directory / "cert.pem", directory / "key.pem", directory / "keystore.pem")
+    done = subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",  # the key is unencrypted: it lives in the broker's own temp dir
+            "-keyout",
+            str(files.key),
+            "-out",
+            str(files.cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            f"subjectAltName=IP:{host},DNS:localhost",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise DevStackError(f"openssl could not make a certificate: {done.stderr.decode()[-400:]}")
+    files.keystore.write_bytes(files.key.read_bytes() + files.cert.read_bytes())
+    files.key.chmod(0o600)
+    files.keystore.chmod(0o600)
+    return files
+
+
 def kafka_server_properties(
     *,
     broker_port: int,
@@ -456,6 +504,7 @@ def kafka_server_properties(
     host: str = LOOPBACK,
     node_id: int = 1,
     sasl_users: Mapping[str, str] | None = None,
+    tls: TlsFiles | None = None,
 ) -> str:
     """server.properties for a single-node KRaft broker+controller on loopback.
 
@@ -467,7 +516,9 @@ def kafka_server_properties(
     third of the broker's memory); compaction itself stays on, Faust needs it.
 
     With ``sasl_users`` (name -> password) clients must authenticate with SASL
-    PLAIN over a SASL_PLAINTEXT listener (the first user is the broker's own).
+    PLAIN over a SASL_PLAINTEXT listener (the first user is the broker's own);
+    with ``tls`` the listener is SASL_SSL (or SSL without users), serving the
+    certificate from Kafka's PEM key store.
     """
     if partitions < 1:
         raise ValueError("partitions must be >= 1")
@@ -495,27 +546,50 @@ def kafka_server_properties(
         "message.max.bytes": str(2 * 1024 * 1024),
         "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
     }
+    protocol = kafka_protocol(sasl=bool(sasl_users), tls=tls is not None)
+    if protocol != "PLAINTEXT":
+        settings.update(
+            {
+                "listeners": f"{protocol}://{host}:{broker_port},"
+                f"CONTROLLER://{host}:{controller_port}",
+                "advertised.listeners": f"{protocol}://{host}:{broker_port}",
+                "inter.broker.listener.name": protocol,
+                "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{protocol}:{protocol}",
+            }
+        )
     if sasl_users:
         (admin, admin_password), *_ = sasl_users.items()
         users = " ".join(f'user_{name}="{password}"' for name, password in sasl_users.items())
         settings.update(
             {
-                "listeners": f"SASL_PLAINTEXT://{host}:{broker_port},"
-                f"CONTROLLER://{host}:{controller_port}",
-                "advertised.listeners": f"SASL_PLAINTEXT://{host}:{broker_port}",
-                "inter.broker.listener.name": "SASL_PLAINTEXT",
-                "listener.security.protocol.map": (
-                    "CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
-                ),
                 "sasl.enabled.mechanisms": "PLAIN",
                 "sasl.mechanism.inter.broker.protocol": "PLAIN",
-                "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+                f"listener.name.{protocol.lower()}.plain.sasl.jaas.config": (
                     "org.apache.kafka.common.security.plain.PlainLoginModule required "
                     f'username="{admin}" password="{admin_password}" {users};'
                 ),
             }
         )
+    if tls is not None:
+        settings.update(
+            {
+                "ssl.keystore.type": "PEM",
+                "ssl.keystore.location": _prop_value(str(tls.keystore)),
+                "ssl.truststore.type": "PEM",
+                "ssl.truststore.location": _prop_value(str(tls.cert)),
+            }
+        )
     return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+def kafka_protocol(*, sasl: bool, tls: bool) -> str:
+    """The Kafka security protocol of a listener with (or without) SASL and TLS."""
+    return {
+        (False, False): "PLAINTEXT",
+        (True, False): "SASL_PLAINTEXT",
+        (False, True): "SSL",
+        (True, True): "SASL_SSL",
+    }[(sasl, tls)]
 
 
 def kafka_cluster_id() -> str:
@@ -780,6 +854,8 @@ class KafkaServer:
     tansu_bin: str | None = field(default=None, repr=False)
     #: SASL PLAIN users (name -> password) the broker requires, first the broker's own.
     sasl_users: dict[str, str] | None = field(default=None, repr=False)
+    #: The broker's certificate when its listener uses TLS.
+    tls: TlsFiles | None = field(default=None, repr=False)
     _proc: _Process | None = field(default=None, init=False, repr=False)
     _cds_dump: tuple[Path, Path] | None = field(default=None, init=False, repr=False)
 
@@ -824,6 +900,7 @@ class KafkaServer:
                 partitions=self.partitions,
                 host=self.host,
                 sasl_users=self.sasl_users,
+                tls=self.tls,
             )
         )
         (directory / "log4j.properties").write_text(KAFKA_LOG4J_PROPERTIES)
@@ -968,17 +1045,24 @@ class KafkaServer:
                     return
             time.sleep(0.05)
 
+    @property
+    def security_protocol(self) -> str:
+        return kafka_protocol(sasl=bool(self.sasl_users), tls=self.tls is not None)
+
     def client_options(self) -> dict[str, Any]:
-        """aiokafka options to connect as the broker's own SASL user (empty without SASL)."""
-        if not self.sasl_users:
-            return {}
-        (name, password), *_ = self.sasl_users.items()
-        return {
-            "security_protocol": "SASL_PLAINTEXT",
-            "sasl_mechanism": "PLAIN",
-            "sasl_plain_username": name,
-            "sasl_plain_password": password,
-        }
+        """aiokafka options to connect as the broker's own SASL user, trusting its
+        certificate (empty for a plaintext broker)."""
+        options: dict[str, Any] = {}
+        if self.sasl_users:
+            (name, password), *_ = self.sasl_users.items()
+            options.update(
+                sasl_mechanism="PLAIN", sasl_plain_username=name, sasl_plain_password=password
+            )
+        if self.tls is not None:
+            options["ssl_context"] = ssl.create_default_context(cafile=str(self.tls.cert))
+        if options:
+            options["security_protocol"] = self.security_protocol
+        return options
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the broker (SIGTERM, SIGKILL after ``timeout``); no-op when external/stopped."""
@@ -1017,6 +1101,7 @@ def _launch_kafka(
     host: str = LOOPBACK,
     attempts: int = 4,
     sasl_users: Mapping[str, str] | None = None,
+    tls: bool = False,
 ) -> KafkaServer:
     forced = environ.get("CACHECAST_KAFKA")
     java = _find_java(environ)
@@ -1041,11 +1126,12 @@ def _launch_kafka(
             _warn(f"cachecast devstack: cannot get Kafka's jars, falling back to Tansu: {exc}")
             kind = "tansu"
     if kind == "tansu":
-        if sasl_users:
-            raise DevStackError("SASL needs Apache Kafka (Tansu has no authentication)")
+        if sasl_users or tls:
+            raise DevStackError("SASL and TLS need Apache Kafka (Tansu has neither)")
         _warn(TANSU_WARNING)
     directory = Path(tempfile.mkdtemp(prefix="kafka-", dir=root))
     cluster_id = kafka_cluster_id() if kind == "apache" else f"cachecast-{uuid.uuid4().hex[:12]}"
+    tls_files = self_signed_tls(directory / "tls", host) if tls else None
     for attempt in range(1, attempts + 1):
         server = KafkaServer(
             bootstrap_servers=f"{host}:{free_port(host)}",
@@ -1058,6 +1144,7 @@ def _launch_kafka(
             libs=libs if kind == "apache" else None,
             tansu_bin=tansu if kind == "tansu" else None,
             sasl_users=dict(sasl_users) if sasl_users else None,
+            tls=tls_files,
         )
         try:
             server.start()
@@ -1428,6 +1515,7 @@ class DevStack:
         workdir: Path | None = None,
         environ: Mapping[str, str] | None = None,
         kafka_sasl_users: Mapping[str, str] | None = None,
+        kafka_tls: bool = False,
     ) -> None:
         if kafka_partitions < 1:
             raise ValueError("kafka_partitions must be >= 1")
@@ -1441,6 +1529,7 @@ class DevStack:
         self.redis_policy = redis_policy
         self.kafka_partitions = kafka_partitions
         self.kafka_sasl_users = kafka_sasl_users
+        self.kafka_tls = kafka_tls
         self.workdir = workdir
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.kafka: KafkaServer | None = None
@@ -1472,12 +1561,14 @@ class DevStack:
                     self._ensure_root(), maxmemory=self.redis_maxmemory, policy=self.redis_policy
                 )
             if self.want_kafka and self.kafka is None:
-                external = None if self.kafka_sasl_users else self._external_kafka()
+                own = self.kafka_sasl_users or self.kafka_tls  # never the user's broker
+                external = None if own else self._external_kafka()
                 self.kafka = external or _launch_kafka(
                     self._ensure_root(),
                     partitions=self.kafka_partitions,
                     environ=self.environ,
                     sasl_users=self.kafka_sasl_users,
+                    tls=self.kafka_tls,
                 )
         except BaseException:
             self.stop()

@@ -1,7 +1,8 @@
-"""Authenticated transports end to end: Kafka SASL and a Redis ACL user.
+"""Authenticated transports end to end: Kafka SASL (in clear and over TLS) and a Redis ACL user.
 
-A broker of its own requires SASL PLAIN (a SASL_PLAINTEXT listener), and the
-session's Redis gets an ACL user confined to this test's key prefix. The
+A broker of its own requires SASL PLAIN (a SASL_PLAINTEXT listener, then a
+SASL_SSL one with a self-signed certificate that the clients are given as their
+CA file), and the session's Redis gets an ACL user confined to this test's key prefix. The
 worker (Faust, its admin and snapshot clients, its Redis clients) and the
 application's client (its Redis pool and its event emitter) all connect with
 the credentials from the environment; the secrets appear in no log and no repr.
@@ -27,10 +28,12 @@ KAFKA_USERS = {"broker": "broker-secret-1", "app": "app-secret-2"}
 REDIS_PASSWORD = "redis-secret-3"
 
 
-@pytest.fixture(scope="module")
-def sasl_kafka() -> Iterator[KafkaServer]:
-    with DevStack(kafka=True, redis=False, kafka_sasl_users=KAFKA_USERS) as stack:
+@pytest.fixture(scope="module", params=["SASL_PLAINTEXT", "SASL_SSL"])
+def sasl_kafka(request: pytest.FixtureRequest) -> Iterator[KafkaServer]:
+    tls = request.param == "SASL_SSL"
+    with DevStack(kafka=True, redis=False, kafka_sasl_users=KAFKA_USERS, kafka_tls=tls) as stack:
         assert stack.kafka is not None
+        assert stack.kafka.security_protocol == request.param
         yield stack.kafka
 
 
@@ -75,13 +78,15 @@ def test_worker_and_client_use_kafka_sasl_and_a_redis_acl_user(
 ) -> None:
     secure = {
         "KAFKA_BOOTSTRAP_SERVERS": sasl_kafka.bootstrap_servers,
-        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "KAFKA_SECURITY_PROTOCOL": sasl_kafka.security_protocol,
         "KAFKA_SASL_MECHANISM": "PLAIN",
         "KAFKA_SASL_USERNAME": "app",
         "KAFKA_SASL_PASSWORD": KAFKA_USERS["app"],
         "REDIS_USERNAME": acl_user,
         "REDIS_PASSWORD": REDIS_PASSWORD,
     }
+    if sasl_kafka.tls is not None:
+        secure["KAFKA_SSL_CA_FILE"] = str(sasl_kafka.tls.cert)
     for name, value in secure.items():
         monkeypatch.setenv(name, value)
     settings = load_settings()
@@ -101,6 +106,14 @@ def test_worker_and_client_use_kafka_sasl_and_a_redis_acl_user(
             break
         assert time.monotonic() < deadline, total
         time.sleep(0.5)
+
+    if sasl_kafka.tls is not None:
+        # Without the broker's certificate as CA, TLS refuses it: nothing is delivered.
+        monkeypatch.delenv("KAFKA_SSL_CA_FILE")
+        untrusted = asyncio.run(_traffic(load_settings(), 5))
+        assert untrusted["delivered"] is False
+        assert untrusted["client"]["errors"] == 0
+        monkeypatch.setenv("KAFKA_SSL_CA_FILE", str(sasl_kafka.tls.cert))
 
     # A wrong Kafka password: the cache still serves, the events are not delivered.
     monkeypatch.setenv("KAFKA_SASL_PASSWORD", "wrong")
