@@ -1,4 +1,4 @@
-"""The Faust application: settings in, topics and tables declared, nothing decided here.
+"""The Faust application: settings in, topics declared, nothing decided here.
 
 Topics (names and partition counts from :mod:`pipeline.config`):
 
@@ -67,7 +67,6 @@ def _faust_app(settings: Settings) -> faust.App:
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
-        table_cleanup_interval=30.0,
         autodiscover=False,
         origin="agents",
         datadir=str(_datadir(settings)),
@@ -75,7 +74,8 @@ def _faust_app(settings: Settings) -> faust.App:
 
 
 def _datadir(settings: Settings) -> Path:
-    # Tables live in memory (rebuilt from their changelogs); Faust still wants a directory.
+    # No Faust tables (state is snapshot-then-ack, see agents.checkpointing); Faust still
+    # wants a directory.
     path = cache_root() / "worker" / f"{settings.app_id}-{settings.web_port}"
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import faust
-from aiokafka.errors import KafkaError
 from faust.types import TP, EventT
 
 from agents.app import app, settings, topics
@@ -38,6 +37,7 @@ __all__ = ["Checkpointer", "Stateful", "checkpointers"]
 log = logging.getLogger(__name__)
 
 _SEND_ATTEMPTS = 4
+_READ_ATTEMPTS = 4
 _SEND_BACKOFF_S = 0.5
 
 
@@ -133,29 +133,37 @@ class Checkpointer(Generic[M]):
                 self.models[partition] = model
                 self.covered[partition] = covered
         finally:
-            self._loading.pop(partition, None)
+            # Only this restore's own entry: a cancelled one can finish after a newer one began.
+            if self._loading.get(partition) is asyncio.current_task():
+                del self._loading[partition]
 
     async def _load(self, partition: int) -> tuple[M, int]:
         """A fresh model with the partition's snapshot loaded, and the offset it covers."""
         model = self.factory()
         stages = (self.stage, *self.extra_stages)
-        try:
-            blobs = await load_snapshot_blobs(
-                settings.kafka_brokers(),
-                settings.topic_state,
-                stages,
-                partition,
-                connection=kafka_options(settings),
-            )
-        except (TimeoutError, KafkaError, OSError) as exc:
-            self.rejected += 1
-            log.error(
-                "%s: snapshots of partition %d unreadable (%r); starting fresh",
-                self.stage,
-                partition,
-                exc,
-            )
-            return model, -1
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                blobs = await load_snapshot_blobs(
+                    settings.kafka_brokers(),
+                    settings.topic_state,
+                    stages,
+                    partition,
+                    connection=kafka_options(settings),
+                )
+                break
+            except Exception as exc:  # Kafka trouble: a fresh model would overwrite the snapshot
+                if attempt == _READ_ATTEMPTS - 1:
+                    self.rejected += 1
+                    log.error(
+                        "%s: snapshots of partition %d unreadable after %d attempts (%r);"
+                        " starting fresh",
+                        self.stage,
+                        partition,
+                        _READ_ATTEMPTS,
+                        exc,
+                    )
+                    return model, -1
+                await asyncio.sleep(_SEND_BACKOFF_S * 2**attempt)
         for stage in self.extra_stages:
             self.extras[(stage, partition)] = blobs[stage]
         blob = blobs[self.stage]
@@ -222,11 +230,17 @@ class Checkpointer(Generic[M]):
         snapshot) and says so in the log: its state is never silently lost.
         """
         if self.before_checkpoint is not None:
-            await self.before_checkpoint()
+            try:
+                await self.before_checkpoint()
+            except Exception as exc:  # its output did not reach Kafka: ack nothing yet
+                log.warning("%s: checkpoint put off (%r); records stay unacked", self.stage, exc)
+                self._last = time.monotonic()
+                return
         started = time.perf_counter()
         written = 0
         failed: set[int] = set()
-        for partition, model in self.models.items():
+        # A copy: a partition restored in the background may join while a send waits.
+        for partition, model in list(self.models.items()):
             offset = max(self.offsets.get(partition, -1), self.covered.get(partition, -1))
             blob = encode_snapshot(
                 {"offset": offset, "state": model.state_dict()},

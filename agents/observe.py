@@ -173,13 +173,15 @@ def _note_counted(partition: int, offset: int) -> None:
         _unsent_upto[partition] = offset
 
 
-async def _flush() -> None:
+async def _flush() -> bool:
     """Send the stats deltas, record how far they count, publish the smart TTLs that changed.
 
     The progress records go once Kafka has the deltas and the re-partitioned
-    batches, so a record at or below a partition's progress is never counted or
-    sent twice by the next owner (a crash between the two sends can still
-    count one flush twice).
+    batches, so the next owner of a partition neither counts nor re-sends a
+    record at or below its progress (a crash between the two sends can still
+    count one flush twice; batches sent after the last progress record are sent
+    again). Deltas Kafka did not take are kept for the next flush, and False
+    says so: a checkpoint then waits (see :func:`_flush_for_checkpoint`).
     """
     global _last_flush
     _last_flush = time.monotonic()
@@ -187,37 +189,50 @@ async def _flush() -> None:
     _deltas.clear()
     upto = dict(_unsent_upto)
     _unsent_upto.clear()
-    deliveries = []
-    for namespace, delta in deltas.items():
-        if namespace == "-":
-            continue
-        deliveries.append(
+    if "-" in deltas:
+        runtime.counters["dead_letter_events"] += deltas.pop("-").dead_letters
+    try:
+        deliveries = [
             await topics.stats.send(
                 key=namespace.encode(),
                 value=orjson.dumps({"namespace": namespace, "stats": delta.to_dict()}),
                 force=True,
             )
-        )
-    if "-" in deltas:
-        runtime.counters["dead_letter_events"] += deltas["-"].dead_letters
+            for namespace, delta in deltas.items()
+        ]
+        await asyncio.gather(*deliveries)
+    except Exception as exc:  # Kafka trouble: keep them; nothing is acked meanwhile
+        log.warning("stats deltas not delivered (%r); kept for the next flush", exc)
+        for namespace, delta in deltas.items():
+            _deltas[namespace].merge(delta)
+        for partition, offset in upto.items():
+            _note_counted(partition, offset)
+        return False
     if upto:
         try:
-            await app.producer.flush()
-            await asyncio.gather(*deliveries)
+            await app.producer.flush()  # the re-partitioned batches too
             for partition, offset in upto.items():
                 blob = encode_snapshot(
                     {"offset": offset}, stage=_PROGRESS_STAGE, partition=partition
                 )
-                await topics.state.send(
+                delivery = await topics.state.send(
                     key=snapshot_key(_PROGRESS_STAGE, partition),
                     value=blob,
                     partition=partition,
                     force=True,
                 )
+                await delivery
                 _counted[partition] = offset
-        except Exception as exc:  # Kafka trouble: the next owner may count these again
+        except Exception as exc:  # the deltas are in: a next owner may count these again
             log.warning("stats progress not recorded (%r)", exc)
     await _publish_ttls()
+    return True
+
+
+async def _flush_for_checkpoint() -> None:
+    """A checkpoint acks what the deltas count: only once Kafka has them."""
+    if not await _flush():
+        raise RuntimeError("stats deltas not delivered")
 
 
 def _forget(partitions: set[int]) -> None:
@@ -227,7 +242,7 @@ def _forget(partitions: set[int]) -> None:
         _touched.pop(partition, None)
 
 
-ttl_models.before_checkpoint = _flush
+ttl_models.before_checkpoint = _flush_for_checkpoint
 ttl_models.after_revoked = _forget
 
 

@@ -134,6 +134,16 @@ async def _drain_reorderers() -> None:
 engines.before_checkpoint = _drain_reorderers
 
 
+def _forget(partitions: set[int]) -> None:
+    """Revoked partitions: their buffers (drained by the checkpoint) and deciders go."""
+    for partition in partitions:
+        reorderers.pop(partition, None)
+        deciders.pop(partition, None)
+
+
+engines.after_revoked = _forget
+
+
 async def _checkpoint() -> None:
     await engines.checkpoint()
 

@@ -200,12 +200,16 @@ async def aggregate_outcomes(stream: faust.StreamT[bytes]) -> None:
         by_namespace: dict[str, WindowStats] = {}
         for outcome in outcomes:
             by_namespace.setdefault(outcome["namespace"], WindowStats()).add_outcomes([outcome])
-        for namespace, delta in by_namespace.items():
-            await topics.stats.send(
-                key=namespace.encode(),
-                value=orjson.dumps({"namespace": namespace, "stats": delta.to_dict()}),
-                force=True,
-            )
+        try:  # delivered before the record is acked: outcomes are counted at least once
+            for namespace, delta in by_namespace.items():
+                delivery = await topics.stats.send(
+                    key=namespace.encode(),
+                    value=orjson.dumps({"namespace": namespace, "stats": delta.to_dict()}),
+                    force=True,
+                )
+                await delivery
+        except Exception as exc:  # Kafka trouble must not stop the agent
+            await runtime.reject(event, "stats", exc)
 
 
 @app.timer(interval=max(0.5, WINDOW / 4), name="cachecast.stats-publish")

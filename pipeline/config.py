@@ -308,7 +308,8 @@ class Settings(BaseSettings):
         le=10,
         validation_alias=_env("CACHECAST_REORDER_S", "reorder_s"),
         description="How long the predict agent holds events to restore their time order, at"
-        " least (late events raise it, up to 0.5 s; 0 turns holding off).",
+        " least: late events raise it, up to 0.5 s or this value if larger; 0 turns holding"
+        " off.",
     )
     model_delay_requests: int = Field(
         30,

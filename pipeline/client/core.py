@@ -811,13 +811,13 @@ class CacheCore:
                 f"priority must be one of {sorted(PRIORITY_RANK)}, not {priority!r}"
             )
         hints = self.priorities
+        hints.pop(dkey, None)  # (re)inserted last; no move_to_end a thread could race
         if rank == PRIORITY_RANK["normal"]:
-            hints.pop(dkey, None)
             return
         hints[dkey] = rank
-        hints.move_to_end(dkey)
         if len(hints) > PRIORITY_HINTS_MAX:
-            hints.popitem(last=False)
+            with contextlib.suppress(KeyError):  # another thread emptied it first
+                hints.popitem(last=False)
 
     def set_plan(
         self,
