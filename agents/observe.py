@@ -140,15 +140,7 @@ async def _process(event: Any, model: SmartTTL, counted_upto: int) -> None:
             _note_counted(message.partition, message.offset)
         return
     if not replayed:
-        for reject in rejects:
-            await runtime.dead_letter(
-                reject.raw,
-                reject.reason,
-                source=source,
-                agent="observe",
-                field=reject.field,
-                index=reject.index,
-            )
+        await runtime.dead_letter_rejects(rejects, source=source, agent="observe")
         if rejects:
             _deltas["-"].dead_letters += len(rejects)
         _note_counted(message.partition, message.offset)

@@ -10,6 +10,7 @@ import gc
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from pipeline.decide import WarmLatency
 from pipeline.loaders import loaders_from_config
 from pipeline.stats import LatencyHistogram, WindowStats
 from pipeline.warming import WarmWriter
+from schemas.decode import Reject
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,20 @@ class Runtime:
             ),
             force=True,
         )
+
+    async def dead_letter_rejects(
+        self, rejects: Iterable[Reject], *, source: str, agent: str
+    ) -> None:
+        """Dead-letter each bad event of a batch, with where it was and why."""
+        for reject in rejects:
+            await self.dead_letter(
+                reject.raw,
+                reject.reason,
+                source=source,
+                agent=agent,
+                field=reject.field,
+                index=reject.index,
+            )
 
     async def reject(self, event: Any, agent: str, exc: BaseException) -> None:
         """A record whose processing raised: dead-letter it with the reason and go on.

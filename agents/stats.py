@@ -193,10 +193,7 @@ async def aggregate_outcomes(stream: faust.StreamT[bytes]) -> None:
         except InvalidEvent as exc:
             await runtime.dead_letter(event.value or b"", exc.reason, source=source, agent="stats")
             continue
-        for reject in rejects:
-            await runtime.dead_letter(
-                reject.raw, reject.reason, source=source, agent="stats", index=reject.index
-            )
+        await runtime.dead_letter_rejects(rejects, source=source, agent="stats")
         by_namespace: dict[str, WindowStats] = {}
         for outcome in outcomes:
             by_namespace.setdefault(outcome["namespace"], WindowStats()).add_outcomes([outcome])

@@ -128,15 +128,7 @@ async def write_warmups(stream: faust.StreamT[bytes]) -> None:
         except InvalidEvent as exc:
             await runtime.dead_letter(event.value or b"", exc.reason, source=source, agent="writer")
             continue
-        for reject in rejects:
-            await runtime.dead_letter(
-                reject.raw,
-                reject.reason,
-                source=source,
-                agent="writer",
-                field=reject.field,
-                index=reject.index,
-            )
+        await runtime.dead_letter_rejects(rejects, source=source, agent="writer")
         if commands:
             try:
                 await carry_out(commands)
