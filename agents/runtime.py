@@ -45,7 +45,13 @@ class Runtime:
             enable_compression=settings.redis_enable_compression,
         )
         self.loaders = loaders_from_config(settings.loader_config())
-        self.writer = WarmWriter(self.redis, settings.redis_key_prefix, self.loaders, self.codec)
+        self.writer = WarmWriter(
+            self.redis,
+            settings.redis_key_prefix,
+            self.loaders,
+            self.codec,
+            ttl_bounds=(settings.smart_ttl_min, settings.smart_ttl_max),
+        )
         self.counters: Counter[str] = Counter()
         #: Per-namespace statistics not yet sent to the stats topic ("-": no namespace).
         self.deltas: defaultdict[str, WindowStats] = defaultdict(WindowStats)

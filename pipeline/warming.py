@@ -28,10 +28,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from pipeline.client.keys import data_key, smart_ttl_hash
+from pipeline.client.keys import data_key, published_ttl, smart_ttl_hash
 from pipeline.client.warm import write_warmed
 from pipeline.codec import CodecError, ValueCodec
 from pipeline.loaders import GuardedLoader, LoadError, LoadRefused
+from schemas.contracts import MAX_TTL_S
 
 __all__ = ["WarmWriter"]
 
@@ -53,6 +54,9 @@ class WarmWriter:
         Guarded loader per namespace; a namespace without one gets ``load-failed``.
     codec
         Encodes loaded values (origin ``warm``).
+    ttl_bounds
+        ``(CACHECAST_SMART_TTL_MIN, CACHECAST_SMART_TTL_MAX)``: a published smart TTL
+        is clamped to them, as the clients clamp it.
     """
 
     def __init__(
@@ -62,8 +66,10 @@ class WarmWriter:
         loaders: Mapping[str, GuardedLoader],
         codec: ValueCodec,
         *,
+        ttl_bounds: tuple[int, int] = (1, MAX_TTL_S),
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.ttl_bounds = ttl_bounds
         self.redis = redis
         self.prefix = prefix
         self.loaders = dict(loaders)
@@ -107,7 +113,11 @@ class WarmWriter:
                 pipe.exists(data_key(prefix, c["namespace"], c["key"]))
                 pipe.hget(smart_ttl_hash(prefix, c["namespace"]), c["key"])
             replies = await pipe.execute()
-        return [(bool(replies[j]), _as_ttl(replies[j + 1])) for j in range(0, len(replies), 2)]
+        low, high = self.ttl_bounds
+        return [
+            (bool(replies[j]), published_ttl(replies[j + 1], low, high) or 0)
+            for j in range(0, len(replies), 2)
+        ]
 
     async def _warm_one(self, command: Mapping[str, Any], ttl: int) -> dict[str, Any]:
         namespace, key = command["namespace"], command["key"]
@@ -172,12 +182,3 @@ class WarmWriter:
             "model_version": command.get("model_version", ""),
             "version": 1,
         }
-
-
-def _as_ttl(raw: Any) -> int:
-    """A published smart TTL (bytes of an integer), or 0 when absent or unreadable."""
-    try:
-        value = int(raw) if raw is not None else 0
-    except (TypeError, ValueError):
-        return 0
-    return value if 0 < value <= 10 * 365 * 24 * 3600 else 0

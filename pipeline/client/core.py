@@ -58,6 +58,7 @@ from pipeline.client.keys import (
     data_key,
     escape_glob,
     keytags_key,
+    published_ttl,
     smart_ttl_hash,
     split_data_key,
     tag_key,
@@ -436,15 +437,7 @@ class CacheCore:
 
     def parse_smart_ttl(self, raw: Any) -> int | None:
         """The published smart TTL, clamped to the configured bounds; None if absent/bad."""
-        if raw is None:
-            return None
-        try:
-            seconds = int(raw)
-        except (TypeError, ValueError):
-            return None
-        if seconds <= 0:
-            return None
-        return max(self.settings.smart_ttl_min, min(self.settings.smart_ttl_max, seconds))
+        return published_ttl(raw, self.settings.smart_ttl_min, self.settings.smart_ttl_max)
 
     def prefix_match(self) -> str:
         """The SCAN pattern of every key under this client's prefix."""
