@@ -79,6 +79,8 @@ from pipeline.client.manager import RedisCacheManager
 from pipeline.client.rulebook import (
     RuleBook,
     bootstrap_commands,
+    fell_behind,
+    follow_commands,
     newest_id,
     parse_entries,
     table_rules,
@@ -718,22 +720,31 @@ class IntelligentCache(RedisCacheManager):
         has started (or seen its first miss); call it to have rules before the first
         request.
         """
+        prefix = self._core.prefix
         for namespace in list(self._edge_loaders):
-            stream = rules_stream(self._core.prefix, namespace)
+            stream = rules_stream(prefix, namespace)
             if stream not in self._rule_ids:
-                replies = await self._execute(bootstrap_commands(self._core.prefix, namespace))
-                self._rule_ids[stream] = newest_id(replies[0])
-                self._rulebook.apply(namespace, table_rules(replies[1:]))
-                self._rules_held = self.edge_warming and len(self._rulebook) > 0
-            reply = await self._redis.execute_command(
-                "XRANGE", stream, b"(" + self._rule_ids[stream], "+", "COUNT", _RULE_ENTRIES_READ
+                await self._load_rule_table(namespace, stream)
+            oldest, reply = await self._execute(
+                follow_commands(prefix, namespace, self._rule_ids[stream], _RULE_ENTRIES_READ)
             )
+            if fell_behind(oldest, self._rule_ids[stream]):
+                self._core.stats.rule_resyncs += 1  # changes were trimmed unread
+                await self._load_rule_table(namespace, stream)
+                continue
             last, changes = parse_entries(reply)
             if last is not None:
                 self._rule_ids[stream] = last
                 self._rulebook.apply(namespace, changes)
                 self._rules_held = self.edge_warming and len(self._rulebook) > 0
         return len(self._rulebook)
+
+    async def _load_rule_table(self, namespace: str, stream: str) -> None:
+        """Hold exactly the namespace's rule table; follow its stream from the newest entry."""
+        replies = await self._execute(bootstrap_commands(self._core.prefix, namespace))
+        self._rule_ids[stream] = newest_id(replies[0])
+        self._rulebook.replace(namespace, table_rules(replies[1:]))
+        self._rules_held = self.edge_warming and len(self._rulebook) > 0
 
     def _follow(self) -> None:
         if self._follower is None and not self._closed and self.edge_warming:

@@ -36,6 +36,8 @@ __all__ = [
     "Rule",
     "RuleBook",
     "bootstrap_commands",
+    "fell_behind",
+    "follow_commands",
     "newest_id",
     "parse_entries",
     "table_rules",
@@ -65,6 +67,12 @@ class RuleBook:
         table = self._rules.get(namespace)
         return None if table is None else table.get(trigger)
 
+    def replace(self, namespace: str, rules: Iterable[tuple[str, Rule]]) -> None:
+        """Hold exactly ``rules`` for ``namespace`` (the table, read again)."""
+        with self._lock:
+            self._rules.pop(namespace, None)
+        self.apply(namespace, rules)
+
     def apply(self, namespace: str, updates: Iterable[tuple[str, Rule]]) -> None:
         """Set (or, with an empty rule, delete) rules of ``namespace``."""
         with self._lock:
@@ -79,6 +87,39 @@ class RuleBook:
                 table.move_to_end(trigger)
             while len(table) > self.max_rules:
                 table.popitem(last=False)
+
+
+def follow_commands(
+    prefix: str, namespace: str, last: bytes, count: int
+) -> list[tuple[str | bytes, ...]]:
+    """One round of following: the stream's oldest entry, then the entries after ``last``."""
+    stream = rules_stream(prefix, namespace)
+    return [
+        ("XRANGE", stream, "-", "+", "COUNT", "1"),
+        ("XRANGE", stream, b"(" + last, "+", "COUNT", str(count)),
+    ]
+
+
+def fell_behind(oldest_reply: object, last: bytes) -> bool:
+    """Whether entries after ``last`` may have been trimmed from the stream (it keeps a
+    bounded number of rounds): its oldest entry is newer than ``last``. The client then
+    reads the table again instead of missing those changes for good.
+
+    >>> fell_behind([[b"5-0", []]], b"3-0"), fell_behind([[b"5-0", []]], b"7-1")
+    (True, False)
+    >>> fell_behind([], b"3-0")
+    False
+    """
+    oldest = newest_id(oldest_reply)  # the first id of the reply, whatever its order
+    return oldest != b"0-0" and _stream_id(oldest) > _stream_id(last)
+
+
+def _stream_id(raw: bytes) -> tuple[int, int]:
+    ms, _, seq = raw.partition(b"-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return 0, 0
 
 
 def bootstrap_commands(prefix: str, namespace: str) -> list[tuple[str, ...]]:

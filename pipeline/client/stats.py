@@ -137,6 +137,9 @@ class ClientStats:
     #: Edge warms: loads of the keys a prefetch rule names, started when its trigger missed.
     rule_reads: int = 0
     rules_applied: int = 0
+    #: Times the rule stream had been trimmed past what this client had read, so it
+    #: read the rule table again.
+    rule_resyncs: int = 0
     edge_issued: int = 0
     edge_written: int = 0
     edge_failed: int = 0

@@ -49,6 +49,8 @@ from pipeline.client.keys import rules_stream
 from pipeline.client.rulebook import (
     RuleBook,
     bootstrap_commands,
+    fell_behind,
+    follow_commands,
     newest_id,
     parse_entries,
     table_rules,
@@ -533,19 +535,27 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         for namespace in list(self._edge_loaders):
             stream = rules_stream(prefix, namespace)
             if stream not in self._rule_ids:
-                replies = self._execute(bootstrap_commands(prefix, namespace))
-                self._rule_ids[stream] = newest_id(replies[0])
-                self._rulebook.apply(namespace, table_rules(replies[1:]))
-                self._rules_held = self.edge_warming and len(self._rulebook) > 0
-            reply = self._redis.execute_command(  # type: ignore[no-untyped-call]
-                "XRANGE", stream, b"(" + self._rule_ids[stream], "+", "COUNT", 1_000
+                self._load_rule_table(namespace, stream)
+            oldest, reply = self._execute(
+                follow_commands(prefix, namespace, self._rule_ids[stream], 1_000)
             )
+            if fell_behind(oldest, self._rule_ids[stream]):
+                self._core.stats.rule_resyncs += 1  # changes were trimmed unread
+                self._load_rule_table(namespace, stream)
+                continue
             last, changes = parse_entries(reply)
             if last is not None:
                 self._rule_ids[stream] = last
                 self._rulebook.apply(namespace, changes)
                 self._rules_held = self.edge_warming and len(self._rulebook) > 0
         return len(self._rulebook)
+
+    def _load_rule_table(self, namespace: str, stream: str) -> None:
+        """Hold exactly the namespace's rule table; follow its stream from the newest entry."""
+        replies = self._execute(bootstrap_commands(self._core.prefix, namespace))
+        self._rule_ids[stream] = newest_id(replies[0])
+        self._rulebook.replace(namespace, table_rules(replies[1:]))
+        self._rules_held = self.edge_warming and len(self._rulebook) > 0
 
     def _follow_rules(self) -> None:
         while not self._stop_following.is_set():

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from pipeline.client import IntelligentCache, SyncIntelligentCache
-from pipeline.client.keys import rules_hash
+from pipeline.client.keys import rules_hash, rules_stream
+from pipeline.client.rulebook import STREAM_FIELD
 from pipeline.codec import ValueCodec
 from pipeline.loaders import LoaderConfig
-from pipeline.prefetch import encode_rule
+from pipeline.prefetch import encode_rule, encode_updates
 from tests.integration.client.conftest import Backend, MakeCache, RecordingSink
 
 
@@ -500,3 +501,26 @@ async def test_the_origin_down_then_slow_then_back(single: Backend, make_cache: 
         f"origin: slow phase {len(slow_calls)} loads in {slow_end - slow_start:.1f} s,"
         f" peak {origin.peak} in flight; app read p50 {sorted(reads)[30] * 1000:.1f} ms"
     )
+
+
+async def test_a_client_that_fell_behind_the_trimmed_rule_stream_reads_the_table_again(
+    backend: Backend, make_cache: MakeCache
+) -> None:
+    origin = Origin()
+    cache: IntelligentCache = make_cache(backend, IntelligentCache, loaders={"orders": origin})
+    await cache.refresh_rules()  # following, with nothing published yet
+    # Meanwhile the pipeline publishes a rule and then more rounds than the stream keeps:
+    # the round that carried the rule is trimmed before this client reads it.
+    publish(backend, cache, "a", ["b"])
+    stream = rules_stream(cache.settings.redis_key_prefix, "orders")
+    client = backend.raw()
+    try:
+        for i in range(80):
+            client.xadd(
+                stream, {STREAM_FIELD: encode_updates([(f"x{i}", [("y", 0.9)])])}, maxlen=64
+            )
+    finally:
+        client.close()
+    await cache.refresh_rules()  # sees the gap: reads the table again
+    assert cache.core.stats.rule_resyncs == 1
+    assert cache._rulebook.get("orders", "a") == (("b", 0.9),)  # without the resync: None
