@@ -120,11 +120,15 @@ class Checkpointer(Generic[M]):
         model = self.models.get(partition)
         if model is not None:
             return model
+        await asyncio.shield(self._start_restore(partition))
+        return self.models[partition]
+
+    def _start_restore(self, partition: int) -> asyncio.Future[None]:
+        """The restore of ``partition`` in progress, started now if none is."""
         loading = self._loading.get(partition)
         if loading is None:
             loading = self._loading[partition] = asyncio.ensure_future(self._restore(partition))
-        await asyncio.shield(loading)
-        return self.models[partition]
+        return loading
 
     async def _restore(self, partition: int) -> None:
         try:
@@ -199,9 +203,7 @@ class Checkpointer(Generic[M]):
         """Start restoring newly assigned partitions now, before their first record."""
         for tp in assigned:
             if tp.topic == self.topic_name and tp.partition not in self.models:
-                partition = tp.partition
-                if partition not in self._loading:
-                    self._loading[partition] = asyncio.ensure_future(self._restore(partition))
+                self._start_restore(tp.partition)
 
     def covers(self, event: EventT[Any]) -> bool:
         """Whether the snapshot this partition was restored from already holds ``event``.

@@ -203,18 +203,19 @@ async def _flush() -> bool:
     if upto:
         try:
             await app.producer.flush()  # the re-partitioned batches too
-            for partition, offset in upto.items():
-                blob = encode_snapshot(
-                    {"offset": offset}, stage=_PROGRESS_STAGE, partition=partition
-                )
-                delivery = await topics.state.send(
+            progress = [
+                await topics.state.send(
                     key=snapshot_key(_PROGRESS_STAGE, partition),
-                    value=blob,
+                    value=encode_snapshot(
+                        {"offset": offset}, stage=_PROGRESS_STAGE, partition=partition
+                    ),
                     partition=partition,
                     force=True,
                 )
-                await delivery
-                _counted[partition] = offset
+                for partition, offset in upto.items()
+            ]
+            await asyncio.gather(*progress)  # one wait for every partition's record
+            _counted.update(upto)
         except Exception as exc:  # the deltas are in: a next owner may count these again
             log.warning("stats progress not recorded (%r)", exc)
     await _publish_ttls()

@@ -48,7 +48,6 @@ __all__ = [
     "SnapshotError",
     "decode_snapshot",
     "encode_snapshot",
-    "load_snapshot",
     "load_snapshot_blobs",
     "snapshot_key",
 ]
@@ -270,22 +269,6 @@ def decode_snapshot(blob: bytes) -> Any:
         raise
     except (ValueError, TypeError, RecursionError, msgpack.ExtraData) as exc:
         raise SnapshotError(f"malformed snapshot: {exc!r}") from None
-
-
-async def load_snapshot(
-    bootstrap_servers: list[str],
-    topic: str,
-    stage: str,
-    partition: int,
-    timeout: float = 30.0,
-    connection: Mapping[str, Any] | None = None,
-) -> Any | None:
-    """The latest snapshot of ``stage`` for ``partition``, or None if there is none."""
-    blobs = await load_snapshot_blobs(
-        bootstrap_servers, topic, (stage,), partition, timeout, connection
-    )
-    blob = blobs[stage]
-    return decode_snapshot(blob) if blob else None
 
 
 async def load_snapshot_blobs(

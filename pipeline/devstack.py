@@ -856,6 +856,7 @@ class KafkaServer:
     sasl_users: dict[str, str] | None = field(default=None, repr=False)
     #: The broker's certificate when its listener uses TLS.
     tls: TlsFiles | None = field(default=None, repr=False)
+    _ssl_context: ssl.SSLContext | None = field(default=None, init=False, repr=False)
     _proc: _Process | None = field(default=None, init=False, repr=False)
     _cds_dump: tuple[Path, Path] | None = field(default=None, init=False, repr=False)
 
@@ -1059,7 +1060,9 @@ class KafkaServer:
                 sasl_mechanism="PLAIN", sasl_plain_username=name, sasl_plain_password=password
             )
         if self.tls is not None:
-            options["ssl_context"] = ssl.create_default_context(cafile=str(self.tls.cert))
+            if self._ssl_context is None:  # read the certificate once, not at every poll
+                self._ssl_context = ssl.create_default_context(cafile=str(self.tls.cert))
+            options["ssl_context"] = self._ssl_context
         if options:
             options["security_protocol"] = self.security_protocol
         return options
