@@ -21,8 +21,9 @@ from pipeline.client.connection import connect_async
 from pipeline.codec import ValueCodec
 from pipeline.deadletter import dead_letter_headers
 from pipeline.decide import WarmLatency
+from pipeline.histogram import LatencyHistogram
 from pipeline.loaders import loaders_from_config
-from pipeline.stats import LatencyHistogram, WindowStats
+from pipeline.stats import WindowStats
 from pipeline.warming import WarmWriter
 from schemas.decode import Reject
 
@@ -89,7 +90,7 @@ class Runtime:
                 "count": h.count,
                 "p50_ms": round(h.quantile(0.5) / 1000, 2),
                 "p99_ms": round(h.quantile(0.99) / 1000, 2),
-                "max_ms": round(h.quantile(1.0) / 1000, 2),
+                "max_ms": round(h.maximum / 1000, 2),
             }
             for name, h in histograms.items()
         }

@@ -32,6 +32,7 @@ from agents.runtime import runtime
 from agents.stats import namespace_stats
 from agents.writer import carry_out
 from pipeline.client import CacheError, RedisCacheManager, RedisConfigError
+from pipeline.histogram import LatencyHistogram
 from pipeline.monitor import (
     MAX_BODY_BYTES,
     Action,
@@ -40,7 +41,6 @@ from pipeline.monitor import (
     parse_action,
     parse_view,
 )
-from pipeline.stats import LatencyHistogram
 from schemas.decode import validate_warmup_command
 
 log = logging.getLogger(__name__)

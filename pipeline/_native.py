@@ -56,6 +56,7 @@ COMPILED: tuple[str, ...] = (
     "pipeline.models.ttl",
     "pipeline.decide",
     "pipeline.reorder",
+    "pipeline.histogram",
     "pipeline.stats",
     "pipeline.partitioning",
     "pipeline.routing",

@@ -295,23 +295,26 @@ async def load_snapshot_blobs(
         fetch_max_bytes=64 * 1024 * 1024,
         **(connection or {}),
     )
-    await consumer.start()
+    tp = TopicPartition(topic, partition)
+    latest: dict[str, bytes | None] = dict.fromkeys(stages)
     try:
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        latest: dict[str, bytes | None] = dict.fromkeys(stages)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while await consumer.position(tp) < end:
-            if loop.time() > deadline:
-                raise TimeoutError(f"reading snapshots of {topic}/{partition} took over {timeout}s")
-            batch = await consumer.getmany(tp, timeout_ms=500)
-            for record in batch.get(tp, []):
-                stage = keys.get(record.key or b"")
-                if stage is not None:
-                    latest[stage] = record.value
+        # One bound on the whole read, connecting included: a restore that hangs
+        # would hold up its partition's first record (the caller retries).
+        async with asyncio.timeout(timeout):
+            await consumer.start()
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=500)
+                for record in batch.get(tp, []):
+                    stage = keys.get(record.key or b"")
+                    if stage is not None:
+                        latest[stage] = record.value
         return latest
+    except TimeoutError:
+        raise TimeoutError(
+            f"reading snapshots of {topic}/{partition} took over {timeout}s"
+        ) from None
     finally:
         await consumer.stop()

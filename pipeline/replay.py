@@ -51,8 +51,8 @@ from pipeline.client.connection import AsyncRedisClient, connect_async
 from pipeline.client.keys import escape_glob
 from pipeline.codec import ValueCodec
 from pipeline.config import Settings, load_settings
+from pipeline.histogram import LatencyHistogram
 from pipeline.sim.traces import CsvMapping, Trace, TraceFormat, read_trace
-from pipeline.stats import LatencyHistogram
 from pipeline.transport import kafka_options
 from schemas.decode import InvalidEvent, decode_warmup_outcome_dicts
 

@@ -5,7 +5,7 @@ batch of warmup outcomes), send it on, and the stats agent merges deltas into a
 windowed table. Everything here merges exactly: counters add, and latencies go
 into a fixed log-bucket histogram (:class:`LatencyHistogram`) whose buckets add,
 so quantiles of a merged window are the quantiles of all its events (to within
-a bucket's width, 5%).
+a bucket's width, about 6 %; see :mod:`pipeline.histogram`).
 
 Values are warmed on two paths, counted apart: the worker (warmup commands, the
 writer's outcomes: ``warms_*``) and the edge (a client loads predicted keys
@@ -41,87 +41,15 @@ latency (the load's) stays out of the operation latency histogram.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
+from pipeline.histogram import LatencyHistogram
 from schemas.contracts import READ_OPS
 from schemas.records import MetricsSnapshot
 
-__all__ = ["LatencyHistogram", "WindowStats"]
-
-_GROWTH: Final = 1.05
-_LOG_GROWTH: Final = math.log(_GROWTH)
-_MAX_BUCKET: Final = 500  # 1.05**500 µs is about 1.3 hours
-
-
-class LatencyHistogram:
-    """Counts of values in buckets ``[1.05**i, 1.05**(i+1))``; bucket 0 also holds [0, 1).
-
-    >>> h = LatencyHistogram()
-    >>> for v in range(1, 101):
-    ...     h.add(v)
-    >>> round(h.quantile(0.5)), round(h.quantile(0.99))  # within a bucket (5%)
-    (51, 101)
-    """
-
-    __slots__ = ("buckets", "count")
-
-    def __init__(self, buckets: Mapping[int, int] | None = None) -> None:
-        self.buckets: dict[int, int] = dict(buckets or {})
-        self.count = sum(self.buckets.values())
-
-    @staticmethod
-    def bucket_of(value: float) -> int:
-        if value < 1.0:
-            return 0
-        return min(int(math.log(value) / _LOG_GROWTH), _MAX_BUCKET)
-
-    def add(self, value: float, n: int = 1) -> None:
-        b = self.bucket_of(value)
-        self.buckets[b] = self.buckets.get(b, 0) + n
-        self.count += n
-
-    def merge(self, other: LatencyHistogram) -> None:
-        for b, n in other.buckets.items():
-            self.buckets[b] = self.buckets.get(b, 0) + n
-        self.count += other.count
-
-    def cumulative(self, bounds: list[float]) -> tuple[list[int], float]:
-        """Counts at or below each of ``bounds`` (ascending, same unit), and the sum.
-
-        For a Prometheus histogram: a bucket's values count below a bound when its
-        midpoint does (so within a bucket's width, 5%); the sum is of midpoints.
-
-        >>> h = LatencyHistogram()
-        >>> for v in (10, 100, 1000):
-        ...     h.add(v)
-        >>> counts, total = h.cumulative([50.0, 500.0])
-        >>> counts, 1000 < total < 1250
-        ([1, 2], True)
-        """
-        counts = [0] * len(bounds)
-        total = 0.0
-        for b, n in self.buckets.items():
-            mid = 0.5 if b == 0 else float(_GROWTH ** (b + 0.5))
-            total += mid * n
-            for i in range(len(bounds)):
-                if mid <= bounds[i]:
-                    counts[i] += n
-        return counts, total
-
-    def quantile(self, q: float) -> float:
-        """The value below which a fraction ``q`` of values lie (bucket midpoint); 0 if empty."""
-        if self.count == 0:
-            return 0.0
-        rank = q * self.count
-        seen = 0
-        for b in sorted(self.buckets):
-            seen += self.buckets[b]
-            if seen >= rank:
-                return 0.5 if b == 0 else float(_GROWTH ** (b + 0.5))
-        return float(_GROWTH ** (max(self.buckets) + 0.5))
+__all__ = ["WindowStats"]
 
 
 @dataclass(slots=True)
@@ -190,7 +118,7 @@ class WindowStats:
                     self.raw_bytes_written += event["raw_bytes"]
             elif op == "delete":
                 self.deletes += 1
-            latency.add(event["latency_us"])
+            latency.record(event["latency_us"])
 
     def add_outcomes(self, outcomes: Iterable[Mapping[str, Any]]) -> None:
         """Count validated warmup outcomes."""
@@ -240,7 +168,7 @@ class WindowStats:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, LatencyHistogram):
-                out[f.name] = {str(b): n for b, n in value.buckets.items()}
+                out[f.name] = value.to_dict()
             else:
                 out[f.name] = value
         return out
@@ -249,14 +177,14 @@ class WindowStats:
     def from_dict(cls, data: Mapping[str, Any]) -> WindowStats:
         """Read :meth:`to_dict`'s form back, validating it: it arrives from a topic.
 
-        Counters must be non-negative integers below 2**63 and histogram buckets
-        integers in ``[0, 500]``; anything else raises ``ValueError`` naming the
-        field (a crafted bucket like ``1e6`` would overflow every quantile).
+        Counters must be non-negative integers below 2**63 and histograms valid
+        (:meth:`LatencyHistogram.from_dict`); anything else raises ``ValueError``
+        naming the field (a crafted bucket like ``1e6`` would break every quantile).
 
-        >>> WindowStats.from_dict({"latency": {"99999": 1}})
+        >>> WindowStats.from_dict({"latency": {"log2": {"99999": 1}}})
         Traceback (most recent call last):
         ...
-        ValueError: latency: bucket 99999 is outside [0, 500]
+        ValueError: latency: bucket 99999 is outside [0, 503]
         """
         if not isinstance(data, Mapping):
             raise ValueError(f"expected an object, got {type(data).__name__}")
@@ -266,7 +194,7 @@ class WindowStats:
                 continue
             value = data[f.name]
             if f.name in ("latency", "warm_latency"):
-                setattr(stats, f.name, _histogram(f.name, value))
+                setattr(stats, f.name, LatencyHistogram.from_dict(value, f.name))
             else:
                 setattr(stats, f.name, _count(f.name, value))
         return stats
@@ -316,18 +244,3 @@ def _count(name: str, value: Any) -> int:
     if type(value) is not int or not 0 <= value <= _MAX_COUNT:
         raise ValueError(f"{name}: {value!r} is not a count (a non-negative integer below 2**63)")
     return value
-
-
-def _histogram(name: str, value: Any) -> LatencyHistogram:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{name}: expected an object of bucket counts")
-    buckets: dict[int, int] = {}
-    for raw, n in value.items():
-        try:
-            bucket = int(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: bucket {raw!r} is not an integer") from None
-        if not 0 <= bucket <= _MAX_BUCKET:
-            raise ValueError(f"{name}: bucket {bucket} is outside [0, {_MAX_BUCKET}]")
-        buckets[bucket] = _count(f"{name}[{bucket}]", n)
-    return LatencyHistogram(buckets)

@@ -1,109 +1,20 @@
-"""Client-side counters and latency histograms, cheap enough for the cache path.
+"""Client-side counters and per-operation latency histograms, cheap enough for the cache path.
 
-A latency sample costs one ``int.bit_length``, two shifts and a list increment:
-no list of samples, no sorting, bounded memory. Quantiles are read from fixed
-log-spaced buckets (8 per power of two), so a reported quantile is within
-about 6 % of the true value.
-
->>> h = LatencyHistogram()
->>> for us in range(1, 1001):
-...     h.record(us)
->>> h.count, h.quantile(0.5), h.quantile(0.99), h.maximum
-(1000, 495, 991, 1000)
+Latencies go into :class:`pipeline.histogram.LatencyHistogram`, the same
+histogram the worker's window statistics use: a sample costs a few integer
+operations, and a quantile is within about 6 % of the true value.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
+from pipeline.histogram import LatencyHistogram
 from schemas.contracts import OPS
 
-__all__ = ["ClientStats", "LatencyHistogram"]
-
-_SUB_BITS: Final = 3
-_SUB: Final = 1 << _SUB_BITS
-#: Values below this are their own bucket; above, 8 buckets per power of two.
-_LINEAR: Final = 2 * _SUB
-#: Enough buckets for any 64-bit microsecond value.
-_BUCKETS: Final = (64 - _SUB_BITS) * _SUB + _LINEAR
-
-
-def _bucket_low(index: int) -> int:
-    if index < _LINEAR:
-        return index
-    octave, sub = divmod(index - _LINEAR, _SUB)
-    return (_SUB + sub) << (octave + 1)
-
-
-class LatencyHistogram:
-    """Fixed log-bucket histogram of non-negative integer latencies (microseconds)."""
-
-    __slots__ = ("counts", "max")
-
-    def __init__(self) -> None:
-        self.counts = [0] * _BUCKETS
-        self.max = 0
-
-    def record(self, value: int) -> None:
-        """Add one sample (negative values count as 0)."""
-        if value < _LINEAR:
-            if value < 0:
-                value = 0
-            self.counts[value] += 1
-        else:
-            shift = value.bit_length() - _SUB_BITS - 1
-            self.counts[(shift << _SUB_BITS) + (value >> shift)] += 1
-            if value > self.max:
-                self.max = value
-
-    @property
-    def count(self) -> int:
-        """Samples recorded (summed on demand: recording stays two operations)."""
-        return sum(self.counts)
-
-    def quantile(self, q: float) -> int:
-        """The ``q`` quantile (0..1): midpoint of the bucket holding it, 0 when empty."""
-        count = self.count
-        if count == 0:
-            return 0
-        rank = max(1, round(q * count))
-        seen = 0
-        for index, n in enumerate(self.counts):
-            seen += n
-            if seen >= rank:
-                low = _bucket_low(index)
-                high = _bucket_low(index + 1)
-                return min(self.maximum, (low + high - 1) // 2)
-        return self.maximum
-
-    @property
-    def maximum(self) -> int:
-        """The largest sample (exact above 15 µs; the largest small bucket otherwise)."""
-        if self.max:
-            return self.max
-        return max((i for i, n in enumerate(self.counts[:_LINEAR]) if n), default=0)
-
-    def mean(self) -> float:
-        """The mean, from the bucket midpoints (within about 6 %); 0 when empty."""
-        count = 0
-        total = 0.0
-        for index, n in enumerate(self.counts):
-            if n:
-                count += n
-                total += n * (_bucket_low(index) + _bucket_low(index + 1) - 1) / 2
-        return total / count if count else 0.0
-
-    def summary(self) -> dict[str, int]:
-        """count, p50, p90, p99 and max, in microseconds."""
-        return {
-            "count": self.count,
-            "p50": self.quantile(0.50),
-            "p90": self.quantile(0.90),
-            "p99": self.quantile(0.99),
-            "max": self.maximum,
-        }
+__all__ = ["ClientStats"]
 
 
 def _histograms() -> dict[str, LatencyHistogram]:

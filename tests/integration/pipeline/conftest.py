@@ -68,6 +68,15 @@ def start_worker(pipeline_env: dict[str, str], tmp_path: Path) -> Iterator[Start
     yield start
     for worker in started:
         worker.stop()
+    # Shown by pytest only when the test failed: what the workers said, to explain it.
+    for index, worker in enumerate(started):
+        log = worker.log_path
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+        notable = [line for line in lines if "[WARNING]" in line or "[ERROR]" in line]
+        print(f"--- worker {index}: {len(lines)} log lines, warnings and errors:")
+        print("\n".join(notable[-40:]))
+        print(f"--- worker {index}: last lines:")
+        print("\n".join(lines[-40:]))
 
 
 async def read_dead_letters(

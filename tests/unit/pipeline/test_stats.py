@@ -119,8 +119,10 @@ def test_the_snapshot_reports_both_paths_and_is_a_valid_contract() -> None:
     ("doc", "words"),
     [
         ({"latency": {"1000000": 1}}, "bucket 1000000 is outside"),
+        ({"latency": {"log2": {"1000000": 1}}}, "bucket 1000000 is outside"),
         ({"latency": {"1e6": 1}}, "is not an integer"),
         ({"latency": {"3": -5}}, "latency[3]"),
+        ({"latency": {"log2": {"3": -5}}}, "latency[3]"),
         ({"hits": 2**64}, "hits"),
         ({"hits": "7"}, "hits"),
         ({"warm_latency": [1, 2]}, "warm_latency"),
@@ -134,7 +136,7 @@ def test_a_crafted_stats_delta_is_refused_with_the_field_named(
 
 
 def test_every_quantile_of_an_accepted_delta_is_finite() -> None:
-    stats = WindowStats.from_dict({"latency": {"500": 3, "0": 1}, "hits": 4})
+    stats = WindowStats.from_dict({"latency": {"500": 3, "0": 1}, "hits": 4})  # older form
     snapshot = stats.snapshot("shop", 0.0, 1.0)
     assert math.isfinite(snapshot.latency_p99_us)
     assert WindowStats.from_dict(stats.to_dict()).to_dict() == stats.to_dict()
