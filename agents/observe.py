@@ -39,7 +39,8 @@ from pipeline.checkpoint import decode_snapshot, encode_snapshot, snapshot_key
 from pipeline.client.keys import smart_ttl_hash
 from pipeline.models import SmartTTL
 from pipeline.partitioning import PartitionCache
-from pipeline.routing import changed_ttls, route
+from pipeline.routing import route
+from pipeline.ttl import changed_ttls
 from schemas.decode import InvalidEvent, decode_access_dicts
 
 __all__ = ["observe"]
@@ -47,7 +48,6 @@ __all__ = ["observe"]
 log = logging.getLogger(__name__)
 
 FLUSH_S = 1.0
-_TTL_CHANGE = 0.1  # republish a smart TTL when it moved by more than 10%
 _TTL_MEMO = 200_000  # most smart TTLs one worker keeps published
 _TTL_TABLE_EXPIRY_S = 86_400
 
@@ -248,7 +248,7 @@ async def _publish_ttls() -> None:
         model = ttl_models.models.get(partition)
         if model is None:
             continue
-        writes += changed_ttls(model, keys, _published_ttl, _TTL_CHANGE)
+        writes += changed_ttls(model, keys, _published_ttl)
         keys.clear()
     dropped: list[str] = []
     while len(_published_ttl) > _TTL_MEMO:

@@ -60,6 +60,7 @@ COMPILED: tuple[str, ...] = (
     "pipeline.stats",
     "pipeline.partitioning",
     "pipeline.routing",
+    "pipeline.ttl",
 )
 
 

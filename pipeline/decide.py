@@ -35,6 +35,7 @@ from typing import Any, Final
 
 from pipeline.config import Settings
 from pipeline.models import EngineConfig, WarmEngine
+from pipeline.ttl import command_ttl
 from schemas.contracts import READ_OPS
 
 __all__ = ["LIVE_AGE_S", "Decider", "LookaheadTuner", "WarmLatency", "engine_config"]
@@ -202,7 +203,7 @@ class Decider:
             # Resume the request clock where a restored engine stopped.
             self.requests = int(engine.stats()["events"])
         observe = engine.observe
-        ttl = self.settings.redis_default_ttl
+        ttl = command_ttl(self.settings)
         # Sequence predictions are left to the edge, where prefetch rules act at once.
         skip_sequences = self.settings.rules_publish and not self.settings.worker_sequences
         ordered = _in_time_order(events)

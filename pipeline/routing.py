@@ -25,14 +25,13 @@ sequence models nor a read that restarts a key's life for the smart TTL.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Final
 
 from pipeline.models.ttl import SmartTTL
 from pipeline.partitioning import PartitionCache
 from schemas.contracts import READ_OPS
 
-__all__ = ["SEQUENCE_FIELDS", "TTL_OPS", "changed_ttls", "route", "sequence_key"]
+__all__ = ["SEQUENCE_FIELDS", "TTL_OPS", "route", "sequence_key"]
 
 #: Accesses that (re)start a key's life in the cache: what the smart TTL learns from.
 #: Not ``warm``: an edge warm is the client's guess, not an access.
@@ -86,25 +85,3 @@ def route(
             else:
                 rows.append(row)
     return by_namespace, by_partition
-
-
-def changed_ttls(
-    model: SmartTTL, keys: set[str], published: OrderedDict[str, int], change: float
-) -> list[tuple[str, int]]:
-    """The smart TTLs of ``keys`` that moved by more than ``change`` (a fraction) since
-    last published, for keys with at least one inter-arrival; ``published`` is updated.
-    """
-    writes: list[tuple[str, int]] = []
-    default = model.default_ttl
-    recency = model.recency
-    for full in keys:
-        rhythm = recency.rhythm(full)
-        if rhythm is None:
-            continue  # no inter-arrival yet: the client's default TTL is the answer
-        ttl = model.ttl_from(full, rhythm)
-        before = published.get(full, default)
-        if abs(ttl - before) > change * before:
-            writes.append((full, ttl))
-            published[full] = ttl
-            published.move_to_end(full)
-    return writes

@@ -28,10 +28,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from pipeline.client.keys import data_key, published_ttl, smart_ttl_hash
+from pipeline.client.keys import data_key, smart_ttl_hash
 from pipeline.client.warm import write_warmed
 from pipeline.codec import CodecError, ValueCodec
 from pipeline.loaders import GuardedLoader, LoadError, LoadRefused
+from pipeline.ttl import published_ttl, warm_ttl
 from schemas.contracts import MAX_TTL_S
 
 __all__ = ["WarmWriter"]
@@ -97,14 +98,16 @@ class WarmWriter:
             if is_present:
                 outcomes[i] = self._outcome(commands[i], "skipped-present", self.clock())
             else:
-                load.append((i, smart_ttl or commands[i]["ttl"]))
+                load.append((i, warm_ttl(smart_ttl, commands[i]["ttl"])))
         results = await asyncio.gather(*(self._warm_one(commands[i], ttl) for i, ttl in load))
         for (i, _), outcome in zip(load, results, strict=True):
             outcomes[i] = outcome
         return [o for o in outcomes if o is not None]
 
-    async def _present(self, commands: Sequence[Mapping[str, Any]]) -> list[tuple[bool, int]]:
-        """(already cached?, published smart TTL or 0) per command."""
+    async def _present(
+        self, commands: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[bool, int | None]]:
+        """(already cached?, published smart TTL or None) per command."""
         if not commands:
             return []
         prefix = self.prefix
@@ -115,7 +118,7 @@ class WarmWriter:
             replies = await pipe.execute()
         low, high = self.ttl_bounds
         return [
-            (bool(replies[j]), published_ttl(replies[j + 1], low, high) or 0)
+            (bool(replies[j]), published_ttl(replies[j + 1], low, high))
             for j in range(0, len(replies), 2)
         ]
 

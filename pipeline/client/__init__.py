@@ -8,7 +8,7 @@ key cachecast uses, and :func:`write_warmed` is how the warmer stores a value
 whose first read is reported as ``warmed``.
 """
 
-from pipeline.client.core import MEMORY_POLICIES, PRIORITY_TTL_FACTOR
+from pipeline.client.core import MEMORY_POLICIES
 from pipeline.client.emitter import AccessEmitter, EmitterStats, ThreadedAccessEmitter
 from pipeline.client.errors import (
     CacheCommandError,
@@ -29,6 +29,7 @@ from pipeline.client.keys import (
 from pipeline.client.manager import RedisCacheManager
 from pipeline.client.sync import SyncIntelligentCache, SyncRedisCacheManager
 from pipeline.client.warm import write_warmed, write_warmed_sync
+from pipeline.ttl import PRIORITY_TTL_FACTOR
 
 __all__ = [
     "MEMORY_POLICIES",

@@ -58,7 +58,6 @@ from pipeline.client.keys import (
     data_key,
     escape_glob,
     keytags_key,
-    published_ttl,
     smart_ttl_hash,
     split_data_key,
     tag_key,
@@ -80,7 +79,8 @@ from pipeline.codec import (
     is_loading_mark,
 )
 from pipeline.config import Settings, parse_memory_size
-from schemas.contracts import MAX_LABEL_LENGTH, MAX_LATENCY_US, MAX_TTL_S
+from pipeline.ttl import load_ttl, published_ttl, value_ttl
+from schemas.contracts import MAX_LABEL_LENGTH, MAX_LATENCY_US
 
 __all__ = [
     "HIT_HEADER",
@@ -89,7 +89,6 @@ __all__ = [
     "PLAIN_HEAD",
     "PRIORITY_HINTS_MAX",
     "PRIORITY_RANK",
-    "PRIORITY_TTL_FACTOR",
     "SLOW",
     "TAG_ADD_SCRIPT",
     "CacheCore",
@@ -173,7 +172,6 @@ MEMORY_POLICIES: Final = (
 #: ``priority`` scales the TTL a value gets when the caller gives none: a
 #: high-priority entry lives longer, which is also what keeps it under the
 #: ``volatile-ttl`` eviction policy.
-PRIORITY_TTL_FACTOR: Final[Mapping[str, float]] = {"low": 0.5, "normal": 1.0, "high": 2.0}
 #: The order edge warms start in when a rule names several keys and the namespace's
 #: loader budget cannot take them all: keys last set ``high`` first, ``low`` last.
 PRIORITY_RANK: Final[Mapping[str, int]] = {"high": 0, "normal": 1, "low": 2}
@@ -455,18 +453,14 @@ class CacheCore:
     def load_ttl(self, namespace: str, smart_ttl: int | None) -> int:
         """The TTL of a loaded value: the namespace's fixed one (a ``cached`` function's
         ``ttl``), else the smart TTL, else the default."""
-        fixed = self.fixed_ttls.get(namespace)
-        return fixed if fixed is not None else self.ttl_for(smart_ttl)
+        return load_ttl(self.fixed_ttls.get(namespace), smart_ttl, self.default_ttl)
 
     def ttl_for(self, smart_ttl: int | None, priority: Priority = "normal") -> int:
-        """The TTL of a value written without an explicit TTL."""
-        factor = PRIORITY_TTL_FACTOR.get(priority)
-        if factor is None:
-            raise InvalidKeyError(
-                f"priority must be one of {sorted(PRIORITY_TTL_FACTOR)}, not {priority!r}"
-            )
-        base = smart_ttl if smart_ttl is not None else self.default_ttl
-        return max(1, min(MAX_TTL_S, int(base * factor)))
+        """The TTL of a value written without an explicit TTL (:func:`pipeline.ttl.value_ttl`)."""
+        try:
+            return value_ttl(smart_ttl, self.default_ttl, priority)
+        except KeyError as exc:
+            raise InvalidKeyError(exc.args[0]) from None
 
     # -- reads: statistics and events ------------------------------------------------
 

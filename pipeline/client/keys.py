@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import Final
 
 from schemas.contracts import (
     MAX_KEY_LENGTH,
@@ -176,27 +176,6 @@ def smart_ttl_hash(prefix: str, namespace: str) -> str:
     key: per-key records would compete with cached values for memory and LRU slots.
     """
     return prefix + "#ttl:" + namespace
-
-
-def published_ttl(raw: Any, low: int, high: int) -> int | None:
-    """A value read from :func:`smart_ttl_hash`, clamped to ``[low, high]`` seconds.
-
-    The one reading of that hash: the clients (their writes and loads) and the
-    worker's warm writer clamp alike. None when absent, not an integer, or not
-    positive (the caller's default TTL applies).
-
-    >>> published_ttl(b"50", 10, 1000), published_ttl(b"5", 10, 1000), published_ttl(b"x", 10, 1000)
-    (50, 10, None)
-    """
-    if raw is None:
-        return None
-    try:
-        seconds: int = int(raw)
-    except (TypeError, ValueError):
-        return None
-    if seconds <= 0:
-        return None
-    return max(low, min(high, seconds))
 
 
 #: Prefetch rules of a namespace are spread over this many hashes (cluster slots).
