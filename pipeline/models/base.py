@@ -13,15 +13,11 @@ Keys are any hashable id: the simulator uses ints, the Faust agents use
 from __future__ import annotations
 
 import abc
-import ast
 import copy
-import inspect
 import sys
 import zlib
 from collections.abc import Hashable, Iterable
-from typing import Any, Self
-
-from pipeline._native import is_compiled, source_path
+from typing import Any, ClassVar, Self
 
 Key = Hashable
 
@@ -47,52 +43,29 @@ def count_outcome(outcomes: dict[str, list[int]], key: Key, index: int) -> None:
 
 """A cache key as the models see it: an int in the simulator, ``"ns:key"`` in the agents."""
 
-_INIT_PARAMS: dict[type, tuple[str, ...]] = {}
 
+def init_params(cls: type[Predictor]) -> tuple[str, ...]:
+    """Names of the parameters of ``cls.__init__`` (``self`` excluded): its ``PARAMS``.
 
-def init_params(cls: type) -> tuple[str, ...]:
-    """Names of the parameters of ``cls.__init__`` (``self`` excluded).
-
-    Read from the signature; a class compiled with mypyc has none (``*args,
-    **kwargs``), so its parameters are read from the class's source instead.
+    Each predictor lists them itself: a class compiled with mypyc has no signature
+    to read (``*args, **kwargs``). The check suite compares every predictor's list
+    with its source.
     """
-    found = _INIT_PARAMS.get(cls)
-    if found is not None:
-        return found
-    module = sys.modules.get(cls.__module__)
-    if module is not None and is_compiled(module):
-        owner = next(c for c in cls.__mro__ if "__init__" in vars(c))
-        names = _params_from_source(owner)
-    else:
-        names = tuple(inspect.signature(cls).parameters)
-    _INIT_PARAMS[cls] = names
-    return names
-
-
-def _params_from_source(cls: type) -> tuple[str, ...]:
-    source_file = source_path(cls.__module__)  # a compiled module's __file__ is its .so
-    with open(source_file, encoding="utf-8") as handle:
-        tree = ast.parse(handle.read())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
-                    args = item.args
-                    every = [*args.posonlyargs, *args.args, *args.kwonlyargs]
-                    return tuple(a.arg for a in every if a.arg != "self")
-            return ()
-    raise TypeError(f"cannot find the parameters of {cls.__qualname__}")
+    return cls.PARAMS
 
 
 class Predictor(abc.ABC):
     """Base class: parameter introspection, ``clone`` and state snapshots.
 
-    Subclasses store their constructor arguments under the same attribute names,
+    Subclasses list their constructor's parameters in ``PARAMS`` and store the
+    arguments under the same attribute names,
     keep all learned state in attributes whose names start with ``_``, and list
     them in ``_state_attrs`` so that :meth:`state_dict` can snapshot them.
     """
 
     _state_attrs: tuple[str, ...] = ()
+    #: The constructor's parameters, in order; every subclass lists its own.
+    PARAMS: ClassVar[tuple[str, ...]] = ()
 
     def _get_params(self) -> dict[str, Any]:
         """The constructor arguments this predictor was built with."""

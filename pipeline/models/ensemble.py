@@ -7,7 +7,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from river import linear_model, optim
 
@@ -152,6 +152,20 @@ class WarmScorer(Predictor):
         "_admitted",
         "_wasted",
         "_registered",
+    )
+
+    #: The constructor's parameters (compiled classes have no signature to read).
+    PARAMS: ClassVar[tuple[str, ...]] = (
+        "learning_rate",
+        "threshold",
+        "waste_budget",
+        "min_threshold",
+        "max_threshold",
+        "control_every",
+        "control_gain",
+        "max_pending",
+        "learn_every",
+        "seed",
     )
 
     def __init__(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import math
 from operator import itemgetter
+from typing import ClassVar
 
 from pipeline.models.base import Key, Predictor
 
@@ -57,6 +58,9 @@ class DecayedFrequency(Predictor):
     """
 
     _state_attrs: tuple[str, ...] = ("_weights", "_base")
+
+    #: The constructor's parameters (compiled classes have no signature to read).
+    PARAMS: ClassVar[tuple[str, ...]] = ("max_keys", "half_life")
 
     def __init__(self, max_keys: int = 100_000, half_life: float = 100_000.0) -> None:
         if max_keys < 4:

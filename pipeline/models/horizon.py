@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pipeline.models.base import Predictor
 
 
@@ -38,6 +40,9 @@ class CacheHorizon(Predictor):
     """
 
     _state_attrs: tuple[str, ...] = ("_value",)
+
+    #: The constructor's parameters (compiled classes have no signature to read).
+    PARAMS: ClassVar[tuple[str, ...]] = ("initial", "rate", "min_value", "max_value")
 
     def __init__(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from pipeline.models.base import Key, Predictor
 
@@ -75,6 +76,9 @@ class InterArrival(Predictor):
     """
 
     _state_attrs: tuple[str, ...] = ("_keys",)
+
+    #: The constructor's parameters (compiled classes have no signature to read).
+    PARAMS: ClassVar[tuple[str, ...]] = ("max_keys", "alpha")
 
     def __init__(self, max_keys: int = 100_000, alpha: float = 0.2) -> None:
         if max_keys < 4:

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from pipeline.models.base import (
     FALSE_NEGATIVE,
@@ -100,6 +100,19 @@ class PrefetchRules(Predictor):
         "_since_decay",
         "_threshold",
         "_changed",
+    )
+
+    #: The constructor's parameters (compiled classes have no signature to read).
+    PARAMS: ClassVar[tuple[str, ...]] = (
+        "window",
+        "label_window",
+        "max_keys",
+        "max_successors",
+        "top_n",
+        "cap",
+        "waste_budget",
+        "min_probability",
+        "decay_every",
     )
 
     def __init__(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from operator import itemgetter
+from typing import ClassVar
 
 from pipeline.models.base import Key, Predictor
 
@@ -66,6 +67,17 @@ class CoAccess(Predictor):
     """
 
     _state_attrs: tuple[str, ...] = ("_successors", "_seen", "_recent")
+
+    #: The constructor's parameters (compiled classes have no signature to read).
+    PARAMS: ClassVar[tuple[str, ...]] = (
+        "window",
+        "max_keys",
+        "max_successors",
+        "trim_to",
+        "min_support",
+        "min_confidence",
+        "top_n",
+    )
 
     def __init__(
         self,
@@ -211,6 +223,19 @@ class SequenceReplay(Predictor):
     """
 
     _state_attrs: tuple[str, ...] = ("_ring", "_n", "_last", "_streams")
+
+    #: The constructor's parameters (compiled classes have no signature to read).
+    PARAMS: ClassVar[tuple[str, ...]] = (
+        "history",
+        "window",
+        "lookahead",
+        "max_streams",
+        "patience",
+        "min_matches",
+        "max_keys",
+        "skip",
+        "max_step",
+    )
 
     def __init__(
         self,
@@ -413,6 +438,15 @@ class UserAffinity(Predictor):
     """
 
     _state_attrs: tuple[str, ...] = ("_users",)
+
+    #: The constructor's parameters (compiled classes have no signature to read).
+    PARAMS: ClassVar[tuple[str, ...]] = (
+        "max_users",
+        "keys_per_user",
+        "session_gap",
+        "decay",
+        "top_n",
+    )
 
     def __init__(
         self,

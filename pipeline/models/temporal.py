@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+from typing import ClassVar
 
 from pipeline.models.base import Key, Predictor
 
@@ -71,6 +72,16 @@ class TimeProfile(Predictor):
     """
 
     _state_attrs: tuple[str, ...] = ("_keys", "_global")
+
+    #: The constructor's parameters (compiled classes have no signature to read).
+    PARAMS: ClassVar[tuple[str, ...]] = (
+        "max_keys",
+        "bins_per_day",
+        "weekly",
+        "utc_offset",
+        "smoothing",
+        "max_count",
+    )
 
     def __init__(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from typing import ClassVar
 
 from pipeline.models.base import Key, Predictor, stable_hash
 from pipeline.models.recency import InterArrival, KeyRhythm
@@ -64,6 +65,19 @@ class SmartTTL(Predictor):
     """
 
     _state_attrs: tuple[str, ...] = ("_recency_state",)
+
+    #: The constructor's parameters (compiled classes have no signature to read).
+    PARAMS: ClassVar[tuple[str, ...]] = (
+        "min_ttl",
+        "max_ttl",
+        "default_ttl",
+        "z",
+        "multiplier",
+        "jitter",
+        "time_scale",
+        "seed",
+        "max_keys",
+    )
 
     def __init__(
         self,
@@ -178,6 +192,17 @@ class NewKeyReuse(Predictor):
     """
 
     _state_attrs: tuple[str, ...] = ("_pending", "_deadlines", "_counts", "_rng")
+
+    #: The constructor's parameters (compiled classes have no signature to read).
+    PARAMS: ClassVar[tuple[str, ...]] = (
+        "short_fraction",
+        "ratio",
+        "sample_every",
+        "min_samples",
+        "decay",
+        "max_pending",
+        "seed",
+    )
 
     def __init__(
         self,

@@ -9,6 +9,7 @@ a stream of unique keys cannot grow it past its cap; unseen keys never crash;
 
 from __future__ import annotations
 
+import ast
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from pipeline import models
+from pipeline._native import source_path
 from pipeline.checkpoint import decode_snapshot, encode_snapshot
 from pipeline.models import (
     FEATURES,
@@ -34,7 +36,7 @@ from pipeline.models import (
     WarmScorer,
     stable_hash,
 )
-from pipeline.models.base import _params_from_source, init_params
+from pipeline.models.base import init_params
 
 MONDAY = 1_700_438_400.0
 
@@ -196,12 +198,33 @@ def test_load_state_dict_rejects_incomplete_state(adapter: Adapter) -> None:
         adapter.make(32).load_state_dict({})
 
 
-def test_parameters_read_from_source_match_the_signature(adapter: Adapter) -> None:
-    """Compiled (mypyc) classes have no signature; their parameters come from the source."""
-    cls = type(adapter.make(64))
+def _params_from_source(cls: type) -> tuple[str, ...]:
+    """The parameters of ``cls.__init__`` as written (a compiled class has no signature)."""
+    tree = ast.parse(source_path(cls.__module__).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    args = item.args
+                    every = [*args.posonlyargs, *args.args, *args.kwonlyargs]
+                    return tuple(a.arg for a in every if a.arg != "self")
+    raise AssertionError(f"no __init__ in the source of {cls.__qualname__}")
+
+
+_PREDICTORS = sorted(
+    (c for c in vars(models).values() if isinstance(c, type) and issubclass(c, Predictor)),
+    key=lambda c: c.__name__,
+)
+
+
+@pytest.mark.parametrize("cls", [c for c in _PREDICTORS if c is not Predictor], ids=repr)
+def test_every_predictor_lists_its_constructor_parameters(cls: type[Predictor]) -> None:
+    """``PARAMS`` is what clone and repr rely on: it must match ``__init__`` as written."""
     owner = next(c for c in cls.__mro__ if "__init__" in vars(c))
-    assert _params_from_source(owner) == init_params(cls)
+    assert init_params(cls) == _params_from_source(owner)
     assert init_params(cls)  # every predictor takes parameters
+    model = cls()
+    assert repr(model.clone()) == repr(model)
 
 
 #: Predictors outside the suite, and why.
