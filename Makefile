@@ -6,11 +6,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test native lint typecheck check clean
 
-$(STAMP): pyproject.toml
+# Editable and uncompiled: `native` compiles in place (a wheel compiles at build time, setup.py).
+$(STAMP): pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "cachecast needs Python >= 3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	CACHECAST_COMPILE=0 $(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
 # Compile the hot modules with mypyc (a no-op when up to date; pure Python if it cannot).

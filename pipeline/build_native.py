@@ -1,115 +1,114 @@
-"""Compile the hot modules with mypyc, in place: ``python -m pipeline.build_native``.
+"""Compile the hot modules in place, for development: ``python -m pipeline.build_native``.
 
-The models and the decide loop are plain typed Python; mypyc turns them into C
-extensions that run the same code about twice as fast (the engine's ~20 µs per
-event becomes ~10 µs). Nothing else changes: same results, same snapshots, and
-the pure-Python modules stay the reference (``CACHECAST_PURE_PYTHON=1`` uses
-them even when compiled ones exist; see :mod:`pipeline._native`).
+The models and the decide loop are plain typed Python that mypyc turns into C
+extensions running the same code about twice as fast (the engine's ~20 µs per
+event becomes ~10 µs). Which modules: ``[tool.cachecast] compiled`` in
+pyproject.toml. How: ``setup.py``, the build hook that ``pip install .`` and
+``pip wheel .`` run (mypyc's setuptools support); this command runs its
+``build_ext --inplace`` so that a source checkout imports the extensions, and
+only when a listed source is newer than its extension. ``make native`` (and so
+``make test`` and ``make demo``) runs it.
 
-Compiling needs mypy (a dev dependency) and a C compiler. Without either this
-prints why and exits 0: cachecast then runs as pure Python, only slower.
-``make demo`` and ``make test`` run it after installing, and again whenever one
-of the compiled sources changed.
+Nothing checks at import time: Python imports a compiled module in preference to
+its source, so a source edited after compiling runs its old build until this
+command runs again. The test suite refuses to start in that state (see
+``tests/conftest.py``), and ``make test`` rebuilds first.
+
+Without mypyc (a dev dependency) or a C compiler this prints why and exits 0:
+cachecast then runs as pure Python, only slower.
 
     python -m pipeline.build_native           # compile (skips when up to date)
+    python -m pipeline.build_native --force   # compile even when up to date
     python -m pipeline.build_native --clean   # remove the compiled modules
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.machinery
+import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
+import tomllib
 from pathlib import Path
 
-from pipeline._native import (
-    COMPILED,
-    MANIFEST,
-    ROOT,
-    source_digest,
-    source_path,
-    stale_modules,
-)
+__all__ = ["ROOT", "build", "clean", "compiled_modules", "compiled_path", "main", "stale_modules"]
 
-__all__ = ["build", "clean", "main"]
-
-GROUP = "pipeline._mypyc"  # the shared runtime library of the compiled modules
-
-_SETUP = """
-from setuptools import setup
-from mypyc.build import mypycify
-
-setup(
-    name="cachecast-native",
-    ext_modules=mypycify(
-        {paths!r},
-        opt_level="3",
-        group_name={group!r},
-        strict_dunder_typing=False,
-    ),
-)
-"""
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def _compiler() -> str | None:
-    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    return shutil.which(cc) or shutil.which("cc") or shutil.which("gcc")
+def compiled_modules() -> list[str]:
+    """The modules setup.py compiles (empty outside a source checkout)."""
+    try:
+        with (ROOT / "pyproject.toml").open("rb") as handle:
+            modules: list[str] = tomllib.load(handle)["tool"]["cachecast"]["compiled"]
+    except (OSError, KeyError):
+        return []
+    return modules
 
 
-def up_to_date() -> bool:
-    return not stale_modules()
+def source_path(name: str) -> Path:
+    return ROOT.joinpath(*name.split(".")).with_suffix(".py")
+
+
+def compiled_path(name: str) -> Path | None:
+    """The extension module built for ``name`` in the source tree, if there is one."""
+    stem = source_path(name).with_suffix("")
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = stem.with_name(stem.name + suffix)
+        if path.exists():
+            return path
+    return None
+
+
+def stale_modules() -> list[str]:
+    """Listed modules without an extension, or whose source is newer than it."""
+    stale = []
+    for name in compiled_modules():
+        built = compiled_path(name)
+        if built is None or source_path(name).stat().st_mtime > built.stat().st_mtime:
+            stale.append(name)
+    return stale
 
 
 def clean() -> int:
     removed = 0
-    for path in [*(ROOT / "pipeline").rglob("*.so"), *(ROOT / "pipeline").rglob("*.pyd")]:
-        path.unlink()
-        removed += 1
-    MANIFEST.unlink(missing_ok=True)
+    for pattern in ("*.so", "*.pyd"):
+        for path in (ROOT / "pipeline").rglob(pattern):
+            path.unlink()
+            removed += 1
     return removed
 
 
 def build(force: bool = False) -> bool:
-    """Compile :data:`COMPILED` in place; False (with the reason printed) when not possible."""
-    if not force and up_to_date():
+    """Compile in place; False (with the reason printed) when not possible."""
+    if not compiled_modules():
+        print("not a source checkout (no pyproject.toml): nothing to compile", file=sys.stderr)
+        return False
+    if not force and not stale_modules():
         print("native modules are up to date")
         return True
-    try:
-        import mypyc  # noqa: F401
-    except ImportError:
-        print("mypyc is not installed (pip install mypy): running as pure Python", file=sys.stderr)
-        return False
-    if _compiler() is None:
-        print("no C compiler found: running as pure Python", file=sys.stderr)
-        return False
-    paths = [str(source_path(name).relative_to(ROOT)) for name in COMPILED]
-    digests = {name: source_digest(name) for name in COMPILED}  # what is being compiled
     with tempfile.TemporaryDirectory(prefix="cachecast-native-") as tmp:
-        # mypyc type-checks what it compiles; imports outside the list are taken as Any
-        # (the project's own mypy settings and plugins are for the checker, not this).
-        config = Path(tmp) / "mypy.ini"
-        config.write_text("[mypy]\nignore_missing_imports = True\nfollow_imports = skip\n")
-        setup = Path(tmp) / "setup.py"
-        setup.write_text(_SETUP.format(paths=[f"--config-file={config}", *paths], group=GROUP))
         done = subprocess.run(
-            [sys.executable, str(setup), "build_ext", "--inplace", "--build-temp", tmp],
+            [sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--build-temp", tmp],
             cwd=ROOT,
+            env={**os.environ, "CACHECAST_COMPILE": "1"},
             capture_output=True,
             text=True,
             check=False,
         )
-    shutil.rmtree(ROOT / "build", ignore_errors=True)
+    shutil.rmtree(ROOT / "build", ignore_errors=True)  # mypyc's generated C
     if done.returncode != 0:
         print(done.stdout[-4000:], done.stderr[-4000:], sep="\n", file=sys.stderr)
         print("compiling failed: running as pure Python", file=sys.stderr)
         clean()
         return False
-    MANIFEST.write_text(json.dumps({name: digests[name] for name in COMPILED}, indent=1) + "\n")
-    print(f"compiled {len(COMPILED)} modules with mypyc")
+    if "building pure Python" in done.stderr:  # setup.py said why (no mypyc, no compiler)
+        print(done.stderr.strip(), file=sys.stderr)
+        return False
+    print(f"compiled {len(compiled_modules())} modules with mypyc")
     return True
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from pipeline import models
-from pipeline._native import source_path
+from pipeline.build_native import source_path
 from pipeline.checkpoint import decode_snapshot, encode_snapshot
 from pipeline.models import (
     FEATURES,

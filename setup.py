@@ -1,0 +1,65 @@
+"""Build hook: compile the hot modules with mypyc, at build time (as mypy and black do).
+
+``pip install .`` and ``pip wheel .`` compile the modules listed under
+``[tool.cachecast] compiled`` in pyproject.toml with mypyc's setuptools support
+(``mypyc.build.mypycify``); the wheel then carries C extensions and is tagged for
+its platform. With ``CACHECAST_COMPILE=0``, or without mypyc or a C compiler, the
+package builds as pure Python (tagged ``py3-none-any``) and runs the same code,
+only slower. Developers compile in place with ``make native``
+(:mod:`pipeline.build_native`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+import tomllib
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+
+
+def compiled_modules() -> list[str]:
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        modules: list[str] = tomllib.load(handle)["tool"]["cachecast"]["compiled"]
+    return modules
+
+
+def _compiler() -> str | None:
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(cc) or shutil.which("cc") or shutil.which("gcc")
+
+
+def extensions() -> list[object]:
+    """The mypyc extensions, or none (with the reason on stderr): a pure-Python build."""
+    if os.environ.get("CACHECAST_COMPILE", "1").strip().lower() in ("0", "false", "no"):
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        print("cachecast: mypyc is not installed; building pure Python", file=sys.stderr)
+        return []
+    if _compiler() is None:
+        print("cachecast: no C compiler found; building pure Python", file=sys.stderr)
+        return []
+    # mypyc type-checks what it compiles; imports outside the list are taken as Any
+    # (the project's own mypy settings and plugins are for the checker, not this).
+    config = Path(tempfile.mkdtemp(prefix="cachecast-mypyc-")) / "mypy.ini"
+    config.write_text("[mypy]\nignore_missing_imports = True\nfollow_imports = skip\n")
+    paths = [name.replace(".", "/") + ".py" for name in compiled_modules()]
+    return list(
+        mypycify(
+            [f"--config-file={config}", *paths],
+            opt_level="3",
+            group_name="pipeline._mypyc",  # one shared runtime library for the modules
+            strict_dunder_typing=False,
+        )
+    )
+
+
+setup(ext_modules=extensions())
