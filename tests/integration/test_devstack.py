@@ -28,6 +28,8 @@ from redis.cluster import RedisCluster
 
 from pipeline import devstack as ds
 from pipeline.devstack import DevStack, KafkaServer, RedisClusterServers, RedisServer
+from pipeline.devstack import kafka as ds_kafka
+from pipeline.devstack import redis as ds_redis
 from tests.integration.conftest import RedisFactory
 
 SERVER_ENV = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_HOST", "REDIS_PORT", "CACHECAST_KAFKA")
@@ -239,7 +241,9 @@ def test_redis_port_race_is_retried(
         ports = iter([taken])
         real_free_port = ds.free_port
         monkeypatch.setattr(
-            ds, "free_port", lambda host=ds.LOOPBACK: next(ports, None) or real_free_port(host)
+            ds_redis,
+            "free_port",
+            lambda host=ds.LOOPBACK: next(ports, None) or real_free_port(host),
         )
         server = extra_servers.start_redis()
     try:
@@ -387,7 +391,7 @@ def test_kafka_starts_on_a_jvm_that_refuses_cds(
     require_managed(kafka_server)  # only to know the jars are cached: this test needs no mvn
     if kafka_server.kind != "apache":
         pytest.skip("no Apache Kafka jars here")
-    monkeypatch.setattr(ds, "_cds_disabled", False)
+    monkeypatch.setattr(ds_kafka, "_cds_disabled", False)
     real_java = shutil.which("java")
     fake_home = tmp_path / "jdk"
     (fake_home / "bin").mkdir(parents=True)
@@ -407,7 +411,7 @@ def test_kafka_starts_on_a_jvm_that_refuses_cds(
         assert stack.kafka.java == str(java)
         assert stack.kafka.running
         assert "DynamicDumpSharedSpaces" in stack.kafka.log_tail(200)  # the refused first try
-        assert ds._cds_disabled
+        assert ds_kafka._cds_disabled
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="no java")
@@ -415,5 +419,5 @@ def test_kafka_jar_cache_is_used(kafka_server: KafkaServer) -> None:
     require_managed(kafka_server)
     if kafka_server.kind != "apache":
         pytest.skip("the session broker is not Apache Kafka")
-    assert kafka_server.libs == ds.kafka_libs_dir()
-    assert (ds.kafka_libs_dir() / f"kafka_2.13-{ds.KAFKA_VERSION}.jar").is_file()
+    assert kafka_server.libs == ds_kafka.kafka_libs_dir()
+    assert (ds_kafka.kafka_libs_dir() / f"kafka_2.13-{ds.KAFKA_VERSION}.jar").is_file()

@@ -19,6 +19,8 @@ import pytest
 
 from pipeline import devstack as ds
 from pipeline.devstack import DevStack, DevStackError, KafkaServer, RedisServer
+from pipeline.devstack import kafka as ds_kafka
+from pipeline.devstack import process as ds_process
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -119,14 +121,14 @@ def test_redis_binary_is_found() -> None:
 
 
 def test_free_ports_are_bindable_distinct_and_not_ephemeral() -> None:
-    low, _high = ds._ephemeral_range()
+    low, _high = ds_process._ephemeral_range()
     ports = [ds.free_port() for _ in range(50)]
     assert len(set(ports)) == 50
     for port in ports:
         if low > 11000:
             assert port < low
         with socket.socket() as sock:
-            sock.bind((ds.LOOPBACK, port))
+            sock.bind((ds_process.LOOPBACK, port))
 
 
 # --------------------------------------------------------------------------- choosing Kafka
@@ -235,7 +237,7 @@ def test_failing_mvn_is_reported_with_its_output(tmp_path: Path) -> None:
 
 
 def test_external_servers_win_and_nothing_starts() -> None:
-    live_before = set(ds._live)
+    live_before = set(ds_process._live)
     stack = DevStack(
         environ={"KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092", "REDIS_HOST": "cache.internal"}
     )
@@ -249,7 +251,7 @@ def test_external_servers_win_and_nothing_starts() -> None:
             "REDIS_HOST": "cache.internal",
             "REDIS_PORT": "6379",
         }
-        assert ds._live == live_before
+        assert ds_process._live == live_before
     assert stack.redis.url == "redis://cache.internal:6379"
 
 
@@ -283,7 +285,7 @@ def test_empty_stack_and_argument_checks(tmp_path: Path) -> None:
 
 def test_process_stop_takes_the_whole_group(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
-    proc = ds._Process(
+    proc = ds_process._Process(
         "sleeper",
         ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"],
         cwd=tmp_path,
@@ -295,9 +297,9 @@ def test_process_stop_takes_the_whole_group(tmp_path: Path) -> None:
         time.sleep(0.01)
     child = int(pid_file.read_text())
     assert os.getpgid(child) == proc.pid  # in the server's own group
-    assert proc in ds._live
+    assert proc in ds_process._live
     proc.stop(timeout=5)
-    assert proc not in ds._live
+    assert proc not in ds_process._live
     assert wait_dead(child)
 
 
@@ -316,7 +318,7 @@ def wait_dead(pid: int, timeout: float = 5.0) -> bool:
 
 
 def test_process_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
-    proc = ds._Process(
+    proc = ds_process._Process(
         "stubborn", ["sh", "-c", "trap '' TERM; sleep 60"], cwd=tmp_path, log_path=tmp_path / "log"
     )
     time.sleep(0.2)  # let the shell install its trap
@@ -326,7 +328,7 @@ def test_process_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
 
 
 def test_startup_failure_carries_log_tail_and_detects_port_clash(tmp_path: Path) -> None:
-    proc = ds._Process(
+    proc = ds_process._Process(
         "failing",
         ["sh", "-c", "echo '\x1b[31mERROR\x1b[0m bind: Address already in use'; exit 3"],
         cwd=tmp_path,
@@ -334,9 +336,9 @@ def test_startup_failure_carries_log_tail_and_detects_port_clash(tmp_path: Path)
     )
     while proc.exit_status() is None:
         time.sleep(0.01)
-    error = ds._startup_failure("thing", proc, 3)
+    error = ds_process._startup_failure("thing", proc, 3)
     proc.stop()
-    assert isinstance(error, ds._AddressInUse)
+    assert isinstance(error, ds_process._AddressInUse)
     assert "ERROR bind: Address already in use" in str(error)  # colours stripped
     assert "status 3" in str(error)
 
@@ -423,31 +425,31 @@ def test_stale_temp_dirs_of_killed_devstacks_are_swept(
 def test_cds_archive_is_dumped_once_then_reused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ds, "_cds_disabled", False)
+    monkeypatch.setattr(ds_kafka, "_cds_disabled", False)
     java = fake_mvn(tmp_path, "exit 0\n")  # any executable stands in for the JVM here
     libs = tmp_path / "kafka-9.9.9" / "libs"
     libs.mkdir(parents=True)
     (libs / "kafka_2.13-9.9.9.jar").touch()
 
-    flags, dump = ds._cds_flags(str(java), libs)
+    flags, dump = ds_kafka._cds_flags(str(java), libs)
     assert dump is not None
     tmp, archive = dump
     assert flags == [f"-XX:ArchiveClassesAtExit={tmp}"]
     tmp.write_bytes(b"archive")  # what the JVM writes when it exits
-    ds._finish_cds_dump(dump)
+    ds_kafka._finish_cds_dump(dump)
     assert archive.read_bytes() == b"archive"
     assert not tmp.exists()
 
-    assert ds._cds_flags(str(java), libs) == ([f"-XX:SharedArchiveFile={archive}"], None)
+    assert ds_kafka._cds_flags(str(java), libs) == ([f"-XX:SharedArchiveFile={archive}"], None)
     (libs / "kafka-clients-9.9.9.jar").touch()  # another jar set: another archive
-    flags, dump = ds._cds_flags(str(java), libs)
+    flags, dump = ds_kafka._cds_flags(str(java), libs)
     assert dump is not None
     assert flags[0].startswith("-XX:ArchiveClassesAtExit=")
-    ds._finish_cds_dump(dump)  # the JVM died without writing: nothing is kept
+    ds_kafka._finish_cds_dump(dump)  # the JVM died without writing: nothing is kept
     assert sorted(p.name for p in archive.parent.iterdir()) == [archive.name]
 
-    monkeypatch.setattr(ds, "_cds_disabled", True)
-    assert ds._cds_flags(str(java), libs) == ([], None)
+    monkeypatch.setattr(ds_kafka, "_cds_disabled", True)
+    assert ds_kafka._cds_flags(str(java), libs) == ([], None)
 
 
 @pytest.mark.parametrize(
@@ -463,7 +465,7 @@ def test_cli_rejects_bad_options_before_starting_anything(
     parser = argparse.ArgumentParser()
     ds.register(parser.add_subparsers())
     args = parser.parse_args(argv)
-    live_before = set(ds._live)
+    live_before = set(ds_process._live)
     assert args.func(args) == 2
     assert message in capsys.readouterr().err
-    assert ds._live == live_before
+    assert ds_process._live == live_before
