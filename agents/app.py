@@ -25,8 +25,7 @@ from typing import Any
 
 import faust
 
-from pipeline.config import Settings, load_settings
-from pipeline.devstack import cache_root
+from pipeline.config import Settings, cache_root, load_settings
 from pipeline.topics import STATE_MAX_MESSAGE_BYTES, STATE_TOPIC_CONFIG, VIEW_TOPIC_CONFIG
 from pipeline.transport import faust_credentials
 

@@ -13,6 +13,7 @@ existing deployment's environment keeps working.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +33,7 @@ __all__ = [
     "CACHE_CONFIG_NAMES",
     "ConfigError",
     "Settings",
+    "cache_root",
     "cache_settings",
     "load_settings",
     "parse_memory_size",
@@ -740,3 +742,14 @@ def cache_settings(config: Settings | Mapping[str, object] | None = None) -> Set
             raise ConfigError(f"{name!r} sets {field} a second time")
         overrides[field] = _nodes(value) if name == "nodes" else value
     return load_settings(**overrides)
+
+
+def cache_root(environ: Mapping[str, str] | None = None) -> Path:
+    """The per-user cache directory (``$XDG_CACHE_HOME/cachecast``, default ``~/.cache``).
+
+    Kafka's jars (~46 MB) are downloaded there once per user, not once per checkout
+    or run; a worker keeps its (small) Faust data directory there.
+    """
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cachecast"

@@ -33,6 +33,7 @@ patches a module-level name patches the module that owns it.
 
 from __future__ import annotations
 
+from pipeline.config import cache_root
 from pipeline.devstack.cli import register, run_devstack
 from pipeline.devstack.kafka import (
     KAFKA_VERSION,
@@ -46,7 +47,7 @@ from pipeline.devstack.kafka import (
     kafka_server_properties,
     select_kafka_kind,
 )
-from pipeline.devstack.process import LOOPBACK, DevStackError, cache_root, free_port
+from pipeline.devstack.process import LOOPBACK, DevStackError, free_port
 from pipeline.devstack.redis import (
     RedisClusterServers,
     RedisKind,

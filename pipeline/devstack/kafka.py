@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.config import cache_root
 from pipeline.devstack.process import (
     LOOPBACK,
     DevStackError,
@@ -41,7 +42,6 @@ from pipeline.devstack.process import (
     _run_async,
     _tcp_open,
     _warn,
-    cache_root,
     free_port,
 )
 

@@ -1,7 +1,7 @@
 """Ports, processes and the base of every server the devstack runs.
 
 Owns what all servers share: free loopback ports outside the kernel's ephemeral range
-(:func:`free_port`), the per-user cache directory (:func:`cache_root`), :class:`_Process`
+(:func:`free_port`), :class:`_Process`
 (one server alone in its own session and process group, stopped by PID: SIGTERM, then
 SIGKILL after a timeout), the clean-up at interpreter exit, the startup-failure errors
 that carry the server's log tail, and :class:`ManagedServer`, the start/wait/stop/restart
@@ -50,16 +50,6 @@ class _AddressInUse(DevStackError):
 
 
 # --------------------------------------------------------------------------- paths
-
-
-def cache_root(environ: Mapping[str, str] | None = None) -> Path:
-    """The per-user cache directory (``$XDG_CACHE_HOME/cachecast``, default ``~/.cache``).
-
-    Kafka's jars (~46 MB) are downloaded once per user, not once per checkout or run.
-    """
-    env = os.environ if environ is None else environ
-    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "cachecast"
 
 
 # --------------------------------------------------------------------------- ports
