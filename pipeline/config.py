@@ -304,6 +304,12 @@ class Settings(BaseSettings):
         description="Initial ensemble score a candidate needs to be warmed; the engine then"
         " steers it to keep wasted warms within budget.",
     )
+    model_wall_time: bool = Field(
+        True,
+        validation_alias=_env("CACHECAST_WALL_TIME", "model_wall_time"),
+        description="Learn when in the day and the week each key is read, from the events'"
+        " own timestamps, and warm keys shortly before their usual time.",
+    )
     reorder_s: float = Field(
         0.01,
         ge=0,

@@ -49,7 +49,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_keys=settings.model_max_tracked_keys,
         threshold=settings.model_admission_threshold,
         min_threshold=min(0.5, settings.model_admission_threshold),
-        wall_clock=False,
+        wall_clock=False,  # the engine counts requests; events' own times feed wall_time
+        wall_time=settings.model_wall_time,
         lookahead=2 + settings.model_delay_requests,
         lead=float(settings.model_lead_requests),
         seed=settings.seed,
@@ -219,6 +220,7 @@ class Decider:
                 user=event["user"],
                 hit=hit,
                 warmed=event["warmed"],
+                wall_ts=event["ts"],
             )
             for candidate in candidates:
                 if skip_sequences and candidate.reason == "similarity":

@@ -15,7 +15,7 @@ from pipeline.models.horizon import CacheHorizon
 from pipeline.models.recency import InterArrival
 from pipeline.models.rules import PrefetchRules
 from pipeline.models.similarity import CoAccess, SequenceReplay, UserAffinity
-from pipeline.models.temporal import TimeProfile, is_wall_clock
+from pipeline.models.temporal import WALL_CLOCK_EPOCH, TimeProfile, is_wall_clock
 from pipeline.models.ttl import NewKeyReuse, SmartTTL
 
 Reason = Literal["frequency", "recency", "similarity", "temporal", "ensemble"]
@@ -31,6 +31,14 @@ _GATE_EVERY = 1_024  # events between two reads of the new-key TTL gate
 _SRC_RECENCY = FEATURES.index("from_recency")
 _SRC_FREQUENCY = FEATURES.index("from_frequency")
 _SRC_TEMPORAL = FEATURES.index("from_temporal")
+#: Reads a key needs before its time profile can raise it: one read in an hour is
+#: no habit (one-hit wonders would otherwise top every hour's list).
+_MIN_SEASON_READS = 3.0
+#: How much likelier than the traffic as a whole a key must be in a time bin for
+#: its time profile to raise it there.
+_MIN_SEASON_LIFT = 2.0
+#: Queued time-profile keys considered per access (see WarmEngine._observe_time).
+_SEASON_PER_ACCESS = 2
 _SRC_USER = FEATURES.index("from_user")
 
 
@@ -105,6 +113,9 @@ class EngineConfig:
     """Events between two refreshes of the heavy-hitter list."""
     wall_clock: bool | None = None
     """Whether ``ts`` is Unix time (enables time-of-week profiles); None: detect."""
+    wall_time: bool = True
+    """With ``ts`` counting requests, keep time-of-week profiles on the events' own
+    wall-clock time (``observe(..., wall_ts=...)``) when they carry one."""
     bins_per_day: int = 24
     """Time-of-week profile resolution."""
     session_gap: float = 1_800.0
@@ -233,6 +244,17 @@ class WarmEngine:
             min_probability=cfg.rule_min_probability,
         )
         self._wall_clock: bool | None = cfg.wall_clock
+        self._wall_time = cfg.wall_time
+        #: Scales the log-lift feature: a key read only in one hour of the day has a
+        #: lift near ``bins_per_day``, which maps to 1.
+        self._inv_log_bins = 1.0 / math.log(max(2, cfg.bins_per_day))
+        #: Wall-clock time of the newest access (-1: none), and the seconds one request
+        #: lasts, when ``ts`` counts requests (see :meth:`_observe_wall`).
+        self._wall_ts = -1.0
+        self._seconds_per_request = 0.0
+        #: Keys of the upcoming time bin still to consider, and when that bin is.
+        self._season: list[Key] = []
+        self._season_when = -1.0
         self._events = 0
         self._schedule: list[tuple[float, int, Key, float]] = []  # (due, seq, key, last ts)
         self._scheduled = 0
@@ -272,6 +294,7 @@ class WarmEngine:
         user: Key | None = None,
         hit: bool | None = None,
         warmed: bool = False,
+        wall_ts: float = -1.0,
     ) -> list[Candidate]:
         """Learn from one access and return the candidates it raises (admitted ones).
 
@@ -287,6 +310,9 @@ class WarmEngine:
             The cache outcome, when known.
         warmed
             Whether a hit was served by a warmed copy.
+        wall_ts
+            When ``ts`` counts requests: the access's wall-clock time (Unix seconds),
+            for the time-of-week profiles; -1 when unknown.
         """
         scorer = self.scorer
         deadlines = scorer._deadlines
@@ -363,7 +389,9 @@ class WarmEngine:
         if self._wall_clock is None:
             self._wall_clock = is_wall_clock(ts)
         if self._wall_clock:
-            self._observe_time(out, key, ts, horizon, miss)
+            self._observe_time(out, key, ts, ts, 1.0, horizon, miss)
+        elif wall_ts >= WALL_CLOCK_EPOCH and self._wall_time:
+            self._observe_wall(out, key, ts, wall_ts, horizon, miss)
         return out
 
     def observe_batch(
@@ -416,8 +444,13 @@ class WarmEngine:
         offset: float,
         distance: int,
         miss: float,
+        when: float = -1.0,
     ) -> None:
-        """Score one raised key; register it for a label; admit it if good enough."""
+        """Score one raised key; register it for a label; admit it if good enough.
+
+        ``when``: the wall-clock time the candidate is expected to be read, for its
+        time-of-week lift (-1: ``lead`` from now, as for a sequence candidate).
+        """
         scorer = self.scorer
         entry = scorer._pending.get(candidate)
         if entry is not None and entry[3]:
@@ -458,8 +491,13 @@ class WarmEngine:
             0.0,
         ]
         if self._wall_clock:
-            lift = self.temporal.predict_one(candidate, ts + self._lead)
-            vector[7] = max(-1.0, min(1.0, math.log(lift)))
+            lift = self.temporal.predict_one(candidate, when if when >= 0.0 else ts + self._lead)
+            vector[7] = max(-1.0, min(1.0, math.log(lift) * self._inv_log_bins))
+        elif self._wall_ts >= 0.0:
+            if when < 0.0:
+                when = self._wall_ts + self._lead * self._seconds_per_request
+            lift = self.temporal.predict_one(candidate, when)
+            vector[7] = max(-1.0, min(1.0, math.log(lift) * self._inv_log_bins))
         if source >= 0:
             vector[source] = 1.0
         p = scorer.score(vector)
@@ -498,22 +536,75 @@ class WarmEngine:
                     out, hot, ts, horizon, "frequency", _SRC_FREQUENCY, key, 0, 0.0, 0, miss
                 )
 
-    def _observe_time(
-        self, out: list[Candidate], key: Key, ts: float, horizon: float, miss: float
+    def _observe_wall(
+        self, out: list[Candidate], key: Key, ts: float, wall: float, horizon: float, miss: float
     ) -> None:
-        """Time-of-week profiles; at each new time bin, raise the keys that peak in it."""
+        """Time-of-week profiles on wall-clock time while ``ts`` counts requests.
+
+        Seconds per request (a slow moving average of the gaps, idle gaps over a
+        minute left out) convert the lead and horizon, counted in requests, into
+        the time the raised keys will be read.
+        """
+        last = self._wall_ts
+        if last >= 0.0:
+            gap = wall - last
+            if 0.0 <= gap < 60.0:
+                self._seconds_per_request += 0.01 * (gap - self._seconds_per_request)
+        if wall > last:
+            self._wall_ts = wall
+        self._observe_time(out, key, ts, wall, self._seconds_per_request, horizon, miss)
+
+    def _observe_time(
+        self,
+        out: list[Candidate],
+        key: Key,
+        ts: float,
+        wall: float,
+        seconds_per_ts: float,
+        horizon: float,
+        miss: float,
+    ) -> None:
+        """Time-of-week profiles; as each time bin comes up, raise the keys that peak in it.
+
+        ``wall`` is the access's wall-clock time (``ts`` itself with ``wall_clock``),
+        ``seconds_per_ts`` what one unit of ``ts`` lasts. A bin comes up once the
+        lead reaches into it, so its keys land as it begins: raised earlier (by half
+        the cache horizon, as before), they were evicted before most of their reads
+        (on the synthetic workload, 5 % cache: -2.5 % misses instead of +0.3 %).
+        Only a later bin than the last raises. Its keys queue up and are considered
+        a few per access: at once they would overflow one access's candidate limit.
+        """
         temporal = self.temporal
-        temporal.learn_one(key, ts)
-        upcoming = ts + self.config.lead + horizon / 2.0
-        current = temporal.time_bin(upcoming)
-        if current != self._time_bin:
+        temporal.learn_one(key, wall)
+        upcoming = wall + self.config.lead * seconds_per_ts
+        current = temporal.bin_number(upcoming)
+        if current > self._time_bin:
             first = self._time_bin < 0
             self._time_bin = current
             if not first:
-                for peak, _ in temporal.top_keys(upcoming, self.config.hot_keys):
-                    self._consider(
-                        out, peak, ts, horizon, "temporal", _SRC_TEMPORAL, key, 0, 0.0, 0, miss
-                    )
+                peaks = temporal.top_keys(
+                    upcoming, self.config.hot_keys, _MIN_SEASON_READS, _MIN_SEASON_LIFT
+                )
+                self._season = [peak for peak, _ in reversed(peaks)]  # popped best first
+                self._season_when = upcoming
+        queue = self._season
+        for _ in range(_SEASON_PER_ACCESS):
+            if not queue:
+                break
+            self._consider(
+                out,
+                queue.pop(),
+                ts,
+                horizon,
+                "temporal",
+                _SRC_TEMPORAL,
+                key,
+                0,
+                0.0,
+                0,
+                miss,
+                self._season_when,
+            )
 
     # -- TTL, stats, state ---------------------------------------------------------------------
 
@@ -632,6 +723,10 @@ class WarmEngine:
             "hot": list(self._hot),
             "hot_cursor": self._hot_cursor,
             "time_bin": self._time_bin,
+            "wall_ts": self._wall_ts,
+            "seconds_per_request": self._seconds_per_request,
+            "season": list(self._season),
+            "season_when": self._season_when,
             "raised": self._raised,
             "last_key": self._last_key,
             "last_new_miss": self._last_new_miss,
@@ -657,6 +752,10 @@ class WarmEngine:
         self._hot = list(engine["hot"])
         self._hot_cursor = engine["hot_cursor"]
         self._time_bin = engine["time_bin"]
+        self._wall_ts = float(engine.get("wall_ts", -1.0))  # absent before wall time
+        self._seconds_per_request = float(engine.get("seconds_per_request", 0.0))
+        self._season = list(engine.get("season", []))
+        self._season_when = float(engine.get("season_when", -1.0))
         self._raised = engine["raised"]
         self._last_key = engine["last_key"]
         self._last_new_miss = engine["last_new_miss"]

@@ -28,7 +28,7 @@ FEATURES: tuple[str, ...] = (
     "popularity",  # log1p(decayed access count of the candidate) / 8
     "staleness",  # log1p(candidate idle time / horizon) / 3, at most 1
     "rhythm",  # P(candidate accessed within the horizon) from its inter-arrival fit
-    "season",  # log of the candidate's time-of-week lift, clipped to [-1, 1]
+    "season",  # log(time-of-week lift) / log(bins per day), clipped to [-1, 1]
     "replay_age",  # log1p(age of the replayed history / horizon) / 3, at most 1
     "miss",  # 1.0 when the access that raised the candidate missed
     "from_recency",  # one-hot of the candidate's source (sequence replay: all zero)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import heapq
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pipeline.models.base import Key, Predictor
 
@@ -31,8 +31,11 @@ class TimeProfile(Predictor):
     ``weekly=False``: one daily profile). For each key the model counts accesses
     per bin, and for all keys together; the *lift* of a key at a time is how much
     more likely the key is in that bin than the traffic as a whole (1.0: no
-    seasonality). Counts of a key are halved when they pass ``max_count`` so old
-    habits fade.
+    seasonality). With ``weekly``, the lift is the larger of the hour-of-week lift
+    and the hour-of-day lift (the seven days' bins of that hour added up, once the
+    key was read in that hour on two different days): a key read every morning is
+    recognised from the second morning on, not only after a week. Counts of a key
+    are halved when they pass ``max_count`` so old habits fade.
 
     Memory is bounded by ``max_keys`` (past it, the quarter with the fewest counted
     accesses is evicted); each key holds only the bins it was seen in.
@@ -48,7 +51,7 @@ class TimeProfile(Predictor):
     utc_offset
         Seconds added to timestamps before binning (the traffic's local time).
     smoothing
-        Pseudo-count per bin, so rare keys have a lift near 1.
+        Pseudo-reads per bin, spread like the traffic, so rare keys have a lift near 1.
     max_count
         A key's total count above which its bins are halved.
 
@@ -69,6 +72,13 @@ class TimeProfile(Predictor):
     [('report', ...)]
     >>> tp.predict_one("unseen", monday)
     1.0
+    >>> weekly = TimeProfile(bins_per_day=24)
+    >>> for day in range(2):  # Monday and Tuesday at 9:00: Wednesday 9:00 is expected
+    ...     weekly.learn_one("report", monday + day * 86_400 + 9 * 3600)
+    ...     for hour in range(24):
+    ...         weekly.learn_one("home", monday + day * 86_400 + hour * 3600)
+    >>> weekly.top_keys(monday + 2 * 86_400 + 9 * 3600, 1)
+    [('report', ...)]
     """
 
     _state_attrs: tuple[str, ...] = ("_keys", "_global")
@@ -105,15 +115,21 @@ class TimeProfile(Predictor):
         # key -> [total, {bin: count}]
         self._keys: dict[Key, tuple[list[float], dict[int, float]]] = {}
         self._global: list[float] = [0.0] * self._n_bins
+        self._global_total = 0.0  # sum(self._global), kept as it changes
 
     def time_bin(self, ts: float) -> int:
         """The bin index of ``ts`` (0 = Monday 00:00 with ``weekly``)."""
         return int((ts + self.utc_offset + _MONDAY_SHIFT) // self._bin_width) % self._n_bins
 
+    def bin_number(self, ts: float) -> int:
+        """Bins since the epoch up to ``ts``: grows with time, unlike :meth:`time_bin`."""
+        return int((ts + self.utc_offset) // self._bin_width)
+
     def learn_one(self, key: Key, ts: float) -> None:
         """Count an access to ``key`` at wall-clock time ``ts``."""
         b = self.time_bin(ts)
         self._global[b] += 1.0
+        self._global_total += 1.0
         entry = self._keys.get(key)
         if entry is None:
             entry = ([0.0], {})
@@ -135,22 +151,66 @@ class TimeProfile(Predictor):
             return 1.0
         return self._lift(entry, self.time_bin(ts))
 
-    def top_keys(self, ts: float, n: int) -> list[tuple[Key, float]]:
-        """The ``n`` keys with the highest lift at ``ts`` (lift > 1 only), highest first."""
+    def top_keys(
+        self, ts: float, n: int, min_reads: float = 0.0, min_lift: float = 1.0
+    ) -> list[tuple[Key, float]]:
+        """The ``n`` keys with the highest lift at ``ts`` (above ``min_lift``), highest
+        first; only keys read at least ``min_reads`` times (counts decay, see
+        ``max_count``)."""
         b = self.time_bin(ts)
-        scored = ((key, self._lift(entry, b)) for key, entry in self._keys.items())
-        return [item for item in heapq.nlargest(n, scored, key=lambda kv: kv[1]) if item[1] > 1.0]
+        scored = (
+            (key, self._lift(entry, b))
+            for key, entry in self._keys.items()
+            if entry[0][0] >= min_reads
+        )
+        top = heapq.nlargest(n, scored, key=lambda kv: kv[1])
+        return [item for item in top if item[1] > min_lift]
 
     @property
     def n_tracked(self) -> int:
         return len(self._keys)
 
     def _lift(self, entry: tuple[list[float], dict[int, float]], b: int) -> float:
+        """P(bin | key) / P(bin | all traffic), the key's profile shrunk towards the traffic's.
+
+        The prior is ``smoothing`` pseudo-reads per bin spread like the traffic (not
+        evenly): a key read a few times is never "seasonal" merely because the
+        night is quiet.
+        """
         a = self.smoothing
         nb = self._n_bins
-        p_key = (entry[1].get(b, 0.0) + a) / (entry[0][0] + a * nb)
-        p_all = (self._global[b] + a) / (sum(self._global) + a * nb)
-        return p_key / p_all
+        total = entry[0][0]
+        bins = entry[1]
+        everyone = self._global
+        all_total = self._global_total
+        prior = a * nb
+        p_all = (everyone[b] + a) / (all_total + prior)
+        lift = ((bins.get(b, 0.0) + prior * p_all) / (total + prior)) / p_all
+        if self.weekly:  # the same hour on every day of the week
+            per_day = self.bins_per_day
+            hour = b % per_day
+            key_hour = 0.0
+            all_hour = 0.0
+            days = 0
+            for day in range(7):
+                index = hour + day * per_day
+                reads = bins.get(index, 0.0)
+                if reads > 0.0:
+                    key_hour += reads
+                    days += 1
+                all_hour += everyone[index]
+            if days < 2:  # one day's reads are no daily habit (a new key, a burst)
+                return lift
+            prior = a * per_day
+            p_hour = (all_hour + a) / (all_total + prior)
+            daily = ((key_hour + prior * p_hour) / (total + prior)) / p_hour
+            if daily > lift:
+                lift = daily
+        return lift
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._global_total = float(sum(self._global))
 
     def _evict(self) -> None:
         keep = (self.max_keys * 3) // 4

@@ -67,8 +67,10 @@ class CachecastWarmer:
     The engine sees what the agents see: key, time, and the cache outcome (hit,
     and whether a hit was served by a warm). It never sees ``next_access``.
     Timestamps are passed through when they are wall clock; otherwise the
-    request index is the clock. ``delay`` (in requests) becomes the engine's
-    ``lead`` in ts units. The engine learns its prefetch rules as it observes:
+    request index is the clock. With ``worker_clock`` the engine runs as the
+    worker runs it: the request index is the clock and wall-clock timestamps
+    only feed the time-of-week profiles (``wall_ts``). ``delay`` (in requests)
+    becomes the engine's ``lead`` in ts units. The engine learns its prefetch rules as it observes:
     ``warmer.engine.rules`` is the edge path's rule source.
     """
 
@@ -79,19 +81,27 @@ class CachecastWarmer:
         config: EngineConfig | None = None,
         users: npt.NDArray[np.int64] | None = None,
         sequences: bool = True,
+        worker_clock: bool = False,
     ) -> None:
         #: Whether the worker path warms sequence predictions too (with prefetch rules on,
         #: production leaves them to the edge: ``CACHECAST_WORKER_SEQUENCES``).
         self.sequences = sequences
         config = config or EngineConfig()
         wall_clock = len(ts) > 0 and is_wall_clock(float(ts[0]))
-        if wall_clock:
+        #: Wall-clock times passed as ``wall_ts`` (the worker's clocks), or None.
+        self._wall: list[float] | None = None
+        self._ts: list[float] | None = None
+        per_request = 1.0
+        if wall_clock and worker_clock:
+            wall_clock = False
+            self._wall = ts.tolist()
+            config = replace(config, lead=float(delay), wall_clock=False)
+        elif wall_clock:
             span = float(ts[-1] - ts[0])
             per_request = span / max(len(ts) - 1, 1)
-            self._ts: list[float] | None = ts.tolist()
+            self._ts = ts.tolist()
             config = replace(config, lead=delay * per_request, wall_clock=True)
         else:
-            self._ts = None
             config = replace(config, lead=float(delay), wall_clock=False)
         self._users: list[int] | None = None if users is None else users.tolist()
         self._requests_per_ts = 1.0 / per_request if wall_clock and per_request > 0 else 1.0
@@ -102,7 +112,8 @@ class CachecastWarmer:
         user = None
         if self._users is not None and self._users[index] >= 0:
             user = self._users[index]
-        candidates = self.engine.observe(key, ts, user=user, hit=hit, warmed=warmed)
+        wall = -1.0 if self._wall is None else self._wall[index]
+        candidates = self.engine.observe(key, ts, user=user, hit=hit, warmed=warmed, wall_ts=wall)
         if not candidates:
             return ()
         if not self.sequences:

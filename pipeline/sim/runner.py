@@ -104,12 +104,14 @@ def run_policy(
     edge_delay: int = DEFAULT_EDGE_DELAY,
     rule_refresh: int = DEFAULT_RULE_REFRESH,
     rule_lag: int = DEFAULT_RULE_LAG,
+    worker_clock: bool = False,
 ) -> ReplayCounts:
     """Replay ``trace`` under one policy at one cache size.
 
     ``delay`` times the worker path; ``edge_delay``, ``rule_refresh`` and
     ``rule_lag`` time the edge path of the cachecast policies (see
-    :func:`~pipeline.sim.cache.replay_lru`).
+    :func:`~pipeline.sim.cache.replay_lru`). ``worker_clock`` runs the engine on
+    the worker's clocks (see :class:`~pipeline.sim.policies.CachecastWarmer`).
     """
     key_list = trace.keys.tolist() if keys is None else keys
     if policy == "lru":
@@ -121,7 +123,9 @@ def run_policy(
     if policy.startswith("lru+cachecast"):
         # As in production: with the edge path on, the worker leaves sequences to it.
         sequences = policy == "lru+cachecast-worker"
-        warmer = CachecastWarmer(trace.ts, delay, config, trace.users, sequences=sequences)
+        warmer = CachecastWarmer(
+            trace.ts, delay, config, trace.users, sequences=sequences, worker_clock=worker_clock
+        )
         warm: WarmPolicy | None = warmer
         ttl: TtlPolicy | None = warmer.miss_ttl
         rules: RuleSource | None = warmer.engine.rules
