@@ -17,6 +17,7 @@ import orjson
 from redis.asyncio.cluster import RedisCluster
 
 from agents.app import app, settings, topics, worker_name
+from pipeline.build_native import compiled_state
 from pipeline.client.connection import connect_async
 from pipeline.codec import ValueCodec
 from pipeline.deadletter import dead_letter_headers
@@ -170,4 +171,6 @@ runtime = Runtime()
 
 @app.task
 async def start_runtime() -> None:
+    # Compiled modules run about twice as fast; an operator should see which runs.
+    log.info("hot modules: %s", compiled_state())
     await runtime.start()

@@ -31,6 +31,7 @@ from agents.predict import deciders, engines, reorderers
 from agents.runtime import runtime
 from agents.stats import namespace_stats
 from agents.writer import carry_out
+from pipeline.build_native import compiled_state
 from pipeline.client import CacheError, RedisCacheManager, RedisConfigError
 from pipeline.histogram import LatencyHistogram
 from pipeline.monitor import (
@@ -48,6 +49,10 @@ log = logging.getLogger(__name__)
 __all__ = ["DashboardView", "MonitorView", "monitor_document"]
 
 
+#: "compiled" or "pure": whether the models run as mypyc extensions (about twice as fast).
+_HOT_MODULES: Final = compiled_state()
+
+
 def monitor_document() -> dict[str, Any]:
     """What /api/cache/monitor answers."""
     namespaces = {
@@ -59,6 +64,7 @@ def monitor_document() -> dict[str, Any]:
         "uptime_s": round(time.time() - runtime.started_at, 3),
         "window_s": settings.stats_window_s,
         "warming_enabled": settings.warming_enabled,
+        "hot_modules": _HOT_MODULES,
         "assigned_partitions": len(app.consumer.assignment()) if app.consumer else 0,
         "rebalancing": bool(app.rebalancing),
         "counters": dict(runtime.counters),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ class Phase:
 
     def quantile(self, q: float) -> float:
         ordered = sorted(self.samples)
+        if not ordered:
+            return math.nan
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000.0
 
 
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         f" broker up {up:.3f} (target while down <= {TARGET_P50_RATIO}):"
         f" {'PASS' if down <= TARGET_P50_RATIO else 'FAIL'}"
     )
-    return 0
+    return 0 if down <= TARGET_P50_RATIO else 1
 
 
 if __name__ == "__main__":

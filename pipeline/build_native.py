@@ -6,13 +6,17 @@ event becomes ~10 µs). Which modules: ``[tool.cachecast] compiled`` in
 pyproject.toml. How: ``setup.py``, the build hook that ``pip install .`` and
 ``pip wheel .`` run (mypyc's setuptools support); this command runs its
 ``build_ext --inplace`` so that a source checkout imports the extensions, and
-only when a listed source is newer than its extension. ``make native`` (and so
-``make test`` and ``make demo``) runs it.
+only when a listed source changed since its build. ``make native`` (and so
+``make test`` and ``make demo``) runs it. A build records the SHA-256 of every
+source as it was when compiling began (``MANIFEST``): hashes, not mtimes, which
+copies and checkouts do not keep meaningful, and a source saved during a build
+is seen as changed.
 
 Nothing checks at import time: Python imports a compiled module in preference to
 its source, so a source edited after compiling runs its old build until this
 command runs again. The test suite refuses to start in that state (see
-``tests/conftest.py``), and ``make test`` rebuilds first.
+``tests/conftest.py``), ``make test`` rebuilds first, and a worker logs at start
+whether it runs compiled or pure Python (:func:`compiled_state`).
 
 Without mypyc (a dev dependency) or a C compiler this prints why and exits 0:
 cachecast then runs as pure Python, only slower.
@@ -25,7 +29,9 @@ cachecast then runs as pure Python, only slower.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.machinery
+import json
 import os
 import shutil
 import subprocess
@@ -34,9 +40,22 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-__all__ = ["ROOT", "build", "clean", "compiled_modules", "compiled_path", "main", "stale_modules"]
+__all__ = [
+    "MANIFEST",
+    "ROOT",
+    "build",
+    "clean",
+    "compiled_modules",
+    "compiled_path",
+    "compiled_state",
+    "main",
+    "stale_modules",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = ROOT / "pipeline" / "_native_build.json"
+#: The shared runtime library of the compiled modules (setup.py's ``group_name``).
+_GROUP_LIBRARY = "_mypyc__mypyc"
 
 
 def compiled_modules() -> list[str]:
@@ -63,22 +82,57 @@ def compiled_path(name: str) -> Path | None:
     return None
 
 
+def _digest(name: str) -> str:
+    return hashlib.sha256(source_path(name).read_bytes()).hexdigest()
+
+
+def _extensions() -> list[Path]:
+    """Every extension module under pipeline/ (once each: ``.so`` ends several suffixes)."""
+    found: set[Path] = set()
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        found.update((ROOT / "pipeline").rglob("*" + suffix))
+    return sorted(found)
+
+
 def stale_modules() -> list[str]:
-    """Listed modules without an extension, or whose source is newer than it."""
-    stale = []
-    for name in compiled_modules():
-        built = compiled_path(name)
-        if built is None or source_path(name).stat().st_mtime > built.stat().st_mtime:
-            stale.append(name)
+    """What would run other code than its source says.
+
+    Listed modules without an extension or whose source changed since it was built,
+    and extensions of modules no longer listed (they would still shadow their source).
+    """
+    try:
+        built: dict[str, str] = json.loads(MANIFEST.read_text())
+    except (OSError, ValueError):
+        built = {}
+    listed = compiled_modules()
+    stale = [
+        name for name in listed if compiled_path(name) is None or built.get(name) != _digest(name)
+    ]
+    for path in _extensions():
+        module = path.name.split(".", 1)[0]
+        name = ".".join((*path.relative_to(ROOT).parent.parts, module))
+        if module != _GROUP_LIBRARY and name not in listed:
+            stale.append(f"{name} (no longer listed: remove {path.name})")
     return stale
+
+
+def compiled_state() -> str:
+    """``"compiled"`` when the engine runs as an extension, else ``"pure"``.
+
+    Imports the engine (so only where it is used anyway: a worker, the simulator).
+    """
+    import pipeline.models.engine as engine
+
+    loader = getattr(engine, "__loader__", None)
+    return "compiled" if isinstance(loader, importlib.machinery.ExtensionFileLoader) else "pure"
 
 
 def clean() -> int:
     removed = 0
-    for pattern in ("*.so", "*.pyd"):
-        for path in (ROOT / "pipeline").rglob(pattern):
-            path.unlink()
-            removed += 1
+    for path in _extensions():
+        path.unlink()
+        removed += 1
+    MANIFEST.unlink(missing_ok=True)
     return removed
 
 
@@ -90,6 +144,8 @@ def build(force: bool = False) -> bool:
     if not force and not stale_modules():
         print("native modules are up to date")
         return True
+    clean()  # all or none: no extension of an unlisted module is left behind
+    digests = {name: _digest(name) for name in compiled_modules()}  # what is compiled
     with tempfile.TemporaryDirectory(prefix="cachecast-native-") as tmp:
         done = subprocess.run(
             [sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--build-temp", tmp],
@@ -108,6 +164,7 @@ def build(force: bool = False) -> bool:
     if "building pure Python" in done.stderr:  # setup.py said why (no mypyc, no compiler)
         print(done.stderr.strip(), file=sys.stderr)
         return False
+    MANIFEST.write_text(json.dumps(digests, indent=1) + "\n")
     print(f"compiled {len(compiled_modules())} modules with mypyc")
     return True
 

@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "CACHE_CONFIG_NAMES",
+    "MEMORY_POLICIES",
     "ConfigError",
     "Settings",
     "cache_root",
@@ -38,6 +39,19 @@ __all__ = [
     "load_settings",
     "parse_memory_size",
 ]
+
+#: Redis's eviction policies (``maxmemory-policy``), for the client's configure_redis
+#: and the devstack's servers.
+MEMORY_POLICIES: Final = (
+    "noeviction",
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+)
 
 _MEMORY_RE = re.compile(r"^\s*(\d+)\s*(b|k|kb|m|mb|g|gb)?\s*$", re.IGNORECASE)
 _MEMORY_UNITS = {

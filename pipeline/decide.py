@@ -38,7 +38,14 @@ from pipeline.models import EngineConfig, WarmEngine
 from pipeline.ttl import command_ttl
 from schemas.contracts import READ_OPS
 
-__all__ = ["LIVE_AGE_S", "Decider", "LookaheadTuner", "WarmLatency", "engine_config"]
+__all__ = [
+    "LIVE_AGE_S",
+    "WALL_SKEW_S",
+    "Decider",
+    "LookaheadTuner",
+    "WarmLatency",
+    "engine_config",
+]
 
 _DEDUP_MEMO: Final = 200_000
 
@@ -71,6 +78,10 @@ def _in_time_order(events: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]
 #: Events older than this when decided mean the worker is catching up on a backlog:
 #: the lookahead is not retuned from them (nor from warms slower than this).
 LIVE_AGE_S: Final = 1.0
+#: An event's own time feeds the time-of-week profiles only within this many seconds
+#: of the worker's clock: one event from the far future would hold the profiles'
+#: hour until then, and a backlog's past hours would raise warms for hours gone.
+WALL_SKEW_S: Final = 300.0
 
 
 class WarmLatency:
@@ -220,7 +231,7 @@ class Decider:
                 user=event["user"],
                 hit=hit,
                 warmed=event["warmed"],
-                wall_ts=event["ts"],
+                wall_ts=event["ts"] if abs(now - event["ts"]) <= WALL_SKEW_S else -1.0,
             )
             for candidate in candidates:
                 if skip_sequences and candidate.reason == "similarity":

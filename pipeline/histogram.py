@@ -28,7 +28,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["LatencyHistogram"]
+__all__ = ["LatencyHistogram", "checked_count"]
 
 _SUB_BITS: Final = 3
 _SUB: Final = 1 << _SUB_BITS
@@ -79,6 +79,8 @@ class LatencyHistogram:
                 value = 0
             self.counts[value] += 1
         else:
+            if value > _MAX_VALUE:
+                value = _MAX_VALUE
             shift = value.bit_length() - _SUB_BITS - 1
             self.counts[(shift << _SUB_BITS) + (value >> shift)] += 1
             if value > self.max:
@@ -202,8 +204,11 @@ class LatencyHistogram:
             return hist
         for index, n in _buckets(name, data["log2"], BUCKETS - 1):
             hist.counts[index] += n
-        largest = _count(f"{name}.max", data.get("max", 0))
-        hist.max = largest if largest >= _LINEAR else 0
+        largest = checked_count(f"{name}.max", data.get("max", 0))
+        top = max((i for i, n in enumerate(hist.counts) if n), default=-1)
+        if top >= _LINEAR:  # the maximum lies in the highest non-empty bucket
+            low, high = _bucket_low(top), min(_MAX_VALUE, _bucket_low(top + 1) - 1)
+            hist.max = largest if low <= largest <= high else high
         return hist
 
 
@@ -218,11 +223,12 @@ def _buckets(name: str, data: Any, highest: int) -> list[tuple[int, int]]:
             raise ValueError(f"{name}: bucket {key!r} is not an integer") from None
         if not 0 <= index <= highest:
             raise ValueError(f"{name}: bucket {index} is outside [0, {highest}]")
-        out.append((index, _count(f"{name}[{index}]", n)))
+        out.append((index, checked_count(f"{name}[{index}]", n)))
     return out
 
 
-def _count(name: str, value: Any) -> int:
+def checked_count(name: str, value: Any) -> int:
+    """``value`` if it is a count (an int in 0 .. 2**63-1), else ``ValueError`` naming ``name``."""
     if type(value) is not int or not 0 <= value <= _MAX_VALUE:
         raise ValueError(f"{name}: {value!r} is not a count (a non-negative integer below 2**63)")
     return value

@@ -1,4 +1,4 @@
-"""The observe agent's per-event work, compiled with the models (see pipeline.build_native).
+"""The observe agent's per-event work, compiled with the models (pyproject's compiled list).
 
 For a batch of validated access events of one access partition: feed the
 partition's smart-TTL model, note the keys whose TTL may have changed, group

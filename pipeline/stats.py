@@ -43,9 +43,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Final
+from typing import Any
 
-from pipeline.histogram import LatencyHistogram
+from pipeline.histogram import LatencyHistogram, checked_count
 from schemas.contracts import READ_OPS
 from schemas.records import MetricsSnapshot
 
@@ -196,7 +196,7 @@ class WindowStats:
             if f.name in ("latency", "warm_latency"):
                 setattr(stats, f.name, LatencyHistogram.from_dict(value, f.name))
             else:
-                setattr(stats, f.name, _count(f.name, value))
+                setattr(stats, f.name, checked_count(f.name, value))
         return stats
 
     def snapshot(
@@ -235,12 +235,3 @@ class WindowStats:
             dead_letters=self.dead_letters,
             worker=worker,
         )
-
-
-_MAX_COUNT: Final = 2**63 - 1
-
-
-def _count(name: str, value: Any) -> int:
-    if type(value) is not int or not 0 <= value <= _MAX_COUNT:
-        raise ValueError(f"{name}: {value!r} is not a count (a non-negative integer below 2**63)")
-    return value

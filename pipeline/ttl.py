@@ -56,7 +56,8 @@ __all__ = [
     "warm_ttl",
 ]
 
-#: How a write's priority scales its TTL (docs/client.md says what else it does).
+#: How a write's priority scales its TTL (docs/client.md says what else it does): a
+#: high-priority entry lives longer, which also keeps it under ``volatile-ttl``.
 PRIORITY_TTL_FACTOR: Final[Mapping[str, float]] = {"low": 0.5, "normal": 1.0, "high": 2.0}
 
 #: A published smart TTL is written again when it moved by more than this fraction.

@@ -78,7 +78,7 @@ from pipeline.codec import (
     ValueCodec,
     is_loading_mark,
 )
-from pipeline.config import Settings, parse_memory_size
+from pipeline.config import MEMORY_POLICIES, Settings, parse_memory_size
 from pipeline.ttl import load_ttl, published_ttl, value_ttl
 from schemas.contracts import MAX_LABEL_LENGTH, MAX_LATENCY_US
 
@@ -159,19 +159,6 @@ class _Slow:
 #: Returned by :meth:`CacheCore.read_hit` when a hit needs the general path.
 SLOW: Final = _Slow()
 
-MEMORY_POLICIES: Final = (
-    "noeviction",
-    "allkeys-lru",
-    "allkeys-lfu",
-    "allkeys-random",
-    "volatile-lru",
-    "volatile-lfu",
-    "volatile-random",
-    "volatile-ttl",
-)
-#: ``priority`` scales the TTL a value gets when the caller gives none: a
-#: high-priority entry lives longer, which is also what keeps it under the
-#: ``volatile-ttl`` eviction policy.
 #: The order edge warms start in when a rule names several keys and the namespace's
 #: loader budget cannot take them all: keys last set ``high`` first, ``low`` last.
 PRIORITY_RANK: Final[Mapping[str, int]] = {"high": 0, "normal": 1, "low": 2}

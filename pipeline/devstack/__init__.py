@@ -25,7 +25,8 @@ again at interpreter exit, and on Linux also asked to die with its parent
 The package, one concern a module, each importing only those before it:
 :mod:`~pipeline.devstack.process` (ports, processes, and
 :class:`~pipeline.devstack.process.ManagedServer`, the start/stop skeleton of both
-servers), :mod:`~pipeline.devstack.kafka`, :mod:`~pipeline.devstack.redis`,
+servers), :mod:`~pipeline.devstack.tls` (self-signed certificates),
+:mod:`~pipeline.devstack.kafka`, :mod:`~pipeline.devstack.redis` (TLS-only servers too),
 :mod:`~pipeline.devstack.stack` (:class:`DevStack`) and :mod:`~pipeline.devstack.cli`
 (``cachecast devstack``). The public names are importable from here; a test that
 patches a module-level name patches the module that owns it.

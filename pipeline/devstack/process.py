@@ -49,9 +49,6 @@ class _AddressInUse(DevStackError):
     """The chosen port was taken between picking it and the server binding it."""
 
 
-# --------------------------------------------------------------------------- paths
-
-
 # --------------------------------------------------------------------------- ports
 
 _handed_out: set[int] = set()

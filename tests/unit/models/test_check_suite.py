@@ -211,8 +211,18 @@ def _params_from_source(cls: type) -> tuple[str, ...]:
     raise AssertionError(f"no __init__ in the source of {cls.__qualname__}")
 
 
+def _subclasses(cls: type[Predictor]) -> set[type[Predictor]]:
+    found = set(cls.__subclasses__())
+    for sub in list(found):
+        found |= _subclasses(sub)
+    return found
+
+
+#: Every predictor class there is, exported or not: one that forgot ``PARAMS`` would
+#: clone with its parent's parameters (or none), silently.
 _PREDICTORS = sorted(
-    (c for c in vars(models).values() if isinstance(c, type) and issubclass(c, Predictor)),
+    {c for c in vars(models).values() if isinstance(c, type) and issubclass(c, Predictor)}
+    | _subclasses(Predictor),
     key=lambda c: c.__name__,
 )
 

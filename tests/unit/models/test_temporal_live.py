@@ -134,12 +134,16 @@ def test_the_worker_decider_warms_by_time_from_the_events_timestamps() -> None:
         for key, wall, hit in zip(keys, trace.ts.tolist(), hits, strict=True)
     ]
     commands: list[dict[str, Any]] = []
-    for i in range(0, len(events), 200):
-        batch = events[i : i + 200]
+    for i in range(0, len(events), 20):
+        batch = events[i : i + 20]
         now[0] = batch[-1]["ts"] + 0.01
+        if i == len(events) // 2:  # one client with its clock a year ahead changes nothing
+            batch = [*batch, {**batch[-1], "key": "skewed", "ts": now[0] + 365 * _DAY}]
         commands += decider.decide(engine, batch)
     by_time = [c for c in commands if c["reason"] == "temporal"]
     assert len(by_time) >= 50
+    late = [c for c in by_time if c["issued_at"] > events[len(events) // 2]["ts"] + _DAY]
+    assert late  # still warming by time on the last day, after the skewed event
     assert sum(int(c["key"]) in truth.daily for c in by_time) >= 0.3 * len(by_time)
     # What the application notices: most of these warms are read within the hour.
     reads: dict[str, list[float]] = {}
