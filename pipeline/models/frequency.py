@@ -29,6 +29,12 @@ class DecayedFrequency(Predictor):
     frequency exceeds ``1 / (0.75 * max_keys)`` of the decayed total can never be
     evicted, so the heavy hitters are always tracked.
 
+    Hand-written, not river's ``sketch.HeavyHitters`` (lossy counting with a
+    forgetting factor): on the cache2k slice with the same half-life,
+    ``benchmarks/river_estimators.py`` found the exact decayed top 64 with recall
+    1.00 here against 0.36, at 0.18 µs per update against 0.35 (river's holds less
+    memory: 0.1 MB against 0.5).
+
     Parameters
     ----------
     max_keys

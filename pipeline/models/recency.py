@@ -49,6 +49,11 @@ class InterArrival(Predictor):
     that a key is accessed within a horizon given how long it has been idle
     (``prob_within``).
 
+    Hand-written, not one ``river.stats.EWMean`` + ``EWVar`` per key: the statistic
+    is the same (means within 0.06 in log units on keys with 20+ gaps), but
+    ``benchmarks/river_estimators.py`` measured 0.2 µs per update and 3.4 MB for
+    the cache2k slice here against 0.6-1.2 µs and 7.1 MB (two objects per key).
+
     Memory is bounded by ``max_keys``: past it, the quarter of keys idle the longest
     is evicted in one pass.
 

@@ -410,6 +410,12 @@ class UserAffinity(Predictor):
     Memory is bounded by ``max_users`` users (past it, the quarter idle the longest
     is evicted) times ``keys_per_user``.
 
+    Hand-written, not river's ``reco.FunkMF``: on the SYNTHETIC workload with users,
+    ``benchmarks/river_estimators.py`` measured 1.3 µs per update and 4 µs per
+    query here against 20 µs and 2.3 ms (a factorisation model must score every
+    key to find a user's top 5), and 25 % of sessions reading one of the 5 keys
+    raised at their start against 17 %.
+
     Parameters
     ----------
     max_users
