@@ -31,9 +31,9 @@ _GATE_EVERY = 1_024  # events between two reads of the new-key TTL gate
 _SRC_RECENCY = FEATURES.index("from_recency")
 _SRC_FREQUENCY = FEATURES.index("from_frequency")
 _SRC_TEMPORAL = FEATURES.index("from_temporal")
-#: Reads a key needs before its time profile can raise it: one read in an hour is
-#: no habit (one-hit wonders would otherwise top every hour's list).
-_MIN_SEASON_READS = 3.0
+#: Learned reads a key needs before its time profile can raise it (with reads in its
+#: hour on two days for a daily habit): one-hit wonders would otherwise top every hour.
+_MIN_SEASON_READS = 2.0
 #: How much likelier than the traffic as a whole a key must be in a time bin for
 #: its time profile to raise it there.
 _MIN_SEASON_LIFT = 2.0
@@ -389,9 +389,13 @@ class WarmEngine:
         if self._wall_clock is None:
             self._wall_clock = is_wall_clock(ts)
         if self._wall_clock:
-            self._observe_time(out, key, ts, ts, 1.0, horizon, miss)
+            self._observe_time(out, key, ts, ts, 1.0, horizon, miss, True)
         elif wall_ts >= WALL_CLOCK_EPOCH and self._wall_time:
-            self._observe_wall(out, key, ts, wall_ts, horizon, miss)
+            # What the cache could not serve alone, as the sequence models, and only
+            # keys read before: a key that always hits needs no warming, a key read once
+            # has no habit, and learning every read cost a quarter more per event.
+            learn = known is not None and (hit is not True or warmed)
+            self._observe_wall(out, key, ts, wall_ts, horizon, miss, learn)
         return out
 
     def observe_batch(
@@ -449,7 +453,8 @@ class WarmEngine:
         """Score one raised key; register it for a label; admit it if good enough.
 
         ``when``: the wall-clock time the candidate is expected to be read, for its
-        time-of-week lift (-1: ``lead`` from now, as for a sequence candidate).
+        time-of-week lift (-1: ``lead`` from now with a wall-clock ``ts``; none on
+        the request clock).
         """
         scorer = self.scorer
         entry = scorer._pending.get(candidate)
@@ -493,9 +498,9 @@ class WarmEngine:
         if self._wall_clock:
             lift = self.temporal.predict_one(candidate, when if when >= 0.0 else ts + self._lead)
             vector[7] = max(-1.0, min(1.0, math.log(lift) * self._inv_log_bins))
-        elif self._wall_time and self._wall_ts >= 0.0:
-            if when < 0.0:
-                when = self._wall_ts + self._lead * self._seconds_per_request
+        elif when >= 0.0 and self._wall_time:
+            # On the request clock only time-profile candidates carry their lift: for
+            # every candidate it cost a third more per event (2.2 µs of 7, compiled).
             lift = self.temporal.predict_one(candidate, when)
             vector[7] = max(-1.0, min(1.0, math.log(lift) * self._inv_log_bins))
         if source >= 0:
@@ -537,7 +542,14 @@ class WarmEngine:
                 )
 
     def _observe_wall(
-        self, out: list[Candidate], key: Key, ts: float, wall: float, horizon: float, miss: float
+        self,
+        out: list[Candidate],
+        key: Key,
+        ts: float,
+        wall: float,
+        horizon: float,
+        miss: float,
+        learn: bool,
     ) -> None:
         """Time-of-week profiles on wall-clock time while ``ts`` counts requests.
 
@@ -552,7 +564,7 @@ class WarmEngine:
                 self._seconds_per_request += 0.01 * (gap - self._seconds_per_request)
         if wall > last:
             self._wall_ts = wall
-        self._observe_time(out, key, ts, wall, self._seconds_per_request, horizon, miss)
+        self._observe_time(out, key, ts, wall, self._seconds_per_request, horizon, miss, learn)
 
     def _observe_time(
         self,
@@ -563,6 +575,7 @@ class WarmEngine:
         seconds_per_ts: float,
         horizon: float,
         miss: float,
+        learn: bool,
     ) -> None:
         """Time-of-week profiles; as each time bin comes up, raise the keys that peak in it.
 
@@ -575,7 +588,8 @@ class WarmEngine:
         a few per access: at once they would overflow one access's candidate limit.
         """
         temporal = self.temporal
-        temporal.learn_one(key, wall)
+        if learn:
+            temporal.learn_one(key, wall)
         upcoming = wall + self.config.lead * seconds_per_ts
         current = temporal.bin_number(upcoming)
         if current > self._time_bin:

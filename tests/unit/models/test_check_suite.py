@@ -211,7 +211,7 @@ def _params_from_source(cls: type) -> tuple[str, ...]:
     raise AssertionError(f"no __init__ in the source of {cls.__qualname__}")
 
 
-def _subclasses(cls: type[Predictor]) -> set[type[Predictor]]:
+def _subclasses(cls: type) -> set[type[Predictor]]:
     found = set(cls.__subclasses__())
     for sub in list(found):
         found |= _subclasses(sub)
