@@ -13,7 +13,7 @@ import redis
 
 from pipeline.build_native import compiled_path
 from pipeline.client import IntelligentCache
-from pipeline.client.keys import RULE_SHARDS
+from pipeline.client.keys import RULE_SHARDS, rules_stream
 from pipeline.config import Settings
 from pipeline.prefetch import decode_rule
 from pipeline.replay import synthetic_value
@@ -28,6 +28,26 @@ RULES_MAX = 1_200
 def _rule_hashes(settings: Settings) -> list[str]:
     prefix = settings.redis_key_prefix
     return [f"{prefix}#rules:{NAMESPACE}:{shard}" for shard in range(RULE_SHARDS)]
+
+
+def _rule_follower_state(cache: IntelligentCache, settings: Settings) -> dict[str, Any]:
+    """What the client holds against what Redis has: to explain a client without rules."""
+    stream = rules_stream(settings.redis_key_prefix, NAMESPACE)
+    client = redis.Redis(host=settings.redis_host, port=settings.redis_port)
+    try:
+        first = client.xrange(stream, count=1)
+        last = client.xrevrange(stream, count=1)
+        return {
+            "client_rules": len(cache._rulebook),
+            "client_stream_id": cache._rule_ids.get(stream),
+            "resyncs": cache.core.stats.rule_resyncs,
+            "stream_length": client.xlen(stream),
+            "stream_first": first[0][0] if first else None,
+            "stream_last": last[0][0] if last else None,
+            "published_triggers": sum(t.startswith("t") for t in _published(settings)),
+        }
+    finally:
+        client.close()
 
 
 def _published(settings: Settings) -> dict[str, bytes]:
@@ -83,7 +103,10 @@ async def _scenario(
         published = _published(settings)
         # The client follows the rules every CACHECAST_RULES_INTERVAL_S; read them now so
         # that the round below does not race the follower's next read.
-        assert await cache.refresh_rules() >= PAIRS // 3
+        deadline = time.monotonic() + 30
+        while await cache.refresh_rules() < PAIRS // 3:
+            assert time.monotonic() < deadline, _rule_follower_state(cache, settings)
+            await asyncio.sleep(0.5)
         await cache.delete_by_pattern(NAMESPACE, "*")  # the cache forgets every value
         second: dict[str, int] = {}
         await _round(cache, second)
