@@ -268,7 +268,9 @@ class RuleSet:
         """Writes that put back every published rule of the ``lost`` hashes.
 
         Redis may evict a rule hash like any other key (``allkeys-lru``), or lose it
-        in a restart; what this worker published is rewritten from memory.
+        in a restart; what this worker published is rewritten from memory. The rules
+        go to the rule stream again too: a client that follows the stream (and read
+        the table before they were published) would otherwise never hold them.
         """
         from pipeline.client.keys import rules_hash
 
@@ -281,6 +283,7 @@ class RuleSet:
                     plan.writes.setdefault(where, {})[key] = encode_rule(
                         successors, compiled_at=now
                     )
+                    plan.updates.setdefault(namespace, []).append((key, successors))
         return plan
 
     def forget(self) -> None:

@@ -74,6 +74,19 @@ def test_a_rule_set_stays_within_its_bound_per_namespace() -> None:
     assert sorted(deleted) == sorted(f"t{i}" for i in range(40))
 
 
+def test_a_lost_hash_is_rewritten_and_its_rules_sent_to_followers_again() -> None:
+    rules = RuleSet("p:")
+    rules.plan([(f"ns:t{i}", [(f"ns:s{i}", 0.9)]) for i in range(100)], now=1.0)
+    lost = rules_hash("p:", "ns", "t7")
+    plan = rules.restore([lost], now=2.0)
+    assert set(plan.writes) == {lost}
+    rewritten = set(plan.writes[lost])
+    assert "t7" in rewritten
+    # A client following the rule stream gets the same rules, not only the table.
+    assert {trigger for trigger, _ in plan.updates["ns"]} == rewritten
+    assert dict(plan.updates["ns"])["t7"] == (("s7", 0.9),)
+
+
 def test_encode_refuses_what_a_client_would_not_read() -> None:
     with pytest.raises(ValueError, match="at most"):
         encode_rule([(str(i), 0.5) for i in range(MAX_SUCCESSORS + 1)], compiled_at=0.0)
