@@ -22,7 +22,6 @@ import os
 import re
 import shlex
 import shutil
-import ssl
 import subprocess
 import tempfile
 import time
@@ -491,11 +490,12 @@ class KafkaServer(ManagedServer):
     sasl_users: dict[str, str] | None = field(default=None, repr=False)
     #: The broker's certificate when its listener uses TLS.
     tls: TlsFiles | None = field(default=None, repr=False)
-    _ssl_context: ssl.SSLContext | None = field(default=None, init=False, repr=False)
     _proc: _Process | None = field(default=None, init=False, repr=False)
     _cds_dump: tuple[Path, Path] | None = field(default=None, init=False, repr=False)
 
     _log_name = "kafka.log"
+    start_timeout = 90.0
+    stop_timeout = 30.0
     _noun = "broker"
     _poll_interval = 0.05
 
@@ -614,15 +614,9 @@ class KafkaServer(ManagedServer):
                 env.pop(name, None)
         return self._argv(), env
 
-    def start(self, timeout: float = 90.0) -> None:
-        """Start the broker on its ports and return once it answers metadata requests.
-
-        Readiness is a real Kafka metadata request answered with *our* cluster id: an
-        open port alone may be a half-started broker, or somebody else's.
-        """
-        self._start(timeout)
-
     def _ready(self, proc: _Process, remaining: float) -> bool:
+        """A real Kafka metadata request answered with *our* cluster id: an open port
+        alone may be a half-started broker, or somebody else's."""
         if not _tcp_open(self.host, self.port, 0.25):
             return False
         cluster = _kafka_serving_cluster(
@@ -660,20 +654,10 @@ class KafkaServer(ManagedServer):
                 sasl_mechanism="PLAIN", sasl_plain_username=name, sasl_plain_password=password
             )
         if self.tls is not None:
-            if self._ssl_context is None:  # read the certificate once, not at every poll
-                self._ssl_context = ssl.create_default_context(cafile=str(self.tls.cert))
-            options["ssl_context"] = self._ssl_context
+            options["ssl_context"] = self.tls.client_context
         if options:
             options["security_protocol"] = self.security_protocol
         return options
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the broker (SIGTERM, SIGKILL after ``timeout``); no-op when external/stopped."""
-        self._stop(timeout)
-
-    def restart(self, timeout: float = 90.0) -> None:
-        """Stop, then start on the same ports (and, for Apache Kafka, the same data)."""
-        self._restart(timeout)
 
 
 def _launch_kafka(

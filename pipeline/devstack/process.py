@@ -325,9 +325,8 @@ class ManagedServer(ABC):
 
     The subclasses are dataclasses and own all the state (``kind``, ``pid``,
     ``directory``, ``_proc``): this base has no fields, so their field order, defaults
-    and reprs are theirs alone. They give their default timeouts and docstrings to
-    ``start``/``stop``/``restart`` (which call ``_start``/``_stop``/``_restart`` here)
-    and fill in the hooks below.
+    and reprs are theirs alone. They set their default timeouts (``start_timeout``,
+    ``stop_timeout``) and fill in the hooks below.
     """
 
     if TYPE_CHECKING:
@@ -382,19 +381,26 @@ class ManagedServer(ABC):
         """
         return False
 
-    # -- the public API (the subclasses set the default timeouts)
+    # -- the public API (each server class sets its default timeouts)
 
-    @abstractmethod
-    def start(self, timeout: float = ...) -> None:
-        """Start the server on its port(s) and return once it serves."""
+    #: Default seconds ``start``/``restart`` wait for the server to serve, and
+    #: ``stop`` waits before SIGKILL.
+    start_timeout: ClassVar[float]
+    stop_timeout: ClassVar[float]
 
-    @abstractmethod
-    def stop(self, timeout: float = ...) -> None:
+    def start(self, timeout: float | None = None) -> None:
+        """Start the server on its port(s) and return once it serves (see :meth:`_ready`)."""
+        self._start(self.start_timeout if timeout is None else timeout)
+
+    def stop(self, timeout: float | None = None) -> None:
         """Stop the server (SIGTERM, SIGKILL after ``timeout``); no-op when external/stopped."""
+        self._stop(self.stop_timeout if timeout is None else timeout)
 
-    @abstractmethod
-    def restart(self, timeout: float = ...) -> None:
+    def restart(self, timeout: float | None = None) -> None:
         """Stop, then start on the same port(s)."""
+        self._require_managed("restart")
+        self.stop()
+        self.start(timeout)
 
     @property
     def managed(self) -> bool:
@@ -469,8 +475,3 @@ class ManagedServer(ABC):
         proc.stop(timeout=timeout)
         self.pid = None
         self._after_stop()
-
-    def _restart(self, timeout: float) -> None:
-        self._require_managed("restart")
-        self.stop()
-        self.start(timeout=timeout)

@@ -204,10 +204,11 @@ class RedisServer(ManagedServer):
     binary: Path | None = field(default=None, repr=False)
     #: The server's certificate when its port speaks TLS.
     tls: TlsFiles | None = field(default=None, repr=False)
-    _ssl_context: ssl.SSLContext | None = field(default=None, init=False, repr=False)
     _proc: _Process | None = field(default=None, init=False, repr=False)
 
     _log_name = "redis.log"
+    start_timeout = 15.0
+    stop_timeout = 10.0
     _noun = "Redis"
     _poll_interval = 0.02
 
@@ -217,11 +218,7 @@ class RedisServer(ManagedServer):
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A client context trusting this server's certificate (None without TLS)."""
-        if self.tls is None:
-            return None
-        if self._ssl_context is None:  # read the certificate once, not at every probe
-            self._ssl_context = ssl.create_default_context(cafile=str(self.tls.cert))
-        return self._ssl_context
+        return None if self.tls is None else self.tls.client_context
 
     @property
     def _label(self) -> str:
@@ -250,20 +247,9 @@ class RedisServer(ManagedServer):
         )
         return [str(self.binary), str(conf)], None
 
-    def start(self, timeout: float = 15.0) -> None:
-        """Start on this server's port; return once it answers as *this* process."""
-        self._start(timeout)
-
     def _ready(self, proc: _Process, remaining: float) -> bool:
+        """``INFO`` answered with *this* process's id."""
         return _redis_pid(self.host, self.port, context=self.ssl_context()) == proc.pid
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server (SIGTERM, SIGKILL after ``timeout``); no-op when external/stopped."""
-        self._stop(timeout)
-
-    def restart(self, timeout: float = 15.0) -> None:
-        """Stop and start again on the same port, empty."""
-        self._restart(timeout)
 
 
 def _launch_redis(

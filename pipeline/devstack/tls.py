@@ -6,7 +6,9 @@ and ``localhost``; clients are given the certificate as their CA file.
 
 from __future__ import annotations
 
+import functools
 import shutil
+import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,11 @@ class TlsFiles:
     key: Path
     #: The key and the certificate in one PEM file, as Kafka's PEM key store reads it.
     keystore: Path
+
+    @functools.cached_property
+    def client_context(self) -> ssl.SSLContext:
+        """A client context trusting ``cert``, made once (readiness probes poll often)."""
+        return ssl.create_default_context(cafile=str(self.cert))
 
 
 def self_signed_tls(directory: Path, host: str = LOOPBACK) -> TlsFiles:
