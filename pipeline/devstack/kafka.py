@@ -36,12 +36,12 @@ from pipeline.devstack.process import (
     LOOPBACK,
     DevStackError,
     ManagedServer,
-    _AddressInUse,
     _Process,
     _run_async,
     _tcp_open,
     _warn,
     free_port,
+    start_on_free_ports,
 )
 from pipeline.devstack.tls import TlsFiles, self_signed_tls
 
@@ -699,8 +699,8 @@ def _launch_kafka(
     directory = Path(tempfile.mkdtemp(prefix="kafka-", dir=root))
     cluster_id = kafka_cluster_id() if kind == "apache" else f"cachecast-{uuid.uuid4().hex[:12]}"
     tls_files = self_signed_tls(directory / "tls", host) if tls else None
-    for attempt in range(1, attempts + 1):
-        server = KafkaServer(
+    return start_on_free_ports(
+        lambda: KafkaServer(
             bootstrap_servers=f"{host}:{free_port(host)}",
             kind=kind,
             directory=directory,
@@ -712,12 +712,7 @@ def _launch_kafka(
             tansu_bin=tansu if kind == "tansu" else None,
             sasl_users=dict(sasl_users) if sasl_users else None,
             tls=tls_files,
-        )
-        try:
-            server.start()
-            return server
-        except _AddressInUse:
-            if attempt == attempts:
-                raise
-            logger.info("Kafka port taken before it could bind; retrying on other ports")
-    raise AssertionError("unreachable")
+        ),
+        attempts,
+        "Kafka",
+    )

@@ -475,3 +475,24 @@ class ManagedServer(ABC):
         proc.stop(timeout=timeout)
         self.pid = None
         self._after_stop()
+
+
+ServerT = TypeVar("ServerT", bound=ManagedServer)
+
+
+def start_on_free_ports(make: Callable[[], ServerT], attempts: int, what: str) -> ServerT:
+    """Start the server ``make()`` builds (on freshly picked ports) and return it.
+
+    A port can be taken between picking it and the server binding it; then a new
+    server is made, on other ports, up to ``attempts`` times.
+    """
+    for attempt in range(1, attempts + 1):
+        server = make()
+        try:
+            server.start()
+            return server
+        except _AddressInUse:
+            if attempt == attempts:
+                raise
+            logger.info("%s port taken before it could bind; retrying on other ports", what)
+    raise AssertionError("unreachable")

@@ -29,9 +29,9 @@ from pipeline.devstack.process import (
     LOOPBACK,
     DevStackError,
     ManagedServer,
-    _AddressInUse,
     _Process,
     free_port,
+    start_on_free_ports,
 )
 from pipeline.devstack.tls import TlsFiles, self_signed_tls
 
@@ -277,8 +277,8 @@ def _launch_redis(
     directory = Path(tempfile.mkdtemp(prefix="redis-", dir=root))
     if tls:
         files = self_signed_tls(directory / "tls", host)
-    for attempt in range(1, attempts + 1):
-        server = RedisServer(
+    return start_on_free_ports(
+        lambda: RedisServer(
             host=host,
             port=free_port(host),
             kind=kind,
@@ -288,15 +288,10 @@ def _launch_redis(
             cluster_enabled=cluster_enabled,
             binary=binary,
             tls=files,
-        )
-        try:
-            server.start()
-            return server
-        except _AddressInUse:
-            if attempt == attempts:
-                raise
-            logger.info("Redis port taken before it could bind; retrying on another port")
-    raise AssertionError("unreachable")
+        ),
+        attempts,
+        "Redis",
+    )
 
 
 @dataclass(eq=False)
