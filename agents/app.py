@@ -1,4 +1,4 @@
-"""The Faust application: settings in, topics declared, nothing decided here.
+"""The Faust application of one worker: settings in, topics declared, nothing decided here.
 
 Topics (names and partition counts from :mod:`pipeline.config`):
 
@@ -20,16 +20,20 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 
-from pipeline.config import Settings, cache_root, load_settings
+from pipeline.config import Settings, cache_root
 from pipeline.topics import STATE_MAX_MESSAGE_BYTES, STATE_TOPIC_CONFIG, VIEW_TOPIC_CONFIG
 from pipeline.transport import faust_credentials
 
-__all__ = ["app", "settings", "topics"]
+if TYPE_CHECKING:
+    from agents.checkpointing import Checkpointer
+
+__all__ = ["Context", "Topics", "Worker"]
 
 
 class Worker(faust.Worker):
@@ -125,7 +129,23 @@ class Topics:
         ]
 
 
-settings = load_settings()
-app = _faust_app(settings)
-topics = Topics(app, settings)
-worker_name = f"{socket.gethostname()}:{settings.web_port}"
+class Context:
+    """What every agent of one worker shares: its settings, Faust app, topics and name.
+
+    Built by :func:`agents.create_app` from the settings it is given; nothing is
+    read from the environment here. ``flush`` waits until Kafka has every record
+    produced so far (the producer's flush); tests running agents in Faust's test
+    context, with no broker, replace it and the topics they send to.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = _faust_app(settings)
+        self.topics = Topics(self.app, settings)
+        self.name = f"{socket.gethostname()}:{settings.web_port}"
+        #: Every checkpointer of this worker, for the monitor view.
+        self.checkpointers: list[Checkpointer[Any]] = []
+        self.flush: Callable[[], Awaitable[None]] = self._flush_producer
+
+    async def _flush_producer(self) -> None:
+        await self.app.producer.flush()

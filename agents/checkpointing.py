@@ -21,7 +21,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import faust
 from faust.types import TP, EventT
 
-from agents.app import app, settings, topics
+from agents.app import Context
 from pipeline.checkpoint import (
     SnapshotError,
     decode_snapshot,
@@ -32,7 +32,7 @@ from pipeline.checkpoint import (
 from pipeline.topics import STATE_MAX_MESSAGE_BYTES
 from pipeline.transport import kafka_options
 
-__all__ = ["Checkpointer", "Stateful", "checkpointers"]
+__all__ = ["Checkpointer", "Stateful"]
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +50,18 @@ class Stateful(Protocol):
 M = TypeVar("M", bound=Stateful)
 
 
-#: Every checkpointer of this process, for the monitor view.
-checkpointers: list[Checkpointer[Any]] = []
-
-
 class Checkpointer(Generic[M]):
     """Holds one model per partition of ``topic`` for ``stage``; checkpoints them."""
 
     def __init__(
         self,
+        context: Context,
         stage: str,
         topic_name: str,
         factory: Callable[[], M],
         extra_stages: tuple[str, ...] = (),
     ) -> None:
+        self.context = context
         self.stage = stage
         #: Other records of the same partition read in the same pass as the snapshot
         #: (undecoded, in :attr:`extras`; an agent's own side state, such as progress).
@@ -93,9 +91,14 @@ class Checkpointer(Generic[M]):
         self.after_revoked: Callable[[set[int]], None] | None = None
         self.refused = 0
         self.send_failures = 0
+        #: Reads a partition's latest records of the given stages from the state topic
+        #: (replaced in tests that run without a broker).
+        self.load_blobs: Callable[[tuple[str, ...], int], Awaitable[dict[str, bytes | None]]]
+        self.load_blobs = self._load_blobs
+        app = context.app
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
-        checkpointers.append(self)
+        context.checkpointers.append(self)
 
     def describe(self) -> dict[str, Any]:
         """Snapshot sizes and timings, for the monitor view."""
@@ -147,13 +150,7 @@ class Checkpointer(Generic[M]):
         stages = (self.stage, *self.extra_stages)
         for attempt in range(_READ_ATTEMPTS):
             try:
-                blobs = await load_snapshot_blobs(
-                    settings.kafka_brokers(),
-                    settings.topic_state,
-                    stages,
-                    partition,
-                    connection=kafka_options(settings),
-                )
+                blobs = await self.load_blobs(stages, partition)
                 break
             except Exception as exc:  # Kafka trouble: a fresh model would overwrite the snapshot
                 if attempt == _READ_ATTEMPTS - 1:
@@ -199,6 +196,16 @@ class Checkpointer(Generic[M]):
         log.info("%s: restored partition %d from its snapshot", self.stage, partition)
         return model, covered
 
+    async def _load_blobs(self, stages: tuple[str, ...], partition: int) -> dict[str, bytes | None]:
+        settings = self.context.settings
+        return await load_snapshot_blobs(
+            settings.kafka_brokers(),
+            settings.topic_state,
+            stages,
+            partition,
+            connection=kafka_options(settings),
+        )
+
     async def _on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
         """Start restoring newly assigned partitions now, before their first record."""
         for tp in assigned:
@@ -221,7 +228,7 @@ class Checkpointer(Generic[M]):
             self.offsets[partition] = offset
 
     def due(self) -> bool:
-        return time.monotonic() - self._last >= settings.checkpoint_s
+        return time.monotonic() - self._last >= self.context.settings.checkpoint_s
 
     async def checkpoint(self) -> None:
         """Snapshot every model, wait for Kafka, then ack the records they cover.
@@ -266,7 +273,7 @@ class Checkpointer(Generic[M]):
                 written += 1
             else:
                 failed.add(partition)
-        await app.producer.flush()
+        await self.context.flush()
         acked: list[EventT[Any]] = []
         kept: list[EventT[Any]] = []
         for event in self._pending:
@@ -283,7 +290,7 @@ class Checkpointer(Generic[M]):
         """Write one snapshot and wait for Kafka, retrying with backoff; False if it failed."""
         for attempt in range(_SEND_ATTEMPTS):
             try:
-                delivery = await topics.state.send(
+                delivery = await self.context.topics.state.send(
                     key=snapshot_key(self.stage, partition),
                     value=blob,
                     partition=partition,

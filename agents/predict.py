@@ -20,10 +20,10 @@ from typing import Any, Final
 import faust
 import orjson
 
-from agents.app import app, settings, topics
+from agents.app import Context
 from agents.checkpointing import Checkpointer
-from agents.runtime import runtime
-from agents.writer import claimed_headers, local
+from agents.runtime import Runtime
+from agents.writer import Writer
 from pipeline.client.keys import rules_stream
 from pipeline.client.rulebook import STREAM_FIELD
 from pipeline.decide import Decider, engine_config
@@ -33,18 +33,10 @@ from pipeline.prefetch import RulePlan, RuleSet, encode_updates
 from pipeline.reorder import Reorderer
 from schemas.decode import InvalidEvent, decode_access_dicts
 
-__all__ = ["deciders", "engines", "predict", "reorderers", "rule_set"]
+__all__ = ["Predict"]
 
 log = logging.getLogger(__name__)
 
-engines: Checkpointer[WarmEngine] = Checkpointer(
-    "engine", settings.topic_sequence, lambda: WarmEngine(engine_config(settings))
-)
-deciders: dict[int, Decider] = {}
-reorderers: dict[int, Reorderer] = {}
-_warmup_partition = PartitionCache(settings.topic_partitions)
-#: The prefetch rules this worker has published (bounded per namespace).
-rule_set = RuleSet(settings.redis_key_prefix, settings.rules_max)
 #: Rule hashes expire this long after the last publish (gone a day after the pipeline stops).
 _RULES_EXPIRY_S: Final = 86_400
 #: Rounds of changes kept in a namespace's rule stream: clients read it every round, so a
@@ -54,198 +46,207 @@ _RULE_STREAM_ENTRIES: Final = 64
 _RESTORE_EVERY_S: Final = 10.0
 #: Most rule changes published per partition and round (the rest wait for the next round).
 _RULES_PER_ROUND: Final = 20_000
-_restored_at = 0.0
 
 
-def decider(partition: int) -> Decider:
-    found = deciders.get(partition)
-    if found is None:
-        found = deciders[partition] = Decider(
-            settings, model_version=f"engine/p{partition}", latency=runtime.warm_latency
+class Predict:
+    """The predict agent of one worker: engines, reorder buffers, deciders, rules; timers."""
+
+    def __init__(self, context: Context, runtime: Runtime, writer: Writer) -> None:
+        self.runtime = runtime
+        self.writer = writer
+        settings = self.settings = context.settings
+        self.topics = context.topics
+        self.engines: Checkpointer[WarmEngine] = Checkpointer(
+            context, "engine", settings.topic_sequence, lambda: WarmEngine(engine_config(settings))
         )
-    return found
+        self.engines.before_checkpoint = self._drain_reorderers
+        self.engines.after_revoked = self._forget
+        self.deciders: dict[int, Decider] = {}
+        self.reorderers: dict[int, Reorderer] = {}
+        self._warmup_partition = PartitionCache(settings.topic_partitions)
+        #: The prefetch rules this worker has published (bounded per namespace).
+        self.rule_set = RuleSet(settings.redis_key_prefix, settings.rules_max)
+        self._restored_at = 0.0
+        app = context.app
+        self.agent = app.agent(self.topics.sequence, name="cachecast.predict")(self.predict)
+        app.timer(interval=max(0.01, settings.reorder_s), name="cachecast.predict-release")(
+            self.release_held_events
+        )
+        app.timer(interval=settings.rules_interval_s, name="cachecast.predict-rules")(
+            self.publish_rules
+        )
+        app.timer(interval=1.0, name="cachecast.predict-checkpoint")(self.checkpoint_when_quiet)
 
+    def decider(self, partition: int) -> Decider:
+        found = self.deciders.get(partition)
+        if found is None:
+            found = self.deciders[partition] = Decider(
+                self.settings,
+                model_version=f"engine/p{partition}",
+                latency=self.runtime.warm_latency,
+            )
+        return found
 
-@app.agent(topics.sequence, name="cachecast.predict")
-async def predict(stream: faust.StreamT[bytes]) -> None:
-    """Learn from each batch in time order; emit the warmup commands it admits."""
-    engines.stream = stream
-    # Manual acks: records are acked at checkpoints (faust's StreamT omits noack).
-    async for event in stream.noack().events():  # type: ignore[attr-defined]
-        message = event.message
-        runtime.record_lag("predict", message.timestamp)
-        async with engines.lock:
-            await engines.model(message.partition)  # restored first: its snapshot may cover this
-            if engines.covers(event):
+    async def predict(self, stream: faust.StreamT[bytes]) -> None:
+        """Learn from each batch in time order; emit the warmup commands it admits."""
+        engines, runtime = self.engines, self.runtime
+        engines.stream = stream
+        # Manual acks: records are acked at checkpoints (faust's StreamT omits noack).
+        async for event in stream.noack().events():  # type: ignore[attr-defined]
+            message = event.message
+            runtime.record_lag("predict", message.timestamp)
+            async with engines.lock:
+                await engines.model(message.partition)  # restored first: it may cover this
+                if engines.covers(event):
+                    engines.processed(event)
+                    continue
+                try:
+                    events, rejects = decode_access_dicts(event.value)
+                    if rejects:
+                        raise InvalidEvent(rejects[0].reason, field=rejects[0].field)
+                    due = self.reorderer(message.partition).push(events, source=message.key)
+                    await self._decide(message.partition, due)
+                except InvalidEvent as exc:
+                    await runtime.dead_letter(
+                        event.value or b"",
+                        f"not a batch of access events: {exc.reason}",
+                        source=f"{message.topic}/{message.partition}/{message.offset}",
+                        agent="predict",
+                        field=exc.field,
+                    )
+                except Exception as exc:  # a poison record must not stop the agent
+                    await runtime.reject(event, "predict", exc)
                 engines.processed(event)
-                continue
-            try:
-                events, rejects = decode_access_dicts(event.value)
-                if rejects:
-                    raise InvalidEvent(rejects[0].reason, field=rejects[0].field)
-                due = reorderer(message.partition).push(events, source=message.key)
-                await _decide(message.partition, due)
-            except InvalidEvent as exc:
-                await runtime.dead_letter(
-                    event.value or b"",
-                    f"not a batch of access events: {exc.reason}",
-                    source=f"{message.topic}/{message.partition}/{message.offset}",
-                    agent="predict",
-                    field=exc.field,
-                )
-            except Exception as exc:  # a poison record must not stop the agent or its commits
-                await runtime.reject(event, "predict", exc)
-            engines.processed(event)
-            if engines.due():
-                await _checkpoint()
+                if engines.due():
+                    await engines.checkpoint()
 
+    def reorderer(self, partition: int) -> Reorderer:
+        found = self.reorderers.get(partition)
+        if found is None:
+            found = self.reorderers[partition] = Reorderer(self.settings.reorder_s)
+        return found
 
-def reorderer(partition: int) -> Reorderer:
-    found = reorderers.get(partition)
-    if found is None:
-        found = reorderers[partition] = Reorderer(settings.reorder_s)
-    return found
+    async def _decide(self, partition: int, events: list[dict[str, Any]]) -> None:
+        if not events:
+            return
+        engine = await self.engines.model(partition)
+        commands = self.decider(partition).decide(engine, events)
+        # The labels learnt in this batch: prediction precision and recall per namespace.
+        deltas = self.runtime.deltas
+        for namespace, (hit, wasted, missed) in engine.drain_outcomes().items():
+            delta = deltas[namespace]
+            delta.predicted_true += hit
+            delta.predicted_false += wasted
+            delta.missed_true += missed
+        if commands:
+            await self._send(commands)
 
+    async def _drain_reorderers(self) -> None:
+        """Feed what the reorder buffers hold to the models: acked records are all learnt.
 
-async def _decide(partition: int, events: list[dict[str, Any]]) -> None:
-    if not events:
-        return
-    engine = await engines.model(partition)
-    commands = decider(partition).decide(engine, events)
-    # The labels learnt in this batch: prediction precision and recall per namespace.
-    for namespace, (hit, wasted, missed) in engine.drain_outcomes().items():
-        delta = runtime.deltas[namespace]
-        delta.predicted_true += hit
-        delta.predicted_false += wasted
-        delta.missed_true += missed
-    if commands:
-        await _send(commands)
+        Runs before every checkpoint, the one a revocation triggers included.
+        """
+        for partition, buffer in list(self.reorderers.items()):
+            await self._decide(partition, buffer.drain())
 
+    def _forget(self, partitions: set[int]) -> None:
+        """Revoked partitions: their buffers (drained by the checkpoint) and deciders go."""
+        for partition in partitions:
+            self.reorderers.pop(partition, None)
+            self.deciders.pop(partition, None)
 
-async def _drain_reorderers() -> None:
-    """Feed what the reorder buffers hold to the models: acked records are all learnt.
+    async def _send(self, commands: list[dict[str, Any]]) -> None:
+        """Publish commands by key partition; each batch the local writer takes is marked
+        claimed."""
+        runtime, writer = self.runtime, self.writer
+        by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for command in commands:
+            full = command["namespace"] + ":" + command["key"]
+            by_partition[self._warmup_partition(full)].append(command)
+            runtime.deltas[command["namespace"]].warms_issued += 1
+        runtime.counters["warms_issued"] += len(commands)
+        for partition, items in by_partition.items():
+            headers = writer.claimed_headers() if writer.local.claim(items) else None
+            await self.topics.warmup.send(
+                value=orjson.dumps(items), partition=partition, headers=headers, force=True
+            )
 
-    Runs before every checkpoint, the one a revocation triggers included.
-    """
-    for partition, buffer in list(reorderers.items()):
-        await _decide(partition, buffer.drain())
+    async def release_held_events(self) -> None:
+        """Release events that waited out the reorder delay while their stream was quiet."""
+        if not any(len(buffer) for buffer in self.reorderers.values()):
+            return
+        async with self.engines.lock:
+            for partition, buffer in list(self.reorderers.items()):
+                await self._decide(partition, buffer.release())
 
+    async def publish_rules(self) -> None:
+        """Publish the prefetch rules that changed since the last round to Redis."""
+        if not (self.settings.rules_publish and self.settings.warming_enabled):
+            return
+        async with self.engines.lock:
+            changes = []
+            for engine in self.engines.models.values():
+                changes.extend(engine.rules.changed(_RULES_PER_ROUND))
+        if changes:
+            plan = self.rule_set.plan(changes, now=time.time())
+            if len(plan):
+                await self._write_rules(plan)
+        await self._restore_lost_rules()
 
-engines.before_checkpoint = _drain_reorderers
+    async def _restore_lost_rules(self) -> None:
+        """Put back rule hashes that Redis evicted (``allkeys-lru``) or lost in a restart.
 
+        Only clients that start afterwards read the hashes (running ones hold their
+        rules in memory), so this runs every ``_RESTORE_EVERY_S``, not every round.
+        """
+        now = time.monotonic()
+        tables = self.rule_set.hashes()
+        if not tables or now - self._restored_at < _RESTORE_EVERY_S:
+            return
+        self._restored_at = now
+        try:
+            async with self.runtime.redis.pipeline(transaction=False) as pipe:
+                for table in tables:
+                    pipe.exists(table)
+                present = await pipe.execute()
+        except Exception:  # Redis down: the next round looks again
+            return
+        lost = [table for table, there in zip(tables, present, strict=True) if not there]
+        if lost:
+            plan = self.rule_set.restore(lost, now=time.time())
+            self.runtime.counters["rules_restored"] += sum(map(len, plan.writes.values()))
+            if len(plan):
+                await self._write_rules(plan)
 
-def _forget(partitions: set[int]) -> None:
-    """Revoked partitions: their buffers (drained by the checkpoint) and deciders go."""
-    for partition in partitions:
-        reorderers.pop(partition, None)
-        deciders.pop(partition, None)
+    async def _write_rules(self, plan: RulePlan) -> None:
+        counters = self.runtime.counters
+        try:
+            async with self.runtime.redis.pipeline(transaction=False) as pipe:
+                for table, fields in plan.writes.items():
+                    pipe.hset(table, mapping=fields)
+                for table, keys in plan.deletes.items():
+                    pipe.hdel(table, *keys)
+                for table in plan.hashes:
+                    pipe.expire(table, _RULES_EXPIRY_S)
+                for namespace, updates in plan.updates.items():
+                    stream = rules_stream(self.settings.redis_key_prefix, namespace)
+                    pipe.xadd(
+                        stream,
+                        {STREAM_FIELD: encode_updates(updates)},
+                        maxlen=_RULE_STREAM_ENTRIES,
+                        approximate=True,
+                    )
+                    pipe.expire(stream, _RULES_EXPIRY_S)
+                await pipe.execute()
+        except Exception as exc:  # Redis down: rules are advice; republish what changes next
+            counters["rules_publish_errors"] += 1
+            log.warning("could not publish %d prefetch rule changes: %s", len(plan), exc)
+            self.rule_set.forget()
+            return
+        counters["rules_written"] += sum(map(len, plan.writes.values()))
+        counters["rules_deleted"] += sum(map(len, plan.deletes.values()))
 
-
-engines.after_revoked = _forget
-
-
-async def _checkpoint() -> None:
-    await engines.checkpoint()
-
-
-async def _send(commands: list[dict[str, Any]]) -> None:
-    """Publish commands by key partition; each batch the local writer takes is marked claimed."""
-    by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for command in commands:
-        full = command["namespace"] + ":" + command["key"]
-        by_partition[_warmup_partition(full)].append(command)
-        runtime.deltas[command["namespace"]].warms_issued += 1
-    runtime.counters["warms_issued"] += len(commands)
-    for partition, items in by_partition.items():
-        headers = claimed_headers() if local.claim(items) else None
-        await topics.warmup.send(
-            value=orjson.dumps(items), partition=partition, headers=headers, force=True
-        )
-
-
-@app.timer(interval=max(0.01, settings.reorder_s), name="cachecast.predict-release")
-async def release_held_events() -> None:
-    """Release events that waited out the reorder delay while their stream was quiet."""
-    if not any(len(buffer) for buffer in reorderers.values()):
-        return
-    async with engines.lock:
-        for partition, buffer in list(reorderers.items()):
-            await _decide(partition, buffer.release())
-
-
-@app.timer(interval=settings.rules_interval_s, name="cachecast.predict-rules")
-async def publish_rules() -> None:
-    """Publish the prefetch rules that changed since the last round to Redis."""
-    if not (settings.rules_publish and settings.warming_enabled):
-        return
-    async with engines.lock:
-        changes = []
-        for engine in engines.models.values():
-            changes.extend(engine.rules.changed(_RULES_PER_ROUND))
-    if changes:
-        plan = rule_set.plan(changes, now=time.time())
-        if len(plan):
-            await _write_rules(plan)
-    await _restore_lost_rules()
-
-
-async def _restore_lost_rules() -> None:
-    """Put back rule hashes that Redis evicted (``allkeys-lru``) or lost in a restart.
-
-    Only clients that start afterwards read the hashes (running ones hold their
-    rules in memory), so this runs every ``_RESTORE_EVERY_S``, not every round.
-    """
-    global _restored_at
-    now = time.monotonic()
-    tables = rule_set.hashes()
-    if not tables or now - _restored_at < _RESTORE_EVERY_S:
-        return
-    _restored_at = now
-    try:
-        async with runtime.redis.pipeline(transaction=False) as pipe:
-            for table in tables:
-                pipe.exists(table)
-            present = await pipe.execute()
-    except Exception:  # Redis down: the next round looks again
-        return
-    lost = [table for table, there in zip(tables, present, strict=True) if not there]
-    if lost:
-        plan = rule_set.restore(lost, now=time.time())
-        runtime.counters["rules_restored"] += sum(map(len, plan.writes.values()))
-        if len(plan):
-            await _write_rules(plan)
-
-
-async def _write_rules(plan: RulePlan) -> None:
-    try:
-        async with runtime.redis.pipeline(transaction=False) as pipe:
-            for table, fields in plan.writes.items():
-                pipe.hset(table, mapping=fields)
-            for table, keys in plan.deletes.items():
-                pipe.hdel(table, *keys)
-            for table in plan.hashes:
-                pipe.expire(table, _RULES_EXPIRY_S)
-            for namespace, updates in plan.updates.items():
-                stream = rules_stream(settings.redis_key_prefix, namespace)
-                pipe.xadd(
-                    stream,
-                    {STREAM_FIELD: encode_updates(updates)},
-                    maxlen=_RULE_STREAM_ENTRIES,
-                    approximate=True,
-                )
-                pipe.expire(stream, _RULES_EXPIRY_S)
-            await pipe.execute()
-    except Exception as exc:  # Redis down: rules are advice; republish what changes next
-        runtime.counters["rules_publish_errors"] += 1
-        log.warning("could not publish %d prefetch rule changes: %s", len(plan), exc)
-        rule_set.forget()
-        return
-    runtime.counters["rules_written"] += sum(map(len, plan.writes.values()))
-    runtime.counters["rules_deleted"] += sum(map(len, plan.deletes.values()))
-
-
-@app.timer(interval=1.0, name="cachecast.predict-checkpoint")
-async def checkpoint_when_quiet() -> None:
-    async with engines.lock:
-        if engines.due() and engines.models:
-            await _checkpoint()
+    async def checkpoint_when_quiet(self) -> None:
+        async with self.engines.lock:
+            if self.engines.due() and self.engines.models:
+                await self.engines.checkpoint()

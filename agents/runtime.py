@@ -1,7 +1,7 @@
 """What a worker process holds besides Faust: Redis, loaders, codec, counters.
 
-Built once per process, connected lazily (redis-py connects on first use), so
-importing the agents never touches the network.
+Built once per worker by :func:`agents.create_app`, connected lazily (redis-py
+connects on first use), so building the app never touches the network.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 from redis.asyncio.cluster import RedisCluster
 
-from agents.app import app, settings, topics, worker_name
+from agents.app import Context
 from pipeline.build_native import compiled_state
-from pipeline.client.connection import connect_async
+from pipeline.client.connection import AsyncRedisClient, connect_async
 from pipeline.codec import ValueCodec
 from pipeline.deadletter import dead_letter_headers
 from pipeline.decide import WarmLatency
@@ -30,18 +30,19 @@ from schemas.decode import Reject
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Runtime", "runtime"]
+__all__ = ["Runtime", "encode_batch"]
 
 
 class Runtime:
     """Process-wide resources and counters shared by the agents."""
 
-    def __init__(self) -> None:
-        self.settings = settings
-        self.worker = worker_name
+    def __init__(self, context: Context, redis: AsyncRedisClient | None = None) -> None:
+        settings = self.settings = context.settings
+        self.topics = context.topics
+        self.worker = context.name
         self.started_at = time.time()
         self.last_event_at = 0.0
-        self.redis = connect_async(settings)
+        self.redis = connect_async(settings) if redis is None else redis
         self.codec = ValueCodec(
             threshold=settings.redis_compression_threshold,
             enable_compression=settings.redis_enable_compression,
@@ -66,6 +67,7 @@ class Runtime:
         self.gc_pause = LatencyHistogram()
         self._gc_started = 0.0
         gc.callbacks.append(self._on_gc)
+        context.app.task(self.start)
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if info.get("generation") != 2:
@@ -108,7 +110,7 @@ class Runtime:
     ) -> None:
         """Send one dead letter (original bytes, reason in headers) and count it."""
         self.counters["dead_letters"] += 1
-        await topics.dead_letter.send(
+        await self.topics.dead_letter.send(
             value=original,
             headers=dead_letter_headers(
                 reason, source=source, agent=agent, field=field, index=index
@@ -153,10 +155,14 @@ class Runtime:
         redis-py's asyncio cluster client discovers its slots lazily; many commands
         racing on a fresh client can hit MOVED errors and closed connections.
         """
+        # Compiled modules run about twice as fast; an operator should see which runs.
+        log.info("hot modules: %s", compiled_state())
         if isinstance(self.redis, RedisCluster):
             await self.redis.initialize()
 
     async def close(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
         for loader in self.loaders.values():
             await loader.close()
         await self.redis.aclose()
@@ -164,13 +170,3 @@ class Runtime:
 
 def encode_batch(items: list[dict[str, Any]]) -> bytes:
     return orjson.dumps(items)
-
-
-runtime = Runtime()
-
-
-@app.task
-async def start_runtime() -> None:
-    # Compiled modules run about twice as fast; an operator should see which runs.
-    log.info("hot modules: %s", compiled_state())
-    await runtime.start()

@@ -8,16 +8,24 @@ topic, which carries every namespace.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
+import faust
 import orjson
+from faust.exceptions import ConsumerNotStarted
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -25,12 +33,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from agents.app import app, settings, worker_name
-from agents.checkpointing import checkpointers
-from agents.predict import deciders, engines, reorderers
-from agents.runtime import runtime
-from agents.stats import namespace_stats
-from agents.writer import carry_out
+from agents.app import Context
+from agents.predict import Predict
+from agents.runtime import Runtime
+from agents.stats import Stats
+from agents.writer import Writer
 from pipeline.build_native import compiled_state
 from pipeline.client import CacheError, RedisCacheManager, RedisConfigError
 from pipeline.histogram import LatencyHistogram
@@ -46,121 +53,11 @@ from schemas.decode import validate_warmup_command
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DashboardView", "MonitorView", "monitor_document"]
+__all__ = ["DashboardView", "MetricsView", "MonitorView", "Web"]
 
 
 #: "compiled" or "pure": whether the models run as mypyc extensions (about twice as fast).
 _HOT_MODULES: Final = compiled_state()
-
-
-def monitor_document() -> dict[str, Any]:
-    """What /api/cache/monitor answers."""
-    namespaces = {
-        ns: {"window": view["window"], "total": view["total"], "owner": view["worker"]}
-        for ns, view in namespace_stats().items()
-    }
-    return {
-        "worker": worker_name,
-        "uptime_s": round(time.time() - runtime.started_at, 3),
-        "window_s": settings.stats_window_s,
-        "warming_enabled": settings.warming_enabled,
-        "hot_modules": _HOT_MODULES,
-        "assigned_partitions": len(app.consumer.assignment()) if app.consumer else 0,
-        "rebalancing": bool(app.rebalancing),
-        "counters": dict(runtime.counters),
-        "consume_lag": runtime.lag_summary(),
-        "checkpoints": {c.stage: c.describe() for c in checkpointers},
-        "models": {str(p): engine.stats() for p, engine in sorted(engines.models.items())},
-        "lookahead": _lookahead(),
-        "reorder": _reorder(),
-        "namespaces": namespaces,
-    }
-
-
-def _reorder() -> dict[str, Any]:
-    """Events that reached predict after newer ones were learnt, and the hold that adapts."""
-    buffers = list(reorderers.values())
-    return {
-        "late_events": sum(r.late for r in buffers),
-        "held_events": sum(len(r) for r in buffers),
-        "hold_ms": round(max((r.delay for r in buffers), default=settings.reorder_s) * 1000, 1),
-    }
-
-
-def _lookahead() -> dict[str, Any]:
-    """How far ahead each partition predicts, and the measurements that set it."""
-    latency = runtime.warm_latency
-    out: dict[str, Any] = {
-        "auto": settings.model_auto_lookahead,
-        "warm_latency_p50_ms": _ms(latency.quantile(0.5)),
-        "warm_latency_p90_ms": _ms(latency.quantile(0.9)),
-        "warms_measured": len(latency),
-    }
-    for partition, found in sorted(deciders.items()):
-        if found.tuner is not None:
-            out[str(partition)] = {
-                "rate_per_s": round(found.tuner.rate, 1),
-                "lead_requests": found.tuner.lead,
-                "delay_requests": found.tuner.delay,
-            }
-    return out
-
-
-_INSIGHTS_PER_NAMESPACE: Final = 10
-
-
-def model_insights(per_namespace: int = _INSIGHTS_PER_NAMESPACE) -> dict[str, dict[str, Any]]:
-    """What this worker's models see, per namespace: the hottest keys and their rhythm,
-    and the keys they expect to be read next.
-
-    ``hottest``: decayed access counts, with the typical gap between two reads
-    (in requests of the partition: the engines run on a request clock) when the
-    key has a rhythm. ``predicted``: admitted candidates awaiting their label,
-    with their calibrated probability. Only this worker's partitions (the models
-    are not shared between workers).
-    """
-    found: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for engine in list(engines.models.values()):
-        for full, weight in engine.frequency.most_common(per_namespace * 5):
-            namespace, _, key = str(full).partition(":")
-            rhythm = engine.recency.rhythm(full)
-            found.setdefault(namespace, {"hottest": [], "predicted": []})["hottest"].append(
-                {
-                    "key": key,
-                    "weight": round(weight, 2),
-                    "typical_gap_requests": (
-                        round(rhythm.typical_gap, 1) if rhythm and rhythm.n_gaps else None
-                    ),
-                }
-            )
-        for full, probability in engine.scorer.top_admitted(per_namespace * 5):
-            namespace, _, key = str(full).partition(":")
-            found.setdefault(namespace, {"hottest": [], "predicted": []})["predicted"].append(
-                {"key": key, "probability": round(probability, 3)}
-            )
-    out: dict[str, dict[str, Any]] = {}
-    for namespace, lists in found.items():
-        hottest = sorted(lists["hottest"], key=lambda item: -item["weight"])
-        predicted = sorted(lists["predicted"], key=lambda item: -item["probability"])
-        out[namespace] = {
-            "hottest": hottest[:per_namespace],
-            "predicted": predicted[:per_namespace],
-        }
-    return out
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)
-
-
-@app.task
-async def watch_event_loop() -> None:
-    """Measure how late the event loop runs a 50 ms sleep: every stall delays every agent."""
-    while True:
-        started = time.perf_counter()
-        await asyncio.sleep(0.05)
-        runtime.loop_stall.add(max(0.0, time.perf_counter() - started - 0.05) * 1e6)
-
 
 _BASIC: Final = ("events", "hits", "misses", "sets", "deletes", "errors", "hit_ratio")
 _PERFORMANCE: Final = ("latency_p50_us", "latency_p90_us", "latency_p99_us", "events")
@@ -180,136 +77,301 @@ _INTELLIGENT: Final = (
 _INFO_TTL_S: Final = 5.0
 #: How often the memory view's key count under the prefix is refreshed (a SCAN pass).
 _PREFIX_COUNT_EVERY_S: Final = 30.0
-_info_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+_INSIGHTS_PER_NAMESPACE: Final = 10
 
 
-async def _redis_info() -> dict[str, Any]:
-    """Redis memory, evictions and reachability (cached for a few seconds)."""
-    cached = _info_cache.get("info")
-    if cached is not None and time.monotonic() - cached[0] < _INFO_TTL_S:
-        return cached[1]
-    manager = _manager()
+class Web:
+    """The HTTP views of one worker, over its agents' state; and its loop-stall watch."""
+
+    def __init__(
+        self,
+        context: Context,
+        runtime: Runtime,
+        predict: Predict,
+        stats: Stats,
+        writer: Writer,
+    ) -> None:
+        self.context = context
+        self.settings = context.settings
+        self.runtime = runtime
+        self.predict = predict
+        self.stats = stats
+        self.writer = writer
+        self._info_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._manager: RedisCacheManager | None = None
+        #: What /metrics exports: this worker's collector and the process's own figures.
+        self.registry = CollectorRegistry(auto_describe=False)
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
+        self.registry.register(StatsCollector(self))
+        app = context.app
+        for path, view in (
+            ("/api/cache/monitor", MonitorView),
+            ("/dashboard", DashboardView),
+            ("/metrics", MetricsView),
+        ):
+            app.page(path)(type(view.__name__, (view,), {"owner": self}))
+        app.task(self.watch_event_loop)
+        app.timer(interval=_INFO_TTL_S, name="cachecast.redis-info")(self.refresh_redis_info)
+
+    def monitor_document(self) -> dict[str, Any]:
+        """What /api/cache/monitor answers."""
+        settings, runtime, app = self.settings, self.runtime, self.context.app
+        namespaces = {
+            ns: {"window": view["window"], "total": view["total"], "owner": view["worker"]}
+            for ns, view in self.stats.namespace_stats().items()
+        }
+        return {
+            "worker": self.context.name,
+            "uptime_s": round(time.time() - runtime.started_at, 3),
+            "window_s": settings.stats_window_s,
+            "warming_enabled": settings.warming_enabled,
+            "hot_modules": _HOT_MODULES,
+            "assigned_partitions": _assigned(app),
+            "rebalancing": bool(app.rebalancing),
+            "counters": dict(runtime.counters),
+            "consume_lag": runtime.lag_summary(),
+            "checkpoints": {c.stage: c.describe() for c in self.context.checkpointers},
+            "models": {
+                str(p): engine.stats() for p, engine in sorted(self.predict.engines.models.items())
+            },
+            "lookahead": self._lookahead(),
+            "reorder": self._reorder(),
+            "namespaces": namespaces,
+        }
+
+    def _reorder(self) -> dict[str, Any]:
+        """Events that reached predict after newer ones were learnt, and the hold that adapts."""
+        buffers = list(self.predict.reorderers.values())
+        default = self.settings.reorder_s
+        return {
+            "late_events": sum(r.late for r in buffers),
+            "held_events": sum(len(r) for r in buffers),
+            "hold_ms": round(max((r.delay for r in buffers), default=default) * 1000, 1),
+        }
+
+    def _lookahead(self) -> dict[str, Any]:
+        """How far ahead each partition predicts, and the measurements that set it."""
+        latency = self.runtime.warm_latency
+        out: dict[str, Any] = {
+            "auto": self.settings.model_auto_lookahead,
+            "warm_latency_p50_ms": _ms(latency.quantile(0.5)),
+            "warm_latency_p90_ms": _ms(latency.quantile(0.9)),
+            "warms_measured": len(latency),
+        }
+        for partition, found in sorted(self.predict.deciders.items()):
+            if found.tuner is not None:
+                out[str(partition)] = {
+                    "rate_per_s": round(found.tuner.rate, 1),
+                    "lead_requests": found.tuner.lead,
+                    "delay_requests": found.tuner.delay,
+                }
+        return out
+
+    def model_insights(
+        self, per_namespace: int = _INSIGHTS_PER_NAMESPACE
+    ) -> dict[str, dict[str, Any]]:
+        """What this worker's models see, per namespace: the hottest keys and their rhythm,
+        and the keys they expect to be read next.
+
+        ``hottest``: decayed access counts, with the typical gap between two reads
+        (in requests of the partition: the engines run on a request clock) when the
+        key has a rhythm. ``predicted``: admitted candidates awaiting their label,
+        with their calibrated probability. Only this worker's partitions (the models
+        are not shared between workers).
+        """
+        found: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for engine in list(self.predict.engines.models.values()):
+            for full, weight in engine.frequency.most_common(per_namespace * 5):
+                namespace, _, key = str(full).partition(":")
+                rhythm = engine.recency.rhythm(full)
+                found.setdefault(namespace, {"hottest": [], "predicted": []})["hottest"].append(
+                    {
+                        "key": key,
+                        "weight": round(weight, 2),
+                        "typical_gap_requests": (
+                            round(rhythm.typical_gap, 1) if rhythm and rhythm.n_gaps else None
+                        ),
+                    }
+                )
+            for full, probability in engine.scorer.top_admitted(per_namespace * 5):
+                namespace, _, key = str(full).partition(":")
+                found.setdefault(namespace, {"hottest": [], "predicted": []})["predicted"].append(
+                    {"key": key, "probability": round(probability, 3)}
+                )
+        out: dict[str, dict[str, Any]] = {}
+        for namespace, lists in found.items():
+            hottest = sorted(lists["hottest"], key=lambda item: -item["weight"])
+            predicted = sorted(lists["predicted"], key=lambda item: -item["probability"])
+            out[namespace] = {
+                "hottest": hottest[:per_namespace],
+                "predicted": predicted[:per_namespace],
+            }
+        return out
+
+    async def watch_event_loop(self) -> None:
+        """Measure how late the event loop runs a 50 ms sleep: every stall delays every
+        agent."""
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(0.05)
+            self.runtime.loop_stall.add(max(0.0, time.perf_counter() - started - 0.05) * 1e6)
+
+    def manager(self) -> RedisCacheManager:
+        """The cache API over the worker's own Redis client (no second connection pool)."""
+        if self._manager is None:
+            self._manager = RedisCacheManager(self.settings, redis=self.runtime.redis)
+        return self._manager
+
+    async def redis_info(self) -> dict[str, Any]:
+        """Redis memory, evictions and reachability (cached for a few seconds)."""
+        cache = self._info_cache
+        cached = cache.get("info")
+        if cached is not None and time.monotonic() - cached[0] < _INFO_TTL_S:
+            return cached[1]
+        manager = self.manager()
+        try:
+            stats = (await manager.get_stats())["redis"]
+            health = await manager.health_check()
+        except Exception as exc:  # Redis down: say so, do not fail the view
+            stats, health = {}, {"healthy": False, "latency_ms": None, "error": repr(exc)}
+        previous = cache.get("prefix")
+        prefix_keys = previous[1] if previous is not None else None
+        if health.get("healthy") and (
+            previous is None or time.monotonic() - previous[0] >= _PREFIX_COUNT_EVERY_S
+        ):
+            try:  # a SCAN pass: not at every view
+                prefix_keys = await manager.count_keys()
+                cache["prefix"] = (time.monotonic(), prefix_keys)
+            except Exception as exc:
+                log.warning("counting the keys under the prefix failed: %r", exc)
+        found = {"stats": stats, "health": health, "prefix_keys": prefix_keys}
+        cache["info"] = (time.monotonic(), found)
+        return found
+
+    def last_redis_info(self) -> dict[str, Any]:
+        """The Redis figures of the last check (empty before the first)."""
+        cached = self._info_cache.get("info")
+        return cached[1] if cached is not None else {}
+
+    async def refresh_redis_info(self) -> None:
+        """Keep the Redis figures of /metrics fresh (a scrape must not wait on Redis)."""
+        await self.redis_info()
+
+    async def monitor_view(self, view: str) -> dict[str, Any]:
+        """One ``?type=`` view of the monitor (``all``: the whole document plus Redis)."""
+        doc = self.monitor_document()
+        namespaces: dict[str, Any] = doc["namespaces"]
+        redis = await self.redis_info() if view in ("all", "basic", "memory", "health") else {}
+        stats: dict[str, Any] = redis.get("stats", {})
+        if view == "all":
+            return {**doc, "redis": stats, "redis_health": redis.get("health")}
+        out: dict[str, Any] = {"worker": doc["worker"], "type": view}
+        if view == "basic":
+            out["namespaces"] = _pick(namespaces, _BASIC)
+            out["evictions"] = stats.get("evictions")
+        elif view == "performance":
+            window = doc["window_s"]
+            out["namespaces"] = {
+                ns: {
+                    **{n: v["window"].get(n) for n in _PERFORMANCE},
+                    "throughput_per_s": (
+                        round(v["window"]["events"] / window, 2) if window else None
+                    ),
+                }
+                for ns, v in namespaces.items()
+            }
+            out["consume_lag"] = doc["consume_lag"]
+            out["lookahead"] = doc["lookahead"]
+        elif view == "memory":
+            out["redis"] = stats.get("memory")
+            out["keyspace"] = stats.get("keyspace")
+            out["prefix_keys"] = redis.get("prefix_keys")
+            out["namespaces"] = {
+                ns: {"compression_ratio": v["total"].get("compression_ratio")}
+                for ns, v in namespaces.items()
+            }
+        elif view == "intelligent":
+            out["namespaces"] = _pick(namespaces, _INTELLIGENT)
+            out["models"] = doc["models"]
+            out["insights"] = self.model_insights()
+        else:  # health
+            out["redis"] = redis.get("health")
+            out["kafka"] = {
+                "assigned_partitions": doc["assigned_partitions"],
+                "rebalancing": doc["rebalancing"],
+                "consume_lag": doc["consume_lag"],
+            }
+            out["counters"] = {
+                k: doc["counters"].get(k, 0) for k in ("events", "dead_letters", "poison_records")
+            }
+            out["last_event_age_s"] = self.runtime.last_event_age()
+        return out
+
+    async def run_action(self, action: Action) -> dict[str, Any]:
+        """Carry out a validated action; what it did, for the caller and the log."""
+        manager = self.manager()
+        namespace = action.namespace or ""
+        if action.name == "clear":
+            return {"deleted": await manager.delete_by_pattern(namespace, "*")}
+        if action.name == "delete_pattern":
+            return {"deleted": await manager.delete_by_pattern(namespace, action.params["pattern"])}
+        if action.name == "invalidate_tags":
+            return {"deleted": await manager.delete_by_tags(namespace, action.params["tags"])}
+        if action.name == "configure":
+            return {"applied": await manager.configure_redis(action.params)}
+        now = time.time()
+        commands = [
+            validate_warmup_command(
+                {
+                    "namespace": namespace,
+                    "key": key,
+                    "score": 1.0,
+                    "reason": "manual",
+                    "ttl": self.settings.redis_default_ttl,
+                    "deadline": now + 60.0,
+                    "issued_at": now,
+                    "model_version": "monitor-api",
+                }
+            )
+            for key in action.params["keys"]
+        ]
+        outcomes = await self.writer.carry_out(commands)
+        return {
+            "keys": {o["key"]: {"status": o["status"], "error": o.get("error")} for o in outcomes}
+        }
+
+
+def _assigned(app: faust.App) -> int:
+    """Partitions the worker holds: 0 until its consumer has started."""
     try:
-        stats = (await manager.get_stats())["redis"]
-        health = await manager.health_check()
-    except Exception as exc:  # Redis down: say so, do not fail the view
-        stats, health = {}, {"healthy": False, "latency_ms": None, "error": repr(exc)}
-    previous = _info_cache.get("prefix")
-    prefix_keys = previous[1] if previous is not None else None
-    if health.get("healthy") and (
-        previous is None or time.monotonic() - previous[0] >= _PREFIX_COUNT_EVERY_S
-    ):
-        try:  # a SCAN pass: not at every view
-            prefix_keys = await manager.count_keys()
-            _info_cache["prefix"] = (time.monotonic(), prefix_keys)
-        except Exception as exc:
-            log.warning("counting the keys under the prefix failed: %r", exc)
-    found = {"stats": stats, "health": health, "prefix_keys": prefix_keys}
-    _info_cache["info"] = (time.monotonic(), found)
-    return found
+        return len(app.consumer.assignment())
+    except ConsumerNotStarted:
+        return 0
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
 
 
 def _pick(namespaces: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     return {ns: {n: view["total"].get(n) for n in names} for ns, view in namespaces.items()}
 
 
-async def monitor_view(view: str) -> dict[str, Any]:
-    """One ``?type=`` view of the monitor (``all``: the whole document plus Redis)."""
-    doc = monitor_document()
-    namespaces: dict[str, Any] = doc["namespaces"]
-    redis = await _redis_info() if view in ("all", "basic", "memory", "health") else {}
-    stats: dict[str, Any] = redis.get("stats", {})
-    if view == "all":
-        return {**doc, "redis": stats, "redis_health": redis.get("health")}
-    out: dict[str, Any] = {"worker": doc["worker"], "type": view}
-    if view == "basic":
-        out["namespaces"] = _pick(namespaces, _BASIC)
-        out["evictions"] = stats.get("evictions")
-    elif view == "performance":
-        window = doc["window_s"]
-        out["namespaces"] = {
-            ns: {
-                **{n: v["window"].get(n) for n in _PERFORMANCE},
-                "throughput_per_s": round(v["window"]["events"] / window, 2) if window else None,
-            }
-            for ns, v in namespaces.items()
-        }
-        out["consume_lag"] = doc["consume_lag"]
-        out["lookahead"] = doc["lookahead"]
-    elif view == "memory":
-        out["redis"] = stats.get("memory")
-        out["keyspace"] = stats.get("keyspace")
-        out["prefix_keys"] = redis.get("prefix_keys")
-        out["namespaces"] = {
-            ns: {"compression_ratio": v["total"].get("compression_ratio")}
-            for ns, v in namespaces.items()
-        }
-    elif view == "intelligent":
-        out["namespaces"] = _pick(namespaces, _INTELLIGENT)
-        out["models"] = doc["models"]
-        out["insights"] = model_insights()
-    else:  # health
-        out["redis"] = redis.get("health")
-        out["kafka"] = {
-            "assigned_partitions": doc["assigned_partitions"],
-            "rebalancing": doc["rebalancing"],
-            "consume_lag": doc["consume_lag"],
-        }
-        out["counters"] = {
-            k: doc["counters"].get(k, 0) for k in ("events", "dead_letters", "poison_records")
-        }
-        out["last_event_age_s"] = runtime.last_event_age()
-    return out
-
-
-@functools.cache
-def _manager() -> RedisCacheManager:
-    """The cache API over the worker's own Redis client (no second connection pool)."""
-    return RedisCacheManager(settings, redis=runtime.redis)
-
-
-async def run_action(action: Action) -> dict[str, Any]:
-    """Carry out a validated action; what it did, for the caller and the log."""
-    manager = _manager()
-    namespace = action.namespace or ""
-    if action.name == "clear":
-        return {"deleted": await manager.delete_by_pattern(namespace, "*")}
-    if action.name == "delete_pattern":
-        return {"deleted": await manager.delete_by_pattern(namespace, action.params["pattern"])}
-    if action.name == "invalidate_tags":
-        return {"deleted": await manager.delete_by_tags(namespace, action.params["tags"])}
-    if action.name == "configure":
-        return {"applied": await manager.configure_redis(action.params)}
-    now = time.time()
-    commands = [
-        validate_warmup_command(
-            {
-                "namespace": namespace,
-                "key": key,
-                "score": 1.0,
-                "reason": "manual",
-                "ttl": settings.redis_default_ttl,
-                "deadline": now + 60.0,
-                "issued_at": now,
-                "model_version": "monitor-api",
-            }
-        )
-        for key in action.params["keys"]
-    ]
-    outcomes = await carry_out(commands)
-    return {"keys": {o["key"]: {"status": o["status"], "error": o.get("error")} for o in outcomes}}
-
-
-@app.page("/api/cache/monitor")
 class MonitorView(View):
+    """/api/cache/monitor: GET a view (``?type=``), POST an action (bearer token)."""
+
+    owner: Web
+
     async def get(self, request: Request) -> Response:
         try:
             view = parse_view(request.query.get("type"))
         except ApiError as exc:
             return self.json({"error": exc.message}, status=exc.status)
-        return self.json(await monitor_view(view))
+        return self.json(await self.owner.monitor_view(view))
 
     async def post(self, request: Request) -> Response:
+        settings = self.owner.settings
         token = settings.api_token.get_secret_value() if settings.api_token else None
         refused = check_token(request.headers.get("Authorization"), token)
         if refused is not None:
@@ -320,7 +382,7 @@ class MonitorView(View):
             return self.json({"error": f"body over {MAX_BODY_BYTES} bytes"}, status=413)
         try:
             action = parse_action(await request.read())
-            result = await run_action(action)
+            result = await self.owner.run_action(action)
         except ApiError as exc:
             return self.json({"error": exc.message}, status=exc.status)
         except (ValueError, RedisConfigError) as exc:
@@ -340,10 +402,21 @@ class MonitorView(View):
 _DASHBOARD: Final = (Path(__file__).parent / "dashboard.html").read_text(encoding="utf-8")
 
 
-@app.page("/dashboard")
 class DashboardView(View):
+    owner: Web
+
     async def get(self, request: Request) -> Response:
         return self.html(_DASHBOARD)
+
+
+class MetricsView(View):
+    owner: Web
+
+    async def get(self, request: Request) -> Response:
+        # aiohttp refuses a charset inside content_type: the header carries it whole.
+        return self.bytes(
+            generate_latest(self.owner.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
 
 #: Latency buckets of the exported histograms, in seconds (100 µs .. 10 s).
@@ -386,8 +459,13 @@ class StatsCollector(Collector):
         ("useful", "Warmed values read before they were evicted or expired"),
     )
 
+    def __init__(self, web: Web) -> None:
+        self.web = web
+
     def collect(self) -> Iterator[Any]:
-        views = namespace_stats(local_only=True)  # scraping every worker counts each once
+        runtime = self.web.runtime
+        # This worker's namespaces only: scraping every worker counts each once.
+        views = self.web.stats.namespace_stats(local_only=True)
         for name, text in self._COUNTERS:
             family = CounterMetricFamily(f"cachecast_{name}", text, labels=["namespace"])
             for ns, view in views.items():
@@ -471,8 +549,7 @@ class StatsCollector(Collector):
 
     def _redis(self) -> Iterator[Any]:
         """Redis figures from the last INFO (refreshed every few seconds by a timer)."""
-        cached = _info_cache.get("info")
-        info = cached[1] if cached is not None else {}
+        info = self.web.last_redis_info()
         health = info.get("health") or {}
         up = GaugeMetricFamily("cachecast_redis_up", "1 when Redis answered the last check")
         up.add_metric([], 1.0 if health.get("healthy") else 0.0)
@@ -496,7 +573,7 @@ class StatsCollector(Collector):
 
     def _faust(self) -> Iterator[Any]:
         """Faust's own monitor, in base units."""
-        monitor = app.monitor
+        monitor = self.web.context.app.monitor
         for name, value, text in (
             ("messages_received", monitor.messages_received_total, "Records consumed"),
             ("messages_sent", monitor.messages_sent, "Records produced"),
@@ -516,19 +593,3 @@ class StatsCollector(Collector):
             )
             gauge.add_metric([], sum(recent) / len(recent) if recent else 0.0)
             yield gauge
-
-
-@app.timer(interval=_INFO_TTL_S, name="cachecast.redis-info")
-async def refresh_redis_info() -> None:
-    """Keep the Redis figures of /metrics fresh (a scrape must not wait on Redis)."""
-    await _redis_info()
-
-
-@app.page("/metrics")
-class MetricsView(View):
-    async def get(self, request: Request) -> Response:
-        # aiohttp refuses a charset inside content_type: the header carries it whole.
-        return self.bytes(generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-REGISTRY.register(StatsCollector())

@@ -1,8 +1,8 @@
 """The Redis writer: warmup commands in, Redis writes and WarmupOutcomes out.
 
-Two ways in, one way out (:func:`carry_out`):
+Two ways in, one way out (:meth:`Writer.carry_out`):
 
-* In-process: the predict agent hands each batch it issues to :data:`local`
+* In-process: the predict agent hands each batch it issues to :attr:`Writer.local`
   straight away, with no Kafka round trip, and publishes it on the warmup topic
   with a ``cachecast-claimed`` header naming this worker (the topic stays the
   complete record of what was issued, for any other consumer).
@@ -21,26 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
 
-from agents.app import app, settings, topics, worker_name
-from agents.runtime import encode_batch, runtime
+from agents.app import Context
+from agents.runtime import Runtime, encode_batch
 from pipeline.decide import LIVE_AGE_S
 from schemas.decode import InvalidEvent, decode_warmup_command_dicts
 
-__all__ = [
-    "CLAIMED_HEADER",
-    "LocalWarms",
-    "carry_out",
-    "claimed_headers",
-    "is_claimed",
-    "local",
-    "write_warmups",
-]
+__all__ = ["CLAIMED_HEADER", "LocalWarms", "Writer", "is_claimed"]
 
 log = logging.getLogger(__name__)
 
@@ -48,28 +40,18 @@ WRITER_CONCURRENCY = 4
 CLAIMED_HEADER = "cachecast-claimed"
 
 
-async def carry_out(commands: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Write a batch of validated commands; publish one outcome per command, by namespace.
-
-    The monitor API's ``warmup`` action goes this way too, so operators' warms
-    are counted (and measured) like the models'.
-    """
-    outcomes = await runtime.writer.apply(commands)
-    by_namespace: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for outcome in outcomes:
-        runtime.counters[f"warm_{outcome['status']}"] += 1
-        by_namespace[outcome["namespace"]].append(outcome)
-        if outcome["status"] == "written" and outcome["latency_us"] < LIVE_AGE_S * 1e6:
-            runtime.warm_latency.add(outcome["latency_us"] / 1e6)
-    for namespace, items in by_namespace.items():
-        await topics.outcomes.send(key=namespace.encode(), value=encode_batch(items), force=True)
-    return outcomes
-
-
 class LocalWarms:
     """Carries out the predict agent's own commands in-process, a bounded number at once."""
 
-    def __init__(self, limit: int, enabled: bool) -> None:
+    def __init__(
+        self,
+        carry_out: Callable[[Sequence[Mapping[str, Any]]], Awaitable[Any]],
+        counters: Counter[str],
+        limit: int,
+        enabled: bool,
+    ) -> None:
+        self._carry_out = carry_out
+        self._counters = counters
         self.limit = limit
         self.enabled = enabled
         self._tasks: set[asyncio.Task[None]] = set()
@@ -88,22 +70,15 @@ class LocalWarms:
 
     async def _run(self, commands: list[dict[str, Any]]) -> None:
         try:
-            await carry_out(commands)
+            await self._carry_out(commands)
         except Exception:  # a bug here must not go unseen, nor kill the predict agent
-            runtime.counters["warm_local_errors"] += 1
+            self._counters["warm_local_errors"] += 1
             log.exception("local warm of %d commands failed", len(commands))
 
     async def wait(self) -> None:
         """Let the batches in flight finish (the worker is stopping)."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5.0)
-
-
-local = LocalWarms(WRITER_CONCURRENCY, settings.warm_local)
-
-
-def claimed_headers() -> list[tuple[str, bytes]]:
-    return [(CLAIMED_HEADER, worker_name.encode())]
 
 
 def is_claimed(headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None) -> bool:
@@ -114,28 +89,70 @@ def is_claimed(headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None
     return any(name == CLAIMED_HEADER for name, _ in items)
 
 
-@app.agent(topics.warmup, name="cachecast.writer", concurrency=WRITER_CONCURRENCY)
-async def write_warmups(stream: faust.StreamT[bytes]) -> None:
-    """Carry out each unclaimed batch of commands on the warmup topic."""
-    async for event in stream.events():
-        message = event.message
-        if is_claimed(message.headers):
-            continue
-        runtime.record_lag("writer", message.timestamp)
-        source = f"{message.topic}/{message.partition}/{message.offset}"
-        try:
-            commands, rejects = decode_warmup_command_dicts(event.value)
-        except InvalidEvent as exc:
-            await runtime.dead_letter(event.value or b"", exc.reason, source=source, agent="writer")
-            continue
-        await runtime.dead_letter_rejects(rejects, source=source, agent="writer")
-        if commands:
+class Writer:
+    """The writer agent of one worker, and the in-process way in (:attr:`local`)."""
+
+    def __init__(self, context: Context, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.topics = context.topics
+        self.name = context.name
+        self.local = LocalWarms(
+            self.carry_out, runtime.counters, WRITER_CONCURRENCY, context.settings.warm_local
+        )
+        app = context.app
+        self.agent = app.agent(
+            self.topics.warmup, name="cachecast.writer", concurrency=WRITER_CONCURRENCY
+        )(self.write_warmups)
+        app.on_before_shutdown.connect(self._finish_local_warms)
+
+    async def carry_out(self, commands: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Write a batch of validated commands; publish one outcome per command, by namespace.
+
+        The monitor API's ``warmup`` action goes this way too, so operators' warms
+        are counted (and measured) like the models'.
+        """
+        runtime = self.runtime
+        outcomes = await runtime.writer.apply(commands)
+        by_namespace: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for outcome in outcomes:
+            runtime.counters[f"warm_{outcome['status']}"] += 1
+            by_namespace[outcome["namespace"]].append(outcome)
+            if outcome["status"] == "written" and outcome["latency_us"] < LIVE_AGE_S * 1e6:
+                runtime.warm_latency.add(outcome["latency_us"] / 1e6)
+        for namespace, items in by_namespace.items():
+            await self.topics.outcomes.send(
+                key=namespace.encode(), value=encode_batch(items), force=True
+            )
+        return outcomes
+
+    def claimed_headers(self) -> list[tuple[str, bytes]]:
+        """The headers of a warmup batch this worker's local writer carries out itself."""
+        return [(CLAIMED_HEADER, self.name.encode())]
+
+    async def write_warmups(self, stream: faust.StreamT[bytes]) -> None:
+        """Carry out each unclaimed batch of commands on the warmup topic."""
+        runtime = self.runtime
+        async for event in stream.events():
+            message = event.message
+            if is_claimed(message.headers):
+                continue
+            runtime.record_lag("writer", message.timestamp)
+            source = f"{message.topic}/{message.partition}/{message.offset}"
             try:
-                await carry_out(commands)
-            except Exception as exc:  # a poison record must not stop the agent
-                await runtime.reject(event, "writer", exc)
+                commands, rejects = decode_warmup_command_dicts(event.value)
+            except InvalidEvent as exc:
+                await runtime.dead_letter(
+                    event.value or b"", exc.reason, source=source, agent="writer"
+                )
+                continue
+            await runtime.dead_letter_rejects(rejects, source=source, agent="writer")
+            if commands:
+                try:
+                    await self.carry_out(commands)
+                except Exception as exc:  # a poison record must not stop the agent
+                    await runtime.reject(event, "writer", exc)
 
-
-@app.on_before_shutdown.connect
-async def finish_local_warms(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-    await local.wait()
+    async def _finish_local_warms(
+        self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any
+    ) -> None:
+        await self.local.wait()

@@ -44,12 +44,13 @@ WORKER_GC_THRESHOLDS = (50_000, 20, 20)
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    flags: dict[str, Any] = {}  # the command line wins over the environment
     if args.web_port is not None:
-        os.environ["CACHECAST_WEB_PORT"] = str(args.web_port)
+        flags["web_port"] = args.web_port
     if args.web_host is not None:
-        os.environ["CACHECAST_WEB_HOST"] = args.web_host
+        flags["web_host"] = args.web_host
     try:
-        settings = load_settings()
+        settings = load_settings(**flags)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -62,7 +63,9 @@ def run_worker(args: argparse.Namespace) -> int:
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
 
-    from agents.main import app  # the agents read the settings at import
+    from agents import create_app  # faust and the agents load only for a worker
+
+    app = create_app(settings).app
 
     argv = ["cachecast worker", "worker", "--loglevel", args.loglevel]
     if args.without_web:
