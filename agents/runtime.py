@@ -10,7 +10,7 @@ import gc
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -26,7 +26,7 @@ from pipeline.histogram import LatencyHistogram
 from pipeline.loaders import loaders_from_config
 from pipeline.stats import WindowStats
 from pipeline.warming import WarmWriter
-from schemas.decode import Reject
+from schemas.decode import InvalidEvent, Reject
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,24 @@ class Runtime:
                 field=reject.field,
                 index=reject.index,
             )
+
+    async def decoded(
+        self,
+        event: Any,
+        decode: Callable[[bytes | None], tuple[list[dict[str, Any]], list[Reject]]],
+        agent: str,
+    ) -> list[dict[str, Any]]:
+        """A batch record's valid items; the record (if undecodable) or its bad items are
+        dead-lettered, each with its reason."""
+        message = event.message
+        source = f"{message.topic}/{message.partition}/{message.offset}"
+        try:
+            items, rejects = decode(event.value)
+        except InvalidEvent as exc:
+            await self.dead_letter(event.value or b"", exc.reason, source=source, agent=agent)
+            return []
+        await self.dead_letter_rejects(rejects, source=source, agent=agent)
+        return items
 
     async def reject(self, event: Any, agent: str, exc: BaseException) -> None:
         """A record whose processing raised: dead-letter it with the reason and go on.

@@ -37,7 +37,7 @@ from agents.checkpointing import Checkpointer
 from agents.runtime import Runtime
 from pipeline.stats import WindowStats
 from pipeline.transport import kafka_options
-from schemas.decode import InvalidEvent, decode_warmup_outcome_dicts
+from schemas.decode import decode_warmup_outcome_dicts
 
 __all__ = ["Stats", "StatsPartition"]
 
@@ -193,16 +193,7 @@ class Stats:
         """Count warmup outcomes per namespace, as deltas on the stats-deltas topic."""
         runtime = self.runtime
         async for event in stream.events():
-            message = event.message
-            source = f"{message.topic}/{message.partition}/{message.offset}"
-            try:
-                outcomes, rejects = decode_warmup_outcome_dicts(event.value)
-            except InvalidEvent as exc:
-                await runtime.dead_letter(
-                    event.value or b"", exc.reason, source=source, agent="stats"
-                )
-                continue
-            await runtime.dead_letter_rejects(rejects, source=source, agent="stats")
+            outcomes = await runtime.decoded(event, decode_warmup_outcome_dicts, "stats")
             by_namespace: dict[str, WindowStats] = {}
             for outcome in outcomes:
                 by_namespace.setdefault(outcome["namespace"], WindowStats()).add_outcomes([outcome])

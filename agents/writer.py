@@ -30,7 +30,7 @@ import faust
 from agents.app import Context
 from agents.runtime import Runtime, encode_batch
 from pipeline.decide import LIVE_AGE_S
-from schemas.decode import InvalidEvent, decode_warmup_command_dicts
+from schemas.decode import decode_warmup_command_dicts
 
 __all__ = ["CLAIMED_HEADER", "LocalWarms", "Writer", "is_claimed"]
 
@@ -137,15 +137,7 @@ class Writer:
             if is_claimed(message.headers):
                 continue
             runtime.record_lag("writer", message.timestamp)
-            source = f"{message.topic}/{message.partition}/{message.offset}"
-            try:
-                commands, rejects = decode_warmup_command_dicts(event.value)
-            except InvalidEvent as exc:
-                await runtime.dead_letter(
-                    event.value or b"", exc.reason, source=source, agent="writer"
-                )
-                continue
-            await runtime.dead_letter_rejects(rejects, source=source, agent="writer")
+            commands = await runtime.decoded(event, decode_warmup_command_dicts, "writer")
             if commands:
                 try:
                     await self.carry_out(commands)
