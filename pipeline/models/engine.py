@@ -96,7 +96,8 @@ class EngineConfig:
     threshold: float = 0.9
     """Initial admission threshold of the ensemble."""
     waste_budget: float | None = 0.03
-    """Wasted warms allowed per demand miss (None: fixed ``threshold``)."""
+    """Wasted warms allowed per read the origin would serve with warming off (demand
+    misses and first reads of warmed values; None: fixed ``threshold``)."""
     min_threshold: float = 0.5
     """Lowest admission threshold the waste-budget controller may reach."""
     learning_rate: float = 0.05
@@ -142,7 +143,8 @@ class EngineConfig:
     rule_top_n: int = 2
     """Prefetch rules: most keys one trigger loads."""
     rule_waste_budget: float | None = 0.03
-    """Prefetch rules: wasted edge warms allowed per demand miss (None: no budget)."""
+    """Prefetch rules: wasted edge warms allowed per read the origin would serve with
+    warming off (None: no budget)."""
     rule_min_probability: float = 0.5
     """Prefetch rules: the lowest calibrated probability ever admitted."""
 
@@ -325,9 +327,10 @@ class WarmEngine:
         if hit is not None and known is not None and not warmed and self._adapt_horizon:
             self.horizon.learn_one(ts - known[0], hit)
         missed = hit is False
-        # The waste-budget controller's counters (WarmScorer.observe_access, inlined).
+        # The waste-budget controller's counters (WarmScorer.observe_access, inlined): a
+        # first read of a warmed value is a read the origin would have served too.
         scorer._window_events += 1
-        if missed:
+        if missed or (warmed and hit):
             scorer._window_misses += 1
         if scorer._window_events >= scorer.control_every:
             scorer._steer()

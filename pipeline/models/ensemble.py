@@ -73,7 +73,10 @@ class WarmScorer(Predictor):
     A candidate is *admitted* (warmed) when its probability reaches ``threshold``.
     With ``waste_budget`` set, the threshold is steered online so that wasted warms
     (admitted, never requested in time: each costs the origin a fetch) stay near
-    ``waste_budget`` times the number of demand misses: the warms admitted in each
+    ``waste_budget`` times the reads the origin would serve without warming (demand
+    misses and first reads of warmed values, so that origin fetches stay within
+    about ``1 + waste_budget`` times what they would be with warming off, however
+    many misses the warms already saved): the warms admitted in each
     window of ``control_every`` accesses, times the waste rate recently observed
     among admitted warms, are compared with the budget. With no exploitable
     structure the threshold rises and the scorer stops warming.
@@ -88,7 +91,8 @@ class WarmScorer(Predictor):
     threshold
         Initial admission threshold on the predicted probability.
     waste_budget
-        Target wasted warms per demand miss; None keeps ``threshold`` fixed.
+        Target wasted warms per read the origin would serve with warming off (see
+        :meth:`observe_access`); None keeps ``threshold`` fixed.
     min_threshold, max_threshold
         Bounds of the steered threshold.
     control_every
@@ -210,7 +214,7 @@ class WarmScorer(Predictor):
         self._labels = 0
         self._positives = 0
         self._window_events = 0
-        self._window_misses = 0
+        self._window_misses = 0  # reads the origin served or would have (see observe_access)
         self._window_admitted = 0
         self._flow_admitted = 0.0
         self._flow_misses = 0.0
@@ -430,10 +434,11 @@ class WarmScorer(Predictor):
 
     # -- the waste budget -------------------------------------------------------------------
 
-    def observe_access(self, miss: bool | None) -> None:
-        """Count one access (and whether it missed) for the waste-budget controller."""
+    def observe_access(self, miss: bool | None, warmed: bool = False) -> None:
+        """Count one access for the waste-budget controller: whether the origin served it,
+        or would have without warming (``warmed``: the first read of a warmed value)."""
         self._window_events += 1
-        if miss:
+        if miss or warmed:
             self._window_misses += 1
         if self._window_events >= self.control_every:
             self._steer()

@@ -21,8 +21,9 @@ reads of warmed values):
   holding that much evidence came true on this traffic, not a guess;
 * a **waste budget**: rules are admitted from the most to the least likely
   evidence class for as long as the warms they would waste (trials times one
-  minus their probability) stay within ``waste_budget`` per demand miss, and
-  never below ``min_probability``.
+  minus their probability) stay within ``waste_budget`` per read the origin
+  would serve with warming off (demand misses and first reads of warmed
+  values), and never below ``min_probability``.
 
 The rule for a trigger is what its *next* occurrence should load: it is asked
 with the evidence gathered so far, exactly as the calibration trials were.
@@ -83,7 +84,8 @@ class PrefetchRules(Predictor):
     cap
         Evidence counts above this share a calibration bucket.
     waste_budget
-        Wasted warms allowed per demand miss (None: only ``min_probability``).
+        Wasted warms allowed per read the origin would serve with warming off (demand
+        misses and first reads of warmed values; None: only ``min_probability``).
     min_probability
         Rules less likely than this are never admitted.
     decay_every
@@ -159,7 +161,7 @@ class PrefetchRules(Predictor):
         self._open: deque[_Trial] = deque()
         self._waiting: dict[Key, list[_Trial]] = {}
         self._position = 0
-        self._accesses = 0.0  # decayed like the trials: the budget's "per demand miss"
+        self._accesses = 0.0  # decayed like the trials: the budget's "per origin read"
         self._since_decay = 0
         self._threshold = min_probability
         self._changed: dict[Key, None] = {}  # insertion-ordered set of triggers
@@ -215,7 +217,7 @@ class PrefetchRules(Predictor):
                         del self._waiting[expired[1]]
         if hit is True and not warmed:
             return
-        if hit is False:
+        if hit is not None:  # a miss, or a read a warm saved: the origin's load warming off
             self._accesses += 1.0
         self._open_trials(key, position, cached)
         table = self.table

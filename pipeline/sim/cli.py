@@ -234,7 +234,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--waste-budget",
         type=float,
         default=EngineConfig().waste_budget,
-        help="cachecast: wasted warms allowed per demand miss (default: %(default)s)",
+        help="cachecast: wasted warms allowed per read the origin would serve with warming"
+        " off (default: %(default)s)",
     )
     parser.add_argument(
         "--lookahead",

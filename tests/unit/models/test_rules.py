@@ -83,6 +83,30 @@ def test_the_budget_raises_the_threshold_when_rules_would_waste_too_much() -> No
     )
 
 
+def test_reads_a_warm_saved_count_in_the_budget_like_the_misses_they_replaced() -> None:
+    """The budget is per read the origin would serve with warming off: once warms serve
+    the reads, the rules must not turn stricter than when those reads missed."""
+
+    def threshold(served_by_warms: bool) -> float:
+        rules = PrefetchRules(waste_budget=0.03, label_window=4)
+        rng = random.Random(5)
+        for i in range(5_000):  # t_i, then s_i nine times in ten
+            follower = f"s{i % 50}" if rng.random() < 0.9 else f"x{rng.randrange(1000)}"
+            for key in (f"t{i % 50}", follower):
+                if served_by_warms:
+                    rules.learn_one(key, hit=True, warmed=True)
+                else:
+                    rules.learn_one(key, hit=False)
+            if i % 7 == 0:
+                rules.changed()
+        rules.changed()
+        return rules.threshold
+
+    missed = threshold(served_by_warms=False)
+    assert missed < 1.0
+    assert threshold(served_by_warms=True) == pytest.approx(missed)
+
+
 def test_changed_reports_each_trigger_once_and_respects_its_limit() -> None:
     rules = PrefetchRules(waste_budget=None)
     for key in ["a", "b", "c", "a", "b", "c"]:
