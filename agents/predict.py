@@ -138,6 +138,8 @@ class Predict:
             delta.predicted_true += hit
             delta.predicted_false += wasted
             delta.missed_true += missed
+        for namespace, by_strategy in engine.drain_strategies().items():
+            deltas[namespace].add_strategies(by_strategy)
         if commands:
             await self._send(commands)
 

@@ -49,6 +49,7 @@ from pipeline.monitor import (
     parse_action,
     parse_view,
 )
+from schemas.contracts import STRATEGIES
 from schemas.decode import validate_warmup_command
 
 log = logging.getLogger(__name__)
@@ -293,6 +294,15 @@ class Web:
             }
         elif view == "intelligent":
             out["namespaces"] = _pick(namespaces, _INTELLIGENT)
+            for ns, view_of in namespaces.items():  # each strategy's labelled warms
+                total = view_of["total"]
+                out["namespaces"][ns]["strategies"] = {
+                    name: {
+                        "warms": total.get(f"{name}_warms"),
+                        "precision": total.get(f"{name}_precision"),
+                    }
+                    for name in STRATEGIES
+                }
             out["models"] = doc["models"]
             out["insights"] = self.model_insights()
         else:  # health
@@ -480,6 +490,22 @@ class StatsCollector(Collector):
                 family.add_metric([ns, "worker"], float(getattr(counters, f"warms_{name}")))
                 family.add_metric([ns, "edge"], float(getattr(counters, f"edge_warms_{name}")))
             yield family
+        strategies = CounterMetricFamily(
+            "cachecast_strategy_warms",
+            "Admitted warms labelled, by the strategy that raised them (worker reasons;"
+            " rules: the edge's prefetch rules) and outcome: useful (read in time), wasted",
+            labels=["namespace", "strategy", "outcome"],
+        )
+        for ns, view in views.items():
+            counters = view["counters"]
+            for name in STRATEGIES:
+                strategies.add_metric(
+                    [ns, name, "useful"], float(getattr(counters, f"{name}_true"))
+                )
+                strategies.add_metric(
+                    [ns, name, "wasted"], float(getattr(counters, f"{name}_false"))
+                )
+        yield strategies
         predictions = CounterMetricFamily(
             "cachecast_predictions",
             "Labelled predictions of the models: true_positive (admitted, read in time), "

@@ -41,12 +41,12 @@ latency (the load's) stays out of the operation latency histogram.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pipeline.histogram import LatencyHistogram, checked_count
-from schemas.contracts import READ_OPS
+from schemas.contracts import READ_OPS, STRATEGIES
 from schemas.records import MetricsSnapshot
 
 __all__ = ["WindowStats"]
@@ -79,6 +79,18 @@ class WindowStats:
     predicted_false: int = 0
     missed_true: int = 0
     dead_letters: int = 0
+    #: Per strategy (schemas.contracts.STRATEGIES), its admitted warms labelled: read in
+    #: time (``_true``) or not (``_false``).
+    frequency_true: int = 0
+    frequency_false: int = 0
+    recency_true: int = 0
+    recency_false: int = 0
+    similarity_true: int = 0
+    similarity_false: int = 0
+    temporal_true: int = 0
+    temporal_false: int = 0
+    rules_true: int = 0
+    rules_false: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     warm_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
@@ -131,6 +143,20 @@ class WindowStats:
                 self.warms_skipped += 1
             else:
                 self.warms_failed += 1
+
+    def add_strategies(self, by_strategy: Mapping[str, Sequence[int]]) -> None:
+        """Count labelled admitted warms per strategy (``[read in time, not]``, as
+        ``WarmEngine.drain_strategies`` gives them); unknown strategies are ignored."""
+        for strategy, (useful, wasted) in by_strategy.items():
+            if strategy in STRATEGIES:
+                setattr(self, f"{strategy}_true", getattr(self, f"{strategy}_true") + useful)
+                setattr(self, f"{strategy}_false", getattr(self, f"{strategy}_false") + wasted)
+
+    def strategy(self, name: str) -> tuple[int, float | None]:
+        """A strategy's labelled warms and the share of them read in time (None: none)."""
+        useful, wasted = getattr(self, f"{name}_true"), getattr(self, f"{name}_false")
+        labelled = useful + wasted
+        return labelled, (useful / labelled if labelled else None)
 
     def merge(self, other: WindowStats) -> None:
         for f in fields(self):
@@ -234,4 +260,12 @@ class WindowStats:
             prediction_recall=self.prediction_recall(),
             dead_letters=self.dead_letters,
             worker=worker,
+            **self._strategy_fields(),
         )
+
+    def _strategy_fields(self) -> dict[str, Any]:
+        """``{strategy}_warms`` and ``{strategy}_precision`` of every strategy."""
+        out: dict[str, Any] = {}
+        for name in STRATEGIES:
+            out[f"{name}_warms"], out[f"{name}_precision"] = self.strategy(name)
+        return out

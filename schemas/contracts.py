@@ -37,6 +37,7 @@ __all__ = [
     "READ_OPS",
     "REASONS",
     "STATUSES",
+    "STRATEGIES",
     "WARMUP_COMMAND",
     "WARMUP_OUTCOME",
     "WARM_PATHS",
@@ -63,6 +64,9 @@ OPS: Final = ("get", "set", "delete", "mget", "mset", "exists", "incr", "expire"
 READ_OPS: Final = frozenset({"get", "mget", "exists"})
 OUTCOMES: Final = ("hit", "miss", "error", "none")
 REASONS: Final = ("frequency", "recency", "similarity", "temporal", "ensemble", "manual")
+#: The strategies whose admitted warms a MetricsSnapshot counts: the reasons the worker's
+#: models raise warms for, and the prefetch rules the clients apply at the edge.
+STRATEGIES: Final = ("frequency", "recency", "similarity", "temporal", "rules")
 STATUSES: Final = ("written", "skipped-present", "skipped-stale", "load-failed", "rate-limited")
 #: Who wrote a warmed value: the worker (warmup topic, writer agent) or the client (edge).
 WARM_PATHS: Final = ("worker", "edge")
@@ -334,6 +338,22 @@ METRICS_SNAPSHOT: Final[tuple[FieldSpec, ...]] = (
     _ratio("prediction_precision", "Online precision of the ensemble."),
     _ratio("prediction_recall", "Online recall of the ensemble."),
     _count("dead_letters", "Records sent to the dead-letter topic."),
+    *(
+        spec
+        for strategy in STRATEGIES
+        for spec in (
+            _count(
+                f"{strategy}_warms",
+                f"Warms the {strategy} strategy admitted whose label came in this window "
+                "(read in time or not), as the models label them.",
+            ),
+            _ratio(
+                f"{strategy}_precision",
+                f"Share of the {strategy} strategy's labelled warms read in time; null when "
+                "none was labelled.",
+            ),
+        )
+    ),
     _label("worker", "The worker that produced the snapshot."),
     _version(),
 )

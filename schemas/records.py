@@ -124,5 +124,15 @@ class MetricsSnapshot(_Contract):
     prediction_precision: float | None = None
     prediction_recall: float | None = None
     dead_letters: int = 0
+    frequency_warms: int = 0
+    frequency_precision: float | None = None
+    recency_warms: int = 0
+    recency_precision: float | None = None
+    similarity_warms: int = 0
+    similarity_precision: float | None = None
+    temporal_warms: int = 0
+    temporal_precision: float | None = None
+    rules_warms: int = 0
+    rules_precision: float | None = None
     worker: str | None = None
     version: int = 1

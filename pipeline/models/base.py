@@ -25,6 +25,27 @@ Key = Hashable
 TRUE_POSITIVE, FALSE_POSITIVE, FALSE_NEGATIVE = 0, 1, 2
 
 
+def count_strategy(
+    strategies: dict[str, dict[str, list[int]]], key: Key, strategy: str, useful: bool
+) -> None:
+    """Count one labelled admitted warm of ``strategy`` under the key's namespace.
+
+    >>> tally: dict[str, dict[str, list[int]]] = {}
+    >>> count_strategy(tally, "users:42", "recency", True)
+    >>> count_strategy(tally, "users:43", "recency", False)
+    >>> tally
+    {'users': {'recency': [1, 1]}}
+    """
+    namespace = key.partition(":")[0] if isinstance(key, str) else ""
+    by_strategy = strategies.get(namespace)
+    if by_strategy is None:
+        by_strategy = strategies[namespace] = {}
+    tally = by_strategy.get(strategy)
+    if tally is None:
+        tally = by_strategy[strategy] = [0, 0]
+    tally[0 if useful else 1] += 1
+
+
 def count_outcome(outcomes: dict[str, list[int]], key: Key, index: int) -> None:
     """Count one labelled prediction of ``key`` under its namespace (before ``:``).
 

@@ -509,7 +509,7 @@ class WarmEngine:
         p = scorer.score(vector)
         admitted = p >= scorer._threshold and len(out) < self._max_candidates and scorer.admits(p)
         lead = self._lead
-        scorer.register(candidate, ts, vector, admitted, lead, ts + lead + horizon, p)
+        scorer.register(candidate, ts, vector, admitted, lead, ts + lead + horizon, p, reason)
         self._raised += 1
         if admitted:
             out.append(Candidate(candidate, p, reason, lead + horizon))
@@ -666,6 +666,17 @@ class WarmEngine:
             else:
                 for i in range(3):
                     into[i] += tally[i]
+        return merged
+
+    def drain_strategies(self) -> dict[str, dict[str, list[int]]]:
+        """Admitted warms labelled since the last call, per namespace and strategy: the
+        reason that raised a worker warm (frequency, recency, similarity, temporal) and
+        ``"rules"`` for the prefetch rules' (edge) successors. Each value is
+        ``[read in time, not read in time]``.
+        """
+        merged = self.scorer.drain_strategies()
+        for namespace, by_strategy in self.rules.drain_strategies().items():
+            merged.setdefault(namespace, {}).update(by_strategy)
         return merged
 
     @property

@@ -18,6 +18,7 @@ from pipeline.models.base import (
     Key,
     Predictor,
     count_outcome,
+    count_strategy,
 )
 
 FEATURES: tuple[str, ...] = (
@@ -228,6 +229,9 @@ class WarmScorer(Predictor):
         # admitted and not requested, requested but not admitted]. Not state: the
         # worker drains it after every batch into its statistics.
         self._outcomes: dict[str, list[int]] = {}
+        # Admitted candidates labelled since the last drain_strategies(), per namespace
+        # and reason (the strategy that raised them): [requested in time, not]. Not state.
+        self._strategies: dict[str, dict[str, list[int]]] = {}
         self._registered = 0
 
     # -- the model ------------------------------------------------------------------------
@@ -325,18 +329,20 @@ class WarmScorer(Predictor):
         lead: float,
         deadline: float,
         probability: float | None = None,
+        reason: str = "",
     ) -> None:
         """Remember a scored candidate until it is requested or its deadline passes.
 
         Registering a key again replaces its pending candidate (the earlier one gets
         no label). ``probability`` is the score the candidate was admitted on
-        (computed from ``vector`` when not given).
+        (computed from ``vector`` when not given); ``reason`` the strategy that
+        raised it (its admitted labels are counted by :meth:`drain_strategies`).
         """
         p = self.score(vector) if probability is None else probability
         previous = self._pending.get(key)
         if previous is not None:
             previous[_STATE] = _DROPPED
-        entry: list[Any] = [ts, lead, vector, admitted, deadline, p, _OPEN]
+        entry: list[Any] = [ts, lead, vector, admitted, deadline, p, _OPEN, reason]
         self._pending[key] = entry
         self._deadlines.append((deadline, key, entry))
         self._registered += 1
@@ -379,6 +385,10 @@ class WarmScorer(Predictor):
             self._label(entry, y)
             if entry[3]:
                 count_outcome(self._outcomes, key, TRUE_POSITIVE if y else FALSE_POSITIVE)
+                # (entries restored from snapshots before reasons were kept have none)
+                reason = entry[7] if len(entry) > 7 else ""
+                if reason:
+                    count_strategy(self._strategies, key, reason, y)
             elif y:
                 count_outcome(self._outcomes, key, FALSE_NEGATIVE)
 
@@ -411,6 +421,22 @@ class WarmScorer(Predictor):
             return []
         admitted = [(key, float(entry[5])) for key, entry in self._pending.items() if entry[3]]
         return heapq.nlargest(n, admitted, key=_by_probability)
+
+    def drain_strategies(self) -> dict[str, dict[str, list[int]]]:
+        """Admitted candidates labelled since the last call, per namespace and strategy
+        (the reason that raised them): ``[read in time, not read in time]``.
+
+        >>> scorer = WarmScorer(threshold=0.5, waste_budget=None)
+        >>> scorer.register("users:a", 0.0, [0.0] * len(FEATURES), True, 0.0, 10.0, 0.9,
+        ...                 reason="recency")
+        >>> scorer.register("users:b", 0.0, [0.0] * len(FEATURES), True, 0.0, 10.0, 0.9,
+        ...                 reason="recency")
+        >>> scorer.resolve("users:a", 5.0); scorer.expire(11.0)
+        >>> scorer.drain_strategies(), scorer.drain_strategies()
+        ({'users': {'recency': [1, 1]}}, {})
+        """
+        strategies, self._strategies = self._strategies, {}
+        return strategies
 
     def drain_outcomes(self) -> dict[str, list[int]]:
         """Labels per namespace (the part of a key before ``:``) since the last call.

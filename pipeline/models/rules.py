@@ -56,6 +56,7 @@ from pipeline.models.base import (
     Key,
     Predictor,
     count_outcome,
+    count_strategy,
 )
 from pipeline.models.similarity import CoAccess
 
@@ -171,6 +172,8 @@ class PrefetchRules(Predictor):
         # scorer's): a successor its rule names now that followed, that did not,
         # and one that followed without being named. Not state.
         self._outcomes: dict[str, list[int]] = {}
+        # Admitted trials labelled since drain_strategies(), as strategy "rules". Not state.
+        self._strategies: dict[str, dict[str, list[int]]] = {}
 
     # -- learning ------------------------------------------------------------------------
 
@@ -204,12 +207,15 @@ class PrefetchRules(Predictor):
                         count_outcome(
                             self._outcomes, key, TRUE_POSITIVE if trial[4] else FALSE_NEGATIVE
                         )
+                        if trial[4]:
+                            count_strategy(self._strategies, key, "rules", True)
         opened = self._open
         while opened and opened[0][0] < position:
             expired = opened.popleft()
             if not expired[3]:
                 if len(expired) > 4 and expired[4]:
                     count_outcome(self._outcomes, expired[1], FALSE_POSITIVE)
+                    count_strategy(self._strategies, expired[1], "rules", False)
                 pending = self._waiting.get(expired[1])
                 if pending is not None:
                     pending.remove(expired)
@@ -323,6 +329,12 @@ class PrefetchRules(Predictor):
         row = [0.0] + [self.probability(count, seen) for count in range(1, self.cap + 1)]
         self._rows[seen] = (version, row)
         return row
+
+    def drain_strategies(self) -> dict[str, dict[str, list[int]]]:
+        """Admitted trials labelled since the last call, as strategy ``"rules"`` (see
+        ``WarmScorer.drain_strategies``)."""
+        strategies, self._strategies = self._strategies, {}
+        return strategies
 
     def drain_outcomes(self) -> dict[str, list[int]]:
         """Labelled trials per namespace since the last call (see ``WarmScorer.drain_outcomes``)."""

@@ -231,6 +231,11 @@ async def test_predict_learns_a_sequence_and_publishes_its_rules(worker: Cacheca
             published[field.decode()] = value
     assert {f"t{i}" for i in range(30)} <= set(published)
     assert b"s7" in published["t7"]
+    # Each strategy's labelled warms reach the statistics (and so the monitor, the metrics
+    # topic and /metrics): the rules' successors came true.
+    delta = worker.runtime.deltas[NS]
+    assert delta.rules_true > 0
+    assert delta.strategy("rules")[1] == pytest.approx(1.0, abs=0.2)
 
 
 async def test_stats_turns_deltas_into_namespace_statistics(worker: CachecastApp) -> None:

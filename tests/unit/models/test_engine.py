@@ -208,3 +208,29 @@ def test_bytes_per_tracked_key_is_bounded() -> None:
         engine.observe(int(rng.paretovariate(1.1)) % 50_000, float(ts), hit=rng.random() < 0.5)
     per_key = engine.memory_bytes() / engine.n_tracked
     assert 100 < per_key < 2_000
+
+
+def test_each_strategy_reports_its_labelled_warms() -> None:
+    """Sessions t_i, s_i, u_i replayed with noise: the sequence models (similarity) and the
+    prefetch rules raise the warms, nearly all read in time; the rhythm and heavy-hitter
+    strategies raise nothing on this traffic, so they report nothing."""
+    engine = WarmEngine(EngineConfig())
+    totals: dict[str, list[int]] = {}
+    t = 0.0
+    for round_ in range(6):
+        keys = [f"shop:{p}{i}" for i in range(60) for p in "tsu"]
+        keys += [f"shop:n{round_}-{j}" for j in range(300)]
+        for key in keys:
+            t += 1
+            engine.observe(key, t, hit=False)
+        for namespace, by_strategy in engine.drain_strategies().items():
+            assert namespace == "shop"
+            for strategy, (useful, wasted) in by_strategy.items():
+                tally = totals.setdefault(strategy, [0, 0])
+                tally[0] += useful
+                tally[1] += wasted
+    assert set(totals) == {"similarity", "rules"}
+    for useful, wasted in totals.values():
+        assert useful > 100
+        assert useful / (useful + wasted) > 0.95
+    assert engine.drain_strategies() == {}

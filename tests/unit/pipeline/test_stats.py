@@ -141,3 +141,29 @@ def test_the_largest_bucket_of_the_older_form_reads_as_about_an_hour() -> None:
     assert abs(snapshot.latency_p99_us - hour_us) <= 0.0625 * hour_us
     assert snapshot.latency_p50_us == snapshot.latency_p99_us  # 3 of the 4 samples
     assert WindowStats.from_dict(stats.to_dict()).to_dict() == stats.to_dict()
+
+
+def test_each_strategy_is_counted_apart_and_reported_with_its_precision() -> None:
+    stats = WindowStats()
+    stats.add_strategies({"recency": [3, 1], "rules": [9, 1], "ensemble": [5, 5]})
+    stats.add_strategies({"recency": [1, 3]})
+    other = WindowStats.from_dict(orjson.loads(orjson.dumps(stats.to_dict())))
+    other.merge(stats)
+    assert (other.recency_true, other.recency_false) == (8, 8)
+    snapshot = validate_metrics_snapshot(
+        orjson.loads(other.snapshot("shop", 0.0, 10.0, "w1").dumps())
+    )
+    assert snapshot["recency_warms"] == 16
+    assert snapshot["recency_precision"] == pytest.approx(0.5)
+    assert snapshot["rules_warms"] == 20
+    assert snapshot["rules_precision"] == pytest.approx(0.9)
+    assert snapshot["temporal_warms"] == 0
+    assert snapshot["temporal_precision"] is None  # nothing labelled: no precision
+    assert "ensemble_warms" not in snapshot  # not a strategy of its own
+
+
+def test_a_delta_from_before_strategies_reads_with_none_counted() -> None:
+    older = {"hits": 4, "misses": 1, "predicted_true": 2}
+    stats = WindowStats.from_dict(older)
+    assert stats.hits == 4
+    assert stats.strategy("similarity") == (0, None)
