@@ -72,6 +72,11 @@ async def _browse(binary: str, url: str, namespace: str, total: dict[str, Any]) 
         assert cells["errors"] == f"{total['errors']:,}"
         for field, name in (("p50", "latency_p50_us"), ("p99", "latency_p99_us")):
             assert abs(int(cells[field].replace(",", "")) - total[name]) <= 1, (cells, total)
+        # Each strategy's labelled warms and precision, as the API has them.
+        strategies = f'#strategies tr[data-namespace="{namespace}"]'
+        for name in ("frequency", "recency", "similarity", "temporal", "rules"):
+            shown = await browser.text(f'{strategies} td[data-field="strategy-{name}"]')
+            assert shown == f"{total[name + '_warms']:,} · {_pct(total[name + '_precision'])}"
         health = await browser.text("#health")
         assert "redis up" in health
         assert "partitions" in health
