@@ -115,19 +115,6 @@ class Topics:
             settings.topic_stats_view, compacting=True, config=dict(VIEW_TOPIC_CONFIG)
         )
 
-    def all(self) -> list[faust.TopicT]:
-        return [
-            self.access,
-            self.sequence,
-            self.warmup,
-            self.outcomes,
-            self.stats,
-            self.metrics,
-            self.dead_letter,
-            self.state,
-            self.stats_view,
-        ]
-
 
 class Context:
     """What every agent of one worker shares: its settings, Faust app, topics and name.

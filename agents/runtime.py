@@ -34,7 +34,7 @@ __all__ = ["Runtime", "encode_batch"]
 
 
 class Runtime:
-    """Process-wide resources and counters shared by the agents."""
+    """One worker's resources and counters, shared by its agents."""
 
     def __init__(self, context: Context, redis: AsyncRedisClient | None = None) -> None:
         settings = self.settings = context.settings
@@ -48,7 +48,7 @@ class Runtime:
             enable_compression=settings.redis_enable_compression,
         )
         self.loaders = loaders_from_config(settings.loader_config())
-        self.writer = WarmWriter(
+        self.warm_writer = WarmWriter(
             self.redis,
             settings.redis_key_prefix,
             self.loaders,

@@ -1,8 +1,10 @@
 """HTTP: /api/cache/monitor (JSON), /dashboard (HTML), /metrics (Prometheus).
 
-Each worker serves the namespaces whose stats partitions it owns; with several
-workers, scrape each one (Prometheus does this naturally) or read the metrics
-topic, which carries every namespace.
+The monitor and the dashboard of any worker answer for every namespace of the
+cluster (its own live, the others from the stats-view topic); /metrics exports
+only the namespaces whose stats partitions this worker owns, so scrape each
+worker (Prometheus does this naturally) or read the metrics topic, which
+carries every namespace.
 """
 
 from __future__ import annotations
@@ -298,7 +300,7 @@ class Web:
                 total = view_of["total"]
                 out["namespaces"][ns]["strategies"] = {
                     name: {
-                        "warms": total.get(f"{name}_warms"),
+                        "admitted": total.get(f"{name}_admitted"),
                         "precision": total.get(f"{name}_precision"),
                     }
                     for name in STRATEGIES
@@ -491,9 +493,10 @@ class StatsCollector(Collector):
                 family.add_metric([ns, "edge"], float(getattr(counters, f"edge_warms_{name}")))
             yield family
         strategies = CounterMetricFamily(
-            "cachecast_strategy_warms",
-            "Admitted warms labelled, by the strategy that raised them (worker reasons;"
-            " rules: the edge's prefetch rules) and outcome: useful (read in time), wasted",
+            "cachecast_strategy_admitted",
+            "Admitted predictions labelled, by the strategy that raised them (worker reasons,"
+            " issued as warms or not; rules: the successors the prefetch rules named) and"
+            " outcome: useful (read in time), wasted",
             labels=["namespace", "strategy", "outcome"],
         )
         for ns, view in views.items():

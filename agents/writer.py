@@ -112,7 +112,7 @@ class Writer:
         are counted (and measured) like the models'.
         """
         runtime = self.runtime
-        outcomes = await runtime.writer.apply(commands)
+        outcomes = await runtime.warm_writer.apply(commands)
         by_namespace: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for outcome in outcomes:
             runtime.counters[f"warm_{outcome['status']}"] += 1

@@ -79,8 +79,8 @@ class WindowStats:
     predicted_false: int = 0
     missed_true: int = 0
     dead_letters: int = 0
-    #: Per strategy (schemas.contracts.STRATEGIES), its admitted warms labelled: read in
-    #: time (``_true``) or not (``_false``).
+    #: Per strategy (schemas.contracts.STRATEGIES), its admitted predictions labelled: read
+    #: in time (``_true``) or not (``_false``). Issued as warms or not (see the contract).
     frequency_true: int = 0
     frequency_false: int = 0
     recency_true: int = 0
@@ -153,7 +153,8 @@ class WindowStats:
                 setattr(self, f"{strategy}_false", getattr(self, f"{strategy}_false") + wasted)
 
     def strategy(self, name: str) -> tuple[int, float | None]:
-        """A strategy's labelled warms and the share of them read in time (None: none)."""
+        """A strategy's labelled admitted predictions and the share of them read in time
+        (None: none labelled)."""
         useful, wasted = getattr(self, f"{name}_true"), getattr(self, f"{name}_false")
         labelled = useful + wasted
         return labelled, (useful / labelled if labelled else None)
@@ -264,8 +265,8 @@ class WindowStats:
         )
 
     def _strategy_fields(self) -> dict[str, Any]:
-        """``{strategy}_warms`` and ``{strategy}_precision`` of every strategy."""
+        """``{strategy}_admitted`` and ``{strategy}_precision`` of every strategy."""
         out: dict[str, Any] = {}
         for name in STRATEGIES:
-            out[f"{name}_warms"], out[f"{name}_precision"] = self.strategy(name)
+            out[f"{name}_admitted"], out[f"{name}_precision"] = self.strategy(name)
         return out

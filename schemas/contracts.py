@@ -343,14 +343,16 @@ METRICS_SNAPSHOT: Final[tuple[FieldSpec, ...]] = (
         for strategy in STRATEGIES
         for spec in (
             _count(
-                f"{strategy}_warms",
-                f"Warms the {strategy} strategy admitted whose label came in this window "
-                "(read in time or not), as the models label them.",
+                f"{strategy}_admitted",
+                f"Predictions of the {strategy} strategy the models admitted (issued as warms"
+                " or not: a worker leaves sequence warms to the rules, drops duplicates, and"
+                " issues none with warming off; for rules, the successors a rule named when"
+                " its trigger was read) whose label came in this window.",
             ),
             _ratio(
                 f"{strategy}_precision",
-                f"Share of the {strategy} strategy's labelled warms read in time; null when "
-                "none was labelled.",
+                f"Share of the {strategy} strategy's labelled admitted predictions read in"
+                " time; null when none was labelled.",
             ),
         )
     ),

@@ -327,8 +327,9 @@ class WarmEngine:
         if hit is not None and known is not None and not warmed and self._adapt_horizon:
             self.horizon.learn_one(ts - known[0], hit)
         missed = hit is False
-        # The waste-budget controller's counters (WarmScorer.observe_access, inlined): a
-        # first read of a warmed value is a read the origin would have served too.
+        # The waste-budget controller's counters, as WarmScorer.observe_access counts them
+        # (written out here: a call per event): a first read of a warmed value is a read
+        # the origin would have served too.
         scorer._window_events += 1
         if missed or (warmed and hit):
             scorer._window_misses += 1

@@ -462,9 +462,13 @@ class WarmScorer(Predictor):
 
     def observe_access(self, miss: bool | None, warmed: bool = False) -> None:
         """Count one access for the waste-budget controller: whether the origin served it,
-        or would have without warming (``warmed``: the first read of a warmed value)."""
+        or would have without warming (``warmed``: a hit on the first read of a warmed
+        value; an access with an unknown outcome counts for neither).
+
+        :meth:`WarmEngine.observe` counts the same way, without the call.
+        """
         self._window_events += 1
-        if miss or warmed:
+        if miss or (warmed and miss is False):
             self._window_misses += 1
         if self._window_events >= self.control_every:
             self._steer()

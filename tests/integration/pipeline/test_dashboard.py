@@ -76,7 +76,7 @@ async def _browse(binary: str, url: str, namespace: str, total: dict[str, Any]) 
         strategies = f'#strategies tr[data-namespace="{namespace}"]'
         for name in ("frequency", "recency", "similarity", "temporal", "rules"):
             shown = await browser.text(f'{strategies} td[data-field="strategy-{name}"]')
-            assert shown == f"{total[name + '_warms']:,} · {_pct(total[name + '_precision'])}"
+            assert shown == f"{total[name + '_admitted']:,} · {_pct(total[name + '_precision'])}"
         health = await browser.text("#health")
         assert "redis up" in health
         assert "partitions" in health

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import fakeredis
 import faust
 import orjson
 import pytest
+from prometheus_client import generate_latest
 
 from agents import CachecastApp, create_app
 from agents.writer import CLAIMED_HEADER
@@ -74,11 +76,15 @@ async def _nothing() -> None:
 
 
 @pytest.fixture
-async def worker() -> AsyncIterator[CachecastApp]:
+async def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[CachecastApp]:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # Faust's data directory
     settings = load_settings(
         topic_partitions=4,
         checkpoint_s=3600.0,  # no checkpoint during a test (it would ack and snapshot)
         loaders=orjson.dumps({NS: {"callable": "pipeline.replay:synthetic_value"}}).decode(),
+        rules_publish=True,  # what these tests check, whatever the environment says
+        warming_enabled=True,
+        stats_window_s=3600.0,
     )
     built = create_app(settings, redis=fakeredis.FakeAsyncRedis())
     topics = built.context.topics
@@ -240,7 +246,10 @@ async def test_predict_learns_a_sequence_and_publishes_its_rules(worker: Cacheca
 
 async def test_stats_turns_deltas_into_namespace_statistics(worker: CachecastApp) -> None:
     stats = worker.stats
-    delta = {"namespace": NS, "stats": {"hits": 7, "misses": 3, "events": 10}}
+    delta = {
+        "namespace": NS,
+        "stats": {"hits": 7, "misses": 3, "events": 10, "rules_true": 3, "rules_false": 1},
+    }
     async with stats.deltas_agent.test_context(channel=_raw_channel(worker.app)) as agent:
         await _put(agent, orjson.dumps(delta))
         await _put(agent, orjson.dumps(delta))
@@ -253,12 +262,73 @@ async def test_stats_turns_deltas_into_namespace_statistics(worker: CachecastApp
     assert view["total"]["hit_ratio"] == pytest.approx(0.7)
     document = worker.web.monitor_document()
     assert document["namespaces"][NS]["total"]["hits"] == 14
+    intelligent = await worker.web.monitor_view("intelligent")
+    rules = intelligent["namespaces"][NS]["strategies"]["rules"]
+    assert rules == {"admitted": 8, "precision": pytest.approx(0.75)}
+    exported = generate_latest(worker.web.registry).decode()
+    assert (
+        'cachecast_strategy_admitted_total{namespace="shop",outcome="useful",strategy="rules"} 6.0'
+        in exported
+    )
+    assert 'cachecast_hits_total{namespace="shop"} 14.0' in exported
 
 
-def test_two_workers_in_one_process_keep_their_own_settings() -> None:
+async def test_outcomes_become_deltas_on_the_stats_topic(worker: CachecastApp) -> None:
+    now = time.time()
+    outcome = {"namespace": NS, "key": "a", "status": "written", "ts": now, "latency_us": 900.0}
+    stats = worker.stats
+    async with stats.outcomes_agent.test_context(channel=_raw_channel(worker.app)) as agent:
+        await _put(agent, orjson.dumps([outcome, {**outcome, "status": "load-failed"}]))
+        await _put(agent, orjson.dumps([{**outcome, "status": "exploded"}]))
+        await _until(lambda: len(topic(worker, "stats").sent) == 1, "a delta")
+        await _until(lambda: len(topic(worker, "dead_letter").sent) == 1, "a dead letter")
+    (doc,) = topic(worker, "stats").values()
+    assert doc["namespace"] == NS
+    assert (doc["stats"]["warms_written"], doc["stats"]["warms_failed"]) == (1, 1)
+    assert "status" in (reason_of(topic(worker, "dead_letter").sent[0]["headers"]) or "")
+
+
+def test_create_app_registers_every_agent_timer_task_and_page(worker: CachecastApp) -> None:
+    app = worker.app
+    assert sorted(app.agents) == [
+        "cachecast.observe",
+        "cachecast.predict",
+        "cachecast.stats-deltas",
+        "cachecast.stats-outcomes",
+        "cachecast.writer",
+    ]
+    assert app.agents["cachecast.writer"].concurrency == 4
+    tasks = {task.__name__ for task in app._app_tasks}
+    assert tasks == {
+        "start",  # the runtime (Redis cluster set-up)
+        "flush_when_quiet",
+        "release_held_events",
+        "publish_rules",
+        "checkpoint_when_quiet",
+        "publish_quiet_windows",
+        "follow_stats_view",
+        "watch_event_loop",
+        "refresh_redis_info",
+    }
+    router = app.web.web_app.router  # type: ignore[attr-defined]  # Faust's aiohttp driver
+    pages = {resource.canonical for resource in router.resources()}
+    assert {"/api/cache/monitor", "/dashboard", "/metrics"} <= pages
+    assert [c.stage for c in worker.context.checkpointers] == ["ttl", "engine", "stats"]
+
+
+async def test_two_apps_in_one_process_keep_their_own_settings_and_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     first = create_app(load_settings(web_port=7001), redis=fakeredis.FakeAsyncRedis())
     second = create_app(load_settings(web_port=7002), redis=fakeredis.FakeAsyncRedis())
-    assert first.context.name != second.context.name
-    assert first.app is not second.app
-    assert sorted(first.app.agents) == sorted(second.app.agents)
-    assert first.predict.engines is not second.predict.engines
+    try:
+        assert (first.app.conf.web_port, second.app.conf.web_port) == (7001, 7002)
+        assert first.context.name != second.context.name
+        first.runtime.counters["events"] += 5
+        assert second.runtime.counters["events"] == 0
+        assert first.web.registry is not second.web.registry
+        assert len(first.context.checkpointers) == len(second.context.checkpointers) == 3
+    finally:
+        await first.runtime.close()
+        await second.runtime.close()

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from pipeline.stats import WindowStats
+from schemas.contracts import STRATEGIES
 from schemas.decode import validate_access_event, validate_metrics_snapshot
 
 
@@ -153,13 +154,13 @@ def test_each_strategy_is_counted_apart_and_reported_with_its_precision() -> Non
     snapshot = validate_metrics_snapshot(
         orjson.loads(other.snapshot("shop", 0.0, 10.0, "w1").dumps())
     )
-    assert snapshot["recency_warms"] == 16
+    assert snapshot["recency_admitted"] == 16
     assert snapshot["recency_precision"] == pytest.approx(0.5)
-    assert snapshot["rules_warms"] == 20
+    assert snapshot["rules_admitted"] == 20
     assert snapshot["rules_precision"] == pytest.approx(0.9)
-    assert snapshot["temporal_warms"] == 0
+    assert snapshot["temporal_admitted"] == 0
     assert snapshot["temporal_precision"] is None  # nothing labelled: no precision
-    assert "ensemble_warms" not in snapshot  # not a strategy of its own
+    assert "ensemble_admitted" not in snapshot  # not a strategy of its own
 
 
 def test_a_delta_from_before_strategies_reads_with_none_counted() -> None:
@@ -167,3 +168,12 @@ def test_a_delta_from_before_strategies_reads_with_none_counted() -> None:
     stats = WindowStats.from_dict(older)
     assert stats.hits == 4
     assert stats.strategy("similarity") == (0, None)
+
+
+def test_every_strategy_of_the_contract_has_its_counters() -> None:
+    stats = WindowStats()
+    stats.add_strategies({name: [1, 2] for name in STRATEGIES})
+    for name in STRATEGIES:
+        labelled, precision = stats.strategy(name)
+        assert labelled == 3, name
+        assert precision == pytest.approx(1 / 3), name
