@@ -318,6 +318,24 @@ class Settings(BaseSettings):
         description="Initial ensemble score a candidate needs to be warmed; the engine then"
         " steers it to keep wasted warms within budget.",
     )
+    model_waste_budget: float = Field(
+        0.03,
+        ge=0.0,
+        le=1.0,
+        validation_alias=_env("CACHECAST_WASTE_BUDGET", "model_waste_budget"),
+        description="Worker warms: wasted warms allowed per read the origin would serve with"
+        " warming off (demand misses and reads warms saved); the admission threshold is"
+        " steered to stay within it.",
+    )
+    model_rule_waste_budget: float = Field(
+        0.03,
+        ge=0.0,
+        le=1.0,
+        validation_alias=_env("CACHECAST_RULE_WASTE_BUDGET", "model_rule_waste_budget"),
+        description="Prefetch rules (edge warms): wasted loads allowed per read the origin"
+        " would serve with warming off; rules below the probability that fits are not"
+        " published (never below 0.5). About half of it is spent, see docs/DESIGN.md.",
+    )
     model_wall_time: bool = Field(
         True,
         validation_alias=_env("CACHECAST_WALL_TIME", "model_wall_time"),

@@ -56,6 +56,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_keys=settings.model_max_tracked_keys,
         threshold=settings.model_admission_threshold,
         min_threshold=min(0.5, settings.model_admission_threshold),
+        waste_budget=settings.model_waste_budget,
+        rule_waste_budget=settings.model_rule_waste_budget,
         wall_clock=False,  # the engine counts requests; events' own times feed wall_time
         wall_time=settings.model_wall_time,
         lookahead=2 + settings.model_delay_requests,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import ConfigError, load_settings, parse_memory_size
+from pipeline.decide import engine_config
+from pipeline.models import WarmEngine
 
 
 def test_the_seed_environment_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,6 +63,7 @@ def test_the_seed_environment_names_are_read(monkeypatch: pytest.MonkeyPatch) ->
         ("KAFKA_BOOTSTRAP_SERVERS", "localhost", "KAFKA_BOOTSTRAP_SERVERS: Value error"),
         ("CACHECAST_TOPIC_ACCESS", "bad topic!", "CACHECAST_TOPIC_ACCESS"),
         ("CACHECAST_SAMPLE_RATE", "1.5", "CACHECAST_SAMPLE_RATE"),
+        ("CACHECAST_RULE_WASTE_BUDGET", "-0.1", "CACHECAST_RULE_WASTE_BUDGET"),
     ],
 )
 def test_a_bad_value_names_its_variable(
@@ -85,3 +88,11 @@ def test_clustering_without_nodes_is_refused(monkeypatch: pytest.MonkeyPatch) ->
 )
 def test_memory_sizes_follow_redis_conf_units(text: str, size: int) -> None:
     assert parse_memory_size(text) == size
+
+
+def test_the_waste_budgets_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CACHECAST_WASTE_BUDGET", "0.01")
+    monkeypatch.setenv("CACHECAST_RULE_WASTE_BUDGET", "0.05")
+    engine = WarmEngine(engine_config(load_settings()))
+    assert engine.scorer.waste_budget == 0.01
+    assert engine.rules.waste_budget == 0.05
