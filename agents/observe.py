@@ -34,7 +34,7 @@ from redis.typing import EncodableT
 
 from agents.app import Context
 from agents.checkpointing import Checkpointer
-from agents.runtime import Runtime
+from agents.runtime import Runtime, record_source
 from pipeline.checkpoint import decode_snapshot, encode_snapshot, snapshot_key
 from pipeline.client.keys import smart_ttl_hash
 from pipeline.models import SmartTTL
@@ -145,7 +145,7 @@ class Observe:
         already counted, dead-lettered and re-partitioned it: it only teaches the TTL model."""
         runtime, deltas = self.runtime, self._deltas
         message = event.message
-        source = f"{message.topic}/{message.partition}/{message.offset}"
+        source = record_source(message)
         replayed = message.offset <= counted_upto
         try:
             events, rejects = decode_access_dicts(event.value)

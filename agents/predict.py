@@ -22,7 +22,7 @@ import orjson
 
 from agents.app import Context
 from agents.checkpointing import Checkpointer
-from agents.runtime import Runtime
+from agents.runtime import Runtime, record_source
 from agents.writer import Writer
 from pipeline.client.keys import rules_stream
 from pipeline.client.rulebook import STREAM_FIELD
@@ -110,7 +110,7 @@ class Predict:
                     await runtime.dead_letter(
                         event.value or b"",
                         f"not a batch of access events: {exc.reason}",
-                        source=f"{message.topic}/{message.partition}/{message.offset}",
+                        source=record_source(message),
                         agent="predict",
                         field=exc.field,
                     )

@@ -30,7 +30,7 @@ from schemas.decode import InvalidEvent, Reject
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Runtime", "encode_batch"]
+__all__ = ["Runtime", "encode_batch", "record_source"]
 
 
 class Runtime:
@@ -39,7 +39,6 @@ class Runtime:
     def __init__(self, context: Context, redis: AsyncRedisClient | None = None) -> None:
         settings = self.settings = context.settings
         self.topics = context.topics
-        self.worker = context.name
         self.started_at = time.time()
         self.last_event_at = 0.0
         self.redis = connect_async(settings) if redis is None else redis
@@ -140,8 +139,7 @@ class Runtime:
     ) -> list[dict[str, Any]]:
         """A batch record's valid items; the record (if undecodable) or its bad items are
         dead-lettered, each with its reason."""
-        message = event.message
-        source = f"{message.topic}/{message.partition}/{message.offset}"
+        source = record_source(event.message)
         try:
             items, rejects = decode(event.value)
         except InvalidEvent as exc:
@@ -156,8 +154,7 @@ class Runtime:
         The agent's loop stays alive and its offsets keep moving: a poison record
         is acked like any other, once it is safe in the dead-letter topic.
         """
-        message = event.message
-        source = f"{message.topic}/{message.partition}/{message.offset}"
+        source = record_source(event.message)
         self.counters["poison_records"] += 1
         log.warning("%s: record %s could not be processed (%r); dead-lettered", agent, source, exc)
         await self.dead_letter(
@@ -184,6 +181,11 @@ class Runtime:
         for loader in self.loaders.values():
             await loader.close()
         await self.redis.aclose()
+
+
+def record_source(message: Any) -> str:
+    """Where a record came from, as dead letters and logs name it: ``topic/partition/offset``."""
+    return f"{message.topic}/{message.partition}/{message.offset}"
 
 
 def encode_batch(items: list[dict[str, Any]]) -> bytes:

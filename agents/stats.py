@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer
 
 from agents.app import Context
 from agents.checkpointing import Checkpointer
-from agents.runtime import Runtime
+from agents.runtime import Runtime, record_source
 from pipeline.stats import WindowStats
 from pipeline.transport import kafka_options
 from schemas.decode import decode_warmup_outcome_dicts
@@ -176,11 +176,10 @@ class Stats:
             namespace = str(doc["namespace"])
             delta = WindowStats.from_dict(doc["stats"])
         except Exception as exc:  # anything a record can make the decoder raise
-            message = event.message
             await self.runtime.dead_letter(
                 event.value or b"",
                 f"not a stats delta: {exc!r}"[:1000],
-                source=f"{message.topic}/{message.partition}/{message.offset}",
+                source=record_source(event.message),
                 agent="stats",
             )
             return
