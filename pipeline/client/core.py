@@ -683,6 +683,23 @@ class CacheCore:
         """The breaker is open and its cooldown still running: retries are pointless."""
         return self.down_until > time.monotonic()
 
+    def admit(
+        self,
+        plan: Plan[Any],
+        op: str,
+        namespace: str | None,
+        keys: Sequence[str],
+        user: str | None,
+        session: str | None,
+        emit: bool,
+    ) -> int:
+        """Before a plan runs: its start (``perf_counter_ns``); while the breaker is
+        open, the plan is closed and :meth:`rejected`'s error raised instead."""
+        if self.down_until and self.breaker_open():
+            plan.close()
+            raise self.rejected(op, namespace or "", keys if namespace else (), user, session, emit)
+        return time.perf_counter_ns()
+
     def rejected(
         self,
         op: str,

@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import random
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
@@ -44,7 +43,6 @@ from typing import Any, TypeAlias
 
 from orjson import JSONDecodeError
 from orjson import loads as _loads
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from pipeline.client.cached import CachedFunction, KeyBuilder, cached_decorator
@@ -56,36 +54,14 @@ from pipeline.client.core import (
     Priority,
     UserContext,
     context_labels,
-    evict_oldest,
-    xfetch_due,
 )
-from pipeline.client.edge import (
-    ABSENT,
-    EDGE_CAS_SCRIPT,
-    EDGE_WRITE_SCRIPT,
-    RELEASE_SCRIPT,
-    EdgeTokens,
-    LoaderSpec,
-    claim_expiry_ms,
-    guarded,
-    namespace_loaders,
-    rule_to_apply,
-    worth_loading,
-)
+from pipeline.client.edge import ABSENT, LoaderSpec, guarded, namespace_loaders
 from pipeline.client.emitter import AccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
-from pipeline.client.keys import rules_stream, validate_key
+from pipeline.client.keys import validate_key
 from pipeline.client.manager import RedisCacheManager
-from pipeline.client.rulebook import (
-    RuleBook,
-    bootstrap_commands,
-    fell_behind,
-    follow_commands,
-    newest_id,
-    parse_entries,
-    table_rules,
-)
-from pipeline.codec import FLAG_EDGE, HEADER_SIZE, CodecError, is_loading_mark, loading_mark
+from pipeline.client.shared import Armed, IntelligentBase
+from pipeline.codec import HEADER_SIZE, CodecError, is_loading_mark, loading_mark
 from pipeline.config import Settings
 from pipeline.loaders import GuardedLoader, LoaderConfig, LoadError, LoadRefused
 from schemas.contracts import MAX_KEY_LENGTH, MAX_LABEL_LENGTH
@@ -99,12 +75,8 @@ ErrorHook: TypeAlias = Callable[[CacheError], None]
 _clock = time.perf_counter_ns
 _crc32 = zlib.crc32
 
-#: A finished load is reused by callers whose GET was sent before it completed.
-_FLIGHTS_KEPT = 1024
 #: Most edge-warm tasks (rule reads and loads) one client runs at once.
 _EDGE_TASKS_MAX = 4096
-#: Rule-stream entries read per namespace and poll.
-_RULE_ENTRIES_READ = 1_000
 
 
 @dataclass(slots=True)
@@ -130,27 +102,7 @@ class _Flight:
     write_settled: bool = False
 
 
-class _Armed:
-    """A read is out for a key whose prefetch rule names ``keys`` (data keys).
-
-    A read of one of those keys that misses meanwhile waits for the trigger's
-    outcome (``ready``, made only when someone waits) instead of fetching at
-    once: if the trigger turns out to be a read the cache could not serve alone,
-    its rule has started the load by then and the waiting read joins it. So the
-    loads of a rule are as early as the trigger's request, however long its
-    read takes to come back (a busy event loop, a slow Redis). Reserving costs a
-    dictionary entry per successor; nothing else happens on a read that hits.
-    """
-
-    __slots__ = ("keys", "ready", "settled")
-
-    def __init__(self, keys: list[str]) -> None:
-        self.keys = keys
-        self.ready: asyncio.Future[None] | None = None
-        self.settled = False
-
-
-class IntelligentCache(RedisCacheManager):
+class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]):
     """A :class:`RedisCacheManager` whose ``get`` can load, and whose ``set`` picks the TTL.
 
     Parameters
@@ -205,32 +157,14 @@ class IntelligentCache(RedisCacheManager):
             max_connections=max_connections,
             breaker_cooldown=breaker_cooldown,
         )
-        if refresh_beta <= 0:
-            raise ValueError("refresh_beta must be > 0")
-        self.early_refresh = early_refresh
-        self.refresh_beta = refresh_beta
-        self.tracked_keys = tracked_keys
-        self.on_error = on_error
-        self.last_error: CacheError | None = None
-        self._flights: dict[str, _Flight] = {}
-        #: data key -> (written_at ms, expires_at epoch s, load seconds) of values we loaded.
-        self._loaded: dict[str, tuple[int, float, float]] = {}
+        self._init_state(early_refresh, refresh_beta, tracked_keys, on_error, edge_warming)
+        # Code between two awaits runs alone on the loop: the flights need no lock.
+        self._flights_lock = contextlib.nullcontext()
         self._refreshes: set[asyncio.Task[Any]] = set()
-        self._random = random.Random()
-        self.edge_warming = self.settings.edge_warming if edge_warming is None else edge_warming
-        self._edge_loaders: dict[str, GuardedLoader] = namespace_loaders(
-            self.settings.loader_config(), loaders
-        )
+        self._edge_loaders = namespace_loaders(self.settings.loader_config(), loaders)
         self._edge_tasks: set[asyncio.Task[Any]] = set()
-        self._rulebook = RuleBook(self.settings.rules_max)
-        #: Whether any rule is held (reads look their key's rule up only then).
-        self._rules_held = False
-        #: data key -> the trigger read out now whose rule names it (see _Armed).
-        self._reserved: dict[str, _Armed] = {}
-        self._rule_ids: dict[str, bytes] = {}
         self._follower: asyncio.Task[None] | None = None
         self._stop_following = asyncio.Event()
-        self._tokens = EdgeTokens()
 
     def cached(
         self,
@@ -252,10 +186,6 @@ class IntelligentCache(RedisCacheManager):
         function runs in a worker thread on a miss.
         """
         return cached_decorator(self, namespace, key, ttl, loader_config, asynchronous=True)
-
-    def has_loader(self, namespace: str) -> bool:
-        """Whether ``namespace`` has a loader for edge warms."""
-        return namespace in self._edge_loaders
 
     def register_loader(
         self, namespace: str, loader: LoaderSpec, config: LoaderConfig | None = None
@@ -332,9 +262,8 @@ class IntelligentCache(RedisCacheManager):
         started = _clock()
         if core.down_until and core.breaker_open():
             error = core.rejected("get", namespace, (key,), user, session, enable_prediction)
-            return await self._serve_without_redis(
-                error, namespace, key, dkey, fallback_data, started, user, session
-            )
+            loader = self._outage_loader(error, fallback_data)
+            return await self._load(namespace, key, dkey, loader, started, user, session)
         # The loads this key's prefetch rule names are reserved before its read is
         # sent: a successor asked for while that read is on its way joins them.
         armed = self._arm(namespace, key) if enable_prediction and self._rules_held else None
@@ -357,9 +286,8 @@ class IntelligentCache(RedisCacheManager):
                     exc, namespace, key, dkey, started, user, session, enable_prediction
                 )
             except CacheError as error:
-                return await self._serve_without_redis(
-                    error, namespace, key, dkey, fallback_data, started, user, session
-                )
+                loader = self._outage_loader(error, fallback_data)
+                return await self._load(namespace, key, dkey, loader, started, user, session)
             armed = None
         else:
             core.reads_waiting -= 1
@@ -423,7 +351,7 @@ class IntelligentCache(RedisCacheManager):
         session: str | None,
         enable_prediction: bool,
         fallback_data: Loader | None,
-        armed: _Armed | None = None,
+        armed: Armed | None = None,
     ) -> Any:
         """Everything but the common hit: misses, warmed values, counters, damaged values,
         loads in flight (joined), and the edge warms a miss triggers.
@@ -488,24 +416,6 @@ class IntelligentCache(RedisCacheManager):
             return None
         return await self._load(namespace, key, dkey, fallback_data, started, user, session)
 
-    async def _serve_without_redis(
-        self,
-        error: CacheError,
-        namespace: str,
-        key: str,
-        dkey: str,
-        loader: Loader | None,
-        started: int,
-        user: str | None,
-        session: str | None,
-    ) -> Any:
-        if loader is None:
-            raise error
-        self.last_error = error
-        if self.on_error is not None:
-            self.on_error(error)
-        return await self._load(namespace, key, dkey, loader, started, user, session)
-
     # -- single-flight loading -------------------------------------------------------
 
     async def _load(
@@ -567,10 +477,7 @@ class IntelligentCache(RedisCacheManager):
         if not settled.cancelled():
             settled.exception()
         flight.done_ns = time.perf_counter_ns()
-        if len(self._flights) > _FLIGHTS_KEPT:
-            for old_key, old in list(self._flights.items())[: len(self._flights) // 2]:
-                if old.done_ns:
-                    del self._flights[old_key]
+        self._forget_landed()
 
     async def _fill(
         self,
@@ -635,39 +542,14 @@ class IntelligentCache(RedisCacheManager):
 
     # -- edge warms ------------------------------------------------------------------
 
-    def _arm(self, namespace: str, trigger: str) -> _Armed | None:
-        """Reserve the keys ``trigger``'s rule names while its read is out (None: no rule)."""
-        rule = self._rulebook.get(namespace, trigger)
-        if rule is None:
-            return None
-        base = self._core.bases.get(namespace) or self._core.base(namespace)
-        armed = _Armed([base + successor for successor, _ in rule])
-        reserved = self._reserved
-        for dkey in armed.keys:
-            reserved[dkey] = armed
-        return armed
-
-    def _settle(self, armed: _Armed) -> None:
-        """The trigger's outcome is known (its rule fired, or will not): wake who waits."""
-        if armed.settled:
-            return
-        armed.settled = True
-        reserved = self._reserved
-        for dkey in armed.keys:
-            if reserved.get(dkey) is armed:
-                del reserved[dkey]
-        ready = armed.ready
-        if ready is not None and not ready.done():
-            ready.set_result(None)
-
-    async def _trigger_settled(self, armed: _Armed) -> None:
+    async def _trigger_settled(self, armed: Armed) -> None:
         """Wait (bounded) for the outcome of a trigger read whose rule names this key."""
         if armed.ready is None:
-            armed.ready = asyncio.get_running_loop().create_future()
+            armed.ready = asyncio.Event()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(armed.ready), self.settings.edge_join_wait_s)
+            await asyncio.wait_for(armed.ready.wait(), self.settings.edge_join_wait_s)
 
-    def _prefetch(self, namespace: str, trigger: str, armed: _Armed | None = None) -> None:
+    def _prefetch(self, namespace: str, trigger: str, armed: Armed | None = None) -> None:
         """``trigger`` missed: start loading what its prefetch rule names (never waited for).
 
         The rule is looked up in memory (:class:`~pipeline.client.rulebook.RuleBook`),
@@ -676,23 +558,13 @@ class IntelligentCache(RedisCacheManager):
         for this trigger (``armed``) are woken.
         """
         try:
-            if (
-                not self.edge_warming
-                or namespace not in self._edge_loaders
-                or len(self._edge_tasks) >= _EDGE_TASKS_MAX
-                or (self._core.down_until and self._core.breaker_open())
-            ):
+            room = len(self._edge_tasks) < _EDGE_TASKS_MAX
+            targets = self._rule_targets(namespace, trigger, room)
+            if targets is None:
                 return
-            core = self._core
-            self._follow()
-            rule = rule_to_apply(core, self._rulebook, namespace, trigger)
-            if rule is None:
-                return
-            guard = self._edge_loaders[namespace]
+            guard, loads = targets
             loop = asyncio.get_running_loop()
-            for successor, dkey in worth_loading(
-                core, namespace, rule, self._loading, guard.available
-            ):
+            for successor, dkey in loads:
                 flight = _Flight(loop.create_future(), edge=True)
                 self._flights[dkey] = flight
                 self._start_edge(namespace, successor, dkey, guard, flight)
@@ -720,31 +592,7 @@ class IntelligentCache(RedisCacheManager):
         has started (or seen its first miss); call it to have rules before the first
         request.
         """
-        prefix = self._core.prefix
-        for namespace in list(self._edge_loaders):
-            stream = rules_stream(prefix, namespace)
-            if stream not in self._rule_ids:
-                await self._load_rule_table(namespace, stream)
-            oldest, reply = await self._execute(
-                follow_commands(prefix, namespace, self._rule_ids[stream], _RULE_ENTRIES_READ)
-            )
-            if fell_behind(oldest, self._rule_ids[stream]):
-                self._core.stats.rule_resyncs += 1  # changes were trimmed unread
-                await self._load_rule_table(namespace, stream)
-                continue
-            last, changes = parse_entries(reply)
-            if last is not None:
-                self._rule_ids[stream] = last
-                self._rulebook.apply(namespace, changes)
-                self._rules_held = self.edge_warming and len(self._rulebook) > 0
-        return len(self._rulebook)
-
-    async def _load_rule_table(self, namespace: str, stream: str) -> None:
-        """Hold exactly the namespace's rule table; follow its stream from the newest entry."""
-        replies = await self._execute(bootstrap_commands(self._core.prefix, namespace))
-        self._rule_ids[stream] = newest_id(replies[0])
-        self._rulebook.replace(namespace, table_rules(replies[1:]))
-        self._rules_held = self.edge_warming and len(self._rulebook) > 0
+        return await self._run(self._rules_plan())
 
     def _follow(self) -> None:
         if self._follower is None and not self._closed and self.edge_warming:
@@ -767,10 +615,6 @@ class IntelligentCache(RedisCacheManager):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), pause)
 
-    def _loading(self, dkey: str) -> bool:
-        flight = self._flights.get(dkey)
-        return flight is not None and not flight.done_ns
-
     async def _edge_fill(
         self,
         namespace: str,
@@ -787,62 +631,29 @@ class IntelligentCache(RedisCacheManager):
         core = self._core
         mark = loading_mark(self._tokens.next())
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.set(dkey, mark, nx=True, px=claim_expiry_ms(guard.config.timeout))
-            pipe.hget(core.smart_ttl_hash(namespace), key)
-            claimed, smart = await pipe.execute()
+            ttl = await self._run(self._claim_plan(namespace, key, dkey, guard, mark))
         except RedisError:
             return ABSENT
-        if not claimed:
-            core.stats.edge_skipped += 1  # cached, or loading on another client
+        if ttl is None:
             return ABSENT
-        core.stats.edge_issued += 1
-        ttl = core.load_ttl(namespace, core.parse_smart_ttl(smart))
         try:
             value = await guard.load(namespace, key)
-        except (LoadRefused, LoadError) as exc:
-            if isinstance(exc, LoadRefused):
-                core.stats.edge_refused += 1
-                core.stats.edge_issued -= 1  # the origin was not asked after all
-            else:
-                core.record_edge_warm(namespace, key, False, 0, None, (_clock() - started) // 1000)
-            with contextlib.suppress(RedisError):
-                await self._redis.execute_command("EVAL", RELEASE_SCRIPT, 1, dkey, mark)
-            return ABSENT
-        try:
             data = core.codec.encode(value, origin="edge").data
-        except CodecError:
-            core.record_edge_warm(namespace, key, False, 0, None, (_clock() - started) // 1000)
+        except (LoadRefused, LoadError, CodecError) as exc:
+            release = self._edge_failed(namespace, key, dkey, mark, exc, started)
             with contextlib.suppress(RedisError):
-                await self._redis.execute_command("EVAL", RELEASE_SCRIPT, 1, dkey, mark)
+                await self._execute([release])
             return ABSENT
         if not flight.value.done():
             flight.value.set_result(value)
-        written = False
         try:
-            if isinstance(self._redis, RedisCluster):
-                written = bool(
-                    await self._redis.execute_command(
-                        "EVAL", EDGE_CAS_SCRIPT, 1, dkey, data, ttl, mark
-                    )
-                )
-                if written:
-                    await self._redis.set(core.marker_key(namespace, key), b"1", ex=ttl)
-            else:
-                marker = core.marker_key(namespace, key)
-                written = bool(
-                    await self._redis.execute_command(  # type: ignore[no-untyped-call]
-                        "EVAL", EDGE_WRITE_SCRIPT, 2, dkey, marker, data, ttl, mark
-                    )
-                )
+            written = await self._run(self._write_plan(namespace, key, dkey, data, ttl, mark))
         except RedisError:
             written = False
-        flight.write_settled = True
-        if written and flight.taken:  # a reader joined before the write and took the warm
+        if self._write_settled(flight, written):  # a reader that joined took the warm
             with contextlib.suppress(RedisError):
                 await self._redis.delete(core.marker_key(namespace, key))
-        elapsed = (_clock() - started) // 1000
-        core.record_edge_warm(namespace, key, written, len(data) if written else 0, ttl, elapsed)
+        self._edge_written(namespace, key, data, ttl, written, started)
         return value
 
     async def _join_edge(
@@ -859,11 +670,10 @@ class IntelligentCache(RedisCacheManager):
         value = await asyncio.shield(flight.value)
         if value is ABSENT:
             return ABSENT
-        if flight.write_settled:
-            consumed: bool | None = None  # the marker is in Redis: the first DEL takes it
-        else:
-            consumed, flight.taken = not flight.taken, True
-        await self._count_join(namespace, key, started, user, session, emit, consumed=consumed)
+        consumed = self._take_marker(flight)
+        if consumed is None:  # the write landed: the marker is in Redis
+            consumed = await self._consume_warm(namespace, key)
+        self._record_join(namespace, key, started, user, session, emit, 0, consumed)
         return value
 
     async def _join_remote(
@@ -904,55 +714,14 @@ class IntelligentCache(RedisCacheManager):
                 return ABSENT
             if is_loading_mark(data):
                 continue
-            try:
-                value = self._core.decode(data)
-            except CodecError:
-                return ABSENT
-            if len(data) > 3 and data[3] & FLAG_EDGE:
-                await self._count_join(namespace, key, started, user, session, emit, len(data))
-            else:  # the application wrote it meanwhile: an ordinary hit
-                self._core.record_hit(
-                    namespace, key, data, (_clock() - started) // 1000, user, session, False, emit
-                )
+            value, edge = self._remote_value(namespace, key, data, started, user, session, emit)
+            if edge:
+                consumed = await self._consume_warm(namespace, key)
+                self._record_join(namespace, key, started, user, session, emit, len(data), consumed)
             return value
         return ABSENT
 
-    async def _count_join(
-        self,
-        namespace: str,
-        key: str,
-        started: int,
-        user: str | None,
-        session: str | None,
-        emit: bool,
-        size: int = 0,
-        consumed: bool | None = None,
-    ) -> None:
-        """Count a read served by a load in flight; the first reader takes the warm marker.
-
-        ``consumed`` is already known for a join of this client's edge load that
-        landed before its write; otherwise the marker is taken from Redis.
-        """
-        core = self._core
-        if consumed is None:
-            consumed = await self._consume_warm(namespace, key)
-        if consumed:
-            core.stats.warmed_hits += 1
-            core.stats.edge_hits += 1
-        core.record_join(
-            namespace, key, size, (_clock() - started) // 1000, user, session, emit, consumed
-        )
-
     # -- early refresh ---------------------------------------------------------------
-
-    def _remember(self, dkey: str, written_ms: int, expires_at: float, load_s: float) -> None:
-        if not self.early_refresh or self.tracked_keys <= 0:
-            return
-        loaded = self._loaded
-        loaded.pop(dkey, None)
-        if len(loaded) >= self.tracked_keys:
-            evict_oldest(loaded)
-        loaded[dkey] = (written_ms, expires_at, load_s)
 
     def _maybe_refresh(
         self,
@@ -964,12 +733,7 @@ class IntelligentCache(RedisCacheManager):
         user: str | None,
         session: str | None,
     ) -> None:
-        written_ms, expires_at, load_s = self._loaded[dkey]
-        if int.from_bytes(data[4:12], "big") != written_ms:
-            del self._loaded[dkey]  # someone else rewrote the value: its expiry is unknown
-            return
-        draw = 1.0 - self._random.random()
-        if not xfetch_due(expires_at, load_s, self.refresh_beta, time.time(), draw):
+        if not self._refresh_due(dkey, data):
             return
         flight = self._flights.get(dkey)
         if flight is not None and not flight.done_ns:

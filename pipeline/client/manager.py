@@ -25,7 +25,6 @@ from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
 from redis.asyncio.cluster import RedisCluster
-from redis.crc import key_slot
 from redis.exceptions import MaxConnectionsError, RedisError
 
 from pipeline.client.connection import (
@@ -36,10 +35,11 @@ from pipeline.client.connection import (
     GatedRetry,
     connect_async,
 )
-from pipeline.client.core import MISS, SLOW, CacheCore, Command, Plan, summarize_info
+from pipeline.client.core import MISS, SLOW, Command, Plan
 from pipeline.client.emitter import AccessEmitter
 from pipeline.client.keys import pattern_for
-from pipeline.config import Settings, cache_settings
+from pipeline.client.shared import ManagerBase, applied_settings
+from pipeline.config import Settings
 
 __all__ = ["RedisCacheManager"]
 
@@ -47,10 +47,6 @@ T = TypeVar("T")
 _SCAN_COUNT = 500
 #: How soon a tick confirms a suspected Redis stall (the loop polls its sockets first).
 CONFIRM_S = 0.002
-
-
-def _slot(key: str) -> int:
-    return key_slot(key.encode("utf-8", "surrogateescape"))
 
 
 def _retry_of(client: AsyncRedisClient) -> GatedRetry | None:
@@ -69,7 +65,7 @@ def _watch_of(client: AsyncRedisClient) -> ConnectionWatch | None:
     return watch if isinstance(watch, ConnectionWatch) else None
 
 
-class RedisCacheManager:
+class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
     """Namespaced Redis cache with access events (asyncio).
 
     Keys are ``REDIS_KEY_PREFIX + namespace + ":" + key``; values are stored in
@@ -116,14 +112,15 @@ class RedisCacheManager:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         breaker_cooldown: float | None = None,
     ) -> None:
-        self.settings = cache_settings(config)
-        self._owns_redis = redis is None
-        self._redis: AsyncRedisClient = (
-            redis
-            if redis is not None
-            else connect_async(self.settings, max_connections=max_connections)
+        super().__init__(
+            config,
+            redis,
+            emitter,
+            breaker_cooldown,
+            connect=lambda settings: connect_async(settings, max_connections=max_connections),
+            cluster_type=RedisCluster,
+            new_emitter=AccessEmitter,
         )
-        self.cluster = isinstance(self._redis, RedisCluster)
         # The first operation warms the client up once: it starts the stall
         # watchdog, and initialises a cluster client (redis-py's async RedisCluster
         # initialises lazily, and concurrent first commands race its slot table:
@@ -131,40 +128,12 @@ class RedisCacheManager:
         self._cold = True
         self._init_lock = asyncio.Lock()
         self._watchdog: asyncio.TimerHandle | None = None
-        self._owns_emitter = emitter is None and self.settings.emitter_enabled
-        self.emitter: AccessEmitter | None = (
-            emitter
-            if emitter is not None
-            else AccessEmitter(self.settings)
-            if self._owns_emitter
-            else None
-        )
-        self._core = CacheCore(
-            self.settings,
-            None,
-            slot_of=_slot if self.cluster else None,
-            breaker_cooldown=breaker_cooldown,
-        )
         retry = _retry_of(self._redis)
         if retry is not None:  # retries stop while the breaker is open
             retry.gate.stopped = self._core.breaker_tripped
-        self._emitter_started = False
         self._emitter_starting: asyncio.Task[None] | None = None
-        if self.emitter is not None:
-            self._core.emit = self._first_emit
-        self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------
-
-    @property
-    def redis(self) -> AsyncRedisClient:
-        """The underlying redis-py client."""
-        return self._redis
-
-    @property
-    def core(self) -> CacheCore:
-        """Keys, codec and counters shared with :class:`IntelligentCache`."""
-        return self._core
 
     async def start(self) -> None:
         """Connect a cluster client and start the access-event emitter.
@@ -282,6 +251,18 @@ class RedisCacheManager:
         replies: list[Any] = await self._call(pipe.execute)
         return replies
 
+    async def _run(self, plan: Plan[T]) -> T:
+        """Send a plan's command batches, each reply back to it; a Redis error propagates."""
+        if self._cold:
+            await self._warm_up()
+        try:
+            commands = next(plan)
+            while True:
+                commands = plan.send(await self._execute(commands))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
     async def _drive(
         self,
         plan: Plan[T],
@@ -292,26 +273,17 @@ class RedisCacheManager:
         session: str | None = None,
         emit: bool = True,
     ) -> T:
+        """Run a cache operation's plan: refused while the breaker is open, failures reported."""
         core = self._core
-        if core.down_until and core.breaker_open():
-            plan.close()
-            raise core.rejected(op, namespace or "", keys if namespace else (), user, session, emit)
-        started = time.perf_counter_ns()
+        started = core.admit(plan, op, namespace, keys, user, session, emit)
         try:
-            if self._cold:
-                await self._warm_up()
-            commands = next(plan)
-            while True:
-                replies = await self._execute(commands)
-                commands = plan.send(replies)
-        except StopIteration as done:
-            if core.down_until:
-                core.redis_answered()
-            result: T = done.value
-            return result
+            result = await self._run(plan)
         except RedisError as exc:
             plan.close()
             raise core.failure(op, namespace, keys, started, exc, user, session, emit) from exc
+        if core.down_until:
+            core.redis_answered()
+        return result
 
     # -- values ----------------------------------------------------------------------
 
@@ -516,17 +488,8 @@ class RedisCacheManager:
                 self._redis.execute_command("PING"), self.settings.redis_socket_timeout * 5
             )
         except (RedisError, OSError, TimeoutError) as exc:
-            return {
-                "healthy": False,
-                "latency_ms": (time.perf_counter() - started) * 1000.0,
-                "error": f"{type(exc).__name__}: {exc}",
-            }
-        self._core.redis_answered()  # no need to wait out the breaker
-        return {
-            "healthy": True,
-            "latency_ms": (time.perf_counter() - started) * 1000.0,
-            "error": None,
-        }
+            return self._health(started, exc)
+        return self._health(started)
 
     async def get_stats(self) -> dict[str, Any]:
         """Client counters and latency quantiles, emitter counters, and Redis INFO figures.
@@ -534,33 +497,26 @@ class RedisCacheManager:
         The ``redis`` part has memory, keyspace and evictions (summed over the
         primaries of a cluster), or ``{"error": ...}`` when Redis cannot be reached.
         """
-        stats: dict[str, Any] = {"client": self._core.stats.snapshot()}
-        stats["emitter"] = _emitter_stats(self.emitter)
-        try:
-            stats["redis"] = summarize_info(await self._infos())
-        except RedisError as exc:
-            stats["redis"] = {"error": f"{type(exc).__name__}: {exc}"}
-        stats["performance"] = _performance(self._core, stats["redis"])
-        return stats
+        return self._stats_document(await self._infos())
 
     async def get_performance_metrics(self) -> dict[str, Any]:
         """Average response time, throughput, error rate, hit and miss rates (this
         client's own operations) and Redis memory usage (None when unreachable)."""
-        try:
-            redis = summarize_info(await self._infos())
-        except RedisError as exc:
-            redis = {"error": f"{type(exc).__name__}: {exc}"}
-        return _performance(self._core, redis)
+        return self._performance_document(await self._infos())
 
-    async def _infos(self) -> list[Mapping[str, Any]]:
+    async def _infos(self) -> list[Mapping[str, Any]] | RedisError:
+        """INFO of every primary, or the error that kept Redis from answering."""
         client = self._redis
-        if isinstance(client, RedisCluster):
-            await client.initialize()
-            infos: list[Mapping[str, Any]] = []
-            for node in client.get_primaries():
-                infos.append(await client.info(target_nodes=node))
-            return infos
-        return [await client.info()]
+        try:
+            if isinstance(client, RedisCluster):
+                await client.initialize()
+                infos: list[Mapping[str, Any]] = []
+                for node in client.get_primaries():
+                    infos.append(await client.info(target_nodes=node))
+                return infos
+            return [await client.info()]
+        except RedisError as exc:
+            return exc
 
     async def configure_redis(self, options: Mapping[str, Any] | None = None) -> dict[str, str]:
         """Apply memory settings (``maxmemory``, ``maxmemory-policy``, ``maxmemory-samples``).
@@ -586,41 +542,4 @@ class RedisCacheManager:
                 current = [await client.config_get(name) for name, _ in pairs]
         except RedisError as exc:
             raise self._core.failure("configure", None, (), time.perf_counter_ns(), exc) from exc
-        applied: dict[str, str] = {}
-        for reply in current:
-            for setting, reported in reply.items():
-                applied[_str(setting)] = _str(reported)
-        return applied
-
-
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _emitter_stats(emitter: Any) -> dict[str, Any] | None:
-    if emitter is None:
-        return None
-    stats = emitter.stats()
-    return {
-        "emitted": stats.emitted,
-        "sampled_out": stats.sampled_out,
-        "sent": stats.sent,
-        "batches": stats.batches,
-        "dropped": stats.dropped,
-        "dropped_overflow": stats.dropped_overflow,
-        "dropped_send_failed": stats.dropped_send_failed,
-        "dropped_unencodable": stats.dropped_unencodable,
-        "pending": stats.pending,
-        "pending_bytes": stats.pending_bytes,
-        "outages": stats.outages,
-        "connected": stats.connected,
-    }
-
-
-def _performance(core: CacheCore, redis: Mapping[str, Any]) -> dict[str, Any]:
-    """The performance figures of :meth:`RedisCacheManager.get_performance_metrics`."""
-    figures = core.stats.performance()
-    memory = redis.get("memory") or {}
-    figures["memory_usage_bytes"] = memory.get("used_memory")
-    figures["max_memory_bytes"] = memory.get("maxmemory")
-    return figures
+        return applied_settings(current)

@@ -11,7 +11,6 @@ clients, serving from the loader when Redis is down, user/session context and
 from __future__ import annotations
 
 import contextlib
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -19,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-import redis.cluster
 from redis.exceptions import RedisError
 
 from pipeline.client.cached import CachedFunction, KeyBuilder, cached_decorator
@@ -30,34 +28,14 @@ from pipeline.client.core import (
     Priority,
     UserContext,
     context_labels,
-    evict_oldest,
-    xfetch_due,
 )
-from pipeline.client.edge import (
-    ABSENT,
-    EDGE_CAS_SCRIPT,
-    EDGE_WRITE_SCRIPT,
-    RELEASE_SCRIPT,
-    EdgeTokens,
-    claim_expiry_ms,
-    rule_to_apply,
-    worth_loading,
-)
+from pipeline.client.edge import ABSENT
 from pipeline.client.emitter import ThreadedAccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
-from pipeline.client.keys import rules_stream
-from pipeline.client.rulebook import (
-    RuleBook,
-    bootstrap_commands,
-    fell_behind,
-    follow_commands,
-    newest_id,
-    parse_entries,
-    table_rules,
-)
+from pipeline.client.shared import Armed, IntelligentBase
 from pipeline.client.sync.edge import SyncGuardedLoader, SyncLoaderFunc, sync_loaders
 from pipeline.client.sync.manager import SyncRedisCacheManager
-from pipeline.codec import FLAG_EDGE, CodecError, is_loading_mark, loading_mark
+from pipeline.codec import CodecError, is_loading_mark, loading_mark
 from pipeline.config import Settings
 from pipeline.loaders import LoaderConfig, LoadError, LoadRefused
 
@@ -66,7 +44,6 @@ __all__ = ["SyncIntelligentCache", "SyncLoader"]
 SyncLoader: TypeAlias = Callable[[], Any]
 ErrorHook: TypeAlias = Callable[[CacheError], None]
 
-_FLIGHTS_KEPT = 1024
 _now = time.perf_counter_ns
 #: Edge work (rule reads and loads) queued at most on the pool; past it, triggers are dropped.
 _EDGE_QUEUE_MAX = 1024
@@ -92,18 +69,7 @@ class _Flight:
     edge: bool = False
 
 
-class _Armed:
-    """A read is out for a key whose rule names ``keys`` (see the async client's ``_Armed``)."""
-
-    __slots__ = ("keys", "ready", "settled")
-
-    def __init__(self, keys: list[str]) -> None:
-        self.keys = keys
-        self.ready: threading.Event | None = None
-        self.settled = False
-
-
-class SyncIntelligentCache(SyncRedisCacheManager):
+class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoader, SyncLoader]):
     """A :class:`SyncRedisCacheManager` whose ``get`` can load, and whose ``set`` picks the TTL.
 
     Parameters are those of :class:`pipeline.client.IntelligentCache`; loaders
@@ -132,31 +98,12 @@ class SyncIntelligentCache(SyncRedisCacheManager):
             max_connections=max_connections,
             breaker_cooldown=breaker_cooldown,
         )
-        if refresh_beta <= 0:
-            raise ValueError("refresh_beta must be > 0")
-        self.early_refresh = early_refresh
-        self.refresh_beta = refresh_beta
-        self.tracked_keys = tracked_keys
-        self.on_error = on_error
-        self.last_error: CacheError | None = None
-        self._flights: dict[str, _Flight] = {}
+        self._init_state(early_refresh, refresh_beta, tracked_keys, on_error, edge_warming)
         self._flights_lock = threading.Lock()
-        self._loaded: dict[str, tuple[int, float, float]] = {}
         self._refresher: ThreadPoolExecutor | None = None
-        self._random = random.Random()
-        self.edge_warming = self.settings.edge_warming if edge_warming is None else edge_warming
-        self._edge_loaders: dict[str, SyncGuardedLoader] = sync_loaders(
-            self.settings.loader_config(), loaders
-        )
+        self._edge_loaders = sync_loaders(self.settings.loader_config(), loaders)
         self._edge_pool: ThreadPoolExecutor | None = None
         self._edge_queued = 0
-        self._tokens = EdgeTokens()
-        self._rulebook = RuleBook(self.settings.rules_max)
-        #: Whether any rule is held (reads look their key's rule up only then).
-        self._rules_held = False
-        #: data key -> the trigger read out now whose rule names it (see _Armed).
-        self._reserved: dict[str, _Armed] = {}
-        self._rule_ids: dict[str, bytes] = {}
         self._follower: threading.Thread | None = None
         self._stop_following = threading.Event()
 
@@ -180,10 +127,6 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         :class:`~pipeline.client.IntelligentCache`).
         """
         return cached_decorator(self, namespace, key, ttl, loader_config, asynchronous=False)
-
-    def has_loader(self, namespace: str) -> bool:
-        """Whether ``namespace`` has a loader for edge warms."""
-        return namespace in self._edge_loaders
 
     def register_loader(
         self, namespace: str, loader: SyncLoaderFunc, config: LoaderConfig | None = None
@@ -225,9 +168,8 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         started = time.perf_counter_ns()
         if core.down_until and core.breaker_open():
             error = core.rejected("get", namespace, (key,), user, session, enable_prediction)
-            return self._serve_without_redis(
-                error, namespace, key, dkey, fallback_data, started, user, session
-            )
+            loader = self._outage_loader(error, fallback_data)
+            return self._load(namespace, key, dkey, loader, started, user, session)
         # The loads this key's rule names are reserved before its read is sent: a
         # successor asked for (by another thread) meanwhile joins them.
         armed = self._arm(namespace, key) if enable_prediction and self._rules_held else None
@@ -257,7 +199,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         session: str | None,
         enable_prediction: bool,
         fallback_data: SyncLoader | None,
-        armed: _Armed | None = None,
+        armed: Armed | None = None,
     ) -> Any:
         """``get`` from its read on; a read the cache could not serve alone triggers its
         key's rule before it waits for anything (see the async client's ``_get_slow``)."""
@@ -271,9 +213,8 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                     exc, namespace, key, dkey, started, user, session, enable_prediction
                 )
             except CacheError as error:
-                return self._serve_without_redis(
-                    error, namespace, key, dkey, fallback_data, started, user, session
-                )
+                loader = self._outage_loader(error, fallback_data)
+                return self._load(namespace, key, dkey, loader, started, user, session)
         else:
             if core.down_until:
                 core.redis_answered()
@@ -329,24 +270,6 @@ class SyncIntelligentCache(SyncRedisCacheManager):
             return None
         return self._load(namespace, key, dkey, fallback_data, started, user, session)
 
-    def _serve_without_redis(
-        self,
-        error: CacheError,
-        namespace: str,
-        key: str,
-        dkey: str,
-        loader: SyncLoader | None,
-        started: int,
-        user: str | None,
-        session: str | None,
-    ) -> Any:
-        if loader is None:
-            raise error
-        self.last_error = error
-        if self.on_error is not None:
-            self.on_error(error)
-        return self._load(namespace, key, dkey, loader, started, user, session)
-
     # -- single-flight loading -------------------------------------------------------
 
     def _load(
@@ -399,11 +322,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         finally:
             flight.done_ns = time.perf_counter_ns()
             flight.loaded.set()
-        with self._flights_lock:
-            if len(self._flights) > _FLIGHTS_KEPT:
-                for old_key, old in list(self._flights.items())[: len(self._flights) // 2]:
-                    if old.done_ns:
-                        del self._flights[old_key]
+        self._forget_landed()
         return flight.value
 
     def _fill(
@@ -452,34 +371,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
 
     # -- edge warms ------------------------------------------------------------------
 
-    def _arm(self, namespace: str, trigger: str) -> _Armed | None:
-        """Reserve the keys ``trigger``'s rule names while its read is out (None: no rule)."""
-        rule = self._rulebook.get(namespace, trigger)
-        if rule is None:
-            return None
-        base = self._core.base(namespace)
-        armed = _Armed([base + successor for successor, _ in rule])
-        with self._flights_lock:
-            reserved = self._reserved
-            for dkey in armed.keys:
-                reserved[dkey] = armed
-        return armed
-
-    def _settle(self, armed: _Armed) -> None:
-        """The trigger's outcome is known (its rule fired, or will not): wake who waits."""
-        if armed.settled:
-            return
-        with self._flights_lock:
-            armed.settled = True
-            reserved = self._reserved
-            for dkey in armed.keys:
-                if reserved.get(dkey) is armed:
-                    del reserved[dkey]
-            ready = armed.ready
-        if ready is not None:
-            ready.set()
-
-    def _trigger_settled(self, armed: _Armed) -> None:
+    def _trigger_settled(self, armed: Armed) -> None:
         """Wait (bounded) for the outcome of a trigger read whose rule names this key."""
         with self._flights_lock:
             if armed.settled:
@@ -489,26 +381,15 @@ class SyncIntelligentCache(SyncRedisCacheManager):
             ready = armed.ready
         ready.wait(self.settings.edge_join_wait_s)
 
-    def _prefetch(self, namespace: str, trigger: str, armed: _Armed | None = None) -> None:
+    def _prefetch(self, namespace: str, trigger: str, armed: Armed | None = None) -> None:
         """``trigger`` missed: start loading what its rule names on the edge pool, then
         wake the reads that waited for this trigger (``armed``)."""
         try:
-            if (
-                not self.edge_warming
-                or namespace not in self._edge_loaders
-                or self._edge_queued >= _EDGE_QUEUE_MAX
-                or (self._core.down_until and self._core.breaker_open())
-            ):
+            targets = self._rule_targets(namespace, trigger, self._edge_queued < _EDGE_QUEUE_MAX)
+            if targets is None:
                 return
-            core = self._core
-            self._follow()
-            rule = rule_to_apply(core, self._rulebook, namespace, trigger)
-            if rule is None:
-                return
-            guard = self._edge_loaders[namespace]
-            for successor, dkey in worth_loading(
-                core, namespace, rule, self._loading, guard.available
-            ):
+            guard, loads = targets
+            for successor, dkey in loads:
                 with self._flights_lock:
                     if self._loading(dkey):
                         continue
@@ -531,31 +412,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
 
     def refresh_rules(self) -> int:
         """Read the prefetch rules now (the table once, then new changes); the rules held."""
-        prefix = self._core.prefix
-        for namespace in list(self._edge_loaders):
-            stream = rules_stream(prefix, namespace)
-            if stream not in self._rule_ids:
-                self._load_rule_table(namespace, stream)
-            oldest, reply = self._execute(
-                follow_commands(prefix, namespace, self._rule_ids[stream], 1_000)
-            )
-            if fell_behind(oldest, self._rule_ids[stream]):
-                self._core.stats.rule_resyncs += 1  # changes were trimmed unread
-                self._load_rule_table(namespace, stream)
-                continue
-            last, changes = parse_entries(reply)
-            if last is not None:
-                self._rule_ids[stream] = last
-                self._rulebook.apply(namespace, changes)
-                self._rules_held = self.edge_warming and len(self._rulebook) > 0
-        return len(self._rulebook)
-
-    def _load_rule_table(self, namespace: str, stream: str) -> None:
-        """Hold exactly the namespace's rule table; follow its stream from the newest entry."""
-        replies = self._execute(bootstrap_commands(self._core.prefix, namespace))
-        self._rule_ids[stream] = newest_id(replies[0])
-        self._rulebook.replace(namespace, table_rules(replies[1:]))
-        self._rules_held = self.edge_warming and len(self._rulebook) > 0
+        return self._run(self._rules_plan())
 
     def _follow_rules(self) -> None:
         while not self._stop_following.is_set():
@@ -585,10 +442,6 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         finally:
             self._edge_queued -= 1
 
-    def _loading(self, dkey: str) -> bool:
-        flight = self._flights.get(dkey)
-        return flight is not None and not flight.done_ns
-
     def _edge_fill(
         self,
         namespace: str,
@@ -616,52 +469,29 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         core = self._core
         mark = loading_mark(self._tokens.next())
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.set(dkey, mark, nx=True, px=claim_expiry_ms(guard.config.timeout))
-            pipe.hget(core.smart_ttl_hash(namespace), key)
-            claimed, smart = pipe.execute()
+            ttl = self._run(self._claim_plan(namespace, key, dkey, guard, mark))
         except RedisError:
             return ABSENT
-        if not claimed:
-            core.stats.edge_skipped += 1
+        if ttl is None:
             return ABSENT
-        core.stats.edge_issued += 1
-        ttl = core.load_ttl(namespace, core.parse_smart_ttl(smart))
         try:
             value = guard.load(namespace, key)
             data = core.codec.encode(value, origin="edge").data
         except (LoadRefused, LoadError, CodecError) as exc:
-            if isinstance(exc, LoadRefused):
-                core.stats.edge_refused += 1
-                core.stats.edge_issued -= 1  # the origin was not asked after all
-            else:
-                elapsed = (time.perf_counter_ns() - started) // 1000
-                core.record_edge_warm(namespace, key, False, 0, None, elapsed)
+            release = self._edge_failed(namespace, key, dkey, mark, exc, started)
             with contextlib.suppress(RedisError):
-                self._redis.eval(RELEASE_SCRIPT, 1, dkey, mark)
+                self._execute([release])
             return ABSENT
         flight.value = value
         flight.loaded.set()
         try:
-            if isinstance(self._redis, redis.cluster.RedisCluster):
-                written = bool(self._redis.eval(EDGE_CAS_SCRIPT, 1, dkey, data, ttl, mark))
-                if written:
-                    self._redis.set(core.marker_key(namespace, key), b"1", ex=ttl)
-            else:
-                marker = core.marker_key(namespace, key)
-                written = bool(
-                    self._redis.eval(EDGE_WRITE_SCRIPT, 2, dkey, marker, data, ttl, mark)
-                )
+            written = self._run(self._write_plan(namespace, key, dkey, data, ttl, mark))
         except RedisError:
             written = False
-        with self._flights_lock:
-            flight.write_settled = True
-            drop_marker = written and flight.taken
-        if drop_marker:  # a reader joined before the write and took the warm
+        if self._write_settled(flight, written):  # a reader that joined took the warm
             with contextlib.suppress(RedisError):
                 self._redis.delete(core.marker_key(namespace, key))
-        elapsed = (time.perf_counter_ns() - started) // 1000
-        core.record_edge_warm(namespace, key, written, len(data) if written else 0, ttl, elapsed)
+        self._edge_written(namespace, key, data, ttl, written, started)
         return value
 
     def _join_edge(
@@ -676,12 +506,10 @@ class SyncIntelligentCache(SyncRedisCacheManager):
     ) -> Any:
         if not flight.loaded.wait(self.settings.edge_join_wait_s) or flight.value is ABSENT:
             return ABSENT
-        with self._flights_lock:
-            if flight.write_settled:
-                consumed: bool | None = None  # the marker is in Redis: the first DEL takes it
-            else:
-                consumed, flight.taken = not flight.taken, True
-        self._count_join(namespace, key, started, user, session, emit, 0, consumed)
+        consumed = self._take_marker(flight)
+        if consumed is None:  # the write landed: the marker is in Redis
+            consumed = self._consume_warm(namespace, key)
+        self._record_join(namespace, key, started, user, session, emit, 0, consumed)
         return flight.value
 
     def _join_remote(
@@ -713,49 +541,14 @@ class SyncIntelligentCache(SyncRedisCacheManager):
                 return ABSENT
             if is_loading_mark(data):
                 continue
-            try:
-                value = self._core.decode(data)
-            except CodecError:
-                return ABSENT
-            if len(data) > 3 and data[3] & FLAG_EDGE:
-                self._count_join(namespace, key, started, user, session, emit, len(data))
-            else:
-                elapsed = (time.perf_counter_ns() - started) // 1000
-                self._core.record_hit(namespace, key, data, elapsed, user, session, False, emit)
+            value, edge = self._remote_value(namespace, key, data, started, user, session, emit)
+            if edge:
+                consumed = self._consume_warm(namespace, key)
+                self._record_join(namespace, key, started, user, session, emit, len(data), consumed)
             return value
         return ABSENT
 
-    def _count_join(
-        self,
-        namespace: str,
-        key: str,
-        started: int,
-        user: str | None,
-        session: str | None,
-        emit: bool,
-        size: int,
-        consumed: bool | None = None,
-    ) -> None:
-        """Count a read served by a load in flight (see the async client's ``_count_join``)."""
-        core = self._core
-        if consumed is None:
-            consumed = self._consume_warm(namespace, key)
-        if consumed:
-            core.stats.warmed_hits += 1
-            core.stats.edge_hits += 1
-        elapsed = (time.perf_counter_ns() - started) // 1000
-        core.record_join(namespace, key, size, elapsed, user, session, emit, consumed)
-
     # -- early refresh ---------------------------------------------------------------
-
-    def _remember(self, dkey: str, written_ms: int, expires_at: float, load_s: float) -> None:
-        if not self.early_refresh or self.tracked_keys <= 0:
-            return
-        loaded = self._loaded
-        loaded.pop(dkey, None)
-        if len(loaded) >= self.tracked_keys:
-            evict_oldest(loaded)
-        loaded[dkey] = (written_ms, expires_at, load_s)
 
     def _maybe_refresh(
         self,
@@ -767,15 +560,7 @@ class SyncIntelligentCache(SyncRedisCacheManager):
         user: str | None,
         session: str | None,
     ) -> None:
-        meta = self._loaded.get(dkey)
-        if meta is None:
-            return
-        written_ms, expires_at, load_s = meta
-        if int.from_bytes(data[4:12], "big") != written_ms:
-            self._loaded.pop(dkey, None)
-            return
-        draw = 1.0 - self._random.random()
-        if not xfetch_due(expires_at, load_s, self.refresh_beta, time.time(), draw):
+        if not self._refresh_due(dkey, data):
             return
         with self._flights_lock:
             flight = self._flights.get(dkey)

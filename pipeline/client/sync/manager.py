@@ -15,7 +15,6 @@ from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
 from redis.cluster import RedisCluster
-from redis.crc import key_slot
 from redis.exceptions import MaxConnectionsError, RedisError
 
 from pipeline.client.connection import (
@@ -24,11 +23,11 @@ from pipeline.client.connection import (
     SyncRedisClient,
     connect_sync,
 )
-from pipeline.client.core import MISS, SLOW, CacheCore, Command, Plan, summarize_info
+from pipeline.client.core import MISS, SLOW, Command, Plan
 from pipeline.client.emitter import ThreadedAccessEmitter
 from pipeline.client.keys import pattern_for
-from pipeline.client.manager import _emitter_stats, _performance, _str
-from pipeline.config import Settings, cache_settings
+from pipeline.client.shared import ManagerBase, applied_settings
+from pipeline.config import Settings
 
 __all__ = ["SyncRedisCacheManager"]
 
@@ -36,11 +35,7 @@ T = TypeVar("T")
 _SCAN_COUNT = 500
 
 
-def _slot(key: str) -> int:
-    return key_slot(key.encode("utf-8", "surrogateescape"))
-
-
-class SyncRedisCacheManager:
+class SyncRedisCacheManager(ManagerBase[SyncRedisClient, ThreadedAccessEmitter]):
     """Namespaced Redis cache with access events (blocking).
 
     Parameters are those of :class:`pipeline.client.RedisCacheManager`, with a
@@ -64,45 +59,18 @@ class SyncRedisCacheManager:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         breaker_cooldown: float | None = None,
     ) -> None:
-        self.settings = cache_settings(config)
-        self._owns_redis = redis is None
-        self._redis: SyncRedisClient = (
-            redis
-            if redis is not None
-            else connect_sync(self.settings, max_connections=max_connections)
-        )
-        self.cluster = isinstance(self._redis, RedisCluster)
-        self._owns_emitter = emitter is None and self.settings.emitter_enabled
-        self.emitter: ThreadedAccessEmitter | None = (
-            emitter
-            if emitter is not None
-            else ThreadedAccessEmitter(self.settings)
-            if self._owns_emitter
-            else None
-        )
-        self._core = CacheCore(
-            self.settings,
-            None,
-            slot_of=_slot if self.cluster else None,
-            breaker_cooldown=breaker_cooldown,
-        )
         self._start_lock = threading.Lock()
-        self._emitter_started = False
-        if self.emitter is not None:
-            self._core.emit = self._first_emit
-        self._closed = False
+        super().__init__(
+            config,
+            redis,
+            emitter,
+            breaker_cooldown,
+            connect=lambda settings: connect_sync(settings, max_connections=max_connections),
+            cluster_type=RedisCluster,
+            new_emitter=ThreadedAccessEmitter,
+        )
 
     # -- lifecycle -------------------------------------------------------------------
-
-    @property
-    def redis(self) -> SyncRedisClient:
-        """The underlying redis-py client."""
-        return self._redis
-
-    @property
-    def core(self) -> CacheCore:
-        """Keys, codec and counters shared with :class:`SyncIntelligentCache`."""
-        return self._core
 
     def start(self) -> None:
         """Start the emitter thread (it also starts by itself on first use)."""
@@ -166,6 +134,16 @@ class SyncRedisCacheManager:
         replies: list[Any] = self._call(pipe.execute)
         return replies
 
+    def _run(self, plan: Plan[T]) -> T:
+        """Send a plan's command batches, each reply back to it; a Redis error propagates."""
+        try:
+            commands = next(plan)
+            while True:
+                commands = plan.send(self._execute(commands))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
     def _drive(
         self,
         plan: Plan[T],
@@ -176,24 +154,17 @@ class SyncRedisCacheManager:
         session: str | None = None,
         emit: bool = True,
     ) -> T:
+        """Run a cache operation's plan: refused while the breaker is open, failures reported."""
         core = self._core
-        if core.down_until and core.breaker_open():
-            plan.close()
-            raise core.rejected(op, namespace or "", keys if namespace else (), user, session, emit)
-        started = time.perf_counter_ns()
+        started = core.admit(plan, op, namespace, keys, user, session, emit)
         try:
-            commands = next(plan)
-            while True:
-                replies = self._execute(commands)
-                commands = plan.send(replies)
-        except StopIteration as done:
-            if core.down_until:
-                core.redis_answered()
-            result: T = done.value
-            return result
+            result = self._run(plan)
         except RedisError as exc:
             plan.close()
             raise core.failure(op, namespace, keys, started, exc, user, session, emit) from exc
+        if core.down_until:
+            core.redis_answered()
+        return result
 
     # -- values ----------------------------------------------------------------------
 
@@ -352,44 +323,28 @@ class SyncRedisCacheManager:
         try:
             self._redis.ping()
         except (RedisError, OSError) as exc:
-            return {
-                "healthy": False,
-                "latency_ms": (time.perf_counter() - started) * 1000.0,
-                "error": f"{type(exc).__name__}: {exc}",
-            }
-        self._core.redis_answered()  # no need to wait out the breaker
-        return {
-            "healthy": True,
-            "latency_ms": (time.perf_counter() - started) * 1000.0,
-            "error": None,
-        }
+            return self._health(started, exc)
+        return self._health(started)
 
     def get_stats(self) -> dict[str, Any]:
         """Client counters and latency quantiles, emitter counters, and Redis INFO figures."""
-        stats: dict[str, Any] = {"client": self._core.stats.snapshot()}
-        stats["emitter"] = _emitter_stats(self.emitter)
-        try:
-            stats["redis"] = summarize_info(self._infos())
-        except RedisError as exc:
-            stats["redis"] = {"error": f"{type(exc).__name__}: {exc}"}
-        stats["performance"] = _performance(self._core, stats["redis"])
-        return stats
+        return self._stats_document(self._infos())
 
     def get_performance_metrics(self) -> dict[str, Any]:
         """Average response time, throughput, error rate, hit and miss rates (this
         client's own operations) and Redis memory usage (None when unreachable)."""
-        try:
-            redis = summarize_info(self._infos())
-        except RedisError as exc:
-            redis = {"error": f"{type(exc).__name__}: {exc}"}
-        return _performance(self._core, redis)
+        return self._performance_document(self._infos())
 
-    def _infos(self) -> list[Mapping[str, Any]]:
+    def _infos(self) -> list[Mapping[str, Any]] | RedisError:
+        """INFO of every primary, or the error that kept Redis from answering."""
         client = self._redis
-        if isinstance(client, RedisCluster):
-            primaries = client.get_primaries()  # type: ignore[no-untyped-call]
-            return [cast("Mapping[str, Any]", client.info(target_nodes=node)) for node in primaries]
-        return [cast("Mapping[str, Any]", client.info())]
+        try:
+            if isinstance(client, RedisCluster):
+                nodes = client.get_primaries()  # type: ignore[no-untyped-call]
+                return [cast("Mapping[str, Any]", client.info(target_nodes=n)) for n in nodes]
+            return [cast("Mapping[str, Any]", client.info())]
+        except RedisError as exc:
+            return exc
 
     def configure_redis(self, options: Mapping[str, Any] | None = None) -> dict[str, str]:
         """Apply memory settings (``maxmemory``, ``maxmemory-policy``, ``maxmemory-samples``)."""
@@ -408,8 +363,4 @@ class SyncRedisCacheManager:
                 current = [client.config_get(name) for name, _ in pairs]
         except RedisError as exc:
             raise self._core.failure("configure", None, (), time.perf_counter_ns(), exc) from exc
-        applied: dict[str, str] = {}
-        for reply in current:
-            for setting, reported in cast("Mapping[Any, Any]", reply).items():
-                applied[_str(setting)] = _str(reported)
-        return applied
+        return applied_settings(cast("list[Any]", current))

@@ -1,0 +1,542 @@
+"""What the asyncio and the blocking cache clients share: state, decisions, documents.
+
+:class:`~pipeline.client.RedisCacheManager` and
+:class:`~pipeline.client.IntelligentCache` (asyncio) and their blocking twins in
+:mod:`pipeline.client.sync` differ in how they do I/O and how they wait, and
+that is more than ``await``. The asyncio client relies on its event loop's one
+thread: a flight is a future, background work is a task, the Redis stall
+watchdog is a loop timer, and nothing on its read path takes a lock. The
+blocking client guards its flights with a lock, runs edge loads and early
+refreshes on thread pools, and bounds every wait, because a blocking loader
+cannot be cancelled. So each twin keeps its own I/O drivers (the methods that
+send, wait and start work), and everything else is written once: here (the
+clients' state, the edge-warm, join and early-refresh decisions, the health and
+statistics documents), and in the sans-I/O plans that both drivers run
+(:mod:`pipeline.client.core` for the cache operations, the edge claim and write
+plans below, the rule-following plan). ``tests/unit/client/test_twins.py``
+checks that the two public APIs stay in step.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from typing import Any, Generic, Protocol, TypeVar
+
+from redis.crc import key_slot
+from redis.exceptions import RedisError
+
+from pipeline.client.core import (
+    CacheCore,
+    Command,
+    Plan,
+    evict_oldest,
+    summarize_info,
+    xfetch_due,
+)
+from pipeline.client.edge import (
+    ABSENT,
+    EDGE_CAS_SCRIPT,
+    EDGE_WRITE_SCRIPT,
+    RELEASE_SCRIPT,
+    EdgeTokens,
+    claim_expiry_ms,
+    rule_to_apply,
+    worth_loading,
+)
+from pipeline.client.errors import CacheError
+from pipeline.client.keys import rules_stream
+from pipeline.client.rulebook import (
+    RuleBook,
+    bootstrap_commands,
+    fell_behind,
+    follow_commands,
+    newest_id,
+    parse_entries,
+    table_rules,
+)
+from pipeline.codec import FLAG_EDGE, CodecError
+from pipeline.config import Settings, cache_settings
+from pipeline.loaders import LoaderConfig, LoadRefused
+
+__all__ = ["Armed", "IntelligentBase", "ManagerBase"]
+
+RedisT = TypeVar("RedisT")
+EmitterT = TypeVar("EmitterT")
+GuardT = TypeVar("GuardT", bound="_Guard")
+LoaderT = TypeVar("LoaderT")
+
+#: Rule-stream entries read per namespace and poll.
+RULE_ENTRIES_READ = 1_000
+#: A finished load is reused by callers whose GET was sent before it completed.
+FLIGHTS_KEPT = 1024
+
+
+def _slot(key: str) -> int:
+    return key_slot(key.encode("utf-8", "surrogateescape"))
+
+
+class _Guard(Protocol):
+    """A namespace loader behind its guards (asyncio or blocking)."""
+
+    @property
+    def config(self) -> LoaderConfig: ...
+
+    def available(self) -> bool: ...
+
+
+class _Wakeable(Protocol):
+    def set(self) -> None: ...
+
+
+class _Flight(Protocol):
+    """What the shared code reads and writes of either client's flight."""
+
+    done_ns: int
+    edge: bool
+    taken: bool
+    write_settled: bool
+
+
+class ManagerBase(Generic[RedisT, EmitterT]):
+    """The state and documents of a cache manager; the twins add the I/O."""
+
+    def __init__(
+        self,
+        config: Settings | Mapping[str, Any] | None,
+        redis: RedisT | None,
+        emitter: EmitterT | None,
+        breaker_cooldown: float | None,
+        *,
+        connect: Callable[[Settings], RedisT],
+        cluster_type: type,
+        new_emitter: Callable[[Settings], EmitterT],
+    ) -> None:
+        self.settings = cache_settings(config)
+        self._owns_redis = redis is None
+        self._redis: RedisT = redis if redis is not None else connect(self.settings)
+        self.cluster = isinstance(self._redis, cluster_type)
+        self._owns_emitter = emitter is None and self.settings.emitter_enabled
+        self.emitter: EmitterT | None = (
+            emitter
+            if emitter is not None
+            else new_emitter(self.settings)
+            if self._owns_emitter
+            else None
+        )
+        self._core = CacheCore(
+            self.settings,
+            None,
+            slot_of=_slot if self.cluster else None,
+            breaker_cooldown=breaker_cooldown,
+        )
+        self._emitter_started = False
+        if self.emitter is not None:
+            self._core.emit = self._first_emit
+        self._closed = False
+
+    @property
+    def redis(self) -> RedisT:
+        """The underlying redis-py client."""
+        return self._redis
+
+    @property
+    def core(self) -> CacheCore:
+        """Keys, codec and counters, shared with the intelligent cache built on this client."""
+        return self._core
+
+    def _first_emit(self, *args: Any, **kwargs: Any) -> None:
+        """Start the emitter on the first event, then hand the event to it."""
+        raise NotImplementedError
+
+    def _health(self, started: float, error: BaseException | None = None) -> dict[str, Any]:
+        """The :meth:`health_check` document of a PING sent at ``started`` (perf_counter)."""
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        if error is not None:
+            return {
+                "healthy": False,
+                "latency_ms": latency_ms,
+                "error": f"{type(error).__name__}: {error}",
+            }
+        self._core.redis_answered()  # no need to wait out the breaker
+        return {"healthy": True, "latency_ms": latency_ms, "error": None}
+
+    def _stats_document(self, infos: list[Mapping[str, Any]] | RedisError) -> dict[str, Any]:
+        """The :meth:`get_stats` document, from Redis's INFO replies (or why there are none)."""
+        redis = _redis_figures(infos)
+        return {
+            "client": self._core.stats.snapshot(),
+            "emitter": _emitter_stats(self.emitter),
+            "redis": redis,
+            "performance": _performance(self._core, redis),
+        }
+
+    def _performance_document(self, infos: list[Mapping[str, Any]] | RedisError) -> dict[str, Any]:
+        """The :meth:`get_performance_metrics` document."""
+        return _performance(self._core, _redis_figures(infos))
+
+
+def applied_settings(replies: list[Any]) -> dict[str, str]:
+    """The settings Redis reports in CONFIG GET replies, as text."""
+    applied: dict[str, str] = {}
+    for reply in replies:
+        for setting, reported in reply.items():
+            applied[_str(setting)] = _str(reported)
+    return applied
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _redis_figures(infos: list[Mapping[str, Any]] | RedisError) -> dict[str, Any]:
+    if isinstance(infos, RedisError):
+        return {"error": f"{type(infos).__name__}: {infos}"}
+    return summarize_info(infos)
+
+
+def _emitter_stats(emitter: Any) -> dict[str, Any] | None:
+    if emitter is None:
+        return None
+    stats = emitter.stats()
+    return {
+        "emitted": stats.emitted,
+        "sampled_out": stats.sampled_out,
+        "sent": stats.sent,
+        "batches": stats.batches,
+        "dropped": stats.dropped,
+        "dropped_overflow": stats.dropped_overflow,
+        "dropped_send_failed": stats.dropped_send_failed,
+        "dropped_unencodable": stats.dropped_unencodable,
+        "pending": stats.pending,
+        "pending_bytes": stats.pending_bytes,
+        "outages": stats.outages,
+        "connected": stats.connected,
+    }
+
+
+def _performance(core: CacheCore, redis: Mapping[str, Any]) -> dict[str, Any]:
+    """The performance figures of ``get_performance_metrics``."""
+    figures = core.stats.performance()
+    memory = redis.get("memory") or {}
+    figures["memory_usage_bytes"] = memory.get("used_memory")
+    figures["max_memory_bytes"] = memory.get("maxmemory")
+    return figures
+
+
+class Armed:
+    """A read is out for a key whose prefetch rule names ``keys`` (data keys).
+
+    A read of one of those keys that misses meanwhile waits for the trigger's
+    outcome (``ready``, made only when someone waits) instead of fetching at
+    once: if the trigger turns out to be a read the cache could not serve alone,
+    its rule has started the load by then and the waiting read joins it. So the
+    loads of a rule are as early as the trigger's request, however long its
+    read takes to come back (a busy event loop, a slow Redis). Reserving costs a
+    dictionary entry per successor; nothing else happens on a read that hits.
+    """
+
+    __slots__ = ("keys", "ready", "settled")
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.ready: Any = None
+        self.settled = False
+
+
+class IntelligentBase(Generic[GuardT, LoaderT]):
+    """The state and decisions of an intelligent cache; the twins add I/O and waiting.
+
+    The host class is a :class:`ManagerBase` twin; ``_flights_lock`` guards the
+    flights, reservations and the rule follower's start (a real lock in the
+    blocking client; in the asyncio client, whose code between two awaits runs
+    alone, a no-op).
+    """
+
+    settings: Settings
+    cluster: bool
+    _core: CacheCore
+    _closed: bool
+    _flights: dict[str, Any]
+    _flights_lock: AbstractContextManager[Any]
+    _edge_loaders: dict[str, GuardT]
+
+    def _init_state(
+        self,
+        early_refresh: bool,
+        refresh_beta: float,
+        tracked_keys: int,
+        on_error: Callable[[CacheError], None] | None,
+        edge_warming: bool | None,
+    ) -> None:
+        if refresh_beta <= 0:
+            raise ValueError("refresh_beta must be > 0")
+        self.early_refresh = early_refresh
+        self.refresh_beta = refresh_beta
+        self.tracked_keys = tracked_keys
+        self.on_error = on_error
+        self.last_error: CacheError | None = None
+        self._flights = {}
+        #: data key -> (written_at ms, expires_at epoch s, load seconds) of values we loaded.
+        self._loaded: dict[str, tuple[int, float, float]] = {}
+        self._random = random.Random()
+        self.edge_warming = self.settings.edge_warming if edge_warming is None else edge_warming
+        self._rulebook = RuleBook(self.settings.rules_max)
+        #: Whether any rule is held (reads look their key's rule up only then).
+        self._rules_held = False
+        #: data key -> the trigger read out now whose rule names it (see Armed).
+        self._reserved: dict[str, Armed] = {}
+        self._rule_ids: dict[str, bytes] = {}
+        self._tokens = EdgeTokens()
+
+    def has_loader(self, namespace: str) -> bool:
+        """Whether ``namespace`` has a loader for edge warms."""
+        return namespace in self._edge_loaders
+
+    def _follow(self) -> None:
+        """Start following the prefetch rules (once)."""
+        raise NotImplementedError
+
+    def _loading(self, dkey: str) -> bool:
+        flight = self._flights.get(dkey)
+        return flight is not None and not flight.done_ns
+
+    def _forget_landed(self) -> None:
+        """Past :data:`FLIGHTS_KEPT` flights, forget the finished ones of the older half."""
+        flights = self._flights
+        if len(flights) > FLIGHTS_KEPT:
+            with self._flights_lock:
+                for old_key, old in list(flights.items())[: len(flights) // 2]:
+                    if old.done_ns:
+                        del flights[old_key]
+
+    # -- failures --------------------------------------------------------------------
+
+    def _outage_loader(self, error: CacheError, loader: LoaderT | None) -> LoaderT:
+        """Redis failed a read: the loader serves it (reported to ``on_error``), or it raises."""
+        if loader is None:
+            raise error
+        self.last_error = error
+        if self.on_error is not None:
+            self.on_error(error)
+        return loader
+
+    # -- triggers and their reservations -----------------------------------------------
+
+    def _arm(self, namespace: str, trigger: str) -> Armed | None:
+        """Reserve the keys ``trigger``'s rule names while its read is out (None: no rule)."""
+        rule = self._rulebook.get(namespace, trigger)
+        if rule is None:
+            return None
+        base = self._core.bases.get(namespace) or self._core.base(namespace)
+        armed = Armed([base + successor for successor, _ in rule])
+        with self._flights_lock:
+            reserved = self._reserved
+            for dkey in armed.keys:
+                reserved[dkey] = armed
+        return armed
+
+    def _settle(self, armed: Armed) -> None:
+        """The trigger's outcome is known (its rule fired, or will not): wake who waits."""
+        if armed.settled:
+            return
+        with self._flights_lock:
+            armed.settled = True
+            reserved = self._reserved
+            for dkey in armed.keys:
+                if reserved.get(dkey) is armed:
+                    del reserved[dkey]
+            ready: _Wakeable | None = armed.ready
+        if ready is not None:
+            ready.set()
+
+    def _rule_targets(
+        self, namespace: str, trigger: str, room: bool
+    ) -> tuple[GuardT, list[tuple[str, str]]] | None:
+        """What ``trigger``'s rule has this client load now: its guard and (key, data key)s.
+
+        None when edge warming is off, the namespace has no loader, the client
+        has no ``room`` for more background work, Redis is down, or there is no rule.
+        """
+        core = self._core
+        if (
+            not self.edge_warming
+            or namespace not in self._edge_loaders
+            or not room
+            or (core.down_until and core.breaker_open())
+        ):
+            return None
+        self._follow()
+        rule = rule_to_apply(core, self._rulebook, namespace, trigger)
+        if rule is None:
+            return None
+        guard = self._edge_loaders[namespace]
+        return guard, worth_loading(core, namespace, rule, self._loading, guard.available)
+
+    # -- following the rules -----------------------------------------------------------
+
+    def _rules_plan(self) -> Plan[int]:
+        """Read the rule tables (once per namespace) and the rule streams' new entries."""
+        prefix = self._core.prefix
+        for namespace in list(self._edge_loaders):
+            stream = rules_stream(prefix, namespace)
+            if stream not in self._rule_ids:
+                yield from self._rule_table_plan(namespace, stream)
+            oldest, reply = yield follow_commands(
+                prefix, namespace, self._rule_ids[stream], RULE_ENTRIES_READ
+            )
+            if fell_behind(oldest, self._rule_ids[stream]):
+                self._core.stats.rule_resyncs += 1  # changes were trimmed unread
+                yield from self._rule_table_plan(namespace, stream)
+                continue
+            last, changes = parse_entries(reply)
+            if last is not None:
+                self._rule_ids[stream] = last
+                self._rulebook.apply(namespace, changes)
+                self._rules_held = self.edge_warming and len(self._rulebook) > 0
+        return len(self._rulebook)
+
+    def _rule_table_plan(self, namespace: str, stream: str) -> Plan[None]:
+        """Hold exactly the namespace's rule table; follow its stream from the newest entry."""
+        replies = yield bootstrap_commands(self._core.prefix, namespace)
+        self._rule_ids[stream] = newest_id(replies[0])
+        self._rulebook.replace(namespace, table_rules(replies[1:]))
+        self._rules_held = self.edge_warming and len(self._rulebook) > 0
+
+    # -- edge loads --------------------------------------------------------------------
+
+    def _claim_plan(
+        self, namespace: str, key: str, dkey: str, guard: GuardT, mark: bytes
+    ) -> Plan[int | None]:
+        """Claim ``dkey`` with our loading mark; the TTL to write it with, None if not ours."""
+        core = self._core
+        expiry = claim_expiry_ms(guard.config.timeout)
+        claimed, smart = yield [
+            ("SET", dkey, mark, "NX", "PX", expiry),
+            ("HGET", core.smart_ttl_hash(namespace), key),
+        ]
+        if not claimed:
+            core.stats.edge_skipped += 1  # cached, or loading on another client
+            return None
+        core.stats.edge_issued += 1
+        return core.load_ttl(namespace, core.parse_smart_ttl(smart))
+
+    def _edge_failed(
+        self, namespace: str, key: str, dkey: str, mark: bytes, error: Exception, started: int
+    ) -> Command:
+        """A claimed load failed (refused, failed, or undecodable): count it, and the
+        command that deletes our loading mark, so that readers stop waiting at once."""
+        core = self._core
+        if isinstance(error, LoadRefused):
+            core.stats.edge_refused += 1
+            core.stats.edge_issued -= 1  # the origin was not asked after all
+        else:
+            elapsed = (time.perf_counter_ns() - started) // 1000
+            core.record_edge_warm(namespace, key, False, 0, None, elapsed)
+        return ("EVAL", RELEASE_SCRIPT, 1, dkey, mark)
+
+    def _write_plan(
+        self, namespace: str, key: str, dkey: str, data: bytes, ttl: int, mark: bytes
+    ) -> Plan[bool]:
+        """Write a loaded value in our loading mark's place, with its warm marker."""
+        marker = self._core.marker_key(namespace, key)
+        if self.cluster:  # the marker lives in another slot: value first, then the marker
+            (written,) = yield [("EVAL", EDGE_CAS_SCRIPT, 1, dkey, data, ttl, mark)]
+            if written:
+                yield [("SET", marker, b"1", "EX", ttl)]
+        else:
+            (written,) = yield [("EVAL", EDGE_WRITE_SCRIPT, 2, dkey, marker, data, ttl, mark)]
+        return bool(written)
+
+    def _write_settled(self, flight: _Flight, written: bool) -> bool:
+        """The write is done: whether to drop the warm marker a joined reader already took."""
+        with self._flights_lock:
+            flight.write_settled = True
+            return written and flight.taken
+
+    def _edge_written(
+        self, namespace: str, key: str, data: bytes, ttl: int, written: bool, started: int
+    ) -> None:
+        elapsed = (time.perf_counter_ns() - started) // 1000
+        size = len(data) if written else 0
+        self._core.record_edge_warm(namespace, key, written, size, ttl, elapsed)
+
+    # -- joins -------------------------------------------------------------------------
+
+    def _take_marker(self, flight: _Flight) -> bool | None:
+        """A reader joins an edge load: whether it takes the warm (None: ask Redis).
+
+        Before the write lands, the first joiner takes it here (and the write
+        drops the marker); after, the marker is in Redis and the first DEL takes it.
+        """
+        with self._flights_lock:
+            if flight.write_settled:
+                return None
+            consumed, flight.taken = not flight.taken, True
+        return consumed
+
+    def _remote_value(
+        self,
+        namespace: str,
+        key: str,
+        data: bytes,
+        started: int,
+        user: str | None,
+        session: str | None,
+        emit: bool,
+    ) -> tuple[Any, bool]:
+        """The value another client's load left (ABSENT if undecodable), and whether it
+        was an edge warm (the caller counts the join); an application write is a hit."""
+        try:
+            value = self._core.decode(data)
+        except CodecError:
+            return ABSENT, False
+        if len(data) > 3 and data[3] & FLAG_EDGE:
+            return value, True
+        elapsed = (time.perf_counter_ns() - started) // 1000
+        self._core.record_hit(namespace, key, data, elapsed, user, session, False, emit)
+        return value, False
+
+    def _record_join(
+        self,
+        namespace: str,
+        key: str,
+        started: int,
+        user: str | None,
+        session: str | None,
+        emit: bool,
+        size: int,
+        consumed: bool,
+    ) -> None:
+        """Count a read served by a load in flight; ``consumed``: it took the warm marker."""
+        core = self._core
+        if consumed:
+            core.stats.warmed_hits += 1
+            core.stats.edge_hits += 1
+        elapsed = (time.perf_counter_ns() - started) // 1000
+        core.record_join(namespace, key, size, elapsed, user, session, emit, consumed)
+
+    # -- early refresh -----------------------------------------------------------------
+
+    def _remember(self, dkey: str, written_ms: int, expires_at: float, load_s: float) -> None:
+        if not self.early_refresh or self.tracked_keys <= 0:
+            return
+        loaded = self._loaded
+        loaded.pop(dkey, None)
+        if len(loaded) >= self.tracked_keys:
+            evict_oldest(loaded)
+        loaded[dkey] = (written_ms, expires_at, load_s)
+
+    def _refresh_due(self, dkey: str, data: bytes) -> bool:
+        """Whether a hit on a value this client loaded should reload it now (XFetch)."""
+        meta = self._loaded.get(dkey)
+        if meta is None:
+            return False
+        written_ms, expires_at, load_s = meta
+        if int.from_bytes(data[4:12], "big") != written_ms:
+            self._loaded.pop(dkey, None)  # someone else rewrote it: its expiry is unknown
+            return False
+        draw = 1.0 - self._random.random()
+        return xfetch_due(expires_at, load_s, self.refresh_beta, time.time(), draw)
