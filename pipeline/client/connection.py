@@ -323,9 +323,17 @@ class WatchedConnection(redis.asyncio.Connection):
         return reply
 
 
-def _cluster_tls(settings: Settings) -> dict[str, Any]:
-    options = tls_options(settings)
-    return {"ssl": True, **options} if options else {}
+def _cluster_options(settings: Settings, max_connections: int) -> dict[str, Any]:
+    """What both clients' ``RedisCluster`` take besides their nodes and retry."""
+    tls = tls_options(settings)
+    return {
+        "username": settings.redis_username,
+        "password": settings.redis_secret(),
+        "max_connections": max_connections,
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_socket_timeout,
+        **({"ssl": True, **tls} if tls else {}),
+    }
 
 
 class WatchedSSLConnection(WatchedConnection, redis.asyncio.SSLConnection):
@@ -342,13 +350,8 @@ def connect_async(
                 redis.asyncio.cluster.ClusterNode(host, port)
                 for host, port in settings.cluster_nodes()
             ],
-            username=settings.redis_username,
-            password=settings.redis_secret(),
             retry=async_retry(settings),
-            max_connections=max_connections,
-            socket_timeout=settings.redis_socket_timeout,
-            socket_connect_timeout=settings.redis_socket_timeout,
-            **_cluster_tls(settings),
+            **_cluster_options(settings, max_connections),
         )
     options = _pool_options(settings, max_connections)
     options["socket_timeout"] = None  # kept by the watch instead, at no cost per command
@@ -371,14 +374,9 @@ def connect_sync(
                 redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
                 for host, port in settings.cluster_nodes()
             ],
-            username=settings.redis_username,
-            password=settings.redis_secret(),
             retry=sync_retry(settings),
-            max_connections=max_connections,
-            socket_timeout=settings.redis_socket_timeout,
-            socket_connect_timeout=settings.redis_socket_timeout,
             client_name=settings.client_name,
-            **_cluster_tls(settings),
+            **_cluster_options(settings, max_connections),
         )
     pool = redis.ConnectionPool(
         **_pool_options(settings, max_connections),

@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import re
-import struct
 import time
 import zlib
 from collections import OrderedDict
@@ -71,22 +70,23 @@ from pipeline.client.stats import ClientStats
 from pipeline.codec import (
     FLAG_EDGE,
     FLAG_WARM,
-    FORMAT_VERSION,
     HEADER_SIZE,
-    MAGIC,
+    HIT_HEADER,
+    PLAIN_HEAD,
     CodecError,
     ValueCodec,
+    decode_fast,
+    envelope_flags,
     is_loading_mark,
+    written_ms,
 )
 from pipeline.config import MEMORY_POLICIES, Settings, parse_memory_size
 from pipeline.ttl import load_ttl, published_ttl, value_ttl
 from schemas.contracts import MAX_LABEL_LENGTH, MAX_LATENCY_US
 
 __all__ = [
-    "HIT_HEADER",
     "MEMORY_POLICIES",
     "MISS",
-    "PLAIN_HEAD",
     "PRIORITY_HINTS_MAX",
     "PRIORITY_RANK",
     "SLOW",
@@ -220,13 +220,6 @@ def receipt_key(prefix: str, dkey: str, op: str) -> str | None:
     return f"{prefix}#incr:{{{dkey}}}{op}"
 
 
-_HEADER: Final = struct.Struct(">2sBBQI")
-#: Header flags the fast decode path handles (uncompressed values, any writer).
-_FAST_FLAGS: Final = FLAG_WARM | FLAG_EDGE
-#: The header read on the hot path: magic+version+flags as one int, and the CRC.
-HIT_HEADER: Final = struct.Struct(">I8xI")
-#: ``HIT_HEADER``'s first field for an uncompressed, application-written, current-format value.
-PLAIN_HEAD: Final = (MAGIC[0] << 24) | (MAGIC[1] << 16) | (FORMAT_VERSION << 8)
 _INTEGER: Final = re.compile(rb"-?[0-9]{1,20}")
 _OUTAGE: Final = (ConnectionError, TimeoutError, ClusterDownError, RedisClusterException)
 _MGET_CHUNK: Final = 1000
@@ -339,7 +332,7 @@ class CacheCore:
         #: data key -> PRIORITY_RANK of the keys last set with a priority other than
         #: normal (bounded; see note_priority).
         self.priorities: OrderedDict[str, int] = OrderedDict()
-        self._warm_seen: dict[str, bytes] = {}
+        self._warm_seen: dict[str, int] = {}
         #: Monotonic time until which Redis is considered down (0: closed breaker).
         self.down_until = 0.0
         self._trial_at = 0.0  # when the half-open breaker let its one trial call through
@@ -386,15 +379,9 @@ class CacheCore:
         well under a microsecond; anything else goes through
         :meth:`ValueCodec.decode`, which raises :class:`CodecError` with the reason.
         """
-        if len(data) >= HEADER_SIZE:
-            magic, version, flags, _, checksum = _HEADER.unpack_from(data)
-            if magic == MAGIC and version == FORMAT_VERSION and not flags & ~_FAST_FLAGS:
-                payload = memoryview(data)[HEADER_SIZE:]
-                if zlib.crc32(payload) == checksum:
-                    try:
-                        return orjson.loads(payload)
-                    except orjson.JSONDecodeError:
-                        pass
+        value = decode_fast(data, SLOW)
+        if value is not SLOW:
+            return value
         if _INTEGER.fullmatch(data):
             return int(data)
         return self.codec.decode(data).value
@@ -403,9 +390,9 @@ class CacheCore:
         """True when ``data`` was written by the warmer and this client has not yet
         checked its marker (so the first-read check costs a round trip only once
         per warmed value and process, never on application-written values)."""
-        if len(data) < HEADER_SIZE or not data[3] & FLAG_WARM or data[:2] != MAGIC:
+        if not envelope_flags(data) & FLAG_WARM:
             return False
-        written = data[4:12]
+        written = written_ms(data)
         seen = self._warm_seen
         if seen.get(dkey) == written:
             return False
@@ -520,13 +507,13 @@ class CacheCore:
             self.get_latency.record(elapsed_us)
         if warmed:
             stats.warmed_hits += 1
-            if data[3] & FLAG_EDGE:
+            if envelope_flags(data) & FLAG_EDGE:
                 stats.edge_hits += 1
         if emit:
             if warmed:
                 self.emit(
                     namespace, key, op, "hit", elapsed_us, len(data), None, user, session, None,
-                    True, warm_path="edge" if data[3] & FLAG_EDGE else "worker",
+                    True, warm_path="edge" if envelope_flags(data) & FLAG_EDGE else "worker",
                 )  # fmt: skip
             else:
                 self.emit(

@@ -48,9 +48,7 @@ from redis.exceptions import RedisError
 from pipeline.client.cached import CachedFunction, KeyBuilder, cached_decorator
 from pipeline.client.connection import DEFAULT_MAX_CONNECTIONS, AsyncRedisClient
 from pipeline.client.core import (
-    HIT_HEADER,
     MISS,
-    PLAIN_HEAD,
     Priority,
     UserContext,
     context_labels,
@@ -61,7 +59,14 @@ from pipeline.client.errors import CacheError, LoadTimeoutError
 from pipeline.client.keys import validate_key
 from pipeline.client.manager import RedisCacheManager
 from pipeline.client.shared import Armed, IntelligentBase
-from pipeline.codec import HEADER_SIZE, CodecError, is_loading_mark, loading_mark
+from pipeline.codec import (
+    HEADER_SIZE,
+    HIT_HEADER,
+    PLAIN_HEAD,
+    CodecError,
+    is_loading_mark,
+    loading_mark,
+)
 from pipeline.config import Settings
 from pipeline.loaders import GuardedLoader, LoaderConfig, LoadError, LoadRefused
 from schemas.contracts import MAX_KEY_LENGTH, MAX_LABEL_LENGTH

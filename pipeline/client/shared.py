@@ -57,7 +57,7 @@ from pipeline.client.rulebook import (
     parse_entries,
     table_rules,
 )
-from pipeline.codec import FLAG_EDGE, CodecError
+from pipeline.codec import FLAG_EDGE, CodecError, envelope_flags, written_ms
 from pipeline.config import Settings, cache_settings
 from pipeline.loaders import LoaderConfig, LoadRefused
 
@@ -493,7 +493,7 @@ class IntelligentBase(Generic[GuardT, LoaderT]):
             value = self._core.decode(data)
         except CodecError:
             return ABSENT, False
-        if len(data) > 3 and data[3] & FLAG_EDGE:
+        if envelope_flags(data) & FLAG_EDGE:
             return value, True
         elapsed = (time.perf_counter_ns() - started) // 1000
         self._core.record_hit(namespace, key, data, elapsed, user, session, False, emit)
@@ -534,8 +534,8 @@ class IntelligentBase(Generic[GuardT, LoaderT]):
         meta = self._loaded.get(dkey)
         if meta is None:
             return False
-        written_ms, expires_at, load_s = meta
-        if int.from_bytes(data[4:12], "big") != written_ms:
+        written_at_ms, expires_at, load_s = meta
+        if written_ms(data) != written_at_ms:
             self._loaded.pop(dkey, None)  # someone else rewrote it: its expiry is unknown
             return False
         draw = 1.0 - self._random.random()
