@@ -38,7 +38,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, Protocol, cast, get_args
 
@@ -270,6 +270,14 @@ class PaceReport:
         self.errors += 1
         if len(self.error_samples) < _ERROR_SAMPLES:
             self.error_samples.append(f"{type(exc).__name__}: {exc}")
+
+    def result_fields(self) -> dict[str, Any]:
+        """This report as :class:`ReplayResult` fields: all but ``requests`` and ``seconds``
+        (the result has its own), ``errors`` named ``request_errors``."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        del out["requests"], out["seconds"]
+        out["request_errors"] = out.pop("errors")
+        return out
 
 
 def _quantile(sorted_values: Sequence[float], q: float) -> float:
@@ -820,16 +828,7 @@ async def _replay(
             clients=clients,
             rate=rate,
             origin_ms=latency_ms,
-            request_errors=pace.errors,
-            error_samples=pace.error_samples,
-            backlog_waits=pace.backlog_waits,
-            peak_outstanding=pace.peak_outstanding,
-            start_lag_p50_ms=pace.start_lag_p50_ms,
-            start_lag_p99_ms=pace.start_lag_p99_ms,
-            start_lag_max_ms=pace.start_lag_max_ms,
-            latency_p50_ms=pace.latency_p50_ms,
-            latency_p99_ms=pace.latency_p99_ms,
-            latency_max_ms=pace.latency_max_ms,
+            **pace.result_fields(),
         )
         result.events_dropped = sum(
             cache.emitter.stats().dropped for cache in caches if cache.emitter is not None

@@ -242,6 +242,22 @@ def kafka_cluster_id() -> str:
 # --------------------------------------------------------------------------- Kafka: jars
 
 
+def _run_captured(
+    argv: Sequence[str], *, cwd: Path, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run a tool to its end with no input, its output captured as text; never raises on
+    its exit status (``subprocess.TimeoutExpired`` past ``timeout`` seconds)."""
+    return subprocess.run(
+        argv,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def _kafka_jar_name(version: str) -> str:
     return f"kafka_{SCALA_VERSION}-{version}.jar"
 
@@ -298,15 +314,7 @@ def ensure_kafka_jars(
             started = time.monotonic()
             logger.info("downloading Kafka %s jars with %s", version, shlex.join(argv))
             try:
-                done = subprocess.run(
-                    argv,
-                    cwd=tmp,
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    text=True,
-                    timeout=timeout,
-                    check=False,
-                )
+                done = _run_captured(argv, cwd=tmp, timeout=timeout)
             except subprocess.TimeoutExpired as exc:
                 raise DevStackError(f"mvn did not finish within {timeout:.0f} s") from exc
             output = (done.stdout + done.stderr).strip()
@@ -556,15 +564,7 @@ class KafkaServer(ManagedServer):
             "-c",
             str(props),
         ]
-        done = subprocess.run(
-            argv,
-            cwd=directory,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = _run_captured(argv, cwd=directory, timeout=120)
         if done.returncode != 0:
             raise DevStackError(
                 f"kafka-storage format failed (status {done.returncode}):\n"

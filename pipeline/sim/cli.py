@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple, TypeVar, get_args
+from typing import NamedTuple, TypedDict, TypeVar, get_args
 
 from rich.console import Console
 from rich.progress import (
@@ -29,7 +29,14 @@ from pipeline.sim.cache import (
 )
 from pipeline.sim.policies import ABLATIONS, POLICIES
 from pipeline.sim.report import plot_sweep, results_table, write_json
-from pipeline.sim.runner import DEFAULT_SIZES, DEFAULT_SWEEP, SimResult, run, sweep
+from pipeline.sim.runner import (
+    DEFAULT_SIZES,
+    DEFAULT_SWEEP,
+    ProgressFactory,
+    SimResult,
+    run,
+    sweep,
+)
 from pipeline.sim.traces import CsvMapping, TraceFormat, read_trace
 
 _T = TypeVar("_T")
@@ -49,6 +56,18 @@ class Timing(NamedTuple):
     """Edge path: between two publications of the prefetch rules."""
     rule_lag: int
     """Edge path: from a publication to the moment clients see it."""
+
+
+class _RunOptions(TypedDict):
+    """The keyword arguments ``simulate`` gives both :func:`run` and :func:`sweep`."""
+
+    delay: int
+    max_warms: int
+    config: EngineConfig
+    progress: ProgressFactory
+    edge_delay: int
+    rule_refresh: int
+    rule_lag: int
 
 
 def timing_for_rate(
@@ -325,10 +344,7 @@ def simulate_command(args: argparse.Namespace) -> int:
 
     results: list[SimResult] = []
     with _progress(err) as factory:
-        results += run(
-            trace,
-            args.sizes,
-            args.policies,
+        options = _RunOptions(
             delay=delay,
             max_warms=args.max_warms,
             config=config,
@@ -337,23 +353,11 @@ def simulate_command(args: argparse.Namespace) -> int:
             rule_refresh=timing.rule_refresh,
             rule_lag=timing.rule_lag,
         )
+        results += run(trace, args.sizes, args.policies, **options)
         sweeps: list[list[SimResult]] = []
         if args.sweep is not None:
             for size in args.sizes:
-                sweeps.append(
-                    sweep(
-                        trace,
-                        size,
-                        args.sweep,
-                        delay=delay,
-                        max_warms=args.max_warms,
-                        config=config,
-                        progress=factory,
-                        edge_delay=timing.edge_delay,
-                        rule_refresh=timing.rule_refresh,
-                        rule_lag=timing.rule_lag,
-                    )
-                )
+                sweeps.append(sweep(trace, size, args.sweep, **options))
     rate = f", {args.rate:g} requests/s" if args.rate is not None else ""
     console.print(
         results_table(

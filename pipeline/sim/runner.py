@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline.models import EngineConfig
 from pipeline.sim.cache import (
@@ -169,6 +169,58 @@ def _observe_only(warmer: CachecastWarmer) -> WarmPolicy:
     return observe
 
 
+class _Timing(NamedTuple):
+    """The warm paths' settings one :func:`run` or :func:`sweep` applies to every policy."""
+
+    delay: int
+    max_warms: int
+    edge_delay: int
+    rule_refresh: int
+    rule_lag: int
+
+
+def _measure(
+    trace: Trace,
+    keys: list[int],
+    policy: str,
+    fraction: float,
+    size: int,
+    config: EngineConfig | None,
+    timing: _Timing,
+    label: str,
+    progress: ProgressFactory | None,
+    threshold: float | None = None,
+) -> SimResult:
+    """One policy at one cache size, timed (``label`` names its progress bar)."""
+    callback = progress(label, len(keys)) if progress else None
+    start = time.perf_counter()
+    counts = run_policy(
+        trace,
+        policy,
+        size,
+        delay=timing.delay,
+        max_warms=timing.max_warms,
+        config=config,
+        keys=keys,
+        progress=callback,
+        edge_delay=timing.edge_delay,
+        rule_refresh=timing.rule_refresh,
+        rule_lag=timing.rule_lag,
+    )
+    return SimResult(
+        policy,
+        fraction,
+        size,
+        counts,
+        timing.delay,
+        time.perf_counter() - start,
+        threshold=threshold,
+        edge_delay=timing.edge_delay,
+        rule_refresh=timing.rule_refresh,
+        rule_lag=timing.rule_lag,
+    )
+
+
 def run(
     trace: Trace,
     sizes: Iterable[float] = DEFAULT_SIZES,
@@ -183,39 +235,16 @@ def run(
     rule_lag: int = DEFAULT_RULE_LAG,
 ) -> list[SimResult]:
     """Every policy at every cache size; results in (size, policy) order."""
+    timing = _Timing(delay, max_warms, edge_delay, rule_refresh, rule_lag)
     keys = trace.keys.tolist()
     n_unique = trace.n_unique
     results: list[SimResult] = []
     for fraction in sizes:
         size = cache_size_for(trace, fraction, n_unique)
         for policy in policies:
-            callback = progress(f"{policy} @ {fraction:g}", len(keys)) if progress else None
-            start = time.perf_counter()
-            counts = run_policy(
-                trace,
-                policy,
-                size,
-                delay=delay,
-                max_warms=max_warms,
-                config=config,
-                keys=keys,
-                progress=callback,
-                edge_delay=edge_delay,
-                rule_refresh=rule_refresh,
-                rule_lag=rule_lag,
-            )
+            label = f"{policy} @ {fraction:g}"
             results.append(
-                SimResult(
-                    policy,
-                    fraction,
-                    size,
-                    counts,
-                    delay,
-                    time.perf_counter() - start,
-                    edge_delay=edge_delay,
-                    rule_refresh=rule_refresh,
-                    rule_lag=rule_lag,
-                )
+                _measure(trace, keys, policy, fraction, size, config, timing, label, progress)
             )
     return results
 
@@ -241,50 +270,28 @@ def sweep(
     in ``lru+cachecast``, with its own waste budget.
     """
     base = config or EngineConfig()
-    results = run(
-        trace,
-        [size_fraction],
-        ("lru", "lru+successor", "lru+cachecast"),
-        delay=delay,
-        max_warms=max_warms,
-        config=base,
-        progress=progress,
-        edge_delay=edge_delay,
-        rule_refresh=rule_refresh,
-        rule_lag=rule_lag,
-    )
+    timing = _Timing(delay, max_warms, edge_delay, rule_refresh, rule_lag)
     keys = trace.keys.tolist()
-    size = results[0].cache_size
-    for threshold in thresholds:
-        fixed = replace(base, threshold=threshold, min_threshold=threshold, waste_budget=None)
-        label = f"threshold {threshold:g}"
-        callback = progress(label, len(keys)) if progress else None
-        start = time.perf_counter()
-        counts = run_policy(
-            trace,
+    size = cache_size_for(trace, size_fraction, trace.n_unique)
+    # (policy, config, fixed threshold, progress label): the baselines, then the curve.
+    jobs: list[tuple[str, EngineConfig, float | None, str]] = [
+        (policy, base, None, f"{policy} @ {size_fraction:g}")
+        for policy in ("lru", "lru+successor", "lru+cachecast")
+    ]
+    jobs += [
+        (
             "lru+cachecast",
-            size,
-            delay=delay,
-            max_warms=max_warms,
-            config=fixed,
-            keys=keys,
-            progress=callback,
-            edge_delay=edge_delay,
-            rule_refresh=rule_refresh,
-            rule_lag=rule_lag,
+            replace(base, threshold=threshold, min_threshold=threshold, waste_budget=None),
+            threshold,
+            f"threshold {threshold:g}",
         )
+        for threshold in thresholds
+    ]
+    results: list[SimResult] = []
+    for policy, fixed, threshold, label in jobs:
         results.append(
-            SimResult(
-                "lru+cachecast",
-                size_fraction,
-                size,
-                counts,
-                delay,
-                time.perf_counter() - start,
-                threshold=threshold,
-                edge_delay=edge_delay,
-                rule_refresh=rule_refresh,
-                rule_lag=rule_lag,
+            _measure(
+                trace, keys, policy, size_fraction, size, fixed, timing, label, progress, threshold
             )
         )
     return results

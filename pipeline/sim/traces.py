@@ -200,6 +200,11 @@ class _Interner:
         return found
 
 
+def _columns() -> tuple[_Interner, _Interner, list[int], list[float], list[int]]:
+    """A reader's empty columns: key and user interners, then key ids, times and user ids."""
+    return _Interner(), _Interner(), [], [], []
+
+
 def read_csv(
     path: str | os.PathLike[str],
     mapping: CsvMapping | None = None,
@@ -208,11 +213,7 @@ def read_csv(
     """Read a CSV trace (``.zst`` compressed or not) with a column mapping."""
     path = Path(path)
     mapping = mapping or CsvMapping()
-    keys = _Interner()
-    users = _Interner()
-    key_ids: list[int] = []
-    times: list[float] = []
-    user_ids: list[int] = []
+    keys, users, key_ids, times, user_ids = _columns()
     with _open_bytes(path) as stream:
         text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
         rows = csv.reader(text, delimiter=mapping.delimiter)
@@ -247,11 +248,7 @@ def read_jsonl(path: str | os.PathLike[str], max_requests: int | None = None) ->
     The key is ``"namespace:key"``; events whose ``op`` is a write are skipped.
     """
     path = Path(path)
-    keys = _Interner()
-    users = _Interner()
-    key_ids: list[int] = []
-    times: list[float] = []
-    user_ids: list[int] = []
+    keys, users, key_ids, times, user_ids = _columns()
     with _open_bytes(path) as stream:
         for event in _jsonl_events(stream):
             op = event.get("op")
