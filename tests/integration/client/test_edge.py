@@ -319,10 +319,13 @@ class BlockingOrigin:
         self.delay = delay
         self.calls: dict[str, int] = {}
         self._lock = threading.Lock()
+        #: Set when the first load begins.
+        self.loading = threading.Event()
 
     def __call__(self, namespace: str, key: str) -> Any:
         with self._lock:
             self.calls[key] = self.calls.get(key, 0) + 1
+        self.loading.set()
         if self.delay:
             time.sleep(self.delay)
         return {"key": key, "from": "origin"}
@@ -364,7 +367,7 @@ def test_a_sync_get_during_the_edge_load_joins_it(
     publish(single, cache, "a", ["b"])
     cache.refresh_rules()
     cache.get("orders", "a", fallback_data=lambda: {"key": "a"})
-    time.sleep(0.05)
+    assert origin.loading.wait(5)  # b's edge load is in flight
     own = BlockingOrigin()
     assert cache.get("orders", "b", fallback_data=lambda: own("orders", "b")) == {
         "key": "b",
@@ -388,9 +391,11 @@ def test_a_sync_successor_read_while_its_triggers_read_is_out_joins_the_rules_lo
     cache.refresh_rules()
     dkey = cache.settings.redis_key_prefix + "orders:a"
     real = cache._redis.execute_command
+    reading = threading.Event()
 
     def execute_command(*args: Any, **options: Any) -> Any:
         if args[:2] == ("GET", dkey):
+            reading.set()
             time.sleep(0.05)  # a's read is slow to come back
         return real(*args, **options)  # type: ignore[no-untyped-call]
 
@@ -400,7 +405,7 @@ def test_a_sync_successor_read_while_its_triggers_read_is_out_joins_the_rules_lo
         target=lambda: cache.get("orders", "a", fallback_data=lambda: app("orders", "a"))
     )
     first.start()
-    time.sleep(0.01)  # b is asked for (by another thread) while a's read is out
+    assert reading.wait(5)  # b is asked for (by another thread) while a's read is out
     assert cache.get("orders", "b", fallback_data=lambda: app("orders", "b")) == {
         "key": "b",
         "from": "origin",

@@ -218,14 +218,12 @@ async def test_open_loop_starts_on_schedule_and_overlaps(monkeypatch: pytest.Mon
     n, rate = 40, 1000.0
     begun = time.perf_counter()
     report = await run_requests(n, dealer([cache], "ns", [str(i) for i in range(n)]), rate=rate)
-    elapsed = time.perf_counter() - begun
     assert cache.finished == n  # every request awaited before returning
     assert cache.keys == [str(i) for i in range(n)]  # started in trace order
     # Open loop: never early, and the 20 ms loads overlap (sequential would take 0.8 s).
     for i in range(n):
         assert cache.starts[str(i)] - begun >= i / rate - 0.002
     assert cache.peak >= 10
-    assert elapsed < 0.4
     assert report.requests == n
     assert report.errors == 0
     assert report.backlog_waits == 0
