@@ -67,12 +67,6 @@ class RuleBook:
         table = self._rules.get(namespace)
         return None if table is None else table.get(trigger)
 
-    def replace(self, namespace: str, rules: Iterable[tuple[str, Rule]]) -> None:
-        """Hold exactly ``rules`` for ``namespace`` (the table, read again)."""
-        with self._lock:
-            self._rules.pop(namespace, None)
-        self.apply(namespace, rules)
-
     def apply(self, namespace: str, updates: Iterable[tuple[str, Rule]]) -> None:
         """Set (or, with an empty rule, delete) rules of ``namespace``."""
         with self._lock:

@@ -399,10 +399,20 @@ class IntelligentBase(Generic[GuardT, LoaderT]):
         return len(self._rulebook)
 
     def _rule_table_plan(self, namespace: str, stream: str) -> Plan[None]:
-        """Hold exactly the namespace's rule table; follow its stream from the newest entry."""
+        """Read the namespace's rule table into what is held; follow its stream from the
+        newest entry.
+
+        The table is merged, not swapped in: a rule held here but missing from the
+        table was most likely evicted with its hash (``allkeys-lru`` takes rule keys
+        like any other, and an evicted stream is what sends a client back to the
+        table), and the worker restores lost hashes from memory. A deletion missed
+        in the gap leaves its rule here until the trigger's rule is published again
+        or the bound drops it: a few extra edge loads, against losing every rule an
+        eviction touched.
+        """
         replies = yield bootstrap_commands(self._core.prefix, namespace)
         self._rule_ids[stream] = newest_id(replies[0])
-        self._rulebook.replace(namespace, table_rules(replies[1:]))
+        self._rulebook.apply(namespace, table_rules(replies[1:]))
         self._rules_held = self.edge_warming and len(self._rulebook) > 0
 
     # -- edge loads --------------------------------------------------------------------

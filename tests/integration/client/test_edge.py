@@ -529,3 +529,29 @@ async def test_a_client_that_fell_behind_the_trimmed_rule_stream_reads_the_table
     await cache.refresh_rules()  # sees the gap: reads the table again
     assert cache.core.stats.rule_resyncs == 1
     assert cache._rulebook.get("orders", "a") == (("b", 0.9),)  # without the resync: None
+
+
+async def test_rules_held_survive_redis_evicting_the_rule_stream_and_table(
+    backend: Backend, make_cache: MakeCache
+) -> None:
+    origin = Origin()
+    cache: IntelligentCache = make_cache(backend, IntelligentCache, loaders={"orders": origin})
+    publish(backend, cache, "a", ["b"])
+    await cache.refresh_rules()
+    assert cache._rulebook.get("orders", "a") == (("b", 0.9),)
+    # allkeys-lru evicts the stream and the table's hashes; the next round makes a new stream.
+    prefix = cache.settings.redis_key_prefix
+    stream = rules_stream(prefix, "orders")
+    client = backend.raw()
+    try:
+        client.delete(rules_hash(prefix, "orders", "a"))
+        client.delete(stream)
+        client.xadd(stream, {STREAM_FIELD: encode_updates([("c", [("d", 0.8)])])}, maxlen=64)
+    finally:
+        client.close()
+    await cache.refresh_rules()  # the new stream starts after what it read: back to the table
+    assert cache.core.stats.rule_resyncs == 1
+    assert cache._rulebook.get("orders", "a") == (("b", 0.9),)  # still held
+    assert await cache.get("orders", "a", fallback_data=origin.app_loader("a")) is not None
+    await settle(cache)
+    assert origin.calls.get("b") == 1  # and still applied
