@@ -494,11 +494,17 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         session: str | None,
         settled: asyncio.Future[Any],
     ) -> Any:
-        """Load the value (``settled`` gets it at once), then write it with its TTL."""
+        """Load the value (``settled`` gets it at once), then write it with its TTL.
+
+        While the loader runs, a loading mark (claimed in the same round trip that
+        reads the smart TTL) makes other clients' reads of the key wait for this
+        load instead of fetching it again; the value's write replaces it.
+        """
         core = self._core
         redis_up = not (core.down_until and core.breaker_open())
-        smart_ttl = (
-            asyncio.get_running_loop().create_task(self._smart_ttl(namespace, key))
+        mark = loading_mark(self._tokens.next())
+        claim = (
+            asyncio.get_running_loop().create_task(self._claim_load(namespace, key, dkey, mark))
             if redis_up
             else None
         )
@@ -516,13 +522,13 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
                     ) from None
         except BaseException:
             core.stats.load_errors += 1
-            if smart_ttl is not None:
-                smart_ttl.cancel()
+            if claim is not None:  # readers elsewhere stop waiting for this load
+                self._background(self._release_claim(claim, dkey, mark))
             raise
         load_s = time.perf_counter() - started
         if not settled.done():
             settled.set_result(value)
-        ttl = core.load_ttl(namespace, await smart_ttl if smart_ttl is not None else None)
+        ttl = core.load_ttl(namespace, (await claim)[1] if claim is not None else None)
         if redis_up:
             now = time.time()
             try:
@@ -535,6 +541,24 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             else:
                 self._remember(dkey, int(now * 1000), now + ttl, load_s)
         return value
+
+    async def _claim_load(
+        self, namespace: str, key: str, dkey: str, mark: bytes
+    ) -> tuple[bool, int | None]:
+        """Mark the key as loading here, and read its smart TTL (see ``_mark_plan``)."""
+        timeout = self.settings.load_timeout_s
+        try:
+            return await self._run(self._mark_plan(namespace, key, dkey, mark, timeout))
+        except RedisError:
+            return False, None
+
+    async def _release_claim(
+        self, claim: asyncio.Task[tuple[bool, int | None]], dkey: str, mark: bytes
+    ) -> None:
+        claimed, _ = await claim
+        if claimed:
+            with contextlib.suppress(RedisError):
+                await self._execute([self._release_command(dkey, mark)])
 
     async def _smart_ttl(self, namespace: str, key: str) -> int | None:
         try:

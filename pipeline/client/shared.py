@@ -417,21 +417,39 @@ class IntelligentBase(Generic[GuardT, LoaderT]):
 
     # -- edge loads --------------------------------------------------------------------
 
+    def _mark_plan(
+        self, namespace: str, key: str, dkey: str, mark: bytes, timeout_s: float
+    ) -> Plan[tuple[bool, int | None]]:
+        """Claim ``dkey`` with our loading mark (if nothing is there) and read its smart
+        TTL, in one round trip: whether it is ours, and the TTL the pipeline published.
+
+        Every other client's read of the key then waits for this load instead of
+        fetching it again (:meth:`_remote_value`), and no edge load claims it.
+        """
+        core = self._core
+        claimed, smart = yield [
+            ("SET", dkey, mark, "NX", "PX", claim_expiry_ms(timeout_s)),
+            ("HGET", core.smart_ttl_hash(namespace), key),
+        ]
+        return bool(claimed), core.parse_smart_ttl(smart)
+
     def _claim_plan(
         self, namespace: str, key: str, dkey: str, guard: GuardT, mark: bytes
     ) -> Plan[int | None]:
-        """Claim ``dkey`` with our loading mark; the TTL to write it with, None if not ours."""
+        """Claim ``dkey`` for an edge load; the TTL to write it with, None if not ours."""
         core = self._core
-        expiry = claim_expiry_ms(guard.config.timeout)
-        claimed, smart = yield [
-            ("SET", dkey, mark, "NX", "PX", expiry),
-            ("HGET", core.smart_ttl_hash(namespace), key),
-        ]
+        timeout = guard.config.timeout
+        claimed, smart = yield from self._mark_plan(namespace, key, dkey, mark, timeout)
         if not claimed:
             core.stats.edge_skipped += 1  # cached, or loading on another client
             return None
         core.stats.edge_issued += 1
-        return core.load_ttl(namespace, core.parse_smart_ttl(smart))
+        return core.load_ttl(namespace, smart)
+
+    @staticmethod
+    def _release_command(dkey: str, mark: bytes) -> Command:
+        """Delete our loading mark (if still ours), so that readers stop waiting at once."""
+        return ("EVAL", RELEASE_SCRIPT, 1, dkey, mark)
 
     def _edge_failed(
         self, namespace: str, key: str, dkey: str, mark: bytes, error: Exception, started: int
@@ -445,7 +463,7 @@ class IntelligentBase(Generic[GuardT, LoaderT]):
         else:
             elapsed = (time.perf_counter_ns() - started) // 1000
             core.record_edge_warm(namespace, key, False, 0, None, elapsed)
-        return ("EVAL", RELEASE_SCRIPT, 1, dkey, mark)
+        return self._release_command(dkey, mark)
 
     def _write_plan(
         self, namespace: str, key: str, dkey: str, data: bytes, ttl: int, mark: bytes
@@ -498,15 +516,18 @@ class IntelligentBase(Generic[GuardT, LoaderT]):
         emit: bool,
     ) -> tuple[Any, bool]:
         """The value another client's load left (ABSENT if undecodable), and whether it
-        was an edge warm (the caller counts the join); an application write is a hit."""
+        was an edge warm (the caller counts the join); an application load's value is
+        a hit, and a join of that load (it cost the origin nothing more)."""
         try:
             value = self._core.decode(data)
         except CodecError:
             return ABSENT, False
         if envelope_flags(data) & FLAG_EDGE:
             return value, True
+        core = self._core
+        core.stats.load_joins += 1
         elapsed = (time.perf_counter_ns() - started) // 1000
-        self._core.record_hit(namespace, key, data, elapsed, user, session, False, emit)
+        core.record_hit(namespace, key, data, elapsed, user, session, False, emit)
         return value, False
 
     def _record_join(

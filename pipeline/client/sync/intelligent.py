@@ -335,21 +335,34 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         session: str | None,
         flight: _Flight,
     ) -> Any:
-        """Load the value (the flight's joiners get it at once), then write it with its TTL."""
+        """Load the value (the flight's joiners get it at once), then write it with its TTL.
+
+        The key is marked as loading first, in the round trip that reads its smart
+        TTL, so that other clients' reads wait for this load instead of fetching it.
+        """
         core = self._core
         redis_up = not (core.down_until and core.breaker_open())
+        mark = loading_mark(self._tokens.next())
+        claimed, smart = False, None
+        if redis_up:
+            timeout = self.settings.load_timeout_s
+            with contextlib.suppress(RedisError):
+                claimed, smart = self._run(self._mark_plan(namespace, key, dkey, mark, timeout))
         core.stats.loads += 1
         started = time.perf_counter()
         try:
             value = loader()
         except BaseException:
             core.stats.load_errors += 1
+            if claimed:  # readers elsewhere stop waiting for this load
+                with contextlib.suppress(RedisError):
+                    self._execute([self._release_command(dkey, mark)])
             raise
         load_s = time.perf_counter() - started
         flight.value = value
         flight.loaded.set()
         if redis_up:
-            ttl = core.load_ttl(namespace, self._smart_ttl(namespace, key))
+            ttl = core.load_ttl(namespace, smart)
             now = time.time()
             try:
                 plan = core.set_plan(

@@ -12,7 +12,7 @@ import pytest
 from pipeline.client import IntelligentCache, SyncIntelligentCache
 from pipeline.client.keys import rules_hash, rules_stream
 from pipeline.client.rulebook import STREAM_FIELD
-from pipeline.codec import ValueCodec
+from pipeline.codec import ValueCodec, is_loading_mark
 from pipeline.loaders import LoaderConfig
 from pipeline.prefetch import encode_rule, encode_updates
 from tests.integration.client.conftest import Backend, MakeCache, RecordingSink
@@ -235,6 +235,107 @@ async def test_another_client_waits_for_the_load_in_flight_instead_of_fetching(
     assert origin.calls == {"b": 1}
     assert second.core.stats.inflight_joins == 1
     assert second.core.stats.edge_hits == 1  # it took the warm marker: the first read
+
+
+def _release_on_second_read(cache: Any, dkey: str, gate: Any) -> None:
+    """Open ``gate`` when ``cache`` reads ``dkey`` a second time: it is polling a load."""
+    real = cache.redis.execute_command
+    reads = 0
+
+    def execute_command(*args: Any, **options: Any) -> Any:
+        nonlocal reads
+        if args[:2] == ("GET", dkey):
+            reads += 1
+            if reads == 2:
+                gate.set()
+        return real(*args, **options)
+
+    cache.redis.execute_command = execute_command
+
+
+async def test_another_client_waits_for_an_application_load_in_flight(
+    backend: Backend, make_cache: MakeCache
+) -> None:
+    first: IntelligentCache = make_cache(backend, IntelligentCache)
+    prefix = first.settings.redis_key_prefix
+    second: IntelligentCache = make_cache(backend, IntelligentCache, redis_key_prefix=prefix)
+    dkey = prefix + "orders:k"
+    gate = asyncio.Event()
+    calls: list[str] = []
+
+    async def slow() -> Any:
+        calls.append("first")
+        await gate.wait()
+        return {"v": 1}
+
+    async def own() -> Any:
+        calls.append("second")
+        return {"v": 2}
+
+    loading = asyncio.create_task(first.get("orders", "k", fallback_data=slow))
+    for _ in range(400):  # the loading mark is claimed beside the load
+        raw = await first.redis.get(dkey)
+        if raw is not None:
+            break
+        await asyncio.sleep(0.005)
+    assert raw is not None
+    assert is_loading_mark(raw)
+    _release_on_second_read(second, dkey, gate)
+    assert await second.get("orders", "k", fallback_data=own) == {"v": 1}
+    assert await loading == {"v": 1}
+    assert calls == ["first"]  # the origin was asked once
+    assert (second.core.stats.loads, second.core.stats.load_joins) == (0, 1)
+
+
+async def test_a_failed_application_load_releases_its_loading_mark(
+    backend: Backend, make_cache: MakeCache
+) -> None:
+    cache: IntelligentCache = make_cache(backend, IntelligentCache)
+    dkey = cache.settings.redis_key_prefix + "orders:k"
+
+    async def failing() -> Any:
+        await asyncio.sleep(0.01)
+        raise ConnectionError("origin down")
+
+    with pytest.raises(ConnectionError):
+        await cache.get("orders", "k", fallback_data=failing)
+    await settle(cache)
+    assert await cache.redis.get(dkey) is None  # readers elsewhere load it themselves at once
+
+
+def test_another_sync_client_waits_for_an_application_load_in_flight(
+    single: Backend, make_sync_cache: MakeCache
+) -> None:
+    first: SyncIntelligentCache = make_sync_cache(single, SyncIntelligentCache)
+    prefix = first.settings.redis_key_prefix
+    second: SyncIntelligentCache = make_sync_cache(
+        single, SyncIntelligentCache, redis_key_prefix=prefix
+    )
+    gate, loading = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def slow() -> Any:
+        calls.append("first")
+        loading.set()  # the loading mark is claimed before the loader runs
+        gate.wait(10)
+        return {"v": 1}
+
+    def own() -> Any:
+        calls.append("second")
+        return {"v": 2}
+
+    results: list[Any] = []
+    leader = threading.Thread(
+        target=lambda: results.append(first.get("o", "k", fallback_data=slow))
+    )
+    leader.start()
+    assert loading.wait(5)
+    _release_on_second_read(second, prefix + "o:k", gate)
+    assert second.get("o", "k", fallback_data=own) == {"v": 1}
+    leader.join(5)
+    assert results == [{"v": 1}]
+    assert calls == ["first"]
+    assert (second.core.stats.loads, second.core.stats.load_joins) == (0, 1)
 
 
 async def test_with_the_loader_down_gets_are_unaffected_and_edge_loads_stop_at_the_breaker(
