@@ -27,6 +27,7 @@ from typing import Any, Final
 from pipeline.client.core import PRIORITY_RANK, CacheCore
 from pipeline.client.keys import InvalidKeyError, validate_key
 from pipeline.client.rulebook import Rule, RuleBook
+from pipeline.codec import HEADER_SIZE
 from pipeline.loaders import (
     CallableLoader,
     GuardedLoader,
@@ -100,6 +101,10 @@ class EdgeTokens:
 
     def next(self) -> bytes:
         return self._prefix + b":" + str(next(self._counter)).encode()
+
+    def owns(self, mark: bytes) -> bool:
+        """Whether a loading mark (:func:`pipeline.codec.loading_mark`) is one of ours."""
+        return mark[HEADER_SIZE:].startswith(self._prefix + b":")
 
 
 LoaderSpec = GuardedLoader | Loader | Callable[[str, str], Any]

@@ -26,7 +26,9 @@ miss calls ``loader`` and stores what it returns:
   load, here or (through a loading mark in Redis) on any other client;
 * **events**: each access carries the caller's user and session and, on the
   first read of a value the warmer wrote, ``warmed=true`` with the warm's path
-  (``worker`` or ``edge``); a read that joined a load in flight says ``joined``.
+  (``worker`` or ``edge``); a read that joined an edge load in flight says
+  ``joined``, one that joined an application load (here or on another client) is
+  a miss, counted in ``load_joins``.
 """
 
 from __future__ import annotations
@@ -218,9 +220,11 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             _, late = await asyncio.wait({self._follower}, timeout=timeout)
             for task in late:
                 task.cancel()
-        background = self._refreshes | self._edge_tasks
-        if background:
-            _, late = await asyncio.wait(background, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        # Until none is left: a load cancelled here starts the release of its mark.
+        while background := self._refreshes | self._edge_tasks:
+            wait = max(0.0, deadline - time.monotonic())
+            _, late = await asyncio.wait(background, timeout=wait)
             for task in late:
                 task.cancel()
             if late:
@@ -528,18 +532,24 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         load_s = time.perf_counter() - started
         if not settled.done():
             settled.set_result(value)
-        ttl = core.load_ttl(namespace, (await claim)[1] if claim is not None else None)
-        if redis_up:
-            now = time.time()
-            try:
-                plan = core.set_plan(
-                    namespace, key, value, ttl, user=user, session=session, now=now
-                )
-                await self._drive(plan, "set", namespace, (key,), user, session)
-            except CacheError as error:
-                self.last_error = error
-            else:
-                self._remember(dkey, int(now * 1000), now + ttl, load_s)
+        written = False
+        try:
+            ttl = core.load_ttl(namespace, (await claim)[1] if claim is not None else None)
+            if redis_up:
+                now = time.time()
+                try:
+                    plan = core.set_plan(
+                        namespace, key, value, ttl, user=user, session=session, now=now
+                    )
+                    await self._drive(plan, "set", namespace, (key,), user, session)
+                except CacheError as error:
+                    self.last_error = error
+                else:
+                    written = True
+                    self._remember(dkey, int(now * 1000), now + ttl, load_s)
+        finally:
+            if claim is not None and not written:  # the value did not replace the mark
+                self._background(self._release_claim(claim, dkey, mark))
         return value
 
     async def _claim_load(
@@ -555,8 +565,11 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
     async def _release_claim(
         self, claim: asyncio.Task[tuple[bool, int | None]], dkey: str, mark: bytes
     ) -> None:
-        claimed, _ = await claim
-        if claimed:
+        """Delete our loading mark once its claim is settled (if it is still ours)."""
+        if not claim.done():
+            await asyncio.wait({claim})
+        # A cancelled claim may have landed: the release deletes only our own mark.
+        if claim.cancelled() or claim.exception() is not None or claim.result()[0]:
             with contextlib.suppress(RedisError):
                 await self._execute([self._release_command(dkey, mark)])
 
@@ -742,6 +755,8 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             if data is None:
                 return ABSENT
             if is_loading_mark(data):
+                if self._tokens.owns(data) and not self._loading(dkey):
+                    return ABSENT  # our own mark, left by a load that gave up: load again
                 continue
             value, edge = self._remote_value(namespace, key, data, started, user, session, emit)
             if edge:

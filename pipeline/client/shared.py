@@ -424,7 +424,7 @@ class IntelligentBase(Generic[GuardT, LoaderT]):
         TTL, in one round trip: whether it is ours, and the TTL the pipeline published.
 
         Every other client's read of the key then waits for this load instead of
-        fetching it again (:meth:`_remote_value`), and no edge load claims it.
+        fetching it again (``_join_remote``), and no edge load claims it.
         """
         core = self._core
         claimed, smart = yield [
@@ -516,8 +516,9 @@ class IntelligentBase(Generic[GuardT, LoaderT]):
         emit: bool,
     ) -> tuple[Any, bool]:
         """The value another client's load left (ABSENT if undecodable), and whether it
-        was an edge warm (the caller counts the join); an application load's value is
-        a hit, and a join of that load (it cost the origin nothing more)."""
+        was an edge warm (the caller counts the join). A read that waited for an
+        application load is what it is on the loading client: a miss, and a join
+        of that load (it cost the origin nothing more)."""
         try:
             value = self._core.decode(data)
         except CodecError:
@@ -527,7 +528,7 @@ class IntelligentBase(Generic[GuardT, LoaderT]):
         core = self._core
         core.stats.load_joins += 1
         elapsed = (time.perf_counter_ns() - started) // 1000
-        core.record_hit(namespace, key, data, elapsed, user, session, False, emit)
+        core.record_miss(namespace, key, elapsed, user, session, emit)
         return value, False
 
     def _record_join(

@@ -262,6 +262,12 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
                 )
                 if joined is not ABSENT:
                     return joined
+                # Our edge load did not happen (the key was claimed elsewhere): look again.
+                joined = self._join_remote(
+                    namespace, key, dkey, started, user, session, enable_prediction, poll=False
+                )
+                if joined is not ABSENT:
+                    return joined
                 elapsed = (time.perf_counter_ns() - started) // 1000
             core.record_miss(namespace, key, elapsed, user, session, enable_prediction)
         if trigger:
@@ -361,18 +367,25 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         load_s = time.perf_counter() - started
         flight.value = value
         flight.loaded.set()
-        if redis_up:
-            ttl = core.load_ttl(namespace, smart)
-            now = time.time()
-            try:
-                plan = core.set_plan(
-                    namespace, key, value, ttl, user=user, session=session, now=now
-                )
-                self._drive(plan, "set", namespace, (key,), user, session)
-            except CacheError as error:
-                self.last_error = error
-            else:
-                self._remember(dkey, int(now * 1000), now + ttl, load_s)
+        written = False
+        try:
+            if redis_up:
+                ttl = core.load_ttl(namespace, smart)
+                now = time.time()
+                try:
+                    plan = core.set_plan(
+                        namespace, key, value, ttl, user=user, session=session, now=now
+                    )
+                    self._drive(plan, "set", namespace, (key,), user, session)
+                except CacheError as error:
+                    self.last_error = error
+                else:
+                    written = True
+                    self._remember(dkey, int(now * 1000), now + ttl, load_s)
+        finally:
+            if claimed and not written:  # the value did not replace the mark
+                with contextlib.suppress(RedisError):
+                    self._execute([self._release_command(dkey, mark)])
         return value
 
     def _smart_ttl(self, namespace: str, key: str) -> int | None:
@@ -534,6 +547,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         user: str | None,
         session: str | None,
         emit: bool,
+        poll: bool = True,
     ) -> Any:
         """Another client's loading mark: wait (polling) for its load, as the async client does."""
         flight = self._flights.get(dkey)
@@ -542,10 +556,13 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
                 return self._join_edge(flight, namespace, key, started, user, session, emit)
             return ABSENT
         deadline = started + int(self.settings.edge_join_wait_s * 1e9)
-        pause = 0.0005
+        pause = 0.0005 if poll else 0.0
         while time.perf_counter_ns() < deadline:
-            time.sleep(pause)
-            pause = min(pause * 2, 0.005)
+            if pause:
+                time.sleep(pause)
+                pause = min(pause * 2, 0.005)
+            else:
+                pause = 0.0005
             try:
                 data: bytes | None = self._redis.execute_command("GET", dkey)  # type: ignore[no-untyped-call]
             except RedisError:
@@ -553,6 +570,8 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
             if data is None:
                 return ABSENT
             if is_loading_mark(data):
+                if self._tokens.owns(data) and not self._loading(dkey):
+                    return ABSENT  # our own mark, left by a load that gave up: load again
                 continue
             value, edge = self._remote_value(namespace, key, data, started, user, session, emit)
             if edge:

@@ -12,7 +12,7 @@ import pytest
 from pipeline.client import IntelligentCache, SyncIntelligentCache
 from pipeline.client.keys import rules_hash, rules_stream
 from pipeline.client.rulebook import STREAM_FIELD
-from pipeline.codec import ValueCodec, is_loading_mark
+from pipeline.codec import CodecError, ValueCodec, is_loading_mark
 from pipeline.loaders import LoaderConfig
 from pipeline.prefetch import encode_rule, encode_updates
 from tests.integration.client.conftest import Backend, MakeCache, RecordingSink
@@ -301,6 +301,14 @@ async def test_a_failed_application_load_releases_its_loading_mark(
         await cache.get("orders", "k", fallback_data=failing)
     await settle(cache)
     assert await cache.redis.get(dkey) is None  # readers elsewhere load it themselves at once
+
+    async def unstorable() -> Any:
+        return {1, 2}  # loaded, but not JSON: the write fails
+
+    with pytest.raises(CodecError):
+        await cache.get("orders", "k", fallback_data=unstorable)
+    await settle(cache)
+    assert await cache.redis.get(dkey) is None
 
 
 def test_another_sync_client_waits_for_an_application_load_in_flight(

@@ -108,7 +108,18 @@ def test_a_hung_sync_loader_does_not_block_its_key_for_other_threads(
     with pytest.raises(LoadTimeoutError):
         cache.get("p", "stuck", fallback_data=lambda: "mine")
     assert leader.is_alive()  # the joiner gave up while the load still hung
+    dkey = cache.settings.redis_key_prefix + "p:stuck"
+    real = cache.redis.execute_command
+    reads: list[object] = []
+
+    def execute_command(*args: object, **options: object) -> object:
+        if args[:2] == ("GET", dkey):
+            reads.append(args)
+        return real(*args, **options)  # type: ignore[no-untyped-call]
+
+    cache.redis.execute_command = execute_command  # type: ignore[method-assign]
     assert cache.get("p", "stuck", fallback_data=lambda: "fresh") == "fresh"  # loads again
+    assert len(reads) <= 2  # it did not wait on the hung load's own loading mark
     release.set()
     leader.join(5)
 
