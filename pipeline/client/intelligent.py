@@ -170,6 +170,8 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         self._refreshes: set[asyncio.Task[Any]] = set()
         self._edge_loaders = namespace_loaders(self.settings.loader_config(), loaders)
         self._edge_tasks: set[asyncio.Task[Any]] = set()
+        #: data key -> the poll that readers of a key loading elsewhere share.
+        self._remote_polls: dict[str, asyncio.Task[bytes | None]] = {}
         self._follower: asyncio.Task[None] | None = None
         self._stop_following = asyncio.Event()
 
@@ -731,16 +733,34 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
     ) -> Any:
         """A read found another client's loading mark: wait for that load's value.
 
-        Polls with a growing pause (0.5 ms to 5 ms) for at most
-        ``CACHECAST_EDGE_JOIN_WAIT_S``. Returns :data:`ABSENT` when the load
-        failed, or took too long: the caller then loads the key itself.
+        Returns :data:`ABSENT` when the load failed, or took longer than
+        ``CACHECAST_EDGE_JOIN_WAIT_S``: the caller then loads the key itself. The
+        readers of one key on this client share one poll (:meth:`_poll_remote`).
         """
         flight = self._flights.get(dkey)
         if flight is not None and not flight.done_ns:
             if flight.edge:
                 return await self._join_edge(flight, namespace, key, started, user, session, emit)
             return ABSENT  # our own application load: _load joins it
-        deadline = started + int(self.settings.edge_join_wait_s * 1e9)
+        poller = self._remote_polls.get(dkey)
+        if poller is None:
+            deadline = started + int(self.settings.edge_join_wait_s * 1e9)
+            poller = self._background(self._poll_remote(dkey, deadline, poll))
+            self._remote_polls[dkey] = poller
+            poller.add_done_callback(functools.partial(self._poll_done, dkey))
+        data = await asyncio.shield(poller)
+        if data is None:
+            return ABSENT
+        value, edge = self._remote_value(namespace, key, data, started, user, session, emit)
+        if edge:
+            consumed = await self._consume_warm(namespace, key)
+            self._record_join(namespace, key, started, user, session, emit, len(data), consumed)
+        return value
+
+    async def _poll_remote(self, dkey: str, deadline: int, poll: bool) -> bytes | None:
+        """Read ``dkey`` until its loading mark gives way to a value (its bytes), with a
+        growing pause (0.5 ms to 5 ms); None when the key is gone, Redis fails, the
+        mark is our own with no load behind it, or ``deadline`` passes."""
         pause = 0.0005 if poll else 0.0
         while _clock() < deadline:
             if pause:
@@ -751,19 +771,18 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             try:
                 data: bytes | None = await self._redis.execute_command("GET", dkey)
             except RedisError:
-                return ABSENT
+                return None
             if data is None:
-                return ABSENT
-            if is_loading_mark(data):
-                if self._tokens.owns(data) and not self._loading(dkey):
-                    return ABSENT  # our own mark, left by a load that gave up: load again
-                continue
-            value, edge = self._remote_value(namespace, key, data, started, user, session, emit)
-            if edge:
-                consumed = await self._consume_warm(namespace, key)
-                self._record_join(namespace, key, started, user, session, emit, len(data), consumed)
-            return value
-        return ABSENT
+                return None
+            if not is_loading_mark(data):
+                return data
+            if self._tokens.owns(data) and not self._loading(dkey):
+                return None  # our own mark, left by a load that gave up: load again
+        return None
+
+    def _poll_done(self, dkey: str, poller: asyncio.Task[bytes | None]) -> None:
+        if self._remote_polls.get(dkey) is poller:
+            del self._remote_polls[dkey]
 
     # -- early refresh ---------------------------------------------------------------
 

@@ -14,7 +14,8 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -104,6 +105,8 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         self._edge_loaders = sync_loaders(self.settings.loader_config(), loaders)
         self._edge_pool: ThreadPoolExecutor | None = None
         self._edge_queued = 0
+        #: data key -> the poll that the threads reading a key loading elsewhere share.
+        self._remote_polls: dict[str, Future[bytes | None]] = {}
         self._follower: threading.Thread | None = None
         self._stop_following = threading.Event()
 
@@ -549,13 +552,43 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         emit: bool,
         poll: bool = True,
     ) -> Any:
-        """Another client's loading mark: wait (polling) for its load, as the async client does."""
+        """Another client's loading mark: wait for its load, as the async client does (the
+        threads reading one key share one poll: the first polls, the others wait for it)."""
         flight = self._flights.get(dkey)
         if flight is not None and not flight.done_ns:
             if flight.edge:
                 return self._join_edge(flight, namespace, key, started, user, session, emit)
             return ABSENT
-        deadline = started + int(self.settings.edge_join_wait_s * 1e9)
+        wait_s = self.settings.edge_join_wait_s
+        with self._flights_lock:
+            poller = self._remote_polls.get(dkey)
+            polling = poller is None
+            if poller is None:
+                poller = self._remote_polls[dkey] = Future()
+        if polling:
+            data = None
+            try:
+                data = self._poll_remote(dkey, started + int(wait_s * 1e9), poll)
+            finally:
+                with self._flights_lock:
+                    if self._remote_polls.get(dkey) is poller:
+                        del self._remote_polls[dkey]
+                poller.set_result(data)
+        else:
+            try:
+                data = poller.result(timeout=wait_s)
+            except FutureTimeout:
+                data = None
+        if data is None:
+            return ABSENT
+        value, edge = self._remote_value(namespace, key, data, started, user, session, emit)
+        if edge:
+            consumed = self._consume_warm(namespace, key)
+            self._record_join(namespace, key, started, user, session, emit, len(data), consumed)
+        return value
+
+    def _poll_remote(self, dkey: str, deadline: int, poll: bool) -> bytes | None:
+        """Read ``dkey`` until its loading mark gives way to a value (see the async client)."""
         pause = 0.0005 if poll else 0.0
         while time.perf_counter_ns() < deadline:
             if pause:
@@ -566,19 +599,14 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
             try:
                 data: bytes | None = self._redis.execute_command("GET", dkey)  # type: ignore[no-untyped-call]
             except RedisError:
-                return ABSENT
+                return None
             if data is None:
-                return ABSENT
-            if is_loading_mark(data):
-                if self._tokens.owns(data) and not self._loading(dkey):
-                    return ABSENT  # our own mark, left by a load that gave up: load again
-                continue
-            value, edge = self._remote_value(namespace, key, data, started, user, session, emit)
-            if edge:
-                consumed = self._consume_warm(namespace, key)
-                self._record_join(namespace, key, started, user, session, emit, len(data), consumed)
-            return value
-        return ABSENT
+                return None
+            if not is_loading_mark(data):
+                return data
+            if self._tokens.owns(data) and not self._loading(dkey):
+                return None  # our own mark, left by a load that gave up: load again
+        return None
 
     # -- early refresh ---------------------------------------------------------------
 

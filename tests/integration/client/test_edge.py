@@ -287,6 +287,92 @@ async def test_another_client_waits_for_an_application_load_in_flight(
     assert (second.core.stats.loads, second.core.stats.load_joins) == (0, 1)
 
 
+def _count_reads(cache: Any, dkey: str, gate: Any, open_at: int) -> list[int]:
+    """Count ``cache``'s GETs of ``dkey``; open ``gate`` at the ``open_at``-th."""
+    real = cache.redis.execute_command
+    reads = [0]
+
+    def execute_command(*args: Any, **options: Any) -> Any:
+        if args[:2] == ("GET", dkey):
+            reads[0] += 1
+            if reads[0] == open_at:
+                gate.set()
+        return real(*args, **options)
+
+    cache.redis.execute_command = execute_command
+    return reads
+
+
+async def test_readers_waiting_for_a_load_elsewhere_share_one_poll(
+    backend: Backend, make_cache: MakeCache
+) -> None:
+    first: IntelligentCache = make_cache(backend, IntelligentCache)
+    prefix = first.settings.redis_key_prefix
+    second: IntelligentCache = make_cache(backend, IntelligentCache, redis_key_prefix=prefix)
+    dkey = prefix + "orders:k"
+    gate = asyncio.Event()
+
+    async def slow() -> Any:
+        await gate.wait()
+        return {"v": 1}
+
+    async def own() -> Any:
+        raise AssertionError("the second client fetched the key itself")
+
+    loading = asyncio.create_task(first.get("orders", "k", fallback_data=slow))
+    for _ in range(400):
+        if await first.redis.get(dkey) is not None:
+            break
+        await asyncio.sleep(0.005)
+    readers = 20
+    reads = _count_reads(second, dkey, gate, open_at=readers + 3)  # each reader's GET, 3 polls
+    values = await asyncio.gather(
+        *(second.get("orders", "k", fallback_data=own) for _ in range(readers))
+    )
+    assert values == [{"v": 1}] * readers
+    assert await loading == {"v": 1}
+    assert reads[0] <= readers + 8  # one poll for all of them, not one each
+    assert second.core.stats.load_joins == readers
+
+
+def test_threads_waiting_for_a_load_elsewhere_share_one_poll(
+    single: Backend, make_sync_cache: MakeCache
+) -> None:
+    first: SyncIntelligentCache = make_sync_cache(single, SyncIntelligentCache)
+    prefix = first.settings.redis_key_prefix
+    second: SyncIntelligentCache = make_sync_cache(
+        single, SyncIntelligentCache, redis_key_prefix=prefix
+    )
+    gate, loading = threading.Event(), threading.Event()
+
+    def slow() -> Any:
+        loading.set()
+        gate.wait(10)
+        return {"v": 1}
+
+    def own() -> Any:
+        raise AssertionError("the second client fetched the key itself")
+
+    leader = threading.Thread(target=lambda: first.get("o", "k", fallback_data=slow))
+    leader.start()
+    assert loading.wait(5)
+    readers = 16
+    # Every thread's own GET, then 12 polls: time enough for all of them to be waiting.
+    reads = _count_reads(second, prefix + "o:k", gate, open_at=readers + 12)
+    values: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda: values.append(second.get("o", "k", fallback_data=own)))
+        for _ in range(readers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    leader.join(5)
+    assert values == [{"v": 1}] * readers
+    assert reads[0] <= readers + 16  # one poll for all of them, not one each
+
+
 async def test_a_failed_application_load_releases_its_loading_mark(
     backend: Backend, make_cache: MakeCache
 ) -> None:
