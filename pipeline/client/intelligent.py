@@ -165,6 +165,10 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             breaker_cooldown=breaker_cooldown,
         )
         self._init_state(early_refresh, refresh_beta, tracked_keys, on_error, edge_warming)
+        #: The longest a finished load waits for its claim (and smart TTL): the time
+        #: after which Redis counts as hung.
+        settings = self.settings
+        self._claim_wait_s = (settings.redis_stall_ms or settings.redis_socket_timeout * 1000) / 1e3
         # Code between two awaits runs alone on the loop: the flights need no lock.
         self._flights_lock = contextlib.nullcontext()
         self._refreshes: set[asyncio.Task[Any]] = set()
@@ -536,7 +540,13 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             settled.set_result(value)
         written = False
         try:
-            ttl = core.load_ttl(namespace, (await claim)[1] if claim is not None else None)
+            smart = None
+            if claim is not None:
+                if not claim.done():  # advice only: a Redis this slow is not waited out
+                    await asyncio.wait({claim}, timeout=self._claim_wait_s)
+                if claim.done() and not claim.cancelled() and claim.exception() is None:
+                    smart = claim.result()[1]
+            ttl = core.load_ttl(namespace, smart)
             if redis_up:
                 now = time.time()
                 try:
