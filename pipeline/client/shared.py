@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Generic, Protocol, TypeVar
@@ -100,7 +101,7 @@ class _Flight(Protocol):
     write_settled: bool
 
 
-class ManagerBase(Generic[RedisT, EmitterT]):
+class ManagerBase(ABC, Generic[RedisT, EmitterT]):
     """The state and documents of a cache manager; the twins add the I/O."""
 
     def __init__(
@@ -147,9 +148,9 @@ class ManagerBase(Generic[RedisT, EmitterT]):
         """Keys, codec and counters, shared with the intelligent cache built on this client."""
         return self._core
 
+    @abstractmethod
     def _first_emit(self, *args: Any, **kwargs: Any) -> None:
         """Start the emitter on the first event, then hand the event to it."""
-        raise NotImplementedError
 
     def _health(self, started: float, error: BaseException | None = None) -> dict[str, Any]:
         """The :meth:`health_check` document of a PING sent at ``started`` (perf_counter)."""
@@ -246,7 +247,7 @@ class Armed:
         self.settled = False
 
 
-class IntelligentBase(Generic[GuardT, LoaderT]):
+class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
     """The state and decisions of an intelligent cache; the twins add I/O and waiting.
 
     The host class is a :class:`ManagerBase` twin; ``_flights_lock`` guards the
@@ -295,9 +296,9 @@ class IntelligentBase(Generic[GuardT, LoaderT]):
         """Whether ``namespace`` has a loader for edge warms."""
         return namespace in self._edge_loaders
 
+    @abstractmethod
     def _follow(self) -> None:
         """Start following the prefetch rules (once)."""
-        raise NotImplementedError
 
     def _loading(self, dkey: str) -> bool:
         flight = self._flights.get(dkey)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -237,6 +237,25 @@ async def test_another_client_waits_for_the_load_in_flight_instead_of_fetching(
     assert second.core.stats.edge_hits == 1  # it took the warm marker: the first read
 
 
+C = TypeVar("C", IntelligentCache, SyncIntelligentCache)
+
+
+def _two_clients(backend: Backend, make: MakeCache, cls: type[C]) -> tuple[C, C]:
+    """Two independent clients of one Redis and key prefix."""
+    first = make(backend, cls)
+    return first, make(backend, cls, redis_key_prefix=first.settings.redis_key_prefix)
+
+
+async def _marked(cache: IntelligentCache, dkey: str) -> bytes:
+    """What ``dkey`` holds once something is there (a load's mark is claimed beside it)."""
+    for _ in range(400):
+        raw: bytes | None = await cache.redis.get(dkey)
+        if raw is not None:
+            return raw
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"nothing was written to {dkey}")
+
+
 def _release_on_second_read(cache: Any, dkey: str, gate: Any) -> None:
     """Open ``gate`` when ``cache`` reads ``dkey`` a second time: it is polling a load."""
     real = cache.redis.execute_command
@@ -256,9 +275,8 @@ def _release_on_second_read(cache: Any, dkey: str, gate: Any) -> None:
 async def test_another_client_waits_for_an_application_load_in_flight(
     backend: Backend, make_cache: MakeCache
 ) -> None:
-    first: IntelligentCache = make_cache(backend, IntelligentCache)
+    first, second = _two_clients(backend, make_cache, IntelligentCache)
     prefix = first.settings.redis_key_prefix
-    second: IntelligentCache = make_cache(backend, IntelligentCache, redis_key_prefix=prefix)
     dkey = prefix + "orders:k"
     gate = asyncio.Event()
     calls: list[str] = []
@@ -273,13 +291,7 @@ async def test_another_client_waits_for_an_application_load_in_flight(
         return {"v": 2}
 
     loading = asyncio.create_task(first.get("orders", "k", fallback_data=slow))
-    for _ in range(400):  # the loading mark is claimed beside the load
-        raw = await first.redis.get(dkey)
-        if raw is not None:
-            break
-        await asyncio.sleep(0.005)
-    assert raw is not None
-    assert is_loading_mark(raw)
+    assert is_loading_mark(await _marked(first, dkey))  # claimed beside the load
     _release_on_second_read(second, dkey, gate)
     assert await second.get("orders", "k", fallback_data=own) == {"v": 1}
     assert await loading == {"v": 1}
@@ -306,9 +318,8 @@ def _count_reads(cache: Any, dkey: str, gate: Any, open_at: int) -> list[int]:
 async def test_readers_waiting_for_a_load_elsewhere_share_one_poll(
     backend: Backend, make_cache: MakeCache
 ) -> None:
-    first: IntelligentCache = make_cache(backend, IntelligentCache)
+    first, second = _two_clients(backend, make_cache, IntelligentCache)
     prefix = first.settings.redis_key_prefix
-    second: IntelligentCache = make_cache(backend, IntelligentCache, redis_key_prefix=prefix)
     dkey = prefix + "orders:k"
     gate = asyncio.Event()
 
@@ -320,10 +331,7 @@ async def test_readers_waiting_for_a_load_elsewhere_share_one_poll(
         raise AssertionError("the second client fetched the key itself")
 
     loading = asyncio.create_task(first.get("orders", "k", fallback_data=slow))
-    for _ in range(400):
-        if await first.redis.get(dkey) is not None:
-            break
-        await asyncio.sleep(0.005)
+    await _marked(first, dkey)
     readers = 20
     reads = _count_reads(second, dkey, gate, open_at=readers + 3)  # each reader's GET, 3 polls
     values = await asyncio.gather(
@@ -338,11 +346,8 @@ async def test_readers_waiting_for_a_load_elsewhere_share_one_poll(
 def test_threads_waiting_for_a_load_elsewhere_share_one_poll(
     single: Backend, make_sync_cache: MakeCache
 ) -> None:
-    first: SyncIntelligentCache = make_sync_cache(single, SyncIntelligentCache)
+    first, second = _two_clients(single, make_sync_cache, SyncIntelligentCache)
     prefix = first.settings.redis_key_prefix
-    second: SyncIntelligentCache = make_sync_cache(
-        single, SyncIntelligentCache, redis_key_prefix=prefix
-    )
     gate, loading = threading.Event(), threading.Event()
 
     def slow() -> Any:
@@ -400,11 +405,8 @@ async def test_a_failed_application_load_releases_its_loading_mark(
 def test_another_sync_client_waits_for_an_application_load_in_flight(
     single: Backend, make_sync_cache: MakeCache
 ) -> None:
-    first: SyncIntelligentCache = make_sync_cache(single, SyncIntelligentCache)
+    first, second = _two_clients(single, make_sync_cache, SyncIntelligentCache)
     prefix = first.settings.redis_key_prefix
-    second: SyncIntelligentCache = make_sync_cache(
-        single, SyncIntelligentCache, redis_key_prefix=prefix
-    )
     gate, loading = threading.Event(), threading.Event()
     calls: list[str] = []
 
