@@ -441,6 +441,13 @@ class Settings(BaseSettings):
         " the background, through the namespace's loader (CACHECAST_LOADERS or"
         " register_loader).",
     )
+    redis_read_line: bool = Field(
+        True,
+        validation_alias=_env("CACHECAST_REDIS_READ_LINE", "redis_read_line"),
+        description="Client (asyncio, single server): send GETs pipelined on one"
+        " connection of their own instead of through the pool (about 50 µs less per"
+        " read here); off: every command uses the pool.",
+    )
     redis_stall_ms: float = Field(
         200.0,
         ge=0,

@@ -27,7 +27,7 @@ import sys
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, Final, Protocol, TypeAlias, TypeVar
 
 import redis
 import redis.asyncio
@@ -56,12 +56,14 @@ __all__ = [
     "GatedRetry",
     "RetryGate",
     "SyncRedisClient",
+    "Watched",
     "WatchedConnection",
     "WatchedSSLConnection",
     "async_retry",
     "backoff_cap",
     "connect_async",
     "connect_sync",
+    "socket_unread",
     "sync_retry",
     "tls_options",
 ]
@@ -197,6 +199,30 @@ def tls_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def socket_unread(sock: Any) -> bool:
+    """Bytes wait unread in ``sock`` (an asyncio transport's socket, or None)."""
+    if sock is None or _FIONREAD is None:
+        return False
+    try:
+        count = fcntl.ioctl(sock.fileno(), _FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return False
+    return int.from_bytes(count, sys.byteorder) > 0
+
+
+class Watched(Protocol):
+    """What a :class:`ConnectionWatch` keeps deadlines for: one connection to Redis."""
+
+    host: str
+    port: int
+    #: time.monotonic() since when it waits for Redis (0: it does not).
+    waiting_since: float
+
+    def unread(self) -> bool: ...
+
+    def abort(self) -> None: ...
+
+
 class ConnectionWatch:
     """Read and write deadlines for a pool's connections, kept by one timer.
 
@@ -213,7 +239,7 @@ class ConnectionWatch:
     def __init__(self, deadline_s: float, every_s: float = 0.05) -> None:
         self.deadline_s = deadline_s
         self.every_s = min(every_s, deadline_s / 4)
-        self.connections: weakref.WeakSet[WatchedConnection] = weakref.WeakSet()
+        self.connections: weakref.WeakSet[Watched] = weakref.WeakSet()
         self.expired = 0
         #: When a reply last arrived on any of the connections (perf_counter_ns):
         #: the client's stall watchdog counts handshakes of new connections as
@@ -285,16 +311,7 @@ class WatchedConnection(redis.asyncio.Connection):
         if reader is not None and getattr(reader, "_buffer", None):
             return True
         writer = getattr(self, "_writer", None)
-        if writer is None or _FIONREAD is None:
-            return False
-        sock = writer.transport.get_extra_info("socket")
-        if sock is None:
-            return False
-        try:
-            count = fcntl.ioctl(sock.fileno(), _FIONREAD, b"\0\0\0\0")
-        except (OSError, ValueError):
-            return False
-        return int.from_bytes(count, sys.byteorder) > 0
+        return writer is not None and socket_unread(writer.transport.get_extra_info("socket"))
 
     def abort(self) -> None:
         """Close the socket at once: a pending read or write fails now."""

@@ -288,8 +288,12 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         try:
             if self._cold:
                 await self._warm_up()
-            # execute_command skips redis-py's get() wrapper (a frame and a kwargs dict)
-            data: bytes | None = await self._redis.execute_command("GET", dkey)
+            # The read line if it can take the read; else the pool, through
+            # execute_command (it skips redis-py's get() wrapper: a frame and a dict).
+            sent = self._reads.get(dkey) if self._reads is not None else None
+            data: bytes | None = await (
+                sent if sent is not None else self._redis.execute_command("GET", dkey)
+            )
         except BaseException as exc:
             core.reads_waiting -= 1
             if armed is not None:

@@ -38,6 +38,7 @@ from pipeline.client.connection import (
 from pipeline.client.core import MISS, SLOW, Command, Plan
 from pipeline.client.emitter import AccessEmitter
 from pipeline.client.keys import pattern_for
+from pipeline.client.reads import ReadLine, ReadLineLost
 from pipeline.client.shared import ManagerBase, applied_settings
 from pipeline.config import Settings
 
@@ -132,6 +133,13 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
         if retry is not None:  # retries stop while the breaker is open
             retry.gate.stopped = self._core.breaker_tripped
         self._emitter_starting: asyncio.Task[None] | None = None
+        # GETs go pipelined on a connection of their own (see client/reads.py)
+        # when this client built its single-server pool itself.
+        self._reads: ReadLine | None = (
+            ReadLine(self.settings, _watch_of(self._redis), self._core.breaker_tripped)
+            if self._owns_redis and not self.cluster and self.settings.redis_read_line
+            else None
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -173,6 +181,8 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
                 await self._emitter_starting
             if self._emitter_started:
                 await self.emitter.close(timeout)
+        if self._reads is not None:
+            await self._reads.close()
         if self._owns_redis:
             await self._redis.aclose()
 
@@ -300,7 +310,10 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
         try:
             if self._cold:
                 await self._warm_up()
-            data: bytes | None = await self._redis.execute_command("GET", dkey)
+            sent = self._reads.get(dkey) if self._reads is not None else None
+            data: bytes | None = await (
+                sent if sent is not None else self._redis.execute_command("GET", dkey)
+            )
         except BaseException as exc:
             core.reads_waiting -= 1
             if not isinstance(exc, RedisError):
@@ -334,8 +347,14 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
         session: str | None = None,
         emit: bool = True,
     ) -> bytes | None:
-        """A GET failed: wait for a pooled connection if that was all, else report."""
-        if isinstance(exc, MaxConnectionsError):
+        """A GET failed: wait for a pooled connection if that was all, else report.
+
+        A read whose line was lost is retried through the pool (with its retries),
+        as a pooled connection's retry would, unless the breaker is open.
+        """
+        if isinstance(exc, MaxConnectionsError) or (
+            isinstance(exc, ReadLineLost) and not self._core.breaker_tripped()
+        ):
             try:
                 data = cast("bytes | None", await self._call(self._redis.get, dkey))
                 return data

@@ -104,6 +104,9 @@ class _Flight(Protocol):
 class ManagerBase(ABC, Generic[RedisT, EmitterT]):
     """The state and documents of a cache manager; the twins add the I/O."""
 
+    #: The asyncio client's read line (client/reads.py), when it has one.
+    _reads: Any = None
+
     def __init__(
         self,
         config: Settings | Mapping[str, Any] | None,
@@ -170,6 +173,7 @@ class ManagerBase(ABC, Generic[RedisT, EmitterT]):
         return {
             "client": self._core.stats.snapshot(),
             "emitter": _emitter_stats(self.emitter),
+            "read_line": self._reads.snapshot() if self._reads is not None else None,
             "redis": redis,
             "performance": _performance(self._core, redis),
         }

@@ -63,9 +63,16 @@ def acl_user(settings: Settings) -> Iterator[str]:
         admin.close()
 
 
-async def _traffic(settings: Settings, reads: int) -> dict[str, Any]:
+async def _traffic(settings: Settings, reads: int, read_line: bool = False) -> dict[str, Any]:
+    """``reads`` reads of 20 keys; ``read_line``: once its read line is connected."""
     cache = IntelligentCache(settings, early_refresh=False)
     try:
+        if read_line:  # a first read connects the line (with the same credentials)
+            await cache.get(NAMESPACE, "first", enable_prediction=False)  # no event
+            deadline = time.monotonic() + 10
+            while not (await cache.get_stats())["read_line"]["connected"]:
+                assert time.monotonic() < deadline, "the read line did not connect"
+                await asyncio.sleep(0.01)
         for i in range(reads):
             assert await cache.get(NAMESPACE, f"k{i % 20}", fallback_data=lambda i=i: i) is not None
         assert cache.emitter is not None
@@ -102,9 +109,10 @@ def test_worker_and_client_use_kafka_sasl_and_a_redis_acl_user(
 
     worker = start_worker(**secure)
     worker.wait_ready()
-    client = asyncio.run(_traffic(settings, 100))
+    client = asyncio.run(_traffic(settings, 100, read_line=True))
     assert client["delivered"] is True
     assert client["client"]["errors"] == 0
+    assert client["read_line"]["reads"] >= 100  # the read line authenticated as the ACL user
     assert client["redis"]["memory"]["used_memory"] > 0  # INFO, as the ACL user
     deadline = time.monotonic() + 60
     while True:  # the events went through the SASL broker to the worker
@@ -172,8 +180,9 @@ def test_worker_and_client_use_redis_over_tls(
     settings = load_settings()
     worker = start_worker(**secure)
     worker.wait_ready()
-    client = asyncio.run(_traffic(settings, 100))
+    client = asyncio.run(_traffic(settings, 100, read_line=True))
     assert client["client"]["errors"] == 0
+    assert client["read_line"]["reads"] >= 100  # the read line speaks TLS too
     assert client["redis"]["memory"]["used_memory"] > 0  # INFO over TLS
     # The worker's own Redis clients talk TLS too: it answers health checks and
     # publishes the smart TTLs it learns (20 keys read 5 times each) into that Redis.
