@@ -13,6 +13,10 @@ client alike:
 * ``REDIS_ENABLE_CLUSTERING`` with ``REDIS_CLUSTER_NODES`` gives redis-py's
   ``RedisCluster`` instead, which the cache client drives through the same API.
 
+The asyncio client's GETs go beside the pool, on its read line
+(:mod:`pipeline.client.reads`), which this module's :class:`ConnectionWatch`
+keeps deadlines for like a pooled connection.
+
 >>> from pipeline.config import Settings
 >>> backoff_cap(Settings(redis_retry_delay_ms=100, redis_max_retries=3))
 0.8

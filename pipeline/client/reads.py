@@ -36,18 +36,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-from redis.exceptions import (
-    AuthenticationError,
-    BusyLoadingError,
-    ConnectionError,
-    ResponseError,
-)
+from redis._parsers.base import BaseParser
+from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
 from pipeline.client.connection import ConnectionWatch, socket_unread
 from pipeline.config import Settings
@@ -59,22 +56,31 @@ log = logging.getLogger(__name__)
 #: Longest pause between two attempts to connect a lost line.
 RECONNECT_MAX_S: Final = 5.0
 _FIRST_RETRY_S: Final = 0.05
+#: A line that lived this long was fine: losing it is not a reason to back off.
+_STABLE_S: Final = 10.0
 _CRLF: Final = b"\r\n"
 
 
 class ReadLineLost(ConnectionError):
-    """The read line's connection was lost while this read waited for its reply."""
+    """The read line could not serve this read (its connection was lost while the
+    read waited, or Redis answered that it is still loading): retry it on the pool."""
 
 
 def _reply_error(message: str) -> Exception:
-    """The redis-py exception for an error reply, as the pool's parser raises it."""
-    if message.startswith("LOADING"):
-        return BusyLoadingError(message)
-    if message.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
-        return AuthenticationError(message)
-    if message.startswith("ERR "):
-        message = message[4:]
-    return ResponseError(message)
+    """The redis-py exception for an error reply: the pool's own parser decides.
+
+    One the pool would retry (Redis loading its data after a restart) becomes
+    :class:`ReadLineLost`, so the read is retried on the pool, with its backoff.
+
+    >>> type(_reply_error("WRONGTYPE Operation against a key")).__name__
+    'ResponseError'
+    >>> type(_reply_error("LOADING Redis is loading the dataset in memory")).__name__
+    'ReadLineLost'
+    """
+    error: Exception = BaseParser.parse_error(message)  # type: ignore[no-untyped-call]
+    if isinstance(error, (ConnectionError, TimeoutError, BusyLoadingError)):
+        return ReadLineLost(f"Redis answered the read line: {message}")
+    return error
 
 
 def _command(*parts: bytes) -> bytes:
@@ -105,6 +111,7 @@ class _Line(asyncio.Protocol):
         self.ready = False
         self.paused = False
         self.gone: asyncio.Future[None] = loop.create_future()  # the socket is closed
+        self.since = 0.0  # monotonic: when the line became ready
 
     # -- asyncio.Protocol -----------------------------------------------------------
 
@@ -136,16 +143,19 @@ class _Line(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
+        pending = self.pending
+        # Any bytes are a sign of life (a large reply may take a while to arrive).
+        self.waiting_since = time.monotonic() if pending else 0.0
+        self.owner.answered()
         if buffer:
             buffer += data
             if len(buffer) < self.need:  # a large reply still arriving: wait for it all
                 return
             data = bytes(buffer)
             buffer.clear()
-        pending = self.pending
+        self.need = 0
         end = len(data)
         pos = 0
-        answered = False
         while pos < end:
             line_end = data.find(_CRLF, pos)
             if line_end < 0:
@@ -184,14 +194,10 @@ class _Line(asyncio.Protocol):
                 else:
                     future.set_exception(error)
             pos = following
-            answered = True
         if pos < end:
             buffer += data[pos:]
-        if not buffer:
-            self.need = 0
-        if answered:
-            self.waiting_since = time.monotonic() if pending else 0.0
-            self.owner.answered()
+        if not pending:
+            self.waiting_since = 0.0
 
     # -- the line -------------------------------------------------------------------
 
@@ -211,8 +217,16 @@ class _Line(asyncio.Protocol):
 
     def abort(self) -> None:
         """Close the socket at once: every read waiting fails now."""
-        if self.transport is not None:
-            self.transport.abort()
+        self.ready = False  # no read is sent on a line going away
+        transport = self.transport
+        if transport is None:
+            return
+        if self.loop is asyncio._get_running_loop():
+            transport.abort()
+        elif not self.loop.is_closed():  # a line left on a loop the client moved from
+            self.loop.call_soon_threadsafe(transport.abort)
+        else:  # its loop is gone, and connection_lost with it: forget the line now
+            self.owner.lost(self)
 
     def _broken(self, why: str) -> None:
         log.warning("Redis %s:%s read line: %s; reconnecting", self.host, self.port, why)
@@ -241,7 +255,7 @@ class ReadLine:
         self._line: _Line | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._retry_at = 0.0
-        self._failures = 0
+        self._failures = 0  # connects failed, or lines lost young, in a row
         self._closed = False
         #: Reads sent on the line; connections made; connections lost.
         self.reads = 0
@@ -251,13 +265,13 @@ class ReadLine:
     def get(self, dkey: str) -> asyncio.Future[Any] | None:
         """Send ``GET dkey`` on the line: its reply's future, or None (use the pool)."""
         line = self._line
-        if line is None or not line.ready or line.paused:
-            if line is None:
-                self._connect_soon()
-            return None
-        if line.loop is not asyncio.get_running_loop():  # the client moved to another loop
-            self._line = None
-            line.abort()
+        if (
+            line is None
+            or not line.ready
+            or line.paused
+            or line.loop is not asyncio.get_running_loop()
+        ):
+            self._unavailable(line)
             return None
         watch = self._watch
         if watch is not None and not watch.running:
@@ -265,6 +279,15 @@ class ReadLine:
         key = dkey.encode()
         self.reads += 1
         return line.send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key))
+
+    def _unavailable(self, line: _Line | None) -> None:
+        if line is None:
+            self._connect_soon()
+        elif line.loop is not asyncio.get_running_loop():  # the client moved to another loop
+            line.abort()
+            if self._line is line:
+                self.lost(line)
+            self._connect_soon()
 
     @property
     def connected(self) -> bool:
@@ -284,25 +307,35 @@ class ReadLine:
             self._watch.answered_ns = time.perf_counter_ns()
 
     def lost(self, line: _Line) -> None:
-        if self._line is line:
-            self._line = None
-            self.losses += 1
-            self._retry_at = time.monotonic() + _FIRST_RETRY_S
         if self._watch is not None:
             self._watch.connections.discard(line)
+        if self._line is not line:
+            return
+        self._line = None
+        self.losses += 1
+        now = time.monotonic()
+        # A line that lived a while reconnects at once; one lost young backs off.
+        self._failures = 0 if now - line.since > _STABLE_S else self._failures + 1
+        self._retry_at = now + self._pause()
+
+    def _pause(self) -> float:
+        if not self._failures:
+            return 0.0
+        return float(min(RECONNECT_MAX_S, _FIRST_RETRY_S * 2 ** (self._failures - 1)))
 
     async def close(self) -> None:
         """Close the line; reads still waiting on it fail (the client retries them)."""
         self._closed = True
-        if self._connecting is not None:
-            self._connecting.cancel()
-            await asyncio.gather(self._connecting, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None and connecting.get_loop() is loop:
+            connecting.cancel()
+            await asyncio.gather(connecting, return_exceptions=True)
         line, self._line = self._line, None
         if line is None or line.transport is None:
             return
-        if line.loop is not asyncio.get_running_loop():
-            if not line.loop.is_closed():
-                line.loop.call_soon_threadsafe(line.transport.abort)
+        if line.loop is not loop:
+            line.abort()
             return
         line.transport.close()
         # The socket closes in a callback: let it run before the loop may end.
@@ -311,19 +344,21 @@ class ReadLine:
     # -- connecting ---------------------------------------------------------------------
 
     def _connect_soon(self) -> None:
-        if self._closed or self._connecting is not None or time.monotonic() < self._retry_at:
-            return
-        if self._breaker_tripped is not None and self._breaker_tripped():
+        if self._closed or time.monotonic() < self._retry_at:
             return
         loop = asyncio.get_running_loop()
+        connecting = self._connecting
+        if connecting is not None and connecting.get_loop() is loop:
+            return  # already on its way (a task left on another loop is forgotten)
+        if self._breaker_tripped is not None and self._breaker_tripped():
+            return
         self._connecting = loop.create_task(self._connect(loop))
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
         settings = self._settings
         line: _Line | None = None
         try:
-            timeout = settings.redis_socket_timeout
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(settings.redis_socket_timeout):
                 _, line = await loop.create_connection(
                     lambda: _Line(self, loop),
                     self.host,
@@ -331,24 +366,39 @@ class ReadLine:
                     ssl=_tls_context(settings),
                     server_hostname=self.host if settings.redis_tls else None,
                 )
+                sock = line.transport.get_extra_info("socket") if line.transport else None
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
                 replies = [line.send(command) for command in _handshake(settings)]
-                for reply in replies:
-                    await reply
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, ResponseError) as exc:
+                # Every reply is awaited (none left unretrieved), then the first error raised.
+                for outcome in await asyncio.gather(*replies, return_exceptions=True):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+        except Exception as exc:  # any failure to connect: use the pool, try again later
             if line is not None:
                 line.abort()
             self._failures += 1
-            pause = min(RECONNECT_MAX_S, _FIRST_RETRY_S * 2**self._failures)
-            self._retry_at = time.monotonic() + pause
-            log.debug("Redis %s:%s read line not connected: %s", self.host, self.port, exc)
+            self._retry_at = time.monotonic() + self._pause()
+            log.log(
+                logging.WARNING if self._failures == 1 else logging.DEBUG,
+                "Redis %s:%s: the read line did not connect (reads use the pool): %s",
+                self.host,
+                self.port,
+                exc,
+            )
             return
+        except BaseException:  # cancelled (the client is closing)
+            if line is not None:
+                line.abort()
+            raise
         finally:
-            self._connecting = None
+            if self._connecting is asyncio.current_task():
+                self._connecting = None
         if self._closed:
             line.abort()
             return
-        self._failures = 0
         self.connects += 1
+        line.since = time.monotonic()
         line.ready = True
         self._line = line
         if self._watch is not None:

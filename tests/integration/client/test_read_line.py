@@ -61,10 +61,11 @@ async def test_a_value_larger_than_a_socket_read_arrives_whole(
     assert (await cache.get_stats())["read_line"]["losses"] == 0
 
 
+@pytest.mark.parametrize("cls", [RedisCacheManager, IntelligentCache])
 async def test_reads_waiting_on_a_lost_line_are_served_through_the_pool(
-    single: Backend, make_cache: MakeCache
+    single: Backend, make_cache: MakeCache, cls: type[RedisCacheManager]
 ) -> None:
-    cache: IntelligentCache = make_cache(single, IntelligentCache)
+    cache: RedisCacheManager = make_cache(single, cls)
     await cache.set("line", "k", "value")
     await _connected(cache)
     reads = [asyncio.create_task(cache.get("line", "k")) for _ in range(20)]
@@ -123,3 +124,20 @@ async def test_a_cluster_client_has_no_read_line(backend: Backend, make_cache: M
         assert line is None
     else:
         assert line is not None
+
+
+async def test_the_line_reads_the_database_the_settings_name(
+    single: Backend, make_cache: MakeCache
+) -> None:
+    cache: IntelligentCache = make_cache(single, IntelligentCache, redis_db=3)
+    await cache.set("line", "k", "in db 3")
+    await _connected(cache)
+    raw = single.raw()
+    try:  # the same key in database 0 holds something else
+        raw.set(cache.core.data_key("line", "k"), b"not an envelope")
+        assert await cache.get("line", "k") == "in db 3"
+        assert (await cache.get_stats())["read_line"]["reads"] >= 1
+    finally:
+        raw.delete(cache.core.data_key("line", "k"))
+        raw.close()
+        await cache.delete("line", "k")  # the backend's cleanup sees database 0 only
