@@ -81,7 +81,9 @@ class WorkerProcess:
     """A ``cachecast worker`` in a child process: for the demo, tests and benchmarks.
 
     The worker runs in its own session; :meth:`stop` sends SIGTERM (a clean
-    shutdown) and :meth:`kill` SIGKILL (a crash).
+    shutdown) and :meth:`kill` SIGKILL (a crash). It dies with the process that
+    started it, as the devstack's servers do: a demo or test run killed outright
+    leaves no worker behind.
     """
 
     def __init__(self, env: Mapping[str, str], log_path: Path, *, web_port: int) -> None:
@@ -91,6 +93,8 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, ready_timeout: float = 90.0) -> WorkerProcess:
+        from pipeline.devstack.process import die_with_parent  # demo and test use only
+
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.cli", "worker", "--web-port", str(self.web_port)],
@@ -98,6 +102,7 @@ class WorkerProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         self.wait_ready(ready_timeout)
         return self

@@ -118,7 +118,7 @@ def _tcp_open(host: str, port: int, timeout: float) -> bool:
 # --------------------------------------------------------------------------- processes
 
 
-def _pdeathsig_preexec() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """A child-side hook that makes the server die with us, or None where unsafe.
 
     ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child exits, so it is
@@ -181,7 +181,7 @@ class _Process:
                 stderr=subprocess.STDOUT,
                 env=None if env is None else dict(env),
                 start_new_session=True,
-                preexec_fn=_pdeathsig_preexec(),
+                preexec_fn=die_with_parent(),
             )
         self.pid = self.popen.pid
         _live.add(self)
