@@ -37,16 +37,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
 from redis._parsers.base import BaseParser
+from redis.asyncio.connection import RedisSSLContext
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
-from pipeline.client.connection import ConnectionWatch, socket_unread
+from pipeline.client.connection import ConnectionWatch, socket_unread, tls_options
 from pipeline.config import Settings
 
 __all__ = ["ReadLine", "ReadLineLost"]
@@ -250,6 +250,7 @@ class ReadLine:
         self.host = settings.redis_host
         self.port = settings.redis_port
         self._settings = settings
+        self._tls = _tls_context(settings)
         self._watch = watch
         self._breaker_tripped = breaker_tripped  # no connecting while it is open
         self._line: _Line | None = None
@@ -363,7 +364,7 @@ class ReadLine:
                     lambda: _Line(self, loop),
                     self.host,
                     self.port,
-                    ssl=_tls_context(settings),
+                    ssl=self._tls.get() if self._tls is not None else None,
                     server_hostname=self.host if settings.redis_tls else None,
                 )
                 sock = line.transport.get_extra_info("socket") if line.transport else None
@@ -421,13 +422,13 @@ def _handshake(settings: Settings) -> list[bytes]:
     return commands
 
 
-def _tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """The TLS context for ``REDIS_TLS``, verifying like the pool (None when it is off)."""
-    if not settings.redis_tls:
+def _tls_context(settings: Settings) -> RedisSSLContext | None:
+    """redis-py's TLS context for the pool's own options (None when ``REDIS_TLS`` is off).
+
+    The line verifies exactly as the pool's connections do, and the certificate
+    files are read once, at the first connect.
+    """
+    options = tls_options(settings)
+    if not options:
         return None
-    context = ssl.create_default_context(cafile=settings.redis_tls_ca_file)
-    context.check_hostname = settings.redis_tls_check_hostname
-    context.verify_mode = ssl.CERT_REQUIRED
-    if settings.redis_tls_cert_file:
-        context.load_cert_chain(settings.redis_tls_cert_file, settings.redis_tls_key_file)
-    return context
+    return RedisSSLContext(**{name.removeprefix("ssl_"): value for name, value in options.items()})
