@@ -6,7 +6,7 @@ Topics (names and partition counts from :mod:`pipeline.config`):
 topic              key / partitioning         value
 =================  =========================  =========================================
 access             murmur2(ns:key)            AccessEvent object or array (producers)
-access-by-session  session/user/client        AccessEvent arrays, re-batched
+access-by-session  user/session/client        AccessEvent arrays, re-batched
 warmup             murmur2(ns:key)            WarmupCommand arrays
 outcomes           namespace                  WarmupOutcome arrays
 stats-deltas       namespace                  WindowStats deltas

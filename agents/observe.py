@@ -14,7 +14,7 @@ For each record on the access topic:
 3. count the events into per-namespace stats deltas (sent every flush, then a
    progress record per partition says up to which offset they count, so the
    next owner of a partition counts each record once: see :meth:`Observe.flush`);
-4. re-batch the reads by sequence key (session, else user, else client) onto
+4. re-batch the reads by sequence key (user, else session, else client) onto
    the sequence topic, where the predict agent sees each sequence in order. A
    sequence row keeps only what the models use (ts, namespace, key, op, outcome,
    user, warmed): half the bytes to compress, send and parse again.

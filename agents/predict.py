@@ -1,6 +1,6 @@
 """The predict agent: sequenced access events in, warmup commands out.
 
-The sequence topic carries access events re-partitioned by session (or user,
+The sequence topic carries access events re-partitioned by user (or session,
 or client); a :class:`~pipeline.reorder.Reorderer` per partition puts the
 batches that arrive interleaved from the access partitions back in time order
 (holding events at most ``CACHECAST_REORDER_S``). Per partition, a

@@ -52,9 +52,10 @@ __all__ = [
     "snapshot_key",
 ]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """The snapshot format this code writes and reads (1 was a pickle, 2 a state without the
-offset it covers; neither is read)."""
+offset it covers, 3 an engine without the user index and its three features; none is
+read: a partition whose snapshot is older starts fresh)."""
 
 MAX_SNAPSHOT_BYTES: Final = 512 * 1024 * 1024
 """The largest uncompressed snapshot a worker accepts (checked before decompressing)."""

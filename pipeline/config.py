@@ -378,6 +378,15 @@ class Settings(BaseSettings):
         " from the configured values. Measured to help at 400 requests/s and to diverge at"
         " 2,000/s (see docs/DESIGN.md).",
     )
+    model_session_gap_s: float = Field(
+        1800.0,
+        gt=0,
+        le=86_400 * 7,
+        validation_alias=_env("CACHECAST_SESSION_GAP_S", "model_session_gap_s"),
+        description="Silence, in seconds of the events' own time, after which a user's next"
+        " read opens a new session: the moment their favourite keys and similar users' keys"
+        " are raised. A replay that compresses a trace's time scales it down with it.",
+    )
     smart_ttl_publish: bool = Field(
         True,
         validation_alias=_env("CACHECAST_PUBLISH_TTL", "smart_ttl_publish"),
@@ -506,7 +515,7 @@ class Settings(BaseSettings):
     topic_sequence: str = Field(
         "",
         validation_alias=_env("CACHECAST_TOPIC_SEQUENCE", "topic_sequence"),
-        description="Access events re-partitioned by session (or user, or client).",
+        description="Access events re-partitioned by user (or session, or client).",
     )
     worker_session_timeout_s: float = Field(
         10.0,

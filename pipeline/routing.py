@@ -41,8 +41,12 @@ SEQUENCE_FIELDS: Final = ("ts", "namespace", "key", "op", "outcome", "user", "wa
 
 
 def sequence_key(event: dict[str, Any]) -> str:
-    """What orders an event for the sequence models: its session, user, or client."""
-    found: str = event["session"] or event["user"] or event["client"] or "-"
+    """What orders an event for the sequence models: its user, else session, else client.
+
+    User first, so that every session of a user meets the one model instance that
+    holds the user's profile (similar users are found among those it holds).
+    """
+    found: str = event["user"] or event["session"] or event["client"] or "-"
     return found
 
 

@@ -87,6 +87,8 @@ class WindowStats:
     recency_false: int = 0
     similarity_true: int = 0
     similarity_false: int = 0
+    user_true: int = 0
+    user_false: int = 0
     temporal_true: int = 0
     temporal_false: int = 0
     rules_true: int = 0

@@ -63,10 +63,10 @@ OPS: Final = ("get", "set", "delete", "mget", "mset", "exists", "incr", "expire"
 #: The operations that are requests for a value: what the prediction models learn from.
 READ_OPS: Final = frozenset({"get", "mget", "exists"})
 OUTCOMES: Final = ("hit", "miss", "error", "none")
-REASONS: Final = ("frequency", "recency", "similarity", "temporal", "ensemble", "manual")
+REASONS: Final = ("frequency", "recency", "similarity", "user", "temporal", "ensemble", "manual")
 #: The strategies whose admitted warms a MetricsSnapshot counts: the reasons the worker's
 #: models raise warms for, and the prefetch rules the clients apply at the edge.
-STRATEGIES: Final = ("frequency", "recency", "similarity", "temporal", "rules")
+STRATEGIES: Final = ("frequency", "recency", "similarity", "user", "temporal", "rules")
 STATUSES: Final = ("written", "skipped-present", "skipped-stale", "load-failed", "rate-limited")
 #: Who wrote a warmed value: the worker (warmup topic, writer agent) or the client (edge).
 WARM_PATHS: Final = ("worker", "edge")

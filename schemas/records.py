@@ -130,6 +130,8 @@ class MetricsSnapshot(_Contract):
     recency_precision: float | None = None
     similarity_admitted: int = 0
     similarity_precision: float | None = None
+    user_admitted: int = 0
+    user_precision: float | None = None
     temporal_admitted: int = 0
     temporal_precision: float | None = None
     rules_admitted: int = 0

@@ -18,7 +18,7 @@ from pipeline.models.similarity import CoAccess, SequenceReplay, UserAffinity
 from pipeline.models.temporal import WALL_CLOCK_EPOCH, TimeProfile, is_wall_clock
 from pipeline.models.ttl import NewKeyReuse, SmartTTL
 
-Reason = Literal["frequency", "recency", "similarity", "temporal", "ensemble"]
+Reason = Literal["frequency", "recency", "similarity", "user", "temporal", "ensemble"]
 """Which model raised a candidate (every candidate is then scored by the ensemble).
 
 ``"ensemble"`` is reserved for candidates that no single model raised; the engine
@@ -120,7 +120,12 @@ class EngineConfig:
     bins_per_day: int = 24
     """Time-of-week profile resolution."""
     session_gap: float = 1_800.0
-    """User silence that opens a new session (user-key affinity)."""
+    """User silence that opens a new session (user affinity and similar users): in
+    seconds of the events' wall-clock time when ``observe`` gets it, else in ts units."""
+    user_top_n: int = 8
+    """Most keys a user's session raises (their own and similar users' keys)."""
+    user_peers: int = 8
+    """Nearest similar users whose keys a session raises (0: the user's own only)."""
     new_key_ttl: float = 0.1
     """TTL of a key seen for the first time, as a fraction of the horizon (0: none).
 
@@ -207,7 +212,10 @@ class WarmEngine:
             skip=cfg.replay_skip,
         )
         self.affinity = UserAffinity(
-            max_users=max(4, cfg.max_keys // 10), session_gap=cfg.session_gap
+            max_users=max(4, cfg.max_keys // 10),
+            session_gap=cfg.session_gap,
+            top_n=cfg.user_top_n,
+            peers=cfg.user_peers,
         )
         self.temporal = TimeProfile(
             max_keys=max(4, cfg.max_keys // 10), bins_per_day=cfg.bins_per_day
@@ -384,12 +392,31 @@ class WarmEngine:
             self._check_hot(out, key, ts, horizon, miss)
         if user is not None:
             affinity = self.affinity
-            if affinity.is_session_start(user, ts):
-                for favourite, _ in affinity.predict_one(user):
+            returning = user in affinity._users
+            # Sessions are a matter of wall-clock silence (30 minutes by default), at
+            # any traffic rate: on the request clock, the events' own time when known.
+            nth = affinity.learn_one(key, wall_ts if wall_ts >= WALL_CLOCK_EPOCH else ts, user)
+            # A session raises what the user and similar users read when it opens (a
+            # known user), and at its second and third reads, when it has shown where
+            # it goes: a new user's first chance, and the reads that find neighbours.
+            if nth == 2 or nth == 3 or (nth == 1 and returning):
+                for favourite, own, peers in affinity.recommend(user):
                     self._consider(
-                        out, favourite, ts, horizon, "similarity", _SRC_USER, key, 0, 0.0, 0, miss
+                        out,
+                        favourite,
+                        ts,
+                        horizon,
+                        "user",
+                        _SRC_USER,
+                        key,
+                        0,
+                        0.0,
+                        0,
+                        miss,
+                        -1.0,
+                        own if own < 1.0 else 1.0,
+                        peers if peers < 1.0 else 1.0,
                     )
-            affinity.learn_one(key, ts, user)
         if self._wall_clock is None:
             self._wall_clock = is_wall_clock(ts)
         if self._wall_clock:
@@ -453,12 +480,17 @@ class WarmEngine:
         distance: int,
         miss: float,
         when: float = -1.0,
+        affinity: float = -1.0,
+        peers: float = 0.0,
     ) -> None:
         """Score one raised key; register it for a label; admit it if good enough.
 
         ``when``: the wall-clock time the candidate is expected to be read, for its
         time-of-week lift (-1: ``lead`` from now with a wall-clock ``ts``; none on
-        the request clock).
+        the request clock). ``affinity`` and ``peers``: a user candidate's shares of
+        the user's and of similar users' sessions that read it
+        (:meth:`UserAffinity.recommend`), its ``own`` and ``peers`` features (-1 and
+        0: not a user candidate).
         """
         scorer = self.scorer
         entry = scorer._pending.get(candidate)
@@ -494,6 +526,9 @@ class WarmEngine:
             0.0,
             math.log1p(distance) * self._log_distance_norm if distance else 0.0,
             miss,
+            affinity if affinity > 0.0 else 0.0,
+            peers,
+            self.affinity.exclusivity(candidate) if affinity >= 0.0 else 0.0,
             0.0,
             0.0,
             0.0,

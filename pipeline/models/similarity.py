@@ -1,4 +1,4 @@
-"""Keys that follow each other, and keys a user keeps coming back to.
+"""Keys that follow each other, keys a user keeps coming back to, and similar users.
 
 Three predictors of "after K, expect K1..Kn":
 
@@ -7,19 +7,32 @@ Three predictors of "after K, expect K1..Kn":
 - :class:`SequenceReplay`: temporal streams: when the recent accesses replay
   the order of an earlier stretch of history, the keys that came next then are
   expected next now;
-- :class:`UserAffinity`: per-user decayed key counts, for events that carry users.
+- :class:`UserAffinity`: per-user decayed key counts, and a bounded index of
+  who read each key lately, so a user's session also raises what similar users
+  read (for events that carry users).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from operator import itemgetter
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from pipeline.models.base import Key, Predictor
 
 _by_count = itemgetter(1)
+
+#: Sessions of no reads added to a user's own: one session that read a key is not
+#: a certainty that the next one will.
+_PRIOR_SESSIONS = 1.0
+#: Neighbours' keys read in fewer of their sessions than this are not raised.
+MIN_SHARE: Final = 0.3
+#: The prior share of a key no other user reads: most such keys are one-offs (a
+#: one-hit wonder, a long-tail item), so a key a user read in one session of one is
+#: given 0.6, and a key they read in each of five, 0.87.
+_LONE_PRIOR = 0.2
 
 
 class CoAccess(Predictor):
@@ -400,21 +413,35 @@ class SequenceReplay(Predictor):
 
 
 class UserAffinity(Predictor):
-    """Keys each user keeps coming back to (user-key co-occurrence counts).
+    """Keys a user keeps coming back to, and keys similar users read.
 
     Per user, decayed counts of the keys they accessed (at most ``keys_per_user``;
-    past it the least counted key is replaced). When a user comes back after
-    ``session_gap`` of silence, their favourite keys are likely to be requested
-    again: :meth:`predict_one` returns them.
+    past it the least counted key is replaced), and per key its latest
+    ``readers_per_key`` readers: a bounded nearest-neighbour index over users'
+    recent keys. A user's neighbours are the users who read the most of the same
+    keys lately (found through the index, never by scanning users).
+    :meth:`recommend` ranks what the user is likely to read in a session: their
+    own favourites, and what their ``peers`` nearest neighbours read, weighted by
+    how much each neighbour shares with them. That is how a user's session raises
+    what similar users read (a team's documents of the day, a cohort's new items)
+    before the user has read it once.
+
+    :meth:`learn_one` returns which read of its session an access is (1: it opens
+    a session, after ``session_gap`` of silence or for a new user), so the engine
+    can raise keys when a session opens and again once it has shown a little of
+    where it goes.
 
     Memory is bounded by ``max_users`` users (past it, the quarter idle the longest
-    is evicted) times ``keys_per_user``.
+    is evicted) times ``keys_per_user``, plus ``readers_per_key`` users for each
+    key held in a profile.
 
-    Hand-written, not river's ``reco.FunkMF``: on the SYNTHETIC workload with users,
-    ``benchmarks/river_estimators.py`` measured 1.3 µs per update and 4 µs per
-    query here against 20 µs and 2.3 ms (a factorisation model must score every
-    key to find a user's top 5), and 25 % of sessions reading one of the 5 keys
-    raised at their start against 17 %.
+    Hand-written, not river's ``reco.FunkMF``: on the SYNTHETIC sessions of
+    ``pipeline.sim.synthetic.session_workload`` (30,000 reads, 1,889 sessions),
+    ``benchmarks/river_estimators.py`` measured, for the 5 keys ranked as each
+    session opens: :meth:`recommend` 4,971 of 6,375 read in the session, at 4.5 µs
+    per update and 31 µs per query; FunkMF 1,056 of 9,430, at 34 µs and 9.5 ms (a
+    factorisation model must score every key to rank a user's); the user's own
+    keys alone (:meth:`predict_one`) 4,493 of 5,103 (nothing for a new user).
 
     Parameters
     ----------
@@ -428,22 +455,40 @@ class UserAffinity(Predictor):
         Factor applied to a user's counts at each new session.
     top_n
         Most keys predicted.
+    peers
+        Nearest neighbours whose keys :meth:`recommend` ranks (0: own keys only).
+    readers_per_key
+        Latest readers indexed per key.
 
     Examples
     --------
     >>> from pipeline.models import UserAffinity
     >>> aff = UserAffinity(session_gap=60.0, top_n=2)
     >>> for ts, key in [(0, "inbox"), (1, "contacts"), (2, "inbox"), (3, "settings")]:
-    ...     aff.learn_one(key, float(ts), user="ada")
+    ...     _ = aff.learn_one(key, float(ts), user="ada")
     >>> aff.predict_one("ada")
     [('inbox', 2.0), ('contacts', 1.0)]
     >>> aff.is_session_start("ada", 10.0), aff.is_session_start("ada", 100.0)
     (False, True)
     >>> aff.predict_one("stranger")
     []
+
+    Ada and Bob read the team's keys; Cy, new, opens a session on the team's board:
+
+    >>> aff = UserAffinity(session_gap=60.0, top_n=3)
+    >>> for user in ("ada", "bob"):
+    ...     for ts, key in enumerate(["inbox", "board", "roadmap"]):
+    ...         _ = aff.learn_one(key, float(ts), user=user)
+    >>> _ = aff.learn_one("report", 5.0, user="bob")
+    >>> aff.learn_one("board", 10.0, user="cy")  # the first read of a session
+    1
+    >>> [(key, round(share, 2)) for key, share, _ in aff.recommend("cy")]
+    [('inbox', 1.0), ('roadmap', 1.0), ('report', 0.5)]
+    >>> UserAffinity().recommend("cy")  # a fresh model knows no one
+    []
     """
 
-    _state_attrs: tuple[str, ...] = ("_users",)
+    _state_attrs: tuple[str, ...] = ("_users", "_readers")
 
     #: The constructor's parameters (compiled classes have no signature to read).
     PARAMS: ClassVar[tuple[str, ...]] = (
@@ -452,6 +497,8 @@ class UserAffinity(Predictor):
         "session_gap",
         "decay",
         "top_n",
+        "peers",
+        "readers_per_key",
     )
 
     def __init__(
@@ -461,35 +508,76 @@ class UserAffinity(Predictor):
         session_gap: float = 1800.0,
         decay: float = 0.8,
         top_n: int = 4,
+        peers: int = 8,
+        readers_per_key: int = 16,
     ) -> None:
-        if max_users < 4 or keys_per_user < 1:
-            raise ValueError("max_users must be >= 4 and keys_per_user >= 1")
+        if max_users < 4 or keys_per_user < 1 or peers < 0 or readers_per_key < 1:
+            raise ValueError(
+                "max_users must be >= 4, keys_per_user >= 1, peers >= 0, readers_per_key >= 1"
+            )
         self.max_users = max_users
         self.keys_per_user = keys_per_user
         self.session_gap = session_gap
         self.decay = decay
         self.top_n = top_n
-        # user -> (last ts, key counts)
-        self._users: dict[Key, tuple[list[float], dict[Key, float]]] = {}
+        self.peers = peers
+        self.readers_per_key = readers_per_key
+        # user -> ([last ts, reads in this session, sessions (decayed), session number],
+        #          key -> [reads (decayed), sessions it was read in (decayed), last session])
+        self._users: dict[Key, tuple[list[float], dict[Key, list[float]]]] = {}
+        # key -> (its latest readers, oldest first; how many different readers it had)
+        self._readers: dict[Key, tuple[list[Key], list[float]]] = {}
 
-    def learn_one(self, key: Key, ts: float, user: Key | None = None) -> None:
-        """Record that ``user`` accessed ``key`` at ``ts`` (no-op without a user)."""
+    def learn_one(self, key: Key, ts: float, user: Key | None = None) -> int:
+        """Record that ``user`` accessed ``key`` at ``ts``; which read of its session it is.
+
+        0 without a user (nothing is learnt); 1 when the access opens a session.
+        """
         if user is None:
-            return
+            return 0
         entry = self._users.get(user)
         if entry is None:
-            entry = ([ts], {})
+            entry = ([ts, 0.0, 1.0, 1.0], {})
             self._users[user] = entry
             if len(self._users) > self.max_users:
                 self._evict()
-        last, counts = entry
-        if ts - last[0] > self.session_gap:
-            for k in counts:
-                counts[k] *= self.decay
-        last[0] = ts
-        if key not in counts and len(counts) >= self.keys_per_user:
-            del counts[min(counts, key=counts.__getitem__)]
-        counts[key] = counts.get(key, 0.0) + 1.0
+        state, counts = entry
+        if ts - state[0] > self.session_gap:
+            decay = self.decay
+            for held in counts.values():
+                held[0] *= decay
+                held[1] *= decay
+            state[1] = 0.0
+            state[2] = state[2] * decay + 1.0
+            state[3] += 1.0
+        state[0] = ts
+        state[1] += 1.0
+        kept = counts.get(key)
+        if kept is None:
+            if len(counts) >= self.keys_per_user:
+                del counts[min(counts, key=lambda k: counts[k][0])]
+            counts[key] = [1.0, 1.0, state[3]]
+        else:
+            kept[0] += 1.0
+            if kept[2] != state[3]:
+                kept[1] += 1.0
+                kept[2] = state[3]
+        found = self._readers.get(key)
+        if found is None:
+            self._readers[key] = ([user], [1.0])
+            if len(self._readers) > self.max_users * self.keys_per_user:
+                self._evict_readers()
+        else:
+            readers = found[0]
+            if readers[-1] != user:
+                if user in readers:
+                    readers.remove(user)
+                else:
+                    found[1][0] += 1.0
+                readers.append(user)
+                if len(readers) > self.readers_per_key:
+                    del readers[0]
+        return int(state[1])
 
     def is_session_start(self, user: Key, ts: float) -> bool:
         """Whether an access by ``user`` at ``ts`` opens a new session (a known user back)."""
@@ -501,7 +589,80 @@ class UserAffinity(Predictor):
         entry = self._users.get(user)
         if entry is None:
             return []
-        return heapq.nlargest(self.top_n, entry[1].items(), key=lambda item: item[1])
+        reads = [(key, kept[0]) for key, kept in entry[1].items()]
+        return heapq.nlargest(self.top_n, reads, key=_by_count)
+
+    def recommend(self, user: Key) -> list[tuple[Key, float, float]]:
+        """What ``user`` is likely to read in a session: ``(key, share, peers)``, best first.
+
+        ``peers`` estimates the probability that a session of the user reads the
+        key from their neighbours: the share of each neighbour's sessions that read
+        it, averaged with each neighbour weighted by its similarity (and shrunk
+        when the neighbours are only faintly similar). A neighbour's similarity is
+        the weight of the user's keys it read too over the weight of all the
+        user's keys, where a key weighs less the more different readers it had (a
+        key everyone reads says nothing about taste).
+
+        ``share`` is the estimate to act on: the share of the user's own earlier
+        sessions that read the key, with ``peers`` as its prior (one session's
+        worth; a key only this user reads has no neighbours' word, so an even
+        prior), and for a key the user never read, ``peers``. Ranked by ``share``;
+        neighbours' keys under :data:`MIN_SHARE` are left out.
+        """
+        entry = self._users.get(user)
+        if entry is None:
+            return []
+        state, mine = entry
+        readers = self._readers
+        peer_scores: dict[Key, float] = {}
+        if self.peers:
+            shared: dict[Key, float] = {}
+            total = 0.0
+            for key in mine:
+                found = readers.get(key)
+                if found is None:
+                    continue
+                weight = 1.0 / math.sqrt(found[1][0])  # exclusivity(key)
+                total += weight
+                for reader in found[0]:
+                    if reader != user:
+                        shared[reader] = shared.get(reader, 0.0) + weight
+            if shared:
+                nearest = heapq.nlargest(self.peers, shared.items(), key=_by_count)
+                mass = sum(overlap for _, overlap in nearest) / total
+                norm = 1.0 / (total * (mass if mass > 1.0 else 1.0))
+                users = self._users
+                for peer, overlap in nearest:
+                    found_peer = users.get(peer)
+                    if found_peer is None:
+                        continue
+                    weight = overlap * norm / found_peer[0][2]
+                    for key, kept in found_peer[1].items():
+                        peer_scores[key] = peer_scores.get(key, 0.0) + kept[1] * weight
+        current = state[3]
+        previous = state[2] - 1.0  # the sessions before this one, decayed
+        ranked: list[tuple[Key, float, float]] = []
+        if previous > 0.0:
+            shrunk = 1.0 / (previous + _PRIOR_SESSIONS)
+            for key, kept in mine.items():
+                before = kept[1] - 1.0 if kept[2] == current else kept[1]
+                found = readers.get(key)
+                peers = peer_scores.pop(key, 0.0)
+                prior = peers if found is not None and found[1][0] > 1.0 else _LONE_PRIOR
+                share = (before + _PRIOR_SESSIONS * prior) * shrunk
+                ranked.append((key, share, peers))
+        for key, peers in peer_scores.items():
+            if peers >= MIN_SHARE and key not in mine:
+                ranked.append((key, peers, peers))
+        return heapq.nlargest(self.top_n, ranked, key=_by_count)
+
+    def exclusivity(self, key: Key) -> float:
+        """1 / sqrt(the different users who read ``key`` lately): 1 for a key of one user.
+
+        0 for a key no profile holds.
+        """
+        found = self._readers.get(key)
+        return 0.0 if found is None else 1.0 / math.sqrt(found[1][0])
 
     @property
     def n_tracked(self) -> int:
@@ -511,3 +672,14 @@ class UserAffinity(Predictor):
         keep = (self.max_users * 3) // 4
         ordered = sorted(self._users.items(), key=lambda item: item[1][0][0])
         self._users = dict(ordered[len(ordered) - keep :])
+
+    def _evict_readers(self) -> None:
+        """Forget the readers of keys no profile holds any more (then the oldest-indexed)."""
+        held: set[Key] = set()
+        for _, counts in self._users.values():
+            held.update(counts)
+        readers = {key: found for key, found in self._readers.items() if key in held}
+        keep = (self.max_users * self.keys_per_user * 3) // 4
+        if len(readers) > keep:
+            readers = dict(list(readers.items())[len(readers) - keep :])
+        self._readers = readers

@@ -21,7 +21,7 @@ from pipeline.config import Settings
 from pipeline.decide import Decider, engine_config
 from pipeline.models import WarmEngine
 from pipeline.replay import BUNDLED_TRACE, load_trace
-from pipeline.sim.synthetic import synthetic_workload
+from pipeline.sim.synthetic import session_workload, synthetic_workload
 import pipeline.models.engine as module
 trace = load_trace(BUNDLED_TRACE, max_requests=20_000)
 events = [
@@ -29,13 +29,20 @@ events = [
      "outcome": "miss" if i % 3 else "hit", "user": None, "warmed": False}
     for i, k in enumerate(trace.keys.tolist())
 ]
-# Then a workload with wall-clock time and users: the time-of-week profiles run too.
+# Then a workload with wall-clock time: the time-of-week profiles run too; and one
+# with users in sessions: the user models run.
 timed, _ = synthetic_workload(days=3, requests_per_day=20_000, seed=0)
 events += [
     {"namespace": "n", "key": str(k), "ts": t, "op": "get",
+     "outcome": "miss" if i % 3 else "hit", "user": None, "warmed": False}
+    for i, (k, t) in enumerate(zip(timed.keys.tolist(), timed.ts.tolist()))
+]
+sessions, _ = session_workload(days=2, requests_per_day=10_000, users=300)
+events += [
+    {"namespace": "n", "key": str(k), "ts": t + 4 * 86_400, "op": "get",
      "outcome": "miss" if i % 3 else "hit", "user": str(u), "warmed": False}
-    for i, (k, t, u) in enumerate(zip(timed.keys.tolist(), timed.ts.tolist(),
-                                      timed.users.tolist()))
+    for i, (k, t, u) in enumerate(zip(sessions.keys.tolist(), sessions.ts.tolist(),
+                                      sessions.users.tolist()))
 ]
 settings = Settings(model_delay_requests=10)
 engine = WarmEngine(engine_config(settings))
@@ -85,6 +92,7 @@ def test_compiled_modules_give_the_same_warms_as_the_sources(tmp_path: Path) -> 
     assert isinstance(warms, list)
     assert warms, "the engine warmed nothing: the comparison would prove nothing"
     assert any(reason == "temporal" for _, reason in warms)  # the wall-time code ran
+    assert any(reason == "user" for _, reason in warms)  # and the user models
     assert compiled["warms"] == pure["warms"]
     assert compiled["stats"] == pure["stats"]
 

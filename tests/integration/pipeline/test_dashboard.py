@@ -23,6 +23,7 @@ import redis
 from pipeline.client import IntelligentCache
 from pipeline.client.keys import data_key
 from pipeline.config import Settings
+from schemas.contracts import STRATEGIES
 from tests.integration.browser import Browser, chromium_binary
 from tests.integration.pipeline.conftest import StartWorker
 
@@ -74,7 +75,7 @@ async def _browse(binary: str, url: str, namespace: str, total: dict[str, Any]) 
             assert abs(int(cells[field].replace(",", "")) - total[name]) <= 1, (cells, total)
         # Each strategy's labelled warms and precision, as the API has them.
         strategies = f'#strategies tr[data-namespace="{namespace}"]'
-        for name in ("frequency", "recency", "similarity", "temporal", "rules"):
+        for name in STRATEGIES:
             shown = await browser.text(f'{strategies} td[data-field="strategy-{name}"]')
             assert shown == f"{total[name + '_admitted']:,} · {_pct(total[name + '_precision'])}"
         health = await browser.text("#health")

@@ -194,8 +194,55 @@ class TestUserAffinity:
 
     def test_events_without_user_are_ignored(self) -> None:
         aff = UserAffinity()
-        aff.learn_one("k", 1.0, user=None)
+        assert aff.learn_one("k", 1.0, user=None) == 0
         assert aff.n_tracked == 0
+
+    def test_reads_are_counted_per_session(self) -> None:
+        aff = UserAffinity(session_gap=10.0)
+        assert [aff.learn_one("k", float(ts), user="u") for ts in (0, 1, 2)] == [1, 2, 3]
+        assert aff.learn_one("k", 50.0, user="u") == 1  # silence: a new session
+        assert aff.learn_one("k", 51.0, user="u") == 2
+
+    def test_a_returning_user_gets_the_keys_of_each_of_their_sessions(self) -> None:
+        aff = UserAffinity(session_gap=10.0, top_n=8, peers=0)
+        ts = 0.0
+        for session in range(6):
+            for key in ("profile", "settings", f"once-{session}"):
+                aff.learn_one(key, ts, user="ada")
+                ts += 1.0
+            ts += 100.0
+        aff.learn_one("profile", ts, user="ada")  # a seventh session opens
+        shares = {key: share for key, share, _ in aff.recommend("ada")}
+        assert shares["settings"] > 0.75  # read in every session
+        assert max(v for k, v in shares.items() if str(k).startswith("once")) < 0.5
+
+    def test_a_new_user_gets_what_their_team_reads(self) -> None:
+        aff = UserAffinity(session_gap=10.0, top_n=4)
+        ts = 0.0
+        for member in range(5):  # a team: each member reads the board and the roadmap
+            for key in ("board", "roadmap", f"own-{member}", "board"):
+                aff.learn_one(key, ts, user=f"m{member}")
+                ts += 1.0
+        for stranger in range(30):  # everyone reads the news
+            aff.learn_one("news", ts, user=f"s{stranger}")
+            aff.learn_one(f"theirs-{stranger}", ts, user=f"s{stranger}")
+            ts += 1.0
+        aff.learn_one("news", ts, user="new")
+        aff.learn_one("board", ts + 1.0, user="new")
+        keys = [key for key, _, _ in aff.recommend("new")]
+        assert keys[0] == "roadmap"  # the team's, not the news readers'
+        assert not any(str(key).startswith("theirs") for key in keys)
+        # Another member's own keys are read by one neighbour in five: left out.
+        assert not any(str(key).startswith("own") for key in keys)
+
+    def test_the_reader_index_is_bounded(self) -> None:
+        aff = UserAffinity(max_users=8, keys_per_user=2, readers_per_key=3)
+        for i in range(400):
+            aff.learn_one(f"k{i % 50}", float(i), user=f"u{i % 20}")
+        assert aff.n_tracked <= 8
+        assert len(aff._readers) <= 8 * 2
+        assert all(len(readers) <= 3 for readers, _ in aff._readers.values())
+        assert aff.exclusivity("never") == 0.0
 
 
 class TestTimeProfile:

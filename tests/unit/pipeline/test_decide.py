@@ -1,7 +1,9 @@
-"""The decider's lookahead tuning: lead and delay follow warm latency x request rate."""
+"""The decider: lookahead tuning (lead and delay follow warm latency x request rate), and
+which candidates the worker issues."""
 
 from __future__ import annotations
 
+from collections import Counter, OrderedDict
 from typing import Any
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from pipeline.config import Settings
 from pipeline.decide import Decider, LookaheadTuner, WarmLatency, engine_config
 from pipeline.models import WarmEngine
+from pipeline.sim.synthetic import session_workload
 
 
 def _events(n: int, rate: float, start: float = 1_700_000_000.0) -> list[dict[str, Any]]:
@@ -131,3 +134,37 @@ def test_a_backlog_being_caught_up_does_not_retune() -> None:
     for i in range(0, len(events), 500):
         decider.decide(engine, events[i : i + 500])
     assert (engine.config.lead, engine.config.lookahead) == (3.0, 9)
+
+
+def test_the_worker_issues_user_warms_while_leaving_sequences_to_the_rules() -> None:
+    """Sessions of a SYNTHETIC workload through the worker's decide step, its defaults:
+    sequence candidates go to the edge's rules, a user's session keys are the worker's."""
+    settings = Settings()
+    assert settings.rules_publish
+    assert not settings.worker_sequences
+    trace, _ = session_workload(days=2, requests_per_day=10_000, users=200)
+    assert trace.users is not None
+    engine = WarmEngine(engine_config(settings))
+    now = [0.0]
+    decider = Decider(settings, model_version="t", clock=lambda: now[0])
+    cache: OrderedDict[int, None] = OrderedDict()  # what a 5% LRU cache would serve
+    outcomes: list[str] = []
+    for key in trace.keys.tolist():
+        outcomes.append("hit" if key in cache else "miss")
+        cache[key] = None
+        cache.move_to_end(key)
+        if len(cache) > trace.n_unique // 20:
+            cache.popitem(last=False)
+    events = [
+        {"namespace": "shop", "key": str(k), "ts": t, "op": "get",
+         "outcome": outcome, "user": f"u{u}", "warmed": False}
+        for k, t, u, outcome in zip(trace.keys.tolist(), trace.ts.tolist(),
+                                    trace.users.tolist(), outcomes, strict=True)
+    ]  # fmt: skip
+    reasons: Counter[str] = Counter()
+    for i in range(0, len(events), 100):
+        batch = events[i : i + 100]
+        now[0] = batch[-1]["ts"]
+        reasons.update(command["reason"] for command in decider.decide(engine, batch))
+    assert reasons["user"] > 100, reasons
+    assert reasons["similarity"] == 0

@@ -6,7 +6,7 @@ from typing import Any
 
 from pipeline.models import SmartTTL
 from pipeline.partitioning import PartitionCache
-from pipeline.routing import SEQUENCE_FIELDS, TTL_OPS, route
+from pipeline.routing import SEQUENCE_FIELDS, TTL_OPS, route, sequence_key
 from schemas.contracts import READ_OPS
 from schemas.decode import validate_access_event
 
@@ -41,3 +41,21 @@ def test_a_smart_ttl_is_not_learnt_from_warms_alone() -> None:
     route(warms, model, touched, PartitionCache(2))
     assert touched == set()
     assert model.n_tracked == 0
+
+
+def test_a_users_sessions_meet_one_model_instance() -> None:
+    partition_of = PartitionCache(16)
+    touched: set[str] = set()
+    # One user, many sessions and clients: every read lands on one sequence partition,
+    # where the user's profile is.
+    events = [
+        _event(f"k{i}", "get", "miss", float(i), session=f"s-{i % 5}", client=f"c-{i % 3}")
+        for i in range(40)
+    ]
+    _, by_partition = route(events, SmartTTL(), touched, partition_of)
+    assert len(by_partition) == 1
+    assert sequence_key(events[0]) == "u1"
+    # Without a user, the session orders the reads; without either, the client.
+    anonymous = _event("k", "get", "miss", 1.0, user=None, session="s-9")
+    assert sequence_key(anonymous) == "s-9"
+    assert sequence_key({**anonymous, "session": None}) == "web"

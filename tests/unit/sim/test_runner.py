@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from pipeline.models import EngineConfig
 from pipeline.sim.cache import replay_lru
 from pipeline.sim.cli import engine_config
 from pipeline.sim.runner import cache_size_for, run, run_policy, sweep
+from pipeline.sim.synthetic import session_workload
 from pipeline.sim.traces import Trace
 
 from .conftest import shared_trace
@@ -164,3 +167,24 @@ def test_sweep_traces_the_curve(sequential_trace: Trace) -> None:
         "warms",
     }
     assert row["threshold"] == 0.5
+
+
+def test_users_cut_misses_when_sessions_come_back() -> None:
+    """SYNTHETIC sessions (teams, personal keys): the worker path with the events' users
+    against the same events without them, and with similar users against own keys only."""
+    trace, _ = session_workload(days=3, requests_per_day=10_000, users=300)
+    keys = trace.keys.tolist()
+    size = cache_size_for(trace, 0.05)
+
+    def misses(replayed: Trace, config: EngineConfig) -> tuple[int, int]:
+        counts = run_policy(
+            replayed, "lru+cachecast", size, delay=5, config=config, keys=keys, worker_clock=True
+        )
+        return counts.misses, counts.misses + counts.warms
+
+    off, off_fetches = misses(replace(trace, users=None), EngineConfig())
+    on, on_fetches = misses(trace, EngineConfig())
+    lru = run_policy(trace, "lru", size, keys=keys).misses
+    assert on <= 0.85 * off, (on, off)
+    assert on_fetches <= 1.05 * lru  # paid for with few wasted warms
+    assert off_fetches <= 1.05 * lru
