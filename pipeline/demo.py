@@ -28,6 +28,7 @@ from rich.table import Table
 
 from pipeline.config import Settings, load_settings
 from pipeline.devstack import DevStack, free_port
+from pipeline.models.temporal import is_wall_clock
 from pipeline.replay import (
     BUNDLED_TRACE,
     ORIGIN_MS_ENV,
@@ -75,8 +76,40 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="give the worker a lead and delay derived from the rate (~12 and ~20 ms of "
         "requests); without it the worker runs with its defaults",
     )
+    parser.add_argument(
+        "--users",
+        choices=("on", "off"),
+        default="on",
+        help="send a trace's users with its requests (default on), as an application that"
+        " knows who is asking does",
+    )
     parser.add_argument("--json", default=None, help="also write both results as JSON here")
     parser.set_defaults(func=run_demo)
+
+
+def session_gap_for(trace: Trace, rate: float, gap_s: float = 1800.0) -> float | None:
+    """The session gap of a replay of ``trace`` at ``rate``: ``gap_s`` of the trace's time.
+
+    A replay at a fixed rate compresses (or stretches) the trace's time; the worker's
+    session gap (``CACHECAST_SESSION_GAP_S``) must follow, or every user's sessions
+    of a day would merge into one. None when the trace has no users or its times are
+    not wall-clock.
+
+    >>> import numpy as np
+    >>> day = Trace(keys=np.arange(4), ts=1.7e9 + np.array([0.0, 1, 2, 3]) * 28_800,
+    ...             users=np.array([1, 2, 1, 2]))
+    >>> session_gap_for(day, rate=1.0)  # a day in 4 s: 30 minutes are 1/12 s
+    0.08333333333333333
+    >>> counted = Trace(keys=np.arange(4), ts=np.arange(4.0), users=np.arange(4))
+    >>> session_gap_for(counted, rate=1.0) is None  # request indices, not time
+    True
+    """
+    if trace.users is None or len(trace) < 2 or not is_wall_clock(float(trace.ts[0])):
+        return None
+    span = float(trace.ts[-1] - trace.ts[0])
+    if span <= 0.0:
+        return None
+    return gap_s * len(trace) / rate / span
 
 
 def demo_loaders(namespace: str = NAMESPACE) -> str:
@@ -109,6 +142,9 @@ def worker_env(
         "CACHECAST_LOADERS": loaders,
         ORIGIN_MS_ENV: repr(float(origin_ms)),
     }
+    gap = getattr(args, "session_gap_s", None)
+    if gap is not None:
+        env["CACHECAST_SESSION_GAP_S"] = repr(gap)
     if args.tuned:
         # Warms land ~10-25 ms after their trigger: that many requests ahead.
         env["CACHECAST_DELAY_REQUESTS"] = str(max(1, int(args.rate * 0.02)))
@@ -181,8 +217,19 @@ def _replay_with_progress(
                 clients=args.clients,
                 origin_ms=origin_ms,
                 pool_size=args.connections,
+                users=args.users == "on",
             )
         )
+
+
+def _users_note(trace: Trace, args: argparse.Namespace) -> str:
+    """What the banner says of the trace's users."""
+    if trace.users is None:
+        return ""
+    if args.users == "off":
+        return ", the trace's users left out"
+    gap = args.session_gap_s
+    return ", users sent" + ("" if gap is None else f" (session gap {gap:.3g} s of replay)")
 
 
 def _pct(value: float | None) -> str:
@@ -285,6 +332,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if len(trace) == 0:
         err.print("[red]the trace has no requests[/red]")
         return 2
+    args.session_gap_s = session_gap_for(trace, args.rate) if args.users == "on" else None
     workdir = Path(os.environ.get("CACHECAST_DEMO_DIR", ".")).resolve() / "out" / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
     loaders = demo_loaders()
@@ -294,7 +342,8 @@ def run_demo(args: argparse.Namespace) -> int:
             f"[bold]cachecast demo[/]: {len(trace):,} requests of the {trace.name} trace "
             f"({trace.n_unique:,} keys) at {args.rate:,.0f}/s from {clients}, Redis holding "
             f"{100 * args.cache_fraction:g}% of the keys, origin {origin_ms:g} ms, worker "
-            f"{'tuned to the rate' if args.tuned else 'with its default settings'}; "
+            f"{'tuned to the rate' if args.tuned else 'with its default settings'}"
+            f"{_users_note(trace, args)}; "
             f"real Kafka + Redis started here. Worker logs in {workdir}."
         )
         off = _run_once(args, trace, False, workdir, console, loaders, origin_ms)

@@ -80,6 +80,7 @@ __all__ = [
     "size_cache",
     "sum_client_stats",
     "synthetic_value",
+    "user_labels",
 ]
 
 BUNDLED_TRACE: Final = Path(__file__).parent / "data" / "cache2k_orm_busy_200k.csv.zst"
@@ -665,8 +666,12 @@ async def replay(
     pool_size: int = POOL_SIZE,
     linger: float = 2.0,
     flush: bool = False,
+    users: bool = True,
 ) -> ReplayResult:
     """Replay ``trace`` through ``clients`` :class:`IntelligentCache` instances; see the module doc.
+
+    With ``users`` (the default) a trace's users come with its requests
+    (``user_context``), as an application that knows who is asking sends them.
 
     Before it starts, the replay deletes the keys under cachecast's prefix; with
     ``flush`` it empties its Redis database instead (FLUSHDB, never FLUSHALL).
@@ -693,19 +698,28 @@ async def replay(
             pool_size=pool_size,
             linger=linger,
             flush=flush,
+            users=users,
         )
 
 
 class _Reader(Protocol):
     def get(
-        self, namespace: str, key: str, *, fallback_data: Callable[[], Any] | None = None
+        self,
+        namespace: str,
+        key: str,
+        *,
+        user_context: str | None = None,
+        fallback_data: Callable[[], Any] | None = None,
     ) -> Awaitable[Any]: ...
 
 
 def dealer(
-    caches: Sequence[_Reader], namespace: str, keys: Sequence[str]
+    caches: Sequence[_Reader],
+    namespace: str,
+    keys: Sequence[str],
+    users: Sequence[str | None] | None = None,
 ) -> Callable[[int], Awaitable[Any]]:
-    """``request(i)``: ``keys[i]`` read through client ``i % len(caches)``.
+    """``request(i)``: ``keys[i]`` read through client ``i % len(caches)``, by ``users[i]``.
 
     A miss loads from :func:`demo_origin` (asynchronously, so it waits for the
     origin's latency as a real load would, without blocking the other requests).
@@ -715,9 +729,26 @@ def dealer(
 
     def request(i: int) -> Awaitable[Any]:
         key = keys[i]
-        return gets[i % n](namespace, key, fallback_data=lambda: demo_origin(namespace, key))
+        return gets[i % n](
+            namespace,
+            key,
+            user_context=None if users is None else users[i],
+            fallback_data=lambda: demo_origin(namespace, key),
+        )
 
     return request
+
+
+def user_labels(trace: Trace) -> list[str | None] | None:
+    """The trace's users as the application would name them (None: the trace has none).
+
+    >>> import numpy as np
+    >>> user_labels(Trace(keys=np.array([1, 2]), ts=np.zeros(2), users=np.array([7, -1])))
+    ['user-7', None]
+    """
+    if trace.users is None:
+        return None
+    return [None if user < 0 else f"user-{user}" for user in trace.users.tolist()]
 
 
 def bounded_client(settings: Settings, pool_size: int) -> AsyncRedisClient:
@@ -780,6 +811,7 @@ async def _replay(
     pool_size: int,
     linger: float,
     flush: bool,
+    users: bool,
 ) -> ReplayResult:
     # Each client is an application process of its own: own connections, own emitter.
     redis_clients = [bounded_client(settings, pool_size) for _ in range(clients)]
@@ -807,7 +839,7 @@ async def _replay(
         keys = [str(k) for k in trace.keys.tolist()]
         pace = await run_requests(
             len(keys),
-            dealer(caches, namespace, keys),
+            dealer(caches, namespace, keys, user_labels(trace) if users else None),
             rate=rate,
             max_outstanding=max_outstanding,
             progress=progress,

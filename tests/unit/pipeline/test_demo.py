@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -12,6 +13,7 @@ from pipeline import demo
 from pipeline.config import load_settings
 from pipeline.loaders import loaders_from_config
 from pipeline.replay import BUNDLED_TRACE, ORIGIN_MS_ENV, ReplayResult
+from pipeline.sim.synthetic import session_workload
 
 SERVERS = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "REDIS_HOST": "127.0.0.1", "REDIS_PORT": "2"}
 
@@ -33,6 +35,7 @@ def test_defaults() -> None:
     assert args.origin_ms is None
     assert args.tuned is False
     assert args.json is None
+    assert args.users == "on"
     assert args.func is demo.run_demo
 
 
@@ -102,6 +105,25 @@ def test_worker_env_tuned() -> None:
     assert env["CACHECAST_WARMING"] == "false"
     assert env["CACHECAST_DELAY_REQUESTS"] == "40"
     assert env["CACHECAST_LEAD_REQUESTS"] == "24"
+
+
+def test_a_compressed_traces_sessions_keep_their_shape() -> None:
+    """Two SYNTHETIC days replayed at 400/s: the worker's session gap shrinks with them."""
+    trace, _ = session_workload(days=2, requests_per_day=2_000, users=100)
+    gap = demo.session_gap_for(trace, rate=400.0)
+    assert gap is not None
+    span = float(trace.ts[-1] - trace.ts[0])
+    assert gap == pytest.approx(1800.0 * (len(trace) / 400.0) / span)
+    args = _parse(["--rate", "400"])
+    args.session_gap_s = gap
+    env = demo.worker_env(args, SERVERS, warming=True, loaders="{}", origin_ms=3.0, base={})
+    assert float(env["CACHECAST_SESSION_GAP_S"]) == pytest.approx(gap)
+    assert load_settings(model_session_gap_s=gap).model_session_gap_s == pytest.approx(gap)
+    # Users left out, or a trace without users: the worker keeps its own gap.
+    args.session_gap_s = None
+    env = demo.worker_env(args, SERVERS, warming=True, loaders="{}", origin_ms=3.0, base={})
+    assert "CACHECAST_SESSION_GAP_S" not in env
+    assert demo.session_gap_for(replace(trace, users=None), rate=400.0) is None
 
 
 def test_missing_or_bad_trace_fails_before_any_server(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 import redis.asyncio
@@ -28,7 +29,9 @@ from pipeline.replay import (
     run_requests,
     sum_client_stats,
     synthetic_value,
+    user_labels,
 )
+from pipeline.sim.traces import Trace
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -184,17 +187,24 @@ class FakeCache:
         self.hold = hold
         self.starts: dict[str, float] = {}
         self.keys: list[str] = []
+        self.users: list[str | None] = []
         self.in_flight = 0
         self.peak = 0
         self.finished = 0
         self.fail: Callable[[str], bool] = lambda key: False
 
     async def get(
-        self, namespace: str, key: str, *, fallback_data: Callable[[], Any] | None = None
+        self,
+        namespace: str,
+        key: str,
+        *,
+        user_context: str | None = None,
+        fallback_data: Callable[[], Any] | None = None,
     ) -> Any:
         shared = self.shared
         shared.starts[key] = time.perf_counter()
         self.keys.append(key)
+        self.users.append(user_context)
         shared.in_flight += 1
         shared.peak = max(shared.peak, shared.in_flight)
         try:
@@ -286,6 +296,22 @@ async def test_requests_are_dealt_round_robin(monkeypatch: pytest.MonkeyPatch) -
     assert [c.keys for c in clients] == [keys[0::3], keys[1::3], keys[2::3]]
     # The fallback is the synthetic origin, awaited.
     assert values == [synthetic_value("orders", k) for k in keys]
+    assert all(user is None for c in clients for user in c.users)  # no users given
+
+
+async def test_a_traces_users_come_with_its_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(rp.ORIGIN_MS_ENV, "0")
+    trace = Trace(
+        keys=np.array([5, 6, 5]), ts=np.zeros(3), users=np.array([1, -1, 2], dtype=np.int64)
+    )
+    labels = user_labels(trace)
+    assert labels == ["user-1", None, "user-2"]
+    cache = FakeCache()
+    request = dealer([cache], "orders", ["5", "6", "5"], labels)
+    for i in range(3):
+        await request(i)
+    assert cache.users == ["user-1", None, "user-2"]
+    assert user_labels(Trace(keys=np.array([5]), ts=np.zeros(1))) is None
 
 
 async def test_run_requests_validates() -> None:
