@@ -381,7 +381,7 @@ class Settings(BaseSettings):
     model_session_gap_s: float = Field(
         1800.0,
         gt=0,
-        le=86_400 * 7,
+        le=7 * 86_400,
         validation_alias=_env("CACHECAST_SESSION_GAP_S", "model_session_gap_s"),
         description="Silence, in seconds of the events' own time, after which a user's next"
         " read opens a new session: the moment their favourite keys and similar users' keys"

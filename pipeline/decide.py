@@ -235,6 +235,7 @@ class Decider:
                 hit=hit,
                 warmed=event["warmed"],
                 wall_ts=event["ts"] if abs(now - event["ts"]) <= WALL_SKEW_S else -1.0,
+                event_ts=event["ts"],
             )
             for candidate in candidates:
                 if skip_sequences and candidate.reason == "similarity":

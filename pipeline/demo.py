@@ -87,13 +87,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run_demo)
 
 
+#: The longest session gap the worker accepts (``CACHECAST_SESSION_GAP_S``).
+MAX_SESSION_GAP_S = 7 * 86_400.0
+
+
 def session_gap_for(trace: Trace, rate: float, gap_s: float = 1800.0) -> float | None:
     """The session gap of a replay of ``trace`` at ``rate``: ``gap_s`` of the trace's time.
 
     A replay at a fixed rate compresses (or stretches) the trace's time; the worker's
     session gap (``CACHECAST_SESSION_GAP_S``) must follow, or every user's sessions
     of a day would merge into one. None when the trace has no users or its times are
-    not wall-clock.
+    not wall-clock. At most a week (the setting's bound).
 
     >>> import numpy as np
     >>> day = Trace(keys=np.arange(4), ts=1.7e9 + np.array([0.0, 1, 2, 3]) * 28_800,
@@ -109,7 +113,7 @@ def session_gap_for(trace: Trace, rate: float, gap_s: float = 1800.0) -> float |
     span = float(trace.ts[-1] - trace.ts[0])
     if span <= 0.0:
         return None
-    return gap_s * len(trace) / rate / span
+    return min(gap_s * len(trace) / rate / span, MAX_SESSION_GAP_S)
 
 
 def demo_loaders(namespace: str = NAMESPACE) -> str:

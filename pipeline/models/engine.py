@@ -158,7 +158,8 @@ class WarmEngine:
     """Online models behind one call: observe accesses, get keys to warm.
 
     The engine runs, on every access event, the frequency, recency, similarity
-    (sequence replay, co-access, user affinity) and temporal models; collects the
+    (sequence replay, co-access), user (own keys, similar users) and temporal
+    models; collects the
     keys they expect soon and are probably not cached; scores each with the
     ensemble (:class:`WarmScorer`); and returns those admitted as
     :class:`Candidate`. Delayed labels are handled inside: a candidate is checked
@@ -305,6 +306,7 @@ class WarmEngine:
         hit: bool | None = None,
         warmed: bool = False,
         wall_ts: float = -1.0,
+        event_ts: float = -1.0,
     ) -> list[Candidate]:
         """Learn from one access and return the candidates it raises (admitted ones).
 
@@ -322,7 +324,11 @@ class WarmEngine:
             Whether a hit was served by a warmed copy.
         wall_ts
             When ``ts`` counts requests: the access's wall-clock time (Unix seconds),
-            for the time-of-week profiles; -1 when unknown.
+            for the time-of-week profiles; -1 when unknown or too far off the
+            worker's clock.
+        event_ts
+            The access's own time (Unix seconds) whatever its skew, for user
+            sessions (a late event continues its session); -1: ``ts``.
         """
         scorer = self.scorer
         deadlines = scorer._deadlines
@@ -390,15 +396,27 @@ class WarmEngine:
                 )
         if self._events & _HOT_EVERY_MASK == 0:
             self._check_hot(out, key, ts, horizon, miss)
+        if self._wall_clock is None:
+            self._wall_clock = is_wall_clock(ts)
+        if self._wall_clock:
+            self._observe_time(out, key, ts, ts, 1.0, horizon, miss, True)
+        elif wall_ts >= WALL_CLOCK_EPOCH and self._wall_time:
+            # What the cache could not serve alone, as the sequence models, and only
+            # keys read before: a key that always hits needs no warming, a key read once
+            # has no habit, and learning every read cost a quarter more per event.
+            learn = known is not None and (hit is not True or warmed)
+            self._observe_wall(out, key, ts, wall_ts, horizon, miss, learn)
         if user is not None:
             affinity = self.affinity
             returning = user in affinity._users
             # Sessions are a matter of wall-clock silence (30 minutes by default), at
             # any traffic rate: on the request clock, the events' own time when known.
-            nth = affinity.learn_one(key, wall_ts if wall_ts >= WALL_CLOCK_EPOCH else ts, user)
-            # A session raises what the user and similar users read when it opens (a
-            # known user), and at its second and third reads, when it has shown where
-            # it goes: a new user's first chance, and the reads that find neighbours.
+            nth = affinity.learn_one(key, event_ts if event_ts >= WALL_CLOCK_EPOCH else ts, user)
+            # After the time profiles, so that a session's keys never take the slots
+            # of an hour's. A session raises what the user and similar users read when
+            # it opens (a known user), and at its second and third reads, when it has
+            # shown where it goes: a new user's first chance, and the reads that find
+            # neighbours.
             if nth == 2 or nth == 3 or (nth == 1 and returning):
                 for favourite, own, peers in affinity.recommend(user):
                     self._consider(
@@ -417,16 +435,6 @@ class WarmEngine:
                         own if own < 1.0 else 1.0,
                         peers if peers < 1.0 else 1.0,
                     )
-        if self._wall_clock is None:
-            self._wall_clock = is_wall_clock(ts)
-        if self._wall_clock:
-            self._observe_time(out, key, ts, ts, 1.0, horizon, miss, True)
-        elif wall_ts >= WALL_CLOCK_EPOCH and self._wall_time:
-            # What the cache could not serve alone, as the sequence models, and only
-            # keys read before: a key that always hits needs no warming, a key read once
-            # has no habit, and learning every read cost a quarter more per event.
-            learn = known is not None and (hit is not True or warmed)
-            self._observe_wall(out, key, ts, wall_ts, horizon, miss, learn)
         return out
 
     def observe_batch(
@@ -706,7 +714,7 @@ class WarmEngine:
 
     def drain_strategies(self) -> dict[str, dict[str, list[int]]]:
         """Admitted warms labelled since the last call, per namespace and strategy: the
-        reason that raised a worker warm (frequency, recency, similarity, temporal) and
+        reason that raised a worker warm (frequency, recency, similarity, user, temporal) and
         ``"rules"`` for the prefetch rules' (edge) successors. Each value is
         ``[read in time, not read in time]``.
         """

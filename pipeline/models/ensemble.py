@@ -32,7 +32,7 @@ FEATURES: tuple[str, ...] = (
     "season",  # log(time-of-week lift) / log(bins per day), clipped to [-1, 1]
     "replay_age",  # log1p(age of the replayed history / horizon) / 3, at most 1
     "miss",  # 1.0 when the access that raised the candidate missed
-    "own",  # user candidates: share of the user's earlier sessions that read it
+    "own",  # user candidates: estimated share of the user's sessions that read it
     "peers",  # user candidates: share of similar users' sessions that read it
     "exclusive",  # user candidates: 1 / sqrt(different users who read it lately)
     "from_recency",  # one-hot of the candidate's source (sequence replay: all zero)

@@ -113,7 +113,9 @@ class CachecastWarmer:
         if self._users is not None and self._users[index] >= 0:
             user = self._users[index]
         wall = -1.0 if self._wall is None else self._wall[index]
-        candidates = self.engine.observe(key, ts, user=user, hit=hit, warmed=warmed, wall_ts=wall)
+        candidates = self.engine.observe(
+            key, ts, user=user, hit=hit, warmed=warmed, wall_ts=wall, event_ts=wall
+        )
         if not candidates:
             return ()
         if not self.sequences:

@@ -117,6 +117,8 @@ def synthetic_workload(
         raise ValueError("at most 1,000 cohorts of keys that fit their id range (see _COHORT_BASE)")
     if session_requests < 1.0 or concurrent_sessions < 1:
         raise ValueError("session_requests must be >= 1 and concurrent_sessions >= 1")
+    if personal_keys and users > (_ONE_HIT_BASE - _PERSONAL_BASE) // 100:
+        raise ValueError("too many users for the personal keys' id range (see _PERSONAL_BASE)")
     if not 0 <= personal_keys <= 100 or (personal_share > 0.0 and not personal_keys):
         raise ValueError("personal_keys must be in [0, 100], and > 0 with a personal_share")
     if not 0 <= team_keys <= keys_per_cohort:

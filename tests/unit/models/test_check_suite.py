@@ -95,7 +95,13 @@ ADAPTERS: dict[str, Adapter] = {
     "affinity": Adapter(
         make=lambda cap: UserAffinity(max_users=cap, session_gap=5.0),
         feed=lambda p, k, ts: p.learn_one(k, ts, user=f"u{stable_hash(k) % 997}"),
-        ask=lambda p, k, ts: (p.predict_one(k), p.predict_one(f"u{stable_hash(k) % 997}")),
+        ask=lambda p, k, ts: (
+            p.predict_one(k),
+            p.predict_one(f"u{stable_hash(k) % 997}"),
+            p.recommend(f"u{stable_hash(k) % 997}"),
+            p.exclusivity(k),
+            len(p._readers) <= p.max_users * p.keys_per_user,
+        ),
     ),
     "temporal": Adapter(
         make=lambda cap: TimeProfile(max_keys=cap),

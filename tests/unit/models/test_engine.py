@@ -171,13 +171,14 @@ def test_user_sessions_raise_favourite_keys() -> None:
     ts = 0.0
     for day in range(30):
         for key in ("inbox", "calendar", "inbox"):
-            engine.observe(key, ts, user="ada", hit=False)
+            reasons |= {c.reason for c in engine.observe(key, ts, user="ada", hit=False)}
             ts += 1.0
         for i in range(300):
             reasons |= {c.reason for c in engine.observe(f"x{day}-{i}", ts, user="bob", hit=False)}
             ts += 1.0
     assert engine.affinity.predict_one("ada")[0][0] == "inbox"
     assert engine.scorer.stats()["labels"] > 0
+    assert "user" in reasons  # ada's sessions raised her keys
 
 
 def test_wall_clock_turns_on_time_profiles() -> None:

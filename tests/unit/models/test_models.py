@@ -235,6 +235,40 @@ class TestUserAffinity:
         # Another member's own keys are read by one neighbour in five: left out.
         assert not any(str(key).startswith("own") for key in keys)
 
+    def test_a_late_event_continues_its_session(self) -> None:
+        aff = UserAffinity(session_gap=60.0)
+        nths = [aff.learn_one(k, ts, user="u") for k, ts in (("a", 1000.0), ("b", 1001.0))]
+        nths.append(aff.learn_one("c", 500.0, user="u"))  # arrives late, from before
+        nths.append(aff.learn_one("d", 1002.0, user="u"))
+        assert nths == [1, 2, 3, 4]
+        assert aff._users["u"][0][0] == 1002.0
+
+    def test_a_session_of_one_offs_keeps_the_users_habits(self) -> None:
+        aff = UserAffinity(session_gap=10.0, keys_per_user=4, peers=0)
+        ts = 0.0
+        for _ in range(3):
+            for key in ("profile", "inbox"):
+                aff.learn_one(key, ts, user="u")
+                ts += 1.0
+            ts += 100.0
+        for i in range(6):  # a session of six keys read once, never before
+            aff.learn_one(f"once-{i}", ts + i, user="u")
+        assert {"profile", "inbox"} <= set(aff._users["u"][1])
+
+    def test_users_no_longer_tracked_are_not_neighbours(self) -> None:
+        aff = UserAffinity(max_users=4, session_gap=10.0, top_n=4, peers=1)
+        aff.learn_one("board", 0.0, user="gone")  # shares the most with the new user...
+        aff.learn_one("wiki", 1.0, user="gone")
+        for i in range(3):
+            aff.learn_one(f"elsewhere-{i}", 20.0 + i, user=f"x{i}")
+        aff.learn_one("board", 25.0, user="mate")  # ...but is forgotten when mate comes
+        aff.learn_one("roadmap", 26.0, user="mate")
+        aff.learn_one("board", 30.0, user="new")
+        aff.learn_one("wiki", 31.0, user="new")
+        assert "gone" not in aff._users
+        assert "gone" in aff._readers["wiki"][0]  # still indexed, never a neighbour
+        assert [key for key, _, _ in aff.recommend("new")] == ["roadmap"]
+
     def test_the_reader_index_is_bounded(self) -> None:
         aff = UserAffinity(max_users=8, keys_per_user=2, readers_per_key=3)
         for i in range(400):

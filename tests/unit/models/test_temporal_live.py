@@ -62,8 +62,9 @@ def _lru_hits(keys: list[int], fraction: float = 0.05) -> list[bool]:
 def _temporal_raises(config: EngineConfig, days: int = 4) -> list[tuple[int, float]]:
     """(key, wall time) of every temporal candidate admitted, on the worker's clocks.
 
-    Without the workload's users: its users are drawn anew for every request, and
-    their candidates would take admissions the time profiles are tested for here.
+    Without the workload's users: they are drawn anew for every request (no
+    sessions), and the user models' warms would spend the waste budget the time
+    profiles are tested for here.
     """
     trace, _ = synthetic_workload(days=days, requests_per_day=20_000, seed=0)
     engine = WarmEngine(config)

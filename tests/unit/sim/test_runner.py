@@ -183,8 +183,10 @@ def test_users_cut_misses_when_sessions_come_back() -> None:
         return counts.misses, counts.misses + counts.warms
 
     off, off_fetches = misses(replace(trace, users=None), EngineConfig())
+    own, _ = misses(trace, EngineConfig(user_peers=0))
     on, on_fetches = misses(trace, EngineConfig())
     lru = run_policy(trace, "lru", size, keys=keys).misses
     assert on <= 0.85 * off, (on, off)
+    assert on < own, (on, own)  # similar users add to the user's own keys
     assert on_fetches <= 1.05 * lru  # paid for with few wasted warms
     assert off_fetches <= 1.05 * lru
