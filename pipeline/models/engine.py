@@ -121,7 +121,8 @@ class EngineConfig:
     """Time-of-week profile resolution."""
     session_gap: float = 1_800.0
     """User silence that opens a new session (user affinity and similar users): in
-    seconds of the events' wall-clock time when ``observe`` gets it, else in ts units."""
+    seconds of the events' own time when ``observe`` gets it (``event_ts``, or a
+    wall-clock ``ts``), else in ts units."""
     user_top_n: int = 8
     """Most keys a user's session raises (their own and similar users' keys)."""
     user_peers: int = 8
@@ -159,8 +160,8 @@ class WarmEngine:
 
     The engine runs, on every access event, the frequency, recency, similarity
     (sequence replay, co-access), user (own keys, similar users) and temporal
-    models; collects the
-    keys they expect soon and are probably not cached; scores each with the
+    models; collects the keys they expect soon and are probably not cached;
+    scores each with the
     ensemble (:class:`WarmScorer`); and returns those admitted as
     :class:`Candidate`. Delayed labels are handled inside: a candidate is checked
     against later accesses (``lead`` to ``lead + horizon`` after it was raised).

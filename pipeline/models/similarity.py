@@ -422,8 +422,9 @@ class SequenceReplay(Predictor):
 class UserAffinity(Predictor):
     """Keys a user keeps coming back to, and keys similar users read.
 
-    Per user, decayed counts of the keys they accessed (at most ``keys_per_user``;
-    past it the least counted key is replaced), and per key its latest
+    Per user, decayed counts of the keys they accessed and of the sessions that
+    read each (at most ``keys_per_user``; past it the key read in the fewest
+    earlier sessions is replaced), and per key its latest
     ``readers_per_key`` readers: a bounded nearest-neighbour index over users'
     recent keys. A user's neighbours are the users who read the most of the same
     keys lately (found through the index, never by scanning users).
@@ -445,10 +446,11 @@ class UserAffinity(Predictor):
     Hand-written, not river's ``reco.FunkMF``: on the SYNTHETIC sessions of
     ``pipeline.sim.synthetic.session_workload`` (30,000 reads, 1,889 sessions),
     ``benchmarks/river_estimators.py`` measured, for the 5 keys ranked as each
-    session opens: :meth:`recommend` 4,971 of 6,375 read in the session, at 4.5 µs
-    per update and 31 µs per query; FunkMF 1,056 of 9,430, at 34 µs and 9.5 ms (a
-    factorisation model must score every key to rank a user's); the user's own
-    keys alone (:meth:`predict_one`) 4,493 of 5,103 (nothing for a new user).
+    session opens: :meth:`recommend` 4,945 of 6,375 read in the session, at 4.5-5.6
+    µs per update and 31-42 µs per query; FunkMF 1,056 of 9,430, at 32-34 µs and
+    8-10 ms (a factorisation model must score every key to rank a user's); the
+    user's own keys alone (:meth:`predict_one`) 4,476 of 5,103 (nothing for a new
+    user).
 
     Parameters
     ----------
