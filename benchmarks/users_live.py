@@ -35,6 +35,7 @@ from pathlib import Path
 import orjson
 
 from pipeline.models import EngineConfig
+from pipeline.replay import user_labels
 from pipeline.sim.runner import cache_size_for, run_policy
 from pipeline.sim.synthetic import session_workload
 from pipeline.sim.traces import Trace
@@ -93,12 +94,12 @@ def simulate(args: argparse.Namespace) -> int:
 
 def write_jsonl(trace: Trace, path: Path, namespace: str = "synthetic") -> None:
     """``trace`` as our JSONL of access events (key, wall-clock ts, user), one per line."""
-    users = trace.users.tolist() if trace.users is not None else [-1] * len(trace)
+    users = user_labels(trace) or [None] * len(trace)
     with path.open("wb") as out:
         for key, ts, user in zip(trace.keys.tolist(), trace.ts.tolist(), users, strict=True):
             event = {"ts": ts, "namespace": namespace, "key": str(key), "op": "get"}
-            if user >= 0:
-                event["user"] = f"u{user}"
+            if user is not None:
+                event["user"] = user
             out.write(orjson.dumps(event) + b"\n")
 
 

@@ -25,6 +25,11 @@ from pipeline.models.base import Key, Predictor
 _by_count = itemgetter(1)
 
 
+def _exclusivity(readers: tuple[list[Key], list[float]]) -> float:
+    """1 / sqrt(how many different users a key's reader entry has counted)."""
+    return 1.0 / math.sqrt(readers[1][0])
+
+
 def _earlier(kept: list[float], current: float) -> tuple[float, float]:
     """A profile key's (earlier sessions that read it, reads): what eviction spares."""
     return (kept[1] - 1.0 if kept[2] == current else kept[1], kept[0])
@@ -638,7 +643,7 @@ class UserAffinity(Predictor):
                 found = readers.get(key)
                 if found is None:
                     continue
-                weight = 1.0 / math.sqrt(found[1][0])  # exclusivity(key)
+                weight = _exclusivity(found)
                 total += weight
                 for reader in found[0]:
                     if reader != user and reader in users:
@@ -682,7 +687,7 @@ class UserAffinity(Predictor):
         0 for a key no profile holds.
         """
         found = self._readers.get(key)
-        return 0.0 if found is None else 1.0 / math.sqrt(found[1][0])
+        return 0.0 if found is None else _exclusivity(found)
 
     @property
     def n_tracked(self) -> int:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -15,6 +17,8 @@ from aiokafka import AIOKafkaConsumer
 from pipeline.config import Settings, load_settings
 from pipeline.deadletter import reason_of
 from pipeline.devstack import DevStack, free_port
+from pipeline.replay import ReplayResult, replay
+from pipeline.sim.traces import Trace
 from pipeline.worker import WorkerProcess
 
 NAMESPACE = "orders"
@@ -111,3 +115,72 @@ async def read_dead_letters(
     finally:
         await consumer.stop()
     return found
+
+
+async def topic_records(settings: Settings, topic: str) -> list[bytes]:
+    """Every value on ``topic`` so far, read from the start by a consumer of no group."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_brokers(),
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=2000)
+            if not batch:
+                return values
+            for records in batch.values():
+                values.extend(r.value for r in records if r.value is not None)
+    finally:
+        await consumer.stop()
+
+
+class Replayed(NamedTuple):
+    """A replay through a worker of its own: what the client saw, and the worker's view."""
+
+    result: ReplayResult
+    settings: Settings
+    monitor: dict[str, Any]
+    stopped_at: float
+
+
+def replay_through_worker(
+    start_worker: StartWorker,
+    trace: Trace,
+    *,
+    prefix: str,
+    rate: float,
+    cache_fraction: float,
+    **overrides: str,
+) -> Replayed:
+    """Replay ``trace`` at ``rate`` through a new worker on topics of its own (one
+    partition each), Redis holding ``cache_fraction`` of the keys; stop the worker."""
+    tag = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    worker = start_worker(
+        CACHECAST_APP_ID=tag,
+        CACHECAST_TOPIC_NAMESPACE=tag,
+        # One partition per topic: one worker, and the lowest latency.
+        CACHECAST_TOPIC_PARTITIONS="1",
+        # Checkpoints stall the worker for ~0.1-0.3 s; keep them out of the measurement.
+        CACHECAST_CHECKPOINT_S="60",
+        **overrides,
+    )
+    settings = load_settings(topic_namespace=tag, topic_partitions=1)
+    try:
+        result = asyncio.run(
+            replay(
+                trace,
+                settings,
+                namespace=NAMESPACE,
+                rate=rate,
+                cache_values=int(trace.n_unique * cache_fraction),
+            )
+        )
+        monitor = worker.monitor()
+    finally:
+        stopped_at = time.time()
+        worker.stop()
+    return Replayed(result, settings, monitor, stopped_at)

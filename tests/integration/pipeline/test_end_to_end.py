@@ -6,79 +6,38 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import time
-import uuid
-from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 import schemas
-from pipeline.config import Settings, load_settings
-from pipeline.replay import BUNDLED_TRACE, ReplayResult, load_trace, replay
-from tests.integration.pipeline.conftest import NAMESPACE, StartWorker
+from pipeline.replay import BUNDLED_TRACE, load_trace
+from tests.integration.pipeline.conftest import (
+    NAMESPACE,
+    Replayed,
+    StartWorker,
+    replay_through_worker,
+    topic_records,
+)
 
 REQUESTS = 20_000
 RATE = 400.0
 
 
-async def _records(settings: Settings, topic: str) -> list[bytes]:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_brokers(),
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    values: list[bytes] = []
-    try:
-        while True:
-            batch = await consumer.getmany(timeout_ms=2000)
-            if not batch:
-                return values
-            for records in batch.values():
-                values.extend(r.value for r in records if r.value is not None)
-    finally:
-        await consumer.stop()
-
-
-def _run(
-    start_worker: StartWorker, warming: bool
-) -> tuple[ReplayResult, Settings, dict[str, Any], float]:
-    tag = uuid.uuid4().hex[:8]
-    overrides = {
-        "CACHECAST_APP_ID": f"e2e-{tag}",
-        "CACHECAST_TOPIC_NAMESPACE": f"e2e-{tag}",
-        "CACHECAST_WARMING": "true" if warming else "false",
-        # One partition per topic: one worker, and the lowest latency at this rate.
-        "CACHECAST_TOPIC_PARTITIONS": "1",
-        # Checkpoints stall the worker for ~0.1-0.3 s; keep them out of the measurement.
-        "CACHECAST_CHECKPOINT_S": "60",
+def _run(start_worker: StartWorker, warming: bool) -> Replayed:
+    return replay_through_worker(
+        start_worker,
+        load_trace(BUNDLED_TRACE, max_requests=REQUESTS),
+        prefix="e2e",
+        rate=RATE,
+        cache_fraction=0.05,
+        CACHECAST_WARMING="true" if warming else "false",
         # A warm must land before its request: latency (~10-20 ms) x 400 requests/s.
-        "CACHECAST_DELAY_REQUESTS": "8",
-        "CACHECAST_LEAD_REQUESTS": "5",
+        CACHECAST_DELAY_REQUESTS="8",
+        CACHECAST_LEAD_REQUESTS="5",
         # Both paths at once: the worker warms sequences too, so every topic carries records.
-        "CACHECAST_WORKER_SEQUENCES": "1",
-    }
-    worker = start_worker(**overrides)
-    settings = load_settings(topic_namespace=f"e2e-{tag}", topic_partitions=1)
-    trace = load_trace(BUNDLED_TRACE, max_requests=REQUESTS)
-    try:
-        result = asyncio.run(
-            replay(
-                trace,
-                settings,
-                namespace=NAMESPACE,
-                rate=RATE,
-                cache_values=int(trace.n_unique * 0.05),
-            )
-        )
-        monitor = worker.monitor()
-    finally:
-        stopped_at = time.time()
-        worker.stop()
-    return result, settings, monitor, stopped_at
+        CACHECAST_WORKER_SEQUENCES="1",
+    )
 
 
 @pytest.mark.timeout(900)
@@ -100,7 +59,7 @@ def test_warming_raises_the_real_hit_ratio(start_worker: StartWorker) -> None:
 
     commands = [
         c
-        for value in asyncio.run(_records(settings, settings.topic_warmup))
+        for value in asyncio.run(topic_records(settings, settings.topic_warmup))
         for c in schemas.decode_warmup_commands(value).records
     ]
     assert commands
@@ -109,7 +68,7 @@ def test_warming_raises_the_real_hit_ratio(start_worker: StartWorker) -> None:
 
     outcomes = [
         o
-        for value in asyncio.run(_records(settings, settings.topic_outcomes))
+        for value in asyncio.run(topic_records(settings, settings.topic_outcomes))
         for o in schemas.decode_warmup_outcomes(value).records
     ]
     # One outcome per command: those the predict agent carried out itself (claimed)
@@ -126,7 +85,7 @@ def test_warming_raises_the_real_hit_ratio(start_worker: StartWorker) -> None:
 
     snapshots = [
         schemas.decode_metrics_snapshot(v)
-        for v in asyncio.run(_records(settings, settings.topic_metrics))
+        for v in asyncio.run(topic_records(settings, settings.topic_metrics))
     ]
     mine = [s for s in snapshots if s.namespace == NAMESPACE]
     assert sum(s.events for s in mine) >= REQUESTS

@@ -5,18 +5,18 @@ reads them as warmed hits (SYNTHETIC sessions: pipeline.sim.synthetic)."""
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 
 import pytest
 
 import schemas
-from pipeline.config import load_settings
 from pipeline.demo import session_gap_for
-from pipeline.replay import replay
 from pipeline.sim.synthetic import session_workload
-from tests.integration.pipeline.conftest import NAMESPACE, StartWorker
-from tests.integration.pipeline.test_end_to_end import _records
+from tests.integration.pipeline.conftest import (
+    NAMESPACE,
+    StartWorker,
+    replay_through_worker,
+    topic_records,
+)
 
 DAYS, PER_DAY = 2, 6_000
 RATE = 400.0
@@ -27,33 +27,18 @@ def test_a_returning_users_session_is_warmed_by_the_worker(start_worker: StartWo
     trace, _ = session_workload(days=DAYS, requests_per_day=PER_DAY, users=200)
     gap = session_gap_for(trace, RATE)
     assert gap is not None
-    tag = uuid.uuid4().hex[:8]
-    worker = start_worker(
-        CACHECAST_APP_ID=f"users-{tag}",
-        CACHECAST_TOPIC_NAMESPACE=f"users-{tag}",
-        CACHECAST_TOPIC_PARTITIONS="1",
-        CACHECAST_CHECKPOINT_S="60",
+    result, settings, monitor, stopped_at = replay_through_worker(
+        start_worker,
+        trace,
+        prefix="users",
+        rate=RATE,
+        cache_fraction=0.1,
         # Two days replayed in 30 s: 30 minutes of silence are 0.3 s of them.
         CACHECAST_SESSION_GAP_S=repr(gap),
     )
-    settings = load_settings(topic_namespace=f"users-{tag}", topic_partitions=1)
-    try:
-        result = asyncio.run(
-            replay(
-                trace,
-                settings,
-                namespace=NAMESPACE,
-                rate=RATE,
-                cache_values=int(trace.n_unique * 0.1),
-            )
-        )
-        monitor = worker.monitor()
-    finally:
-        stopped_at = time.time()
-        worker.stop()
     commands = [
         c
-        for value in asyncio.run(_records(settings, settings.topic_warmup))
+        for value in asyncio.run(topic_records(settings, settings.topic_warmup))
         for c in schemas.decode_warmup_commands(value).records
     ]
     by_user = [c for c in commands if c.reason == "user"]
