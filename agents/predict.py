@@ -24,7 +24,7 @@ from agents.app import Context
 from agents.checkpointing import Checkpointer
 from agents.runtime import Runtime, record_source
 from agents.writer import Writer
-from pipeline.client.keys import rules_stream
+from pipeline.client.keys import USER_RULES, rules_stream
 from pipeline.client.rulebook import STREAM_FIELD
 from pipeline.decide import Decider, engine_config
 from pipeline.models import WarmEngine
@@ -46,6 +46,9 @@ _RULE_STREAM_ENTRIES: Final = 64
 _RESTORE_EVERY_S: Final = 10.0
 #: Most rule changes published per partition and round (the rest wait for the next round).
 _RULES_PER_ROUND: Final = 20_000
+#: Most user rules recomputed per partition and round (~80 µs each, on the event loop; a
+#: user's next session is a session gap away, so the rest can wait a round or two).
+_USERS_PER_ROUND: Final = 250
 
 
 class Predict:
@@ -64,8 +67,10 @@ class Predict:
         self.deciders: dict[int, Decider] = {}
         self.reorderers: dict[int, Reorderer] = {}
         self._warmup_partition = PartitionCache(settings.topic_partitions)
-        #: The prefetch rules this worker has published (bounded per namespace).
+        #: The prefetch rules and the user rules this worker has published (bounded per
+        #: namespace).
         self.rule_set = RuleSet(settings.redis_key_prefix, settings.rules_max)
+        self.user_rule_set = RuleSet(settings.redis_key_prefix, settings.rules_max, USER_RULES)
         self._restored_at = 0.0
         app = context.app
         self.agent = app.agent(self.topics.sequence, name="cachecast.predict")(self.predict)
@@ -187,12 +192,17 @@ class Predict:
             return
         async with self.engines.lock:
             changes = []
+            users = []
             for engine in self.engines.models.values():
                 changes.extend(engine.rules.changed(_RULES_PER_ROUND))
-        if changes:
-            plan = self.rule_set.plan(changes, now=time.time())
-            if len(plan):
-                await self._write_rules(plan)
+                users.extend(engine.user_rules(_USERS_PER_ROUND))
+        now = time.time()
+        for rule_set, plan in (
+            (self.rule_set, self.rule_set.plan(changes, now=now) if changes else None),
+            (self.user_rule_set, self.user_rule_set.plan_users(users, now=now) if users else None),
+        ):
+            if plan is not None and len(plan):
+                await self._write_rules(plan, rule_set)
         await self._restore_lost_rules()
 
     async def _restore_lost_rules(self) -> None:
@@ -202,7 +212,8 @@ class Predict:
         rules in memory), so this runs every ``_RESTORE_EVERY_S``, not every round.
         """
         now = time.monotonic()
-        tables = self.rule_set.hashes()
+        rule_sets = (self.rule_set, self.user_rule_set)
+        tables = [table for rule_set in rule_sets for table in rule_set.hashes()]
         if not tables or now - self._restored_at < _RESTORE_EVERY_S:
             return
         self._restored_at = now
@@ -215,12 +226,13 @@ class Predict:
             return
         lost = [table for table, there in zip(tables, present, strict=True) if not there]
         if lost:
-            plan = self.rule_set.restore(lost, now=time.time())
-            self.runtime.counters["rules_restored"] += sum(map(len, plan.writes.values()))
-            if len(plan):
-                await self._write_rules(plan)
+            for rule_set in rule_sets:
+                plan = rule_set.restore(lost, now=time.time())
+                self.runtime.counters["rules_restored"] += sum(map(len, plan.writes.values()))
+                if len(plan):
+                    await self._write_rules(plan, rule_set)
 
-    async def _write_rules(self, plan: RulePlan) -> None:
+    async def _write_rules(self, plan: RulePlan, rule_set: RuleSet) -> None:
         counters = self.runtime.counters
         try:
             async with self.runtime.redis.pipeline(transaction=False) as pipe:
@@ -242,8 +254,8 @@ class Predict:
                 await pipe.execute()
         except Exception as exc:  # Redis down: rules are advice; republish what changes next
             counters["rules_publish_errors"] += 1
-            log.warning("could not publish %d prefetch rule changes: %s", len(plan), exc)
-            self.rule_set.forget()
+            log.warning("could not publish %d rule changes: %s", len(plan), exc)
+            rule_set.forget()
             return
         counters["rules_written"] += sum(map(len, plan.writes.values()))
         counters["rules_deleted"] += sum(map(len, plan.deletes.values()))

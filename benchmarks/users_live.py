@@ -7,11 +7,15 @@ carries users, sessions and timestamps under a licence the project can ship.
 Every figure it prints says so.
 
 Simulator (default): the engine runs as the worker runs it (request clock; each
-access's wall-clock time detects sessions), the worker path only
-(``lru+cachecast``, warms landing ``--delay`` requests after their trigger).
-Three runs in the same process, on the same trace: users off (the events carry
-no user), users on with the user's own keys only (``user_peers=0``), and users
-on with similar users (the default). Plain LRU is shown for scale.
+access's wall-clock time detects sessions), both paths as in production
+(``lru+cachecast``): worker warms land ``--delay`` requests after their
+trigger; the edge path applies the published prefetch rules and, as each
+user's session opens, the user's rule, with the simulator's default edge
+timing (rules published every 400 requests, seen 10 later, loads taking one
+request). Three runs in the same process, on the same trace: users off (the
+events carry no user), users on with the user's own keys only
+(``user_peers=0``), and users on with similar users (the default). Plain LRU is
+shown for scale.
 
 ``--end-to-end``: the same workload through the whole pipeline: writes the
 first ``--requests`` requests as a JSONL trace, runs ``cachecast demo`` on it
@@ -46,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def simulate(args: argparse.Namespace) -> int:
     print(
         f"SYNTHETIC workload with users and sessions: {args.days} days x {args.per_day:,}"
-        f" requests, seeds {args.seeds}; worker path, delay {args.delay};"
+        f" requests, seeds {args.seeds}; worker warms at delay {args.delay}, edge path on;"
         " fetches = misses + warms, as a multiple of LRU's"
     )
     print(

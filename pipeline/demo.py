@@ -170,13 +170,16 @@ def _run_once(
     with DevStack(kafka=True, redis=True, kafka_partitions=args.partitions) as stack:
         servers = stack.env()
         env = worker_env(args, servers, warming=warming, loaders=loaders, origin_ms=origin_ms)
-        # The clients get the same loaders as the worker: they warm through them too.
+        # The clients get the same loaders as the worker: they warm through them too; and
+        # its session gap: they load a user's rule as the user's session opens.
+        gap = getattr(args, "session_gap_s", None)
         settings = load_settings(
             kafka_bootstrap_servers=servers["KAFKA_BOOTSTRAP_SERVERS"],
             redis_host=servers["REDIS_HOST"],
             redis_port=int(servers["REDIS_PORT"]),
             topic_partitions=args.partitions,
             loaders=loaders,
+            **({} if gap is None else {"model_session_gap_s": gap}),
         )
         log = workdir / f"worker-{'on' if warming else 'off'}.log"
         log.unlink(missing_ok=True)
@@ -291,6 +294,11 @@ def result_rows(off: ReplayResult, on: ReplayResult) -> list[tuple[str, str, str
         latency("request start lag p99 / max", "start_lag_p99_ms", "start_lag_max_ms"),
         count("access events dropped", "events_dropped"),
     ]
+    if off.user_rule_reads or on.user_rule_reads:
+        rows.insert(
+            rows.index(count("edge warms issued", "edge_issued")),
+            count("sessions that opened on a user rule", "user_rules_applied"),
+        )
     if off.request_errors or on.request_errors:
         rows.append(count("failed requests", "request_errors"))
     if off.errors or on.errors:

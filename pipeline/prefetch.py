@@ -191,11 +191,14 @@ class RuleSet:
     [('c:#rules:shop:3', ['a'])]
     """
 
-    def __init__(self, prefix: str, max_rules: int = 50_000) -> None:
+    def __init__(self, prefix: str, max_rules: int = 50_000, kind: str = "rules") -> None:
         if max_rules < 1:
             raise ValueError("max_rules must be >= 1")
         self.prefix = prefix
         self.max_rules = max_rules
+        #: ``"rules"`` (prefetch rules: hashes and the rule stream) or ``"userrules"``
+        #: (user rules: hashes only; a client reads one as a session opens).
+        self.kind = kind
         #: Per namespace: trigger -> the successors published for it, least recently changed first.
         self._published: dict[str, OrderedDict[str, tuple[tuple[str, float], ...]]] = {}
 
@@ -228,7 +231,7 @@ class RuleSet:
                     if successor.startswith(namespace + ":") and len(successor) > len(namespace) + 1
                 ][:MAX_SUCCESSORS]
             )
-            where = rules_hash(self.prefix, namespace, key)
+            where = rules_hash(self.prefix, namespace, key, self.kind)
             if not successors:
                 if published.pop(key, None) is not None:
                     plan.deletes.setdefault(where, []).append(key)
@@ -244,21 +247,50 @@ class RuleSet:
             plan.updates.setdefault(namespace, []).append((key, successors))
             while len(published) > self.max_rules:
                 evicted, _ = published.popitem(last=False)
-                evicted_at = rules_hash(self.prefix, namespace, evicted)
+                evicted_at = rules_hash(self.prefix, namespace, evicted, self.kind)
                 pending = plan.writes.get(evicted_at)
                 if pending is not None:
                     pending.pop(evicted, None)
                 plan.deletes.setdefault(evicted_at, []).append(evicted)
                 plan.updates.setdefault(namespace, []).append((evicted, ()))
         plan.writes = {where: fields for where, fields in plan.writes.items() if fields}
+        if self.kind != "rules":
+            plan.updates = {}  # only prefetch rules are followed through the stream
         return plan
+
+    def plan_users(
+        self, changes: Iterable[tuple[Any, Sequence[tuple[Any, float]]]], *, now: float
+    ) -> RulePlan:
+        """Turn ``(user, rule)`` changes (:meth:`WarmEngine.user_rules`) into Redis writes.
+
+        A user's rule is split by the namespaces of its keys: the trigger is the
+        user in each namespace, and a namespace where the user's rule names no key
+        any more has it deleted.
+
+        >>> users = RuleSet("c:", kind="userrules")
+        >>> users.plan_users([("ada", [("shop:a", 0.9), ("news:b", 0.7)])], now=5.0).writes
+        {'c:#userrules:shop:8': {'ada': b'[1,5.0,0,[["a",0.9]]]'}, \
+'c:#userrules:news:8': {'ada': b'[1,5.0,0,[["b",0.7]]]'}}
+        >>> users.plan_users([("ada", [("shop:a", 0.9)])], now=6.0).deletes
+        {'c:#userrules:news:8': ['ada']}
+        """
+        split: list[tuple[str, list[tuple[Any, float]]]] = []
+        for user, rule in changes:
+            # Every namespace published so far: an empty rule deletes the user's there.
+            by_namespace: dict[str, list[tuple[Any, float]]] = {ns: [] for ns in self._published}
+            for successor, p in rule:
+                namespace, sep, key = str(successor).partition(":")
+                if sep and key:
+                    by_namespace.setdefault(namespace, []).append((successor, p))
+            split.extend((f"{ns}:{user}", keys) for ns, keys in by_namespace.items())
+        return self.plan(split, now=now)
 
     def hashes(self) -> list[str]:
         """Every hash that holds rules this worker published (to check they still exist)."""
         from pipeline.client.keys import RULE_SHARDS
 
         return [
-            f"{self.prefix}#rules:{namespace}:{shard}"
+            f"{self.prefix}#{self.kind}:{namespace}:{shard}"
             for namespace, published in self._published.items()
             if published
             for shard in range(RULE_SHARDS)
@@ -278,12 +310,13 @@ class RuleSet:
         plan = RulePlan()
         for namespace, published in self._published.items():
             for key, successors in published.items():
-                where = rules_hash(self.prefix, namespace, key)
+                where = rules_hash(self.prefix, namespace, key, self.kind)
                 if where in gone:
                     plan.writes.setdefault(where, {})[key] = encode_rule(
                         successors, compiled_at=now
                     )
-                    plan.updates.setdefault(namespace, []).append((key, successors))
+                    if self.kind == "rules":
+                        plan.updates.setdefault(namespace, []).append((key, successors))
         return plan
 
     def forget(self) -> None:

@@ -430,6 +430,8 @@ _SUMMED: Final = (
     "edge_hits",
     "rule_reads",
     "rules_applied",
+    "user_rule_reads",
+    "user_rules_applied",
 )
 #: Client latency figures: the worst of the clients' (quantiles cannot be summed).
 _WORST: Final = ("edge_latency_p50_ms", "edge_latency_p99_ms")
@@ -442,8 +444,8 @@ def sum_client_stats(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     {'hits': 5, 'misses': 1, 'errors': 0, 'loads': 0, 'load_joins': 0, 'warmed_hits': 0,
      'inflight_joins': 0, 'edge_issued': 0, 'edge_written': 0, 'edge_failed': 0,
      'edge_refused': 0, 'edge_skipped': 0, 'edge_useful': 0, 'edge_hits': 0,
-     'rule_reads': 0, 'rules_applied': 0, 'edge_latency_p50_ms': 4.0,
-     'edge_latency_p99_ms': None}
+     'rule_reads': 0, 'rules_applied': 0, 'user_rule_reads': 0, 'user_rules_applied': 0,
+     'edge_latency_p50_ms': 4.0, 'edge_latency_p99_ms': None}
     """
     out: dict[str, Any] = {
         name: sum(int(s.get(name, 0) or 0) for s in snapshots) for name in _SUMMED
@@ -491,6 +493,9 @@ class ReplayResult:
     #: Prefetch rules read on misses, and those that named something to load.
     rule_reads: int = 0
     rules_applied: int = 0
+    #: User rules read as users' sessions opened, and those that named something to load.
+    user_rule_reads: int = 0
+    user_rules_applied: int = 0
     edge_latency_p50_ms: float | None = None
     edge_latency_p99_ms: float | None = None
     warm_outcomes: dict[str, int] = field(default_factory=dict)
@@ -538,6 +543,8 @@ class ReplayResult:
             inflight_joins=int(client.get("inflight_joins", 0)),
             rule_reads=int(client.get("rule_reads", 0)),
             rules_applied=int(client.get("rules_applied", 0)),
+            user_rule_reads=int(client.get("user_rule_reads", 0)),
+            user_rules_applied=int(client.get("user_rules_applied", 0)),
             edge_issued=int(client.get("edge_issued", 0)),
             edge_written=int(client.get("edge_written", 0)),
             edge_failed=int(client.get("edge_failed", 0)),

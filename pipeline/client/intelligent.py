@@ -274,6 +274,8 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             user, session = user_context, session_id
         else:
             user, session = context_labels(user_context, session_id)
+        if user is not None and enable_prediction and self._session_opens(namespace, user):
+            self._user_session(namespace, user)
         started = _clock()
         if core.down_until and core.breaker_open():
             error = core.rejected("get", namespace, (key,), user, session, enable_prediction)
@@ -618,17 +620,34 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         try:
             room = len(self._edge_tasks) < _EDGE_TASKS_MAX
             targets = self._rule_targets(namespace, trigger, room)
-            if targets is None:
-                return
-            guard, loads = targets
-            loop = asyncio.get_running_loop()
-            for successor, dkey in loads:
-                flight = _Flight(loop.create_future(), edge=True)
-                self._flights[dkey] = flight
-                self._start_edge(namespace, successor, dkey, guard, flight)
+            if targets is not None:
+                self._launch(namespace, *targets)
         finally:
             if armed is not None:
                 self._settle(armed)
+
+    def _launch(self, namespace: str, guard: GuardedLoader, loads: list[tuple[str, str]]) -> None:
+        """Start the edge loads of ``(key, data key)``s, each registered as a flight first."""
+        loop = asyncio.get_running_loop()
+        for successor, dkey in loads:
+            flight = _Flight(loop.create_future(), edge=True)
+            self._flights[dkey] = flight
+            self._start_edge(namespace, successor, dkey, guard, flight)
+
+    def _user_session(self, namespace: str, user: str) -> None:
+        """``user``'s session opened here: load what their user rule names, in the background."""
+        if len(self._edge_tasks) < _EDGE_TASKS_MAX:
+            self._background(self._user_prefetch(namespace, user))
+
+    async def _user_prefetch(self, namespace: str, user: str) -> None:
+        """Read ``user``'s rule (one HGET, never waited for by a caller) and start its loads."""
+        try:
+            reply = await self._redis.execute_command(*self._user_rule_command(namespace, user))
+        except RedisError:
+            return  # rules are advice: the session goes on without them
+        targets = self._user_targets(namespace, reply, len(self._edge_tasks) < _EDGE_TASKS_MAX)
+        if targets is not None:
+            self._launch(namespace, *targets)
 
     def _start_edge(
         self, namespace: str, key: str, dkey: str, guard: GuardedLoader, flight: _Flight

@@ -50,7 +50,9 @@ from schemas.contracts import (
 
 __all__ = [
     "INTERNAL_MARK",
+    "KEY_RULES",
     "RULE_SHARDS",
+    "USER_RULES",
     "InvalidKeyError",
     "data_key",
     "escape_glob",
@@ -182,14 +184,23 @@ def smart_ttl_hash(prefix: str, namespace: str) -> str:
 RULE_SHARDS: Final = 16
 
 
-def rules_hash(prefix: str, namespace: str, trigger: str) -> str:
-    """The hash holding the prefetch rule of ``trigger`` (field = trigger key).
+#: The kinds of rule a namespace has: prefetch rules (trigger = a key) and user rules
+#: (trigger = a user, read as the user's session opens).
+KEY_RULES: Final = "rules"
+USER_RULES: Final = "userrules"
+
+
+def rules_hash(prefix: str, namespace: str, trigger: str, kind: str = KEY_RULES) -> str:
+    """The hash holding the rule of ``trigger`` (field = the trigger: a key, or a user).
 
     Sharded by a stable hash of the trigger, so that on a Redis Cluster the rules
     of a busy namespace spread over several nodes instead of loading one.
+
+    >>> rules_hash("c:", "shop", "a"), rules_hash("c:", "shop", "ada", USER_RULES)
+    ('c:#rules:shop:3', 'c:#userrules:shop:8')
     """
     shard = zlib.crc32(trigger.encode("utf-8", "surrogatepass")) % RULE_SHARDS
-    return prefix + "#rules:" + namespace + ":" + str(shard)
+    return prefix + "#" + kind + ":" + namespace + ":" + str(shard)
 
 
 def rules_stream(prefix: str, namespace: str) -> str:

@@ -48,7 +48,7 @@ from pipeline.client.edge import (
     worth_loading,
 )
 from pipeline.client.errors import CacheError
-from pipeline.client.keys import rules_stream
+from pipeline.client.keys import USER_RULES, rules_hash, rules_stream
 from pipeline.client.rulebook import (
     RuleBook,
     bootstrap_commands,
@@ -61,6 +61,7 @@ from pipeline.client.rulebook import (
 from pipeline.codec import FLAG_EDGE, CodecError, envelope_flags, written_ms
 from pipeline.config import Settings, cache_settings
 from pipeline.loaders import LoaderConfig, LoadRefused
+from pipeline.prefetch import decode_rule
 
 __all__ = ["Armed", "IntelligentBase", "ManagerBase"]
 
@@ -295,6 +296,9 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
         self._reserved: dict[str, Armed] = {}
         self._rule_ids: dict[str, bytes] = {}
         self._tokens = EdgeTokens()
+        #: (namespace, user) -> when this client last saw the user read (monotonic s),
+        #: least recently seen first; bounded by ``tracked_keys``.
+        self._users_seen: dict[tuple[str, str], float] = {}
 
     def has_loader(self, namespace: str) -> bool:
         """Whether ``namespace`` has a loader for edge warms."""
@@ -357,13 +361,11 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
         if ready is not None:
             ready.set()
 
-    def _rule_targets(
-        self, namespace: str, trigger: str, room: bool
-    ) -> tuple[GuardT, list[tuple[str, str]]] | None:
-        """What ``trigger``'s rule has this client load now: its guard and (key, data key)s.
+    def _edge_guard(self, namespace: str, room: bool) -> GuardT | None:
+        """The namespace's edge loader, if this client may start edge loads there now.
 
         None when edge warming is off, the namespace has no loader, the client
-        has no ``room`` for more background work, Redis is down, or there is no rule.
+        has no ``room`` for more background work, or Redis is down.
         """
         core = self._core
         if (
@@ -373,12 +375,64 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
             or (core.down_until and core.breaker_open())
         ):
             return None
+        return self._edge_loaders[namespace]
+
+    def _rule_targets(
+        self, namespace: str, trigger: str, room: bool
+    ) -> tuple[GuardT, list[tuple[str, str]]] | None:
+        """What ``trigger``'s rule has this client load now: its guard and (key, data key)s.
+
+        None when :meth:`_edge_guard` says no or there is no rule.
+        """
+        guard = self._edge_guard(namespace, room)
+        if guard is None:
+            return None
         self._follow()
+        core = self._core
         rule = rule_to_apply(core, self._rulebook, namespace, trigger)
         if rule is None:
             return None
-        guard = self._edge_loaders[namespace]
         return guard, worth_loading(core, namespace, rule, self._loading, guard.available)
+
+    # -- user rules --------------------------------------------------------------------
+
+    def _session_opens(self, namespace: str, user: str) -> bool:
+        """Whether this read opens ``user``'s session as this client sees it (their first
+        read here, or the first after ``CACHECAST_SESSION_GAP_S`` of silence), where
+        edge warms may run: the moment to load what the user's rule names."""
+        if not self.edge_warming or namespace not in self._edge_loaders:
+            return False
+        now = time.monotonic()
+        seen = self._users_seen
+        with self._flights_lock:
+            last = seen.pop((namespace, user), None)  # re-inserted: the order is recency
+            seen[(namespace, user)] = now
+            if len(seen) > self.tracked_keys:
+                del seen[next(iter(seen))]
+        return last is None or now - last > self.settings.model_session_gap_s
+
+    def _user_rule_command(self, namespace: str, user: str) -> tuple[str, str, str]:
+        """The read of ``user``'s rule in ``namespace`` (one field of a sharded hash)."""
+        prefix = self.settings.redis_key_prefix
+        return ("HGET", rules_hash(prefix, namespace, user, USER_RULES), user)
+
+    def _user_targets(
+        self, namespace: str, reply: object, room: bool
+    ) -> tuple[GuardT, list[tuple[str, str]]] | None:
+        """What a user's rule (the reply to :meth:`_user_rule_command`) has this client
+        load as the user's session opens."""
+        guard = self._edge_guard(namespace, room)
+        if guard is None:
+            return None
+        core = self._core
+        core.stats.user_rule_reads += 1
+        rule = decode_rule(reply if isinstance(reply, bytes | str) else None)
+        if rule is None or not rule.successors:
+            return None
+        core.stats.user_rules_applied += 1
+        return guard, worth_loading(
+            core, namespace, rule.successors, self._loading, guard.available
+        )
 
     # -- following the rules -----------------------------------------------------------
 

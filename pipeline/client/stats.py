@@ -48,6 +48,9 @@ class ClientStats:
     #: Edge warms: loads of the keys a prefetch rule names, started when its trigger missed.
     rule_reads: int = 0
     rules_applied: int = 0
+    #: User rules: read as a user's session opens (one HGET), and those that named keys.
+    user_rule_reads: int = 0
+    user_rules_applied: int = 0
     #: Times the rule stream had been trimmed past what this client had read, so it
     #: read the rule table again.
     rule_resyncs: int = 0
@@ -128,6 +131,8 @@ class ClientStats:
             "redis_stalls": self.redis_stalls,
             "rule_reads": self.rule_reads,
             "rules_applied": self.rules_applied,
+            "user_rule_reads": self.user_rule_reads,
+            "user_rules_applied": self.user_rules_applied,
             "edge_issued": self.edge_issued,
             "edge_written": self.edge_written,
             "edge_failed": self.edge_failed,

@@ -65,6 +65,28 @@ def count_outcome(outcomes: dict[str, list[int]], key: Key, index: int) -> None:
 """A cache key as the models see it: an int in the simulator, ``"ns:key"`` in the agents."""
 
 
+def take_oldest(pending: dict[Key, None], limit: int | None = None) -> list[Key]:
+    """Remove and return the ``limit`` oldest entries of an insertion-ordered set (all
+    with None): how a model hands out what changed since it was last asked.
+
+    >>> pending = dict.fromkeys(["a", "b", "c"])
+    >>> take_oldest(pending, 2), take_oldest(pending)
+    (['a', 'b'], ['c'])
+    """
+    if limit is None or limit >= len(pending):
+        keys = list(pending)
+        pending.clear()
+        return keys
+    keys = []
+    for key in pending:
+        keys.append(key)
+        if len(keys) >= limit:
+            break
+    for key in keys:
+        del pending[key]
+    return keys
+
+
 def init_params(cls: type[Predictor]) -> tuple[str, ...]:
     """Names of the parameters of ``cls.__init__`` (``self`` excluded): its ``PARAMS``.
 

@@ -127,6 +127,9 @@ class EngineConfig:
     """Most keys a user's session raises (their own and similar users' keys)."""
     user_peers: int = 8
     """Nearest similar users whose keys a session raises (0: the user's own only)."""
+    user_rule_share: float = 0.65
+    """User rules: the lowest estimated share of a user's sessions that read a key for
+    the user's rule to name it (:meth:`WarmEngine.user_rules`)."""
     new_key_ttl: float = 0.1
     """TTL of a key seen for the first time, as a fraction of the horizon (0: none).
 
@@ -474,6 +477,30 @@ class WarmEngine:
         return self._events_ts - state[0] < self._cached_fraction * self.horizon._value
 
     # -- candidates --------------------------------------------------------------------------
+
+    def user_rules(self, limit: int | None = None) -> list[tuple[Key, list[tuple[Key, float]]]]:
+        """Users whose rule may have changed since the last call, with their rule now.
+
+        A user rule is what a client loads when it sees the user's session open
+        (the edge path's counterpart of the worker's ``user`` warms, which arrive a
+        Kafka round trip after the session's first read): the keys
+        :meth:`UserAffinity.recommend` ranks for the user's *next* session whose
+        estimated share of the user's sessions that read them is at least
+        ``user_rule_share``, with that share as their probability, best first. An
+        empty rule means "nothing to load". At most ``limit`` users (the oldest
+        changes first); the rest wait.
+        """
+        affinity = self.affinity
+        floor = self.config.user_rule_share
+        rules: list[tuple[Key, list[tuple[Key, float]]]] = []
+        for user in affinity.drain_changed(limit):
+            rule = [
+                (key, share if share < 1.0 else 1.0)
+                for key, share, _ in affinity.recommend(user, True)
+                if share >= floor
+            ]
+            rules.append((user, rule))
+        return rules
 
     def _consider(
         self,

@@ -57,6 +57,7 @@ from pipeline.models.base import (
     Predictor,
     count_outcome,
     count_strategy,
+    take_oldest,
 )
 from pipeline.models.similarity import CoAccess
 
@@ -353,19 +354,7 @@ class PrefetchRules(Predictor):
         ``limit`` triggers are returned (the oldest changes first); the rest wait.
         """
         self._threshold = self._budget_threshold()
-        changed = self._changed
-        if limit is None or limit >= len(changed):
-            keys = list(changed)
-            changed.clear()
-        else:
-            keys = []
-            for key in changed:
-                keys.append(key)
-                if len(keys) >= limit:
-                    break
-            for key in keys:
-                del changed[key]
-        return [(key, self.predict_one(key)) for key in keys]
+        return [(key, self.predict_one(key)) for key in take_oldest(self._changed, limit)]
 
     def _budget_threshold(self) -> float:
         """The lowest probability at which the rules' expected waste fits the budget."""

@@ -20,7 +20,7 @@ from collections import deque
 from operator import itemgetter
 from typing import ClassVar, Final
 
-from pipeline.models.base import Key, Predictor
+from pipeline.models.base import Key, Predictor, take_oldest
 
 _by_count = itemgetter(1)
 
@@ -541,6 +541,9 @@ class UserAffinity(Predictor):
         self._users: dict[Key, tuple[list[float], dict[Key, list[float]]]] = {}
         # key -> (its latest readers, oldest first; how many different readers it had)
         self._readers: dict[Key, tuple[list[Key], list[float]]] = {}
+        # Users whose next-session recommendation may have changed since the last
+        # drain_changed() (not state: a restored model publishes again as users read).
+        self._changed: dict[Key, None] = {}
 
     def learn_one(self, key: Key, ts: float, user: Key | None = None) -> int:
         """Record that ``user`` accessed ``key`` at ``ts``; which read of its session it is.
@@ -581,12 +584,19 @@ class UserAffinity(Predictor):
             if kept[2] != current:
                 kept[1] += 1.0
                 kept[2] = current
+        changed = self._changed
+        if len(changed) >= self.max_users:
+            changed.clear()  # nobody drains them: publishing is off
+        changed[user] = None
         found = self._readers.pop(key, None)  # re-inserted: the index's order is recency
         if found is None:
             if len(self._readers) >= self.max_users * self.keys_per_user:
                 self._evict_readers()
             self._readers[key] = ([user], [1.0])
         else:
+            # The key's other readers have a neighbour whose sessions just changed.
+            for reader in found[0]:
+                changed[reader] = None
             self._readers[key] = found
             readers = found[0]
             if readers[-1] != user:
@@ -612,8 +622,11 @@ class UserAffinity(Predictor):
         reads = [(key, kept[0]) for key, kept in entry[1].items()]
         return heapq.nlargest(self.top_n, reads, key=_by_count)
 
-    def recommend(self, user: Key) -> list[tuple[Key, float, float]]:
+    def recommend(self, user: Key, ahead: bool = False) -> list[tuple[Key, float, float]]:
         """What ``user`` is likely to read in this session: ``(key, share, peers)``, best first.
+
+        ``ahead``: in the user's *next* session instead (the current one counts
+        as an earlier session), what a published user rule names.
 
         ``peers`` estimates the probability that a session of the user reads the
         key from their neighbours: the share of each neighbour's sessions that read
@@ -657,8 +670,9 @@ class UserAffinity(Predictor):
                     weight = overlap * norm / found_peer[0][2]
                     for key, kept in found_peer[1].items():
                         peer_scores[key] = peer_scores.get(key, 0.0) + kept[1] * weight
-        current = state[3]
-        previous = state[2] - 1.0  # the sessions before this one, decayed
+        # Ahead, no session is current: every session so far is an earlier one.
+        current = -1.0 if ahead else state[3]
+        previous = state[2] if ahead else state[2] - 1.0  # the sessions before, decayed
         shrunk = 1.0 / (previous + _PRIOR_SESSIONS)
         ranked: list[tuple[Key, float, float]] = []
         for key, kept in mine.items():
@@ -677,6 +691,16 @@ class UserAffinity(Predictor):
             if peers >= MIN_SHARE and key not in mine:
                 ranked.append((key, peers, peers))
         return heapq.nlargest(self.top_n, ranked, key=_by_count)
+
+    def drain_changed(self, limit: int | None = None) -> list[Key]:
+        """Users whose :meth:`recommend` ahead may have changed since the last call.
+
+        A user changes with their own reads, and with the reads of the users who
+        share a key with them (the key's latest readers): a neighbour's new key
+        is a candidate for them. At most ``limit`` (the oldest changes first);
+        the rest wait for the next call.
+        """
+        return take_oldest(self._changed, limit)
 
     def exclusivity(self, key: Key) -> float:
         """1 / sqrt(the different users ``key`` has had): 1 for a key of one user.

@@ -20,7 +20,7 @@ import heapq
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import NamedTuple, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +63,37 @@ class TtlPolicy(Protocol):
     """
 
     def __call__(self, index: int, key: int) -> int | None: ...
+
+
+class UserTrigger(NamedTuple):
+    """The trigger a user rule is published under (never equal to a key)."""
+
+    user: Hashable
+
+
+def session_opens(
+    users: Sequence[int] | None, ts: Sequence[float], gap: float
+) -> list[int | None] | None:
+    """Per request, the user whose session it opens as a client sees it, else None.
+
+    A session opens at a user's first request and after ``gap`` (in ``ts``
+    units) of the user's silence; requests without a user (-1) open none.
+
+    >>> session_opens([7, 8, 7, -1, 7], [0.0, 1.0, 2.0, 3.0, 9.0], gap=5.0)
+    [7, 8, None, None, 7]
+    """
+    if users is None:
+        return None
+    last: dict[int, float] = {}
+    opens: list[int | None] = []
+    for user, at in zip(users, ts, strict=True):
+        if user < 0:
+            opens.append(None)
+            continue
+        before = last.get(user)
+        last[user] = at
+        opens.append(user if before is None or at - before > gap else None)
+    return opens
 
 
 class RuleSource(Protocol):
@@ -144,6 +175,7 @@ def replay_lru(
     rule_refresh: int = DEFAULT_RULE_REFRESH,
     rule_lag: int = DEFAULT_RULE_LAG,
     edge_delay: int = DEFAULT_EDGE_DELAY,
+    session_opens: Sequence[Hashable | None] | None = None,
 ) -> ReplayCounts:
     """Replay ``keys`` through an exact LRU cache of ``cache_size`` keys, with optional warms.
 
@@ -164,7 +196,9 @@ def replay_lru(
     already loading: an origin fetch, which lands ``edge_delay`` requests
     later (0 or 1: before the next request). A request for a key still
     loading *joins* that load: it is a hit on a warmed value (no miss, no
-    second fetch), and makes the load useful.
+    second fetch), and makes the load useful. A request that opens a user's
+    session (``session_opens``) loads the user's visible rule (published under
+    the trigger ``UserTrigger(user)``) the same way, hit or miss.
 
     Parameters
     ----------
@@ -190,6 +224,9 @@ def replay_lru(
         Requests between a publication and the moment clients see it.
     edge_delay
         Requests an edge load takes (the origin's latency).
+    session_opens
+        Per request, the user whose session it opens as a client sees it
+        (:func:`session_opens`), else None.
 
     Examples
     --------
@@ -296,8 +333,13 @@ def replay_lru(
             else:
                 warmed = False
             move_to_end(key)
-        if edge and (warmed or not hit):
-            rule = rules.get(key)
+        if edge:
+            rule = rules.get(key) if warmed or not hit else None
+            opened = None if session_opens is None else session_opens[index]
+            if opened is not None:
+                user_rule = rules.get(UserTrigger(opened))
+                if user_rule is not None:
+                    rule = user_rule if rule is None else rule + user_rule
             if rule is not None:
                 due = index + edge_delay
                 for successor in rule:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-from pipeline.models import EngineConfig
+from pipeline.models import EngineConfig, WarmEngine
 from pipeline.sim.cache import (
     DEFAULT_EDGE_DELAY,
     DEFAULT_RULE_LAG,
@@ -16,9 +16,11 @@ from pipeline.sim.cache import (
     ReplayCounts,
     RuleSource,
     TtlPolicy,
+    UserTrigger,
     WarmPolicy,
     replay_belady,
     replay_lru,
+    session_opens,
 )
 from pipeline.sim.policies import ABLATIONS, POLICIES, CachecastWarmer, SuccessorWarmer
 from pipeline.sim.traces import Trace, next_access_of
@@ -128,7 +130,7 @@ def run_policy(
         )
         warm: WarmPolicy | None = warmer
         ttl: TtlPolicy | None = warmer.miss_ttl
-        rules: RuleSource | None = warmer.engine.rules
+        rules: RuleSource | None = _EngineRules(warmer.engine)
         if policy == "lru+cachecast-worker":
             rules = None
         elif policy == "lru+cachecast-edge":
@@ -152,11 +154,29 @@ def run_policy(
             rule_refresh=rule_refresh,
             rule_lag=rule_lag,
             edge_delay=edge_delay,
+            session_opens=session_opens(
+                None if trace.users is None else trace.users.tolist(),
+                trace.ts.tolist(),
+                warmer.engine.config.session_gap,
+            ),
         )
     if policy == "belady":
         future = trace.next_access if trace.next_access is not None else next_access_of(trace.keys)
         return replay_belady(key_list, future, cache_size, progress=progress)
     raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES + ABLATIONS)}")
+
+
+class _EngineRules:
+    """The engine's prefetch rules and user rules, as the predict agent publishes them."""
+
+    def __init__(self, engine: WarmEngine) -> None:
+        self.engine = engine
+
+    def changed(self) -> list[tuple[Hashable, Sequence[tuple[Hashable, float]]]]:
+        changes: list[tuple[Hashable, Sequence[tuple[Hashable, float]]]] = []
+        changes.extend(self.engine.rules.changed())
+        changes.extend((UserTrigger(user), rule) for user, rule in self.engine.user_rules())
+        return changes
 
 
 def _observe_only(warmer: CachecastWarmer) -> WarmPolicy:

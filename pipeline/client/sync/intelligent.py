@@ -168,6 +168,8 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
             user = session = None
         else:
             user, session = context_labels(user_context, session_id)
+        if user is not None and enable_prediction and self._session_opens(namespace, user):
+            self._user_session(namespace, user)
         started = time.perf_counter_ns()
         if core.down_until and core.breaker_open():
             error = core.rejected("get", namespace, (key,), user, session, enable_prediction)
@@ -415,18 +417,37 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         wake the reads that waited for this trigger (``armed``)."""
         try:
             targets = self._rule_targets(namespace, trigger, self._edge_queued < _EDGE_QUEUE_MAX)
-            if targets is None:
-                return
-            guard, loads = targets
-            for successor, dkey in loads:
-                with self._flights_lock:
-                    if self._loading(dkey):
-                        continue
-                    flight = self._flights[dkey] = _Flight(edge=True)
-                self._submit(self._edge_fill, namespace, successor, dkey, guard, flight, _now())
+            if targets is not None:
+                self._launch(namespace, *targets)
         finally:
             if armed is not None:
                 self._settle(armed)
+
+    def _launch(
+        self, namespace: str, guard: SyncGuardedLoader, loads: list[tuple[str, str]]
+    ) -> None:
+        """Start the edge loads of ``(key, data key)``s, each registered as a flight first."""
+        for successor, dkey in loads:
+            with self._flights_lock:
+                if self._loading(dkey):
+                    continue
+                flight = self._flights[dkey] = _Flight(edge=True)
+            self._submit(self._edge_fill, namespace, successor, dkey, guard, flight, _now())
+
+    def _user_session(self, namespace: str, user: str) -> None:
+        """``user``'s session opened here: load what their user rule names, on the edge pool."""
+        if self._edge_queued < _EDGE_QUEUE_MAX:
+            self._submit(self._user_prefetch, namespace, user)
+
+    def _user_prefetch(self, namespace: str, user: str) -> None:
+        """Read ``user``'s rule (one HGET, on the edge pool) and start its loads."""
+        try:
+            reply = self._redis.execute_command(*self._user_rule_command(namespace, user))  # type: ignore[no-untyped-call]
+        except RedisError:
+            return  # rules are advice: the session goes on without them
+        targets = self._user_targets(namespace, reply, self._edge_queued < _EDGE_QUEUE_MAX)
+        if targets is not None:
+            self._launch(namespace, *targets)
 
     def _follow(self) -> None:
         """Start the thread that loads the rule tables and follows the rule streams."""

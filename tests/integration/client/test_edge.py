@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import pytest
 
 from pipeline.client import IntelligentCache, SyncIntelligentCache
-from pipeline.client.keys import rules_hash, rules_stream
+from pipeline.client.keys import USER_RULES, rules_hash, rules_stream
 from pipeline.client.rulebook import STREAM_FIELD
 from pipeline.codec import CodecError, ValueCodec, is_loading_mark
 from pipeline.loaders import LoaderConfig
@@ -752,3 +752,89 @@ async def test_rules_held_survive_redis_evicting_the_rule_stream_and_table(
     assert await cache.get("orders", "a", fallback_data=origin.app_loader("a")) is not None
     await settle(cache)
     assert origin.calls.get("b") == 1  # and still applied
+
+
+def publish_user(
+    backend: Backend, cache: IntelligentCache | SyncIntelligentCache, user: str, keys: list[str]
+) -> None:
+    """Write a user rule the way the pipeline does (one HSET into the user's shard)."""
+    prefix = cache.settings.redis_key_prefix
+    rule = encode_rule([(key, 0.8) for key in keys], compiled_at=time.time())
+    client = backend.raw()
+    try:
+        client.hset(rules_hash(prefix, "orders", user, USER_RULES), user, rule)
+    finally:
+        client.close()
+
+
+async def test_a_users_session_opening_loads_what_their_user_rule_names(
+    backend: Backend, make_cache: MakeCache, sink: RecordingSink
+) -> None:
+    origin = Origin()
+    cache: IntelligentCache = make_cache(
+        backend, IntelligentCache, loaders={"orders": origin}, model_session_gap_s=0.3
+    )
+    publish_user(backend, cache, "ada", ["inbox", "board"])
+    app = Origin()
+    # Ada's first read here opens her session, hit or miss: her keys load meanwhile.
+    await cache.get("orders", "x", user_context="ada", fallback_data=app.app_loader("x"))
+    await settle(cache)
+    assert origin.calls == {"inbox": 1, "board": 1}
+    assert cache.core.stats.user_rules_applied == 1
+    assert await cache.get("orders", "inbox", user_context="ada") == {
+        "key": "inbox",
+        "from": "origin",
+    }
+    (read,) = sink.of("get", "inbox")
+    assert (read["outcome"], read["warmed"], read["warm_path"]) == ("hit", True, "edge")
+    # Later reads of the same session read no rule; another user's first read does.
+    reads = cache.core.stats.user_rule_reads
+    await cache.get("orders", "x", user_context="ada")
+    assert cache.core.stats.user_rule_reads == reads
+    await cache.get("orders", "x", user_context="bob")
+    await settle(cache)
+    assert cache.core.stats.user_rule_reads == reads + 1
+    # After the session gap of silence, Ada's next read opens a new session.
+    await asyncio.sleep(0.35)
+    await cache.delete("orders", "board")
+    await cache.get("orders", "x", user_context="ada")
+    await settle(cache)
+    assert origin.calls == {"inbox": 1, "board": 2}  # inbox was still cached: not fetched
+    assert app.calls == {"x": 1}
+
+
+async def test_no_user_rule_is_read_without_prediction_without_a_loader_or_without_edge_warming(
+    single: Backend, make_cache: MakeCache
+) -> None:
+    origin = Origin()
+    caches: list[IntelligentCache] = [
+        make_cache(single, IntelligentCache, loaders={"orders": origin}),
+        make_cache(single, IntelligentCache),
+        make_cache(single, IntelligentCache, loaders={"orders": origin}, edge_warming=False),
+    ]
+    publish_user(single, caches[0], "ada", ["inbox"])
+    await caches[0].get("orders", "x", user_context="ada", enable_prediction=False)
+    for cache in caches[1:]:
+        await cache.get("orders", "x", user_context="ada")
+    for cache in caches:
+        await settle(cache)
+        assert cache.core.stats.user_rule_reads == 0
+    assert origin.calls == {}
+
+
+def test_the_sync_client_loads_a_users_rule_as_their_session_opens(
+    backend: Backend, make_sync_cache: MakeCache, sink: RecordingSink
+) -> None:
+    origin = BlockingOrigin()
+    cache: SyncIntelligentCache = make_sync_cache(
+        backend, SyncIntelligentCache, loaders={"orders": origin}
+    )
+    publish_user(backend, cache, "ada", ["inbox", "board"])
+    assert cache.get("orders", "x", user_context="ada", fallback_data=lambda: 1) == 1
+    sync_settle(cache)
+    assert origin.calls == {"inbox": 1, "board": 1}
+    assert cache.get("orders", "board", user_context="ada") == {"key": "board", "from": "origin"}
+    (read,) = sink.of("get", "board")
+    assert (read["warmed"], read["warm_path"]) == (True, "edge")
+    assert cache.core.stats.user_rule_reads == 1  # the second read did not open a session
+    assert cache.core.stats.user_rules_applied == 1

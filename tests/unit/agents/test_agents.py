@@ -23,10 +23,11 @@ from prometheus_client import generate_latest
 
 from agents import CachecastApp, create_app
 from agents.writer import CLAIMED_HEADER
-from pipeline.client.keys import data_key
+from pipeline.client.keys import USER_RULES, data_key, rules_hash, rules_stream
 from pipeline.codec import ValueCodec
 from pipeline.config import load_settings
 from pipeline.deadletter import reason_of
+from pipeline.prefetch import decode_rule
 
 NS = "shop"
 
@@ -242,6 +243,36 @@ async def test_predict_learns_a_sequence_and_publishes_its_rules(worker: Cacheca
     delta = worker.runtime.deltas[NS]
     assert delta.rules_true > 0
     assert delta.strategy("rules")[1] == pytest.approx(1.0, abs=0.2)
+
+
+async def test_predict_publishes_a_users_rule_for_their_next_session(
+    worker: CachecastApp,
+) -> None:
+    predict = worker.predict
+    start = time.time() - 50_000
+    # Five sessions of Ada's, 2,000 s apart (the session gap is 1,800 s): her inbox and
+    # calendar every time, one key read once each time.
+    batch = [
+        _access(key, start + session * 2_000 + i, user="ada")
+        for session in range(5)
+        for i, key in enumerate(("inbox", "calendar", f"once-{session}"))
+    ]
+    async with predict.agent.test_context(channel=_raw_channel(worker.app)) as agent:
+        await _put(agent, orjson.dumps(batch))
+        await _until(
+            lambda: sum(e.stats()["events"] for e in predict.engines.models.values()) >= 15,
+            "every event learnt",
+        )
+    await predict.publish_rules()
+    redis: Any = worker.runtime.redis  # fakeredis
+    prefix = worker.settings.redis_key_prefix
+    stored = await redis.hget(rules_hash(prefix, NS, "ada", USER_RULES), "ada")
+    rule = decode_rule(stored)
+    assert rule is not None
+    assert [key for key, _ in rule.successors] == ["inbox", "calendar"]
+    # User rules are read on demand, never followed: nothing of them in the rule stream.
+    entries = await redis.xrange(rules_stream(prefix, NS))
+    assert all(b"ada" not in value for _, fields in entries for value in fields.values())
 
 
 async def test_stats_turns_deltas_into_namespace_statistics(worker: CachecastApp) -> None:

@@ -181,6 +181,22 @@ def test_user_sessions_raise_favourite_keys() -> None:
     assert "user" in reasons  # ada's sessions raised her keys
 
 
+def test_user_rules_name_the_keys_of_most_of_a_users_sessions() -> None:
+    engine = WarmEngine(_config(session_gap=100.0, user_rule_share=0.6))
+    ts = 0.0
+    for session in range(5):
+        for key in ("inbox", "calendar", f"once-{session}"):
+            engine.observe(key, ts, user="ada")
+            ts += 1.0
+        ts += 1_000.0
+    rules = dict(engine.user_rules())
+    assert [key for key, _ in rules["ada"]] == ["inbox", "calendar"]  # not the one-offs
+    assert all(0.6 <= p <= 1.0 for _, p in rules["ada"])
+    assert engine.user_rules() == []  # nothing changed since
+    engine.observe("inbox", ts, user="ada")
+    assert [user for user, _ in engine.user_rules(limit=5)] == ["ada"]
+
+
 def test_wall_clock_turns_on_time_profiles() -> None:
     engine = WarmEngine(_config())
     monday = 1_700_438_400.0

@@ -269,6 +269,31 @@ class TestUserAffinity:
         assert "gone" in aff._readers["wiki"][0]  # still indexed, never a neighbour
         assert [key for key, _, _ in aff.recommend("new")] == ["roadmap"]
 
+    def test_ahead_the_current_session_counts_as_an_earlier_one(self) -> None:
+        aff = UserAffinity(session_gap=10.0, top_n=4, peers=0)
+        ts = 0.0
+        for session in range(3):
+            for key in ("profile", f"once-{session}"):
+                aff.learn_one(key, ts, user="ada")
+                ts += 1.0
+            ts += 100.0
+        now = {key: share for key, share, _ in aff.recommend("ada")}
+        ahead = {key: share for key, share, _ in aff.recommend("ada", ahead=True)}
+        # In the session under way profile was read in 2 of 2 earlier sessions; ahead,
+        # in 3 of 3, with one more session of evidence.
+        assert ahead["profile"] > now["profile"] > 0.5
+        assert ahead["once-2"] > now["once-2"]  # read in the last session: one of three
+
+    def test_a_users_rule_changes_with_their_reads_and_their_co_readers(self) -> None:
+        aff = UserAffinity(session_gap=10.0)
+        aff.learn_one("board", 0.0, user="ada")
+        aff.learn_one("inbox", 1.0, user="cy")
+        assert aff.drain_changed() == ["ada", "cy"]
+        assert aff.drain_changed() == []
+        aff.learn_one("board", 2.0, user="bob")  # ada read board too: her neighbour moved
+        assert aff.drain_changed(limit=1) == ["bob"]  # the oldest change first
+        assert aff.drain_changed() == ["ada"]
+
     def test_the_reader_index_is_bounded(self) -> None:
         aff = UserAffinity(max_users=8, keys_per_user=2, readers_per_key=3)
         for i in range(400):

@@ -9,7 +9,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 import pytest
 
-from pipeline.sim.cache import ReplayCounts, replay_lru
+from pipeline.sim.cache import ReplayCounts, UserTrigger, replay_lru
 from pipeline.sim.runner import run_policy
 from pipeline.sim.traces import Trace
 
@@ -313,3 +313,20 @@ def test_the_worker_policy_has_no_edge_path() -> None:
     trace = _sequences(3_000)
     worker = run_policy(trace, "lru+cachecast-worker", 120, rule_refresh=10, rule_lag=0)
     assert worker.edge_warms == worker.joined == 0
+
+
+def test_a_session_opening_loads_the_users_rule_hit_or_miss() -> None:
+    source = Publications([(UserTrigger("ada"), [(5, 0.8), (6, 0.7)])])
+    keys = [0, 1, 1, 5, 6]
+    # Ada's session opens at index 2 (a hit): 5 and 6 load then and are read as warms.
+    opens: list[Hashable | None] = [None, None, "ada", None, None]
+    counts = replay_lru(
+        keys, 100, rule_source=source, rule_refresh=1, rule_lag=0, edge_delay=0,
+        session_opens=opens,
+    )  # fmt: skip
+    assert counts.misses == 2  # 0 and 1
+    assert counts.edge_warms == counts.edge_useful == 2
+    # Without the opening (a read in the middle of her session), nothing loads.
+    source = Publications([(UserTrigger("ada"), [(5, 0.8), (6, 0.7)])])
+    counts = replay_lru(keys, 100, rule_source=source, rule_refresh=1, rule_lag=0, edge_delay=0)
+    assert (counts.misses, counts.edge_warms) == (4, 0)
