@@ -47,7 +47,7 @@ import redis.asyncio
 from aiokafka import AIOKafkaConsumer
 
 from pipeline.client import IntelligentCache
-from pipeline.client.connection import AsyncRedisClient, connect_async
+from pipeline.client.connection import AsyncRedisClient
 from pipeline.client.keys import escape_glob
 from pipeline.codec import ValueCodec
 from pipeline.config import Settings, load_settings
@@ -67,7 +67,6 @@ __all__ = [
     "ReplayResult",
     "add_load_options",
     "add_trace_options",
-    "bounded_client",
     "clear",
     "dealer",
     "demo_origin",
@@ -684,8 +683,8 @@ async def replay(
     ``flush`` it empties its Redis database instead (FLUSHDB, never FLUSHALL).
 
     ``origin_ms`` sets CACHECAST_DEMO_ORIGIN_MS for the replay (None: as set, default
-    3 ms). Each client has ``pool_size`` Redis connections (see :func:`bounded_client`).
-    After the last request, the replay waits ``linger`` seconds for warms and outcomes
+    3 ms). Each client has its read line and a pool of ``pool_size`` Redis
+    connections, as an application builds it. After the last request, the replay waits ``linger`` seconds for warms and outcomes
     still in flight before it reads the counters.
     """
     if clients < 1:
@@ -758,28 +757,6 @@ def user_labels(trace: Trace) -> list[str | None] | None:
     return [None if user < 0 else f"user-{user}" for user in trace.users.tolist()]
 
 
-def bounded_client(settings: Settings, pool_size: int) -> AsyncRedisClient:
-    """A redis-py client whose pool holds at most ``pool_size`` connections, and waits.
-
-    The default pool opens a connection per concurrent command and fails past its
-    limit. Every connection costs Redis 20-50 kB of buffers, counted in
-    ``used_memory``: an open-loop replay falling behind would open hundreds, crowd
-    the values out of a small cache, and finally leave Redis refusing writes. An
-    application's pool is bounded; so is this one (a cluster client keeps its own).
-    """
-    client = connect_async(settings, max_connections=pool_size)
-    if not isinstance(client, redis.asyncio.Redis):
-        return client
-    pool = client.connection_pool
-    bounded = redis.asyncio.BlockingConnectionPool(
-        max_connections=pool_size,
-        timeout=None,
-        connection_class=pool.connection_class,
-        **pool.connection_kwargs,
-    )
-    return redis.asyncio.Redis.from_pool(bounded)
-
-
 async def _open_connections(client: AsyncRedisClient, n: int, value: bytes, key: str) -> None:
     """Open ``n`` connections of ``client``'s pool and pass a value through each, once.
 
@@ -820,11 +797,13 @@ async def _replay(
     flush: bool,
     users: bool,
 ) -> ReplayResult:
-    # Each client is an application process of its own: own connections, own emitter.
-    redis_clients = [bounded_client(settings, pool_size) for _ in range(clients)]
+    # Each client is an application process of its own: own connections, own emitter,
+    # built as an application builds it (so with its read line on a single server).
     caches = [
-        IntelligentCache(settings, redis=client, early_refresh=False) for client in redis_clients
+        IntelligentCache(settings, max_connections=pool_size, early_refresh=False)
+        for _ in range(clients)
     ]
+    redis_clients = [cache.redis for cache in caches]
     watcher = _OutcomeWatcher(settings, namespace) if watch_warms else None
     opened: list[IntelligentCache] = []
     try:
@@ -877,8 +856,6 @@ async def _replay(
             await watcher.stop()
         for cache in opened:
             await cache.close()
-        for client in redis_clients:
-            await client.aclose()
     if watcher is not None:
         result.warm_outcomes = dict(watcher.statuses)
         if watcher.latency.count:

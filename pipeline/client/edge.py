@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-from pipeline.client.core import PRIORITY_RANK, CacheCore
+from pipeline.client.core import PRIORITY_RANK, TAG_ADD_SCRIPT, CacheCore
 from pipeline.client.keys import InvalidKeyError, validate_key
 from pipeline.client.rulebook import Rule, RuleBook
 from pipeline.codec import HEADER_SIZE
@@ -41,6 +41,7 @@ __all__ = [
     "EDGE_CAS_SCRIPT",
     "EDGE_WRITE_SCRIPT",
     "RELEASE_SCRIPT",
+    "SCALAR_SCRIPTS",
     "EdgeTokens",
     "claim_expiry_ms",
     "guarded",
@@ -76,6 +77,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+#: The Lua scripts a client sends that answer with one value (the read line carries them).
+SCALAR_SCRIPTS: Final = frozenset(
+    {EDGE_WRITE_SCRIPT, EDGE_CAS_SCRIPT, RELEASE_SCRIPT, TAG_ADD_SCRIPT}
+)
 
 
 class _Absent:

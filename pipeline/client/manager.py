@@ -36,6 +36,7 @@ from pipeline.client.connection import (
     connect_async,
 )
 from pipeline.client.core import MISS, SLOW, Command, Plan
+from pipeline.client.edge import SCALAR_SCRIPTS
 from pipeline.client.emitter import AccessEmitter
 from pipeline.client.keys import pattern_for
 from pipeline.client.reads import ReadLine, ReadLineLost
@@ -57,6 +58,16 @@ def _retry_of(client: AsyncRedisClient) -> GatedRetry | None:
         else client.connection_pool.connection_kwargs.get("retry")
     )
     return retry if isinstance(retry, GatedRetry) else None
+
+
+def _retrieve(futures: list[asyncio.Future[Any]]) -> None:
+    """Settle a batch given up on: errors taken (not logged as never retrieved), the
+    futures still waiting cancelled (the line skips their replies)."""
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()
 
 
 def _watch_of(client: AsyncRedisClient) -> ConnectionWatch | None:
@@ -136,7 +147,9 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
         # GETs go pipelined on a connection of their own (see client/reads.py)
         # when this client built its single-server pool itself.
         self._reads: ReadLine | None = (
-            ReadLine(self.settings, _watch_of(self._redis), self._core.breaker_tripped)
+            ReadLine(
+                self.settings, _watch_of(self._redis), self._core.breaker_tripped, SCALAR_SCRIPTS
+            )
             if self._owns_redis and not self.cluster and self.settings.redis_read_line
             else None
         )
@@ -253,13 +266,39 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
                 pause = min(pause * 2, 0.05)
 
     async def _execute(self, commands: list[Command]) -> list[Any]:
+        """One batch of a plan: on the read line when it can carry it, else the pool.
+
+        The line's replies go through redis-py's response callbacks, so a plan gets
+        what the pool would have given it. A batch whose line was lost is sent again
+        through the pool (with its retries), as the pool's own retry would send it.
+        """
+        reads = self._reads
+        if reads is not None and not self._cold:
+            sent = reads.send(commands)
+            if sent is not None:
+                try:
+                    replies: list[Any] = [await reply for reply in sent]
+                except ReadLineLost:
+                    _retrieve(sent)
+                    if self._core.breaker_tripped():
+                        raise
+                except BaseException:
+                    _retrieve(sent)
+                    raise
+                else:
+                    callbacks = self._redis.response_callbacks
+                    for i, command in enumerate(commands):
+                        callback = callbacks.get(command[0])
+                        if callback is not None:
+                            replies[i] = callback(replies[i])
+                    return replies
         if len(commands) == 1:
             return [await self._call(self._redis.execute_command, *commands[0])]
         pipe = self._redis.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
-        replies: list[Any] = await self._call(pipe.execute)
-        return replies
+        piped: list[Any] = await self._call(pipe.execute)
+        return piped
 
     async def _run(self, plan: Plan[T]) -> T:
         """Send a plan's command batches, each reply back to it; a Redis error propagates."""

@@ -14,10 +14,8 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-import redis.asyncio
 
 from pipeline import replay as rp
-from pipeline.config import load_settings
 from pipeline.replay import (
     BUNDLED_TRACE,
     ReplayResult,
@@ -340,15 +338,6 @@ async def test_cancelling_the_replay_cancels_its_requests() -> None:
 
 
 # -- the result -----------------------------------------------------------------------------
-
-
-def test_bounded_client_waits_for_a_connection() -> None:
-    client = rp.bounded_client(load_settings(redis_host="127.0.0.1", redis_port=1), 7)
-    assert isinstance(client, redis.asyncio.Redis)
-    pool = client.connection_pool
-    assert isinstance(pool, redis.asyncio.BlockingConnectionPool)
-    assert pool.max_connections == 7
-    assert pool.connection_kwargs["port"] == 1
 
 
 def test_client_stats_summed_and_latency_worst() -> None:
