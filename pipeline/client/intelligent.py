@@ -642,7 +642,7 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
     async def _user_prefetch(self, namespace: str, user: str) -> None:
         """Read ``user``'s rule (one HGET, never waited for by a caller) and start its loads."""
         try:
-            reply = await self._redis.execute_command(*self._user_rule_command(namespace, user))
+            (reply,) = await self._execute([self._user_rule_command(namespace, user)])
         except RedisError:
             return  # rules are advice: the session goes on without them
         targets = self._user_targets(namespace, reply, len(self._edge_tasks) < _EDGE_TASKS_MAX)

@@ -442,7 +442,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
     def _user_prefetch(self, namespace: str, user: str) -> None:
         """Read ``user``'s rule (one HGET, on the edge pool) and start its loads."""
         try:
-            reply = self._redis.execute_command(*self._user_rule_command(namespace, user))  # type: ignore[no-untyped-call]
+            (reply,) = self._execute([self._user_rule_command(namespace, user)])
         except RedisError:
             return  # rules are advice: the session goes on without them
         targets = self._user_targets(namespace, reply, self._edge_queued < _EDGE_QUEUE_MAX)
