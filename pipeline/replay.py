@@ -684,8 +684,9 @@ async def replay(
 
     ``origin_ms`` sets CACHECAST_DEMO_ORIGIN_MS for the replay (None: as set, default
     3 ms). Each client has its read line and a pool of ``pool_size`` Redis
-    connections, as an application builds it. After the last request, the replay waits ``linger`` seconds for warms and outcomes
-    still in flight before it reads the counters.
+    connections, as an application builds it. After the last request, the replay
+    waits ``linger`` seconds for warms and outcomes still in flight before it reads
+    the counters.
     """
     if clients < 1:
         raise ValueError("clients must be >= 1")

@@ -231,7 +231,8 @@ class _Line(asyncio.Protocol):
         if not self.pending:
             self.waiting_since = time.monotonic()
         self.pending.append(future)
-        self._write(command)
+        assert self.transport is not None
+        self.transport.write(command)
         return future
 
     def send_many(self, commands: bytes, count: int) -> list[asyncio.Future[Any]]:
@@ -241,12 +242,9 @@ class _Line(asyncio.Protocol):
         if not self.pending:
             self.waiting_since = time.monotonic()
         self.pending.extend(futures)
-        self._write(commands)
-        return futures
-
-    def _write(self, data: bytes) -> None:
         assert self.transport is not None
-        self.transport.write(data)
+        self.transport.write(commands)
+        return futures
 
     def unread(self) -> bool:
         """Bytes from Redis wait in the socket (the loop has not read them yet)."""

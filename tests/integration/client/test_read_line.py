@@ -115,6 +115,48 @@ async def test_an_error_reply_fails_the_read_as_the_pool_does(
     assert (await off.get_stats())["read_line"] is None
 
 
+async def test_a_miss_claims_and_writes_its_load_on_the_line_as_on_the_pool(
+    single: Backend, make_cache: MakeCache
+) -> None:
+    on: IntelligentCache = make_cache(single, IntelligentCache)
+    off: IntelligentCache = make_cache(single, IntelligentCache, redis_read_line=False)
+    raw = single.raw()
+    try:
+        await _connected(on)
+        for cache in (on, off):
+            loaded = await cache.get("line", "fresh", fallback_data=lambda: {"v": 1})
+            assert loaded == {"v": 1}
+            assert await cache.get("line", "fresh") == {"v": 1}  # written, in place of the mark
+            ttl = raw.ttl(cache.core.data_key("line", "fresh"))
+            assert 0 < ttl <= cache.settings.redis_default_ttl
+            assert cache.core.stats.loads == 1
+            raw.delete(cache.core.data_key("line", "fresh"))
+    finally:
+        raw.close()
+    line = (await on.get_stats())["read_line"]
+    assert line["commands"] >= 3  # the claim (SET NX PX, HGET) and the write
+    assert on._reads is not None
+    assert on._reads.send([("MGET", "a", "b")]) is None  # arrays stay on the pool
+
+
+async def test_a_batch_on_a_lost_line_is_sent_again_through_the_pool(
+    single: Backend, make_cache: MakeCache
+) -> None:
+    cache: IntelligentCache = make_cache(single, IntelligentCache)
+    await _connected(cache)
+    prefix = cache.settings.redis_key_prefix
+    batch = [("SET", f"{prefix}lost", b"1", "NX", "PX", 60_000), ("HGET", f"{prefix}h", "f")]
+    sent = asyncio.create_task(cache._execute(list(batch)))
+    await asyncio.sleep(0)  # the batch is on the line, waiting for its replies
+    watch = cache._redis.connection_pool.connection_kwargs["watch"]
+    assert watch.abort_waiting() >= 1
+    claimed, smart = await sent
+    # The pool's SET NX answers None if the line's was applied before the line was lost.
+    assert claimed in (True, None)
+    assert smart is None
+    assert (await cache.get_stats())["read_line"]["losses"] == 1
+
+
 async def test_a_cluster_client_has_no_read_line(backend: Backend, make_cache: MakeCache) -> None:
     cache: RedisCacheManager = make_cache(backend)
     await cache.set("line", "k", 1)
