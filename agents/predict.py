@@ -197,12 +197,11 @@ class Predict:
                 changes.extend(engine.rules.changed(_RULES_PER_ROUND))
                 users.extend(engine.user_rules(_USERS_PER_ROUND))
         now = time.time()
-        for rule_set, plan in (
-            (self.rule_set, self.rule_set.plan(changes, now=now) if changes else None),
-            (self.user_rule_set, self.user_rule_set.plan_users(users, now=now) if users else None),
-        ):
-            if plan is not None and len(plan):
-                await self._write_rules(plan, rule_set)
+        if changes:
+            await self._write_rules(self.rule_set.plan(changes, now=now), self.rule_set)
+        if users:
+            plan = self.user_rule_set.plan_users(users, now=now)
+            await self._write_rules(plan, self.user_rule_set)
         await self._restore_lost_rules()
 
     async def _restore_lost_rules(self) -> None:
@@ -229,10 +228,12 @@ class Predict:
             for rule_set in rule_sets:
                 plan = rule_set.restore(lost, now=time.time())
                 self.runtime.counters["rules_restored"] += sum(map(len, plan.writes.values()))
-                if len(plan):
-                    await self._write_rules(plan, rule_set)
+                await self._write_rules(plan, rule_set)
 
     async def _write_rules(self, plan: RulePlan, rule_set: RuleSet) -> None:
+        """Carry out ``rule_set``'s plan (nothing when it is empty)."""
+        if not len(plan):
+            return
         counters = self.runtime.counters
         try:
             async with self.runtime.redis.pipeline(transaction=False) as pipe:

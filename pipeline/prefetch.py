@@ -199,6 +199,8 @@ class RuleSet:
         #: ``"rules"`` (prefetch rules: hashes and the rule stream) or ``"userrules"``
         #: (user rules: hashes only; a client reads one as a session opens).
         self.kind = kind
+        #: Whether clients follow these rules through the namespace's rule stream.
+        self.streamed = kind == "rules"
         #: Per namespace: trigger -> the successors published for it, least recently changed first.
         self._published: dict[str, OrderedDict[str, tuple[tuple[str, float], ...]]] = {}
 
@@ -254,8 +256,8 @@ class RuleSet:
                 plan.deletes.setdefault(evicted_at, []).append(evicted)
                 plan.updates.setdefault(namespace, []).append((evicted, ()))
         plan.writes = {where: fields for where, fields in plan.writes.items() if fields}
-        if self.kind != "rules":
-            plan.updates = {}  # only prefetch rules are followed through the stream
+        if not self.streamed:
+            plan.updates = {}
         return plan
 
     def plan_users(
@@ -315,7 +317,7 @@ class RuleSet:
                     plan.writes.setdefault(where, {})[key] = encode_rule(
                         successors, compiled_at=now
                     )
-                    if self.kind == "rules":
+                    if self.streamed:
                         plan.updates.setdefault(namespace, []).append((key, successors))
         return plan
 

@@ -227,13 +227,7 @@ class _Line(asyncio.Protocol):
     # -- the line -------------------------------------------------------------------
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = self.loop.create_future()
-        if not self.pending:
-            self.waiting_since = time.monotonic()
-        self.pending.append(future)
-        assert self.transport is not None
-        self.transport.write(command)
-        return future
+        return self.send_many(command, 1)[0]
 
     def send_many(self, commands: bytes, count: int) -> list[asyncio.Future[Any]]:
         """Write ``count`` commands at once: their replies' futures, in order."""
