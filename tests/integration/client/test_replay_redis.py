@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import redis
+import redis.asyncio
 
 from pipeline.client import IntelligentCache
 from pipeline.devstack import RedisServer
-from pipeline.replay import clear
+from pipeline.replay import _open_connections, clear
 from tests.integration.client.conftest import Backend
 
 
@@ -37,3 +38,20 @@ async def test_a_replay_clears_its_prefix_and_flushes_only_its_database(
         raw6.flushdb()
         raw5.close()
         raw6.close()
+
+
+async def test_opening_a_clients_connections_takes_only_the_free_ones(
+    redis_server: RedisServer,
+) -> None:
+    # A started client's own background work may hold one of its pool's connections;
+    # the replay's probe of the pool must not fail on it (it raised "Too many connections").
+    client = redis.asyncio.Redis(host=redis_server.host, port=redis_server.port, max_connections=3)
+    pool = client.connection_pool
+    held = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await _open_connections(client, 3, b"v" * 64, "replay-probe")
+        assert len(pool._in_use_connections) == 1  # its own, released; ours still held
+        assert await client.exists("replay-probe") == 0
+    finally:
+        await pool.release(held)
+        await client.aclose()
