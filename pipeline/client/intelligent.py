@@ -8,8 +8,8 @@ miss calls ``loader`` and stores what it returns:
   answered just before the value landed joins the finished load instead of
   starting another);
 * **smart TTL**: the stored value expires after the TTL the pipeline published
-  for the key at ``{prefix}#ttl:{ns}:{key}`` (read concurrently with the loader,
-  so it costs no extra wait), else ``REDIS_DEFAULT_TTL``, scaled by ``priority``;
+  for the key at ``{prefix}#ttl:{ns}:{key}`` (read in the round trip that claims
+  the key before the loader runs), else ``REDIS_DEFAULT_TTL``, scaled by ``priority``;
 * **early refresh** (XFetch): for values this client loaded, a hit close to
   expiry may start a background reload, with a probability that grows as expiry
   nears and with the loader's duration, so a hot key is replaced before it
@@ -107,6 +107,15 @@ class _Flight:
     edge: bool = False
     taken: bool = False
     write_settled: bool = False
+
+
+def _claim_outcome(
+    claim: asyncio.Task[tuple[bool | None, int | None]],
+) -> tuple[bool | None, int | None]:
+    """A claim's (claimed, smart TTL); (None, None) while it is unsettled or if it failed."""
+    if claim.done() and not claim.cancelled() and claim.exception() is None:
+        return claim.result()
+    return None, None
 
 
 class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]):
@@ -469,11 +478,12 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         loader: Loader,
         user: str | None,
         session: str | None,
+        demand: bool = True,
     ) -> _Flight:
         loop = asyncio.get_running_loop()
         flight = _Flight(loop.create_future())
         task = loop.create_task(
-            self._fill(namespace, key, dkey, loader, user, session, flight.value)
+            self._fill(namespace, key, dkey, loader, user, session, flight.value, demand)
         )
         flight.task = task
         self._flights[dkey] = flight
@@ -509,21 +519,37 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         user: str | None,
         session: str | None,
         settled: asyncio.Future[Any],
+        demand: bool,
     ) -> Any:
         """Load the value (``settled`` gets it at once), then write it with its TTL.
 
-        While the loader runs, a loading mark (claimed in the same round trip that
-        reads the smart TTL) makes other clients' reads of the key wait for this
-        load instead of fetching it again; the value's write replaces it.
+        The key is claimed first with a loading mark, in the round trip that reads
+        its smart TTL: while the loader runs, other clients' reads of the key wait
+        for this load instead of fetching it again, and the value's write replaces
+        the mark. A claim that finds the key taken (another client's load began
+        after our read) waits for that load's value instead of asking the origin;
+        a claim Redis is slow to answer is not waited out. An early refresh
+        (``demand`` false) replaces the value it finds, so it never waits.
         """
         core = self._core
         redis_up = not (core.down_until and core.breaker_open())
         mark = loading_mark(self._tokens.next())
-        claim = (
-            asyncio.get_running_loop().create_task(self._claim_load(namespace, key, dkey, mark))
-            if redis_up
-            else None
-        )
+        claim = None
+        claimed: bool | None = None  # unknown: Redis down, failing or slow
+        smart = None
+        if redis_up:
+            claim = asyncio.get_running_loop().create_task(
+                self._claim_load(namespace, key, dkey, mark)
+            )
+            await asyncio.wait({claim}, timeout=self._claim_wait_s)
+            claimed, smart = _claim_outcome(claim)
+        if claimed is False and demand:
+            deadline = _clock() + int(self.settings.edge_join_wait_s * 1e9)
+            joined = self._claimed_elsewhere(
+                await self._poll_remote(dkey, deadline, True, own=False)
+            )
+            if joined is not ABSENT:
+                return joined
         core.stats.loads += 1
         started = time.perf_counter()
         timeout = self.settings.load_timeout_s
@@ -546,12 +572,8 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             settled.set_result(value)
         written = False
         try:
-            smart = None
-            if claim is not None:
-                if not claim.done():  # advice only: a Redis this slow is not waited out
-                    await asyncio.wait({claim}, timeout=self._claim_wait_s)
-                if claim.done() and not claim.cancelled() and claim.exception() is None:
-                    smart = claim.result()[1]
+            if claimed is None and claim is not None:  # a slow claim may have landed since
+                smart = _claim_outcome(claim)[1]
             ttl = core.load_ttl(namespace, smart)
             if redis_up:
                 now = time.time()
@@ -572,16 +594,17 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
 
     async def _claim_load(
         self, namespace: str, key: str, dkey: str, mark: bytes
-    ) -> tuple[bool, int | None]:
-        """Mark the key as loading here, and read its smart TTL (see ``_mark_plan``)."""
+    ) -> tuple[bool | None, int | None]:
+        """Mark the key as loading here, and read its smart TTL (see ``_mark_plan``);
+        (None, None) when Redis failed."""
         timeout = self.settings.load_timeout_s
         try:
             return await self._run(self._mark_plan(namespace, key, dkey, mark, timeout))
         except RedisError:
-            return False, None
+            return None, None
 
     async def _release_claim(
-        self, claim: asyncio.Task[tuple[bool, int | None]], dkey: str, mark: bytes
+        self, claim: asyncio.Task[tuple[bool | None, int | None]], dkey: str, mark: bytes
     ) -> None:
         """Delete our loading mark once its claim is settled (if it is still ours)."""
         if not claim.done():
@@ -790,10 +813,13 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             self._record_join(namespace, key, started, user, session, emit, len(data), consumed)
         return value
 
-    async def _poll_remote(self, dkey: str, deadline: int, poll: bool) -> bytes | None:
+    async def _poll_remote(
+        self, dkey: str, deadline: int, poll: bool, own: bool = True
+    ) -> bytes | None:
         """Read ``dkey`` until its loading mark gives way to a value (its bytes), with a
         growing pause (0.5 ms to 5 ms); None when the key is gone, Redis fails, the
-        mark is our own with no load behind it, or ``deadline`` passes."""
+        mark is our own with no load behind it (or at all, ``own`` false: a load's
+        claim never waits for this client's own marks), or ``deadline`` passes."""
         pause = 0.0005 if poll else 0.0
         while _clock() < deadline:
             if pause:
@@ -809,7 +835,7 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
                 return None
             if not is_loading_mark(data):
                 return data
-            if self._tokens.owns(data) and not self._loading(dkey):
+            if self._tokens.owns(data) and not (own and self._loading(dkey)):
                 return None  # our own mark, left by a load that gave up: load again
         return None
 
@@ -836,7 +862,7 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             return
         del self._loaded[dkey]
         self._core.stats.early_refreshes += 1
-        task = self._start_flight(namespace, key, dkey, loader, user, session).task
+        task = self._start_flight(namespace, key, dkey, loader, user, session, demand=False).task
         assert task is not None
         self._refreshes.add(task)
         task.add_done_callback(self._refreshes.discard)

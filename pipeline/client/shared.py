@@ -590,6 +590,20 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
         core.record_miss(namespace, key, elapsed, user, session, emit)
         return value, False
 
+    def _claimed_elsewhere(self, data: bytes | None) -> Any:
+        """What a load whose claim found its key taken gets from the other client's
+        load (``data``, polled): its value, a join of that load that cost the origin
+        nothing more; or ABSENT (that load failed, took too long, or left something
+        undecodable), and the caller loads the key itself."""
+        if data is None:
+            return ABSENT
+        try:
+            value = self._core.decode(data)
+        except CodecError:
+            return ABSENT
+        self._core.stats.load_joins += 1
+        return value
+
     def _record_join(
         self,
         namespace: str,

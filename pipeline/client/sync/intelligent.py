@@ -324,9 +324,10 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         user: str | None,
         session: str | None,
         flight: _Flight,
+        demand: bool = True,
     ) -> Any:
         try:
-            flight.value = self._fill(namespace, key, dkey, loader, user, session, flight)
+            flight.value = self._fill(namespace, key, dkey, loader, user, session, flight, demand)
         except BaseException as exc:
             flight.error = exc  # shared with the callers whose miss predates it
             raise
@@ -345,20 +346,29 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         user: str | None,
         session: str | None,
         flight: _Flight,
+        demand: bool,
     ) -> Any:
         """Load the value (the flight's joiners get it at once), then write it with its TTL.
 
         The key is marked as loading first, in the round trip that reads its smart
-        TTL, so that other clients' reads wait for this load instead of fetching it.
+        TTL, so that other clients' reads wait for this load instead of fetching it;
+        a demand load that finds the key taken waits for that load (see the async
+        client).
         """
         core = self._core
         redis_up = not (core.down_until and core.breaker_open())
         mark = loading_mark(self._tokens.next())
-        claimed, smart = False, None
+        claimed: bool | None = None  # unknown: Redis down or failing
+        smart = None
         if redis_up:
             timeout = self.settings.load_timeout_s
             with contextlib.suppress(RedisError):
                 claimed, smart = self._run(self._mark_plan(namespace, key, dkey, mark, timeout))
+        if claimed is False and demand:
+            deadline = time.perf_counter_ns() + int(self.settings.edge_join_wait_s * 1e9)
+            joined = self._claimed_elsewhere(self._poll_remote(dkey, deadline, True, own=False))
+            if joined is not ABSENT:
+                return joined
         core.stats.loads += 1
         started = time.perf_counter()
         try:
@@ -608,7 +618,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
             self._record_join(namespace, key, started, user, session, emit, len(data), consumed)
         return value
 
-    def _poll_remote(self, dkey: str, deadline: int, poll: bool) -> bytes | None:
+    def _poll_remote(self, dkey: str, deadline: int, poll: bool, own: bool = True) -> bytes | None:
         """Read ``dkey`` until its loading mark gives way to a value (see the async client)."""
         pause = 0.0005 if poll else 0.0
         while time.perf_counter_ns() < deadline:
@@ -625,7 +635,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
                 return None
             if not is_loading_mark(data):
                 return data
-            if self._tokens.owns(data) and not self._loading(dkey):
+            if self._tokens.owns(data) and not (own and self._loading(dkey)):
                 return None  # our own mark, left by a load that gave up: load again
         return None
 
@@ -665,7 +675,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         flight: _Flight,
     ) -> None:
         try:
-            self._run_flight(namespace, key, dkey, loader, user, session, flight)
+            self._run_flight(namespace, key, dkey, loader, user, session, flight, demand=False)
         except Exception:  # a failed refresh leaves the current value in place
             return
 

@@ -291,12 +291,48 @@ async def test_another_client_waits_for_an_application_load_in_flight(
         return {"v": 2}
 
     loading = asyncio.create_task(first.get("orders", "k", fallback_data=slow))
-    assert is_loading_mark(await _marked(first, dkey))  # claimed beside the load
+    assert is_loading_mark(await _marked(first, dkey))  # claimed before the load
     _release_on_second_read(second, dkey, gate)
     assert await second.get("orders", "k", fallback_data=own) == {"v": 1}
     assert await loading == {"v": 1}
     assert calls == ["first"]  # the origin was asked once
     assert (second.core.stats.loads, second.core.stats.load_joins) == (0, 1)
+
+
+async def test_a_miss_that_loses_the_claim_to_another_clients_load_waits_for_it(
+    backend: Backend, make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The second client reads nothing, then the first starts loading the key before
+    # the second's claim lands: the second waits for that load, not for its own.
+    first, second = _two_clients(backend, make_cache, IntelligentCache)
+    dkey = first.settings.redis_key_prefix + "orders:k"
+    gate = asyncio.Event()
+    calls: list[str] = []
+    leader: list[asyncio.Task[Any]] = []
+
+    async def slow() -> Any:
+        calls.append("first")
+        await gate.wait()
+        return {"v": 1}
+
+    async def own() -> Any:
+        calls.append("second")
+        return {"v": 2}
+
+    real_claim = second._claim_load
+
+    async def claim_after_the_first(*args: Any) -> tuple[bool | None, int | None]:
+        leader.append(asyncio.create_task(first.get("orders", "k", fallback_data=slow)))
+        assert is_loading_mark(await _marked(first, dkey))
+        _release_on_second_read(second, dkey, gate)
+        return await real_claim(*args)
+
+    monkeypatch.setattr(second, "_claim_load", claim_after_the_first)
+    assert await second.get("orders", "k", fallback_data=own) == {"v": 1}
+    assert await leader[0] == {"v": 1}
+    assert calls == ["first"]  # the origin was asked once
+    assert (second.core.stats.loads, second.core.stats.load_joins) == (0, 1)
+    assert second.core.stats.misses == 1
 
 
 def _count_reads(cache: Any, dkey: str, gate: Any, open_at: int) -> list[int]:
@@ -427,6 +463,44 @@ def test_another_sync_client_waits_for_an_application_load_in_flight(
     leader.start()
     assert loading.wait(5)
     _release_on_second_read(second, prefix + "o:k", gate)
+    assert second.get("o", "k", fallback_data=own) == {"v": 1}
+    leader.join(5)
+    assert results == [{"v": 1}]
+    assert calls == ["first"]
+    assert (second.core.stats.loads, second.core.stats.load_joins) == (0, 1)
+
+
+def test_a_sync_miss_that_loses_the_claim_to_another_clients_load_waits_for_it(
+    single: Backend, make_sync_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = _two_clients(single, make_sync_cache, SyncIntelligentCache)
+    dkey = first.settings.redis_key_prefix + "o:k"
+    gate, loading = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def slow() -> Any:
+        calls.append("first")
+        loading.set()  # the loading mark is claimed before the loader runs
+        gate.wait(10)
+        return {"v": 1}
+
+    def own() -> Any:
+        calls.append("second")
+        return {"v": 2}
+
+    results: list[Any] = []
+    leader = threading.Thread(
+        target=lambda: results.append(first.get("o", "k", fallback_data=slow))
+    )
+    real_plan = second._mark_plan
+
+    def claim_after_the_first(*args: Any) -> Any:
+        leader.start()
+        assert loading.wait(5)
+        _release_on_second_read(second, dkey, gate)
+        return real_plan(*args)
+
+    monkeypatch.setattr(second, "_mark_plan", claim_after_the_first)
     assert second.get("o", "k", fallback_data=own) == {"v": 1}
     leader.join(5)
     assert results == [{"v": 1}]

@@ -119,7 +119,9 @@ def test_a_hung_sync_loader_does_not_block_its_key_for_other_threads(
 
     cache.redis.execute_command = execute_command  # type: ignore[method-assign]
     assert cache.get("p", "stuck", fallback_data=lambda: "fresh") == "fresh"  # loads again
-    assert len(reads) <= 2  # it did not wait on the hung load's own loading mark
+    # It did not wait on the hung load's own loading mark: it read the key, looked at
+    # the mark once on the way to loading, and once more when its claim found it.
+    assert len(reads) <= 3
     release.set()
     leader.join(5)
 
