@@ -272,38 +272,12 @@ def _release_on_second_read(cache: Any, dkey: str, gate: Any) -> None:
     cache.redis.execute_command = execute_command
 
 
+@pytest.mark.parametrize("lost_claim", [False, True], ids=["read-the-mark", "lost-the-claim"])
 async def test_another_client_waits_for_an_application_load_in_flight(
-    backend: Backend, make_cache: MakeCache
+    backend: Backend, make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch, lost_claim: bool
 ) -> None:
-    first, second = _two_clients(backend, make_cache, IntelligentCache)
-    prefix = first.settings.redis_key_prefix
-    dkey = prefix + "orders:k"
-    gate = asyncio.Event()
-    calls: list[str] = []
-
-    async def slow() -> Any:
-        calls.append("first")
-        await gate.wait()
-        return {"v": 1}
-
-    async def own() -> Any:
-        calls.append("second")
-        return {"v": 2}
-
-    loading = asyncio.create_task(first.get("orders", "k", fallback_data=slow))
-    assert is_loading_mark(await _marked(first, dkey))  # claimed before the load
-    _release_on_second_read(second, dkey, gate)
-    assert await second.get("orders", "k", fallback_data=own) == {"v": 1}
-    assert await loading == {"v": 1}
-    assert calls == ["first"]  # the origin was asked once
-    assert (second.core.stats.loads, second.core.stats.load_joins) == (0, 1)
-
-
-async def test_a_miss_that_loses_the_claim_to_another_clients_load_waits_for_it(
-    backend: Backend, make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The second client reads nothing, then the first starts loading the key before
-    # the second's claim lands: the second waits for that load, not for its own.
+    # lost_claim: the second client reads nothing, and the first starts loading the
+    # key before the second's claim lands; else the second reads the first's mark.
     first, second = _two_clients(backend, make_cache, IntelligentCache)
     dkey = first.settings.redis_key_prefix + "orders:k"
     gate = asyncio.Event()
@@ -319,15 +293,21 @@ async def test_a_miss_that_loses_the_claim_to_another_clients_load_waits_for_it(
         calls.append("second")
         return {"v": 2}
 
-    real_claim = second._claim_load
-
-    async def claim_after_the_first(*args: Any) -> tuple[bool | None, int | None]:
+    async def start_the_first() -> None:
         leader.append(asyncio.create_task(first.get("orders", "k", fallback_data=slow)))
-        assert is_loading_mark(await _marked(first, dkey))
+        assert is_loading_mark(await _marked(first, dkey))  # claimed before the load
         _release_on_second_read(second, dkey, gate)
-        return await real_claim(*args)
 
-    monkeypatch.setattr(second, "_claim_load", claim_after_the_first)
+    if lost_claim:
+        real_claim = second._claim_load
+
+        async def claim_after_the_first(*args: Any) -> tuple[bool | None, int | None]:
+            await start_the_first()
+            return await real_claim(*args)
+
+        monkeypatch.setattr(second, "_claim_load", claim_after_the_first)
+    else:
+        await start_the_first()
     assert await second.get("orders", "k", fallback_data=own) == {"v": 1}
     assert await leader[0] == {"v": 1}
     assert calls == ["first"]  # the origin was asked once
@@ -438,41 +418,12 @@ async def test_a_failed_application_load_releases_its_loading_mark(
     assert await cache.redis.get(dkey) is None
 
 
+@pytest.mark.parametrize("lost_claim", [False, True], ids=["read-the-mark", "lost-the-claim"])
 def test_another_sync_client_waits_for_an_application_load_in_flight(
-    single: Backend, make_sync_cache: MakeCache
+    single: Backend, make_sync_cache: MakeCache, monkeypatch: pytest.MonkeyPatch, lost_claim: bool
 ) -> None:
-    first, second = _two_clients(single, make_sync_cache, SyncIntelligentCache)
-    prefix = first.settings.redis_key_prefix
-    gate, loading = threading.Event(), threading.Event()
-    calls: list[str] = []
-
-    def slow() -> Any:
-        calls.append("first")
-        loading.set()  # the loading mark is claimed before the loader runs
-        gate.wait(10)
-        return {"v": 1}
-
-    def own() -> Any:
-        calls.append("second")
-        return {"v": 2}
-
-    results: list[Any] = []
-    leader = threading.Thread(
-        target=lambda: results.append(first.get("o", "k", fallback_data=slow))
-    )
-    leader.start()
-    assert loading.wait(5)
-    _release_on_second_read(second, prefix + "o:k", gate)
-    assert second.get("o", "k", fallback_data=own) == {"v": 1}
-    leader.join(5)
-    assert results == [{"v": 1}]
-    assert calls == ["first"]
-    assert (second.core.stats.loads, second.core.stats.load_joins) == (0, 1)
-
-
-def test_a_sync_miss_that_loses_the_claim_to_another_clients_load_waits_for_it(
-    single: Backend, make_sync_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
-) -> None:
+    # lost_claim: the second client reads nothing, and the first starts loading the
+    # key before the second's claim lands; else the second reads the first's mark.
     first, second = _two_clients(single, make_sync_cache, SyncIntelligentCache)
     dkey = first.settings.redis_key_prefix + "o:k"
     gate, loading = threading.Event(), threading.Event()
@@ -492,19 +443,26 @@ def test_a_sync_miss_that_loses_the_claim_to_another_clients_load_waits_for_it(
     leader = threading.Thread(
         target=lambda: results.append(first.get("o", "k", fallback_data=slow))
     )
-    real_plan = second._mark_plan
 
-    def claim_after_the_first(*args: Any) -> Any:
+    def start_the_first() -> None:
         leader.start()
         assert loading.wait(5)
         _release_on_second_read(second, dkey, gate)
-        return real_plan(*args)
 
-    monkeypatch.setattr(second, "_mark_plan", claim_after_the_first)
+    if lost_claim:
+        real_plan = second._mark_plan
+
+        def claim_after_the_first(*args: Any) -> Any:
+            start_the_first()
+            return real_plan(*args)
+
+        monkeypatch.setattr(second, "_mark_plan", claim_after_the_first)
+    else:
+        start_the_first()
     assert second.get("o", "k", fallback_data=own) == {"v": 1}
     leader.join(5)
     assert results == [{"v": 1}]
-    assert calls == ["first"]
+    assert calls == ["first"]  # the origin was asked once
     assert (second.core.stats.loads, second.core.stats.load_joins) == (0, 1)
 
 
