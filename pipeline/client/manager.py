@@ -405,8 +405,8 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
 
     async def _consume_warm(self, namespace: str, key: str) -> bool:
         """Delete the warm marker: only the first reader of a warmed value gets True."""
-        try:
-            removed = await self._redis.delete(self._core.marker_key(namespace, key))
+        try:  # on the read line when there is one: the pool may be full
+            (removed,) = await self._execute([("DEL", self._core.marker_key(namespace, key))])
         except RedisError:
             self._core.stats.errors += 1
             return False
