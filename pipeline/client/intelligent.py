@@ -41,7 +41,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from orjson import JSONDecodeError
 from orjson import loads as _loads
@@ -616,9 +616,7 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
 
     async def _smart_ttl(self, namespace: str, key: str) -> int | None:
         try:
-            raw = await self._redis.execute_command(
-                "HGET", self._core.smart_ttl_hash(namespace), key
-            )
+            (raw,) = await self._execute([("HGET", self._core.smart_ttl_hash(namespace), key)])
         except RedisError:
             return None
         return self._core.parse_smart_ttl(raw)
@@ -752,7 +750,7 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             written = False
         if self._write_settled(flight, written):  # a reader that joined took the warm
             with contextlib.suppress(RedisError):
-                await self._redis.delete(core.marker_key(namespace, key))
+                await self._execute([("DEL", core.marker_key(namespace, key))])
         self._edge_written(namespace, key, data, ttl, written, started)
         return value
 
@@ -828,7 +826,7 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             else:
                 pause = 0.0005
             try:
-                data: bytes | None = await self._redis.execute_command("GET", dkey)
+                data = cast("bytes | None", (await self._execute([("GET", dkey)]))[0])
             except RedisError:
                 return None
             if data is None:

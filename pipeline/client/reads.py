@@ -84,9 +84,13 @@ def _reply_error(message: str) -> Exception:
     return error
 
 
-#: Commands the line may carry besides GET: each answers with one value (the line
-#: parses no arrays). They are what a load's claim, write and release send.
-SCALAR_COMMANDS: Final = frozenset({"SET", "HGET", "DEL", "EXISTS", "EXPIRE", "TOUCH", "SADD"})
+#: Commands the line carries in a batch (:meth:`ReadLine.send`): each answers with one
+#: value (the line parses no arrays). They are what a load's claim, write and release
+#: send, a warm marker's DEL, a smart TTL's HGET, and the GETs that poll a load
+#: elsewhere (a read's own GET goes through :meth:`ReadLine.get`).
+SCALAR_COMMANDS: Final = frozenset(
+    {"GET", "SET", "HGET", "DEL", "EXISTS", "EXPIRE", "TOUCH", "SADD"}
+)
 
 
 def _part(value: object) -> bytes:

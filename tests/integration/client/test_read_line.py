@@ -139,6 +139,31 @@ async def test_a_miss_claims_and_writes_its_load_on_the_line_as_on_the_pool(
     assert on._reads.send([("MGET", "a", "b")]) is None  # arrays stay on the pool
 
 
+async def test_a_warmed_hit_takes_its_warm_on_the_line_while_the_pool_is_full(
+    single: Backend, make_cache: MakeCache
+) -> None:
+    # The marker's DEL used the pool, which raises when full: a busy client counted
+    # an error and lost the warm's outcome.
+    cache: IntelligentCache = make_cache(single, IntelligentCache, max_connections=1)
+    await _connected(cache)
+    dkey = cache.core.data_key("line", "warmed")
+    raw = single.raw()
+    try:
+        raw.set(dkey, cache.core.codec.encode({"v": 1}, origin="warm").data, ex=60)
+        raw.set(cache.core.marker_key("line", "warmed"), b"1", ex=60)
+        pool = cache._redis.connection_pool
+        held = await pool.get_connection()
+        try:
+            assert await cache.get("line", "warmed") == {"v": 1}
+        finally:
+            await pool.release(held)
+        assert raw.exists(cache.core.marker_key("line", "warmed")) == 0
+    finally:
+        raw.close()
+    stats = cache.core.stats
+    assert (stats.warmed_hits, stats.errors) == (1, 0)
+
+
 async def test_a_batch_on_a_lost_line_is_sent_again_through_the_pool(
     single: Backend, make_cache: MakeCache
 ) -> None:
