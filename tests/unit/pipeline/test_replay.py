@@ -174,6 +174,21 @@ async def test_demo_origin_waits_its_latency(monkeypatch: pytest.MonkeyPatch) ->
     assert time.perf_counter() - started < 0.2
 
 
+def test_the_synthetic_origin_serves_each_key_one_fixed_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CACHECAST_DEMO_VALUE_BYTES", "1024")
+    first = synthetic_value("ns", "a")
+    first["body"] = "changed by a caller"
+    again = synthetic_value("ns", "a")
+    assert again["body"] != first["body"]  # each load gets a dict of its own
+    assert again == synthetic_value("ns", "a")
+    assert again["body"] != synthetic_value("ns", "b")["body"]
+    assert 900 <= len(orjson.dumps(again)) <= 1024
+    monkeypatch.setenv("CACHECAST_DEMO_VALUE_BYTES", "4096")
+    assert len(orjson.dumps(synthetic_value("ns", "a"))) > 3000  # the size is read each time
+
+
 # -- the scheduler ----------------------------------------------------------------------------
 
 
