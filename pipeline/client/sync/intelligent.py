@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from redis.exceptions import RedisError
 
@@ -405,7 +405,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
 
     def _smart_ttl(self, namespace: str, key: str) -> int | None:
         try:
-            raw = self._redis.hget(self._core.smart_ttl_hash(namespace), key)
+            (raw,) = self._execute([("HGET", self._core.smart_ttl_hash(namespace), key)])
         except RedisError:
             return None
         return self._core.parse_smart_ttl(raw)
@@ -550,7 +550,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
             written = False
         if self._write_settled(flight, written):  # a reader that joined took the warm
             with contextlib.suppress(RedisError):
-                self._redis.delete(core.marker_key(namespace, key))
+                self._execute([("DEL", core.marker_key(namespace, key))])
         self._edge_written(namespace, key, data, ttl, written, started)
         return value
 
@@ -628,7 +628,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
             else:
                 pause = 0.0005
             try:
-                data: bytes | None = self._redis.execute_command("GET", dkey)  # type: ignore[no-untyped-call]
+                data = cast("bytes | None", self._execute([("GET", dkey)])[0])
             except RedisError:
                 return None
             if data is None:

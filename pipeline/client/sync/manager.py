@@ -219,7 +219,7 @@ class SyncRedisCacheManager(ManagerBase[SyncRedisClient, ThreadedAccessEmitter])
     def _consume_warm(self, namespace: str, key: str) -> bool:
         """Delete the warm marker: only the first reader of a warmed value gets True."""
         try:
-            removed = self._redis.delete(self._core.marker_key(namespace, key))
+            (removed,) = self._execute([("DEL", self._core.marker_key(namespace, key))])
         except RedisError:
             self._core.stats.errors += 1
             return False
