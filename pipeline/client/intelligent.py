@@ -60,7 +60,7 @@ from pipeline.client.emitter import AccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
 from pipeline.client.keys import validate_key
 from pipeline.client.manager import RedisCacheManager
-from pipeline.client.shared import Armed, IntelligentBase, Miss
+from pipeline.client.shared import Armed, IntelligentBase
 from pipeline.codec import (
     HEADER_SIZE,
     HIT_HEADER,
@@ -392,7 +392,6 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         """
         core = self._core
         trigger = enable_prediction  # the rule is still to fire
-        miss: Miss | None = None
         if data is not None and is_loading_mark(data):
             if trigger:
                 self._prefetch(namespace, key, armed)
@@ -440,15 +439,12 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
                 if joined is not ABSENT:
                     return joined
                 elapsed = (_clock() - started) // 1000
-            if fallback_data is None:
-                core.record_miss(namespace, key, elapsed, user, session, enable_prediction)
-            else:  # counted by its load, once the load's claim has settled
-                miss = Miss(started, elapsed, enable_prediction)
+            core.record_miss(namespace, key, elapsed, user, session, enable_prediction)
         if trigger:
             self._prefetch(namespace, key, armed)
         if fallback_data is None:
             return None
-        return await self._load(namespace, key, dkey, fallback_data, started, user, session, miss)
+        return await self._load(namespace, key, dkey, fallback_data, started, user, session)
 
     # -- single-flight loading -------------------------------------------------------
 
@@ -461,19 +457,14 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         missed_ns: int,
         user: str | None,
         session: str | None,
-        miss: Miss | None = None,
     ) -> Any:
-        """Load ``key`` once however many callers miss it; ``miss``: the caller's read,
-        still to be counted (a joiner's is counted as it joins, a leader's by its load)."""
         flight = self._flights.get(dkey)
         if flight is not None and (not flight.done_ns or flight.done_ns >= missed_ns):
-            self._count_miss(namespace, key, miss, user, session)
-            miss = None
             value = await asyncio.shield(flight.value)
             if value is not ABSENT:
                 self._core.stats.load_joins += 1
                 return value
-        flight = self._start_flight(namespace, key, dkey, loader, user, session, miss=miss)
+        flight = self._start_flight(namespace, key, dkey, loader, user, session)
         # The reader that started the load returns once the value is cached (read
         # your writes); readers that joined it return as soon as it is loaded.
         assert flight.task is not None
@@ -488,12 +479,11 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         user: str | None,
         session: str | None,
         demand: bool = True,
-        miss: Miss | None = None,
     ) -> _Flight:
         loop = asyncio.get_running_loop()
         flight = _Flight(loop.create_future())
         task = loop.create_task(
-            self._fill(namespace, key, dkey, loader, user, session, flight.value, demand, miss)
+            self._fill(namespace, key, dkey, loader, user, session, flight.value, demand)
         )
         flight.task = task
         self._flights[dkey] = flight
@@ -530,7 +520,6 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         session: str | None,
         settled: asyncio.Future[Any],
         demand: bool,
-        miss: Miss | None,
     ) -> Any:
         """Load the value (``settled`` gets it at once), then write it with its TTL.
 
@@ -540,9 +529,7 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         the mark. A claim that finds the key taken (another client's load began
         after our read) waits for that load's value instead of asking the origin;
         a claim Redis is slow to answer is not waited out. An early refresh
-        (``demand`` false) replaces the value it finds, so it never waits. The
-        leader's read (``miss``) is counted here, as a miss once the load goes to the
-        origin, or as a join of the load it waited for.
+        (``demand`` false) replaces the value it finds, so it never waits.
         """
         core = self._core
         redis_up = not (core.down_until and core.breaker_open())
@@ -557,10 +544,12 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             await asyncio.wait({claim}, timeout=self._claim_wait_s)
             claimed, smart = _claim_outcome(claim)
         if claimed is False and demand:
-            joined = await self._lost_claim(namespace, key, dkey, user, session, miss)
+            deadline = _clock() + int(self.settings.edge_join_wait_s * 1e9)
+            joined = self._claimed_elsewhere(
+                await self._poll_remote(dkey, deadline, True, own=False)
+            )
             if joined is not ABSENT:
                 return joined
-        self._count_miss(namespace, key, miss, user, session)
         core.stats.loads += 1
         started = time.perf_counter()
         timeout = self.settings.load_timeout_s
@@ -816,47 +805,11 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         data = await asyncio.shield(poller)
         if data is None:
             return ABSENT
-        return await self._take_remote(namespace, key, data, started, user, session, emit)
-
-    async def _take_remote(
-        self,
-        namespace: str,
-        key: str,
-        data: bytes,
-        started: int,
-        user: str | None,
-        session: str | None,
-        emit: bool,
-    ) -> Any:
-        """The value another client's load left, with the read counted as what it was:
-        a join of an edge load (it takes the warm), or a miss that joined an
-        application load; ABSENT if undecodable (nothing counted)."""
         value, edge = self._remote_value(namespace, key, data, started, user, session, emit)
         if edge:
             consumed = await self._consume_warm(namespace, key)
             self._record_join(namespace, key, started, user, session, emit, len(data), consumed)
         return value
-
-    async def _lost_claim(
-        self,
-        namespace: str,
-        key: str,
-        dkey: str,
-        user: str | None,
-        session: str | None,
-        miss: Miss | None,
-    ) -> Any:
-        """Our load's claim found the key taken (a load elsewhere began after our read):
-        that load's value, or ABSENT when it fails or outlasts CACHECAST_EDGE_JOIN_WAIT_S."""
-        deadline = _clock() + int(self.settings.edge_join_wait_s * 1e9)
-        data = await self._poll_remote(dkey, deadline, True, own=False)
-        if data is None:
-            return ABSENT
-        if miss is not None:
-            return await self._take_remote(
-                namespace, key, data, miss.started, user, session, miss.emit
-            )
-        return self._joined_counted(data)  # the read was counted already
 
     async def _poll_remote(
         self, dkey: str, deadline: int, poll: bool, own: bool = True

@@ -24,7 +24,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from redis.crc import key_slot
 from redis.exceptions import RedisError
@@ -230,15 +230,6 @@ def _performance(core: CacheCore, redis: Mapping[str, Any]) -> dict[str, Any]:
     figures["memory_usage_bytes"] = memory.get("used_memory")
     figures["max_memory_bytes"] = memory.get("maxmemory")
     return figures
-
-
-class Miss(NamedTuple):
-    """A read that missed and will load, not yet counted: its load counts it once its
-    claim has settled (a claim lost to a load elsewhere makes it a join of that load)."""
-
-    started: int  # perf_counter_ns() when the read began
-    elapsed: int  # µs from then to the read's answer
-    emit: bool  # whether it emits its access event (enable_prediction)
 
 
 class Armed:
@@ -599,22 +590,19 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
         core.record_miss(namespace, key, elapsed, user, session, emit)
         return value, False
 
-    def _joined_counted(self, data: bytes) -> Any:
-        """The value another client's load left, for a read already counted: a join of
-        that load (it cost the origin nothing more); ABSENT if undecodable."""
+    def _claimed_elsewhere(self, data: bytes | None) -> Any:
+        """What a load whose claim found its key taken gets from the other client's
+        load (``data``, polled): its value, a join of that load that cost the origin
+        nothing more; or ABSENT (that load failed, took too long, or left something
+        undecodable), and the caller loads the key itself."""
+        if data is None:
+            return ABSENT
         try:
             value = self._core.decode(data)
         except CodecError:
             return ABSENT
         self._core.stats.load_joins += 1
         return value
-
-    def _count_miss(
-        self, namespace: str, key: str, miss: Miss | None, user: str | None, session: str | None
-    ) -> None:
-        """A load goes to the origin: count its read's miss if it is not counted yet."""
-        if miss is not None:
-            self._core.record_miss(namespace, key, miss.elapsed, user, session, miss.emit)
 
     def _record_join(
         self,

@@ -33,7 +33,7 @@ from pipeline.client.core import (
 from pipeline.client.edge import ABSENT
 from pipeline.client.emitter import ThreadedAccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
-from pipeline.client.shared import Armed, IntelligentBase, Miss
+from pipeline.client.shared import Armed, IntelligentBase
 from pipeline.client.sync.edge import SyncGuardedLoader, SyncLoaderFunc, sync_loaders
 from pipeline.client.sync.manager import SyncRedisCacheManager
 from pipeline.codec import CodecError, is_loading_mark, loading_mark
@@ -210,7 +210,6 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         key's rule before it waits for anything (see the async client's ``_get_slow``)."""
         core = self._core
         trigger = enable_prediction  # the rule is still to fire
-        miss: Miss | None = None
         try:
             data: bytes | None = self._redis.execute_command("GET", dkey)  # type: ignore[no-untyped-call]
         except RedisError as exc:
@@ -275,15 +274,12 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
                 if joined is not ABSENT:
                     return joined
                 elapsed = (time.perf_counter_ns() - started) // 1000
-            if fallback_data is None:
-                core.record_miss(namespace, key, elapsed, user, session, enable_prediction)
-            else:  # counted by its load, once the load's claim has settled
-                miss = Miss(started, elapsed, enable_prediction)
+            core.record_miss(namespace, key, elapsed, user, session, enable_prediction)
         if trigger:
             self._prefetch(namespace, key, armed)
         if fallback_data is None:
             return None
-        return self._load(namespace, key, dkey, fallback_data, started, user, session, miss)
+        return self._load(namespace, key, dkey, fallback_data, started, user, session)
 
     # -- single-flight loading -------------------------------------------------------
 
@@ -296,9 +292,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         missed_ns: int,
         user: str | None,
         session: str | None,
-        miss: Miss | None = None,
     ) -> Any:
-        """Load ``key`` once however many threads miss it (``miss``: as the async client)."""
         with self._flights_lock:
             flight = self._flights.get(dkey)
             leader = flight is None or bool(flight.done_ns and flight.done_ns < missed_ns)
@@ -306,8 +300,6 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
                 flight = self._flights[dkey] = _Flight()
         assert flight is not None
         if not leader:
-            self._count_miss(namespace, key, miss, user, session)
-            miss = None
             timeout = self.settings.load_timeout_s
             if not flight.loaded.wait(timeout):
                 with self._flights_lock:  # a hung load does not block its key: the next get loads
@@ -321,7 +313,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
                 return flight.value
             with self._flights_lock:  # an edge load that loaded nothing: load it ourselves
                 flight = self._flights[dkey] = _Flight()
-        return self._run_flight(namespace, key, dkey, loader, user, session, flight, miss=miss)
+        return self._run_flight(namespace, key, dkey, loader, user, session, flight)
 
     def _run_flight(
         self,
@@ -333,12 +325,9 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         session: str | None,
         flight: _Flight,
         demand: bool = True,
-        miss: Miss | None = None,
     ) -> Any:
         try:
-            flight.value = self._fill(
-                namespace, key, dkey, loader, user, session, flight, demand, miss
-            )
+            flight.value = self._fill(namespace, key, dkey, loader, user, session, flight, demand)
         except BaseException as exc:
             flight.error = exc  # shared with the callers whose miss predates it
             raise
@@ -358,7 +347,6 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         session: str | None,
         flight: _Flight,
         demand: bool,
-        miss: Miss | None,
     ) -> Any:
         """Load the value (the flight's joiners get it at once), then write it with its TTL.
 
@@ -377,10 +365,10 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
             with contextlib.suppress(RedisError):
                 claimed, smart = self._run(self._mark_plan(namespace, key, dkey, mark, timeout))
         if claimed is False and demand:
-            joined = self._lost_claim(namespace, key, dkey, user, session, miss)
+            deadline = time.perf_counter_ns() + int(self.settings.edge_join_wait_s * 1e9)
+            joined = self._claimed_elsewhere(self._poll_remote(dkey, deadline, True, own=False))
             if joined is not ABSENT:
                 return joined
-        self._count_miss(namespace, key, miss, user, session)
         core.stats.loads += 1
         started = time.perf_counter()
         try:
@@ -624,42 +612,11 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
                 data = None
         if data is None:
             return ABSENT
-        return self._take_remote(namespace, key, data, started, user, session, emit)
-
-    def _take_remote(
-        self,
-        namespace: str,
-        key: str,
-        data: bytes,
-        started: int,
-        user: str | None,
-        session: str | None,
-        emit: bool,
-    ) -> Any:
-        """The value another client's load left, the read counted (see the async client)."""
         value, edge = self._remote_value(namespace, key, data, started, user, session, emit)
         if edge:
             consumed = self._consume_warm(namespace, key)
             self._record_join(namespace, key, started, user, session, emit, len(data), consumed)
         return value
-
-    def _lost_claim(
-        self,
-        namespace: str,
-        key: str,
-        dkey: str,
-        user: str | None,
-        session: str | None,
-        miss: Miss | None,
-    ) -> Any:
-        """Our load's claim found the key taken: that load's value (see the async client)."""
-        deadline = time.perf_counter_ns() + int(self.settings.edge_join_wait_s * 1e9)
-        data = self._poll_remote(dkey, deadline, True, own=False)
-        if data is None:
-            return ABSENT
-        if miss is not None:
-            return self._take_remote(namespace, key, data, miss.started, user, session, miss.emit)
-        return self._joined_counted(data)  # the read was counted already
 
     def _poll_remote(self, dkey: str, deadline: int, poll: bool, own: bool = True) -> bytes | None:
         """Read ``dkey`` until its loading mark gives way to a value (see the async client)."""
