@@ -822,7 +822,6 @@ async def _replay(
         IntelligentCache(settings, max_connections=pool_size, early_refresh=False)
         for _ in range(clients)
     ]
-    redis_clients = [cache.redis for cache in caches]
     watcher = _OutcomeWatcher(settings, namespace) if watch_warms else None
     opened: list[IntelligentCache] = []
     try:
@@ -835,8 +834,8 @@ async def _replay(
             enable_compression=settings.redis_enable_compression,
         )
         payload = codec.encode(synthetic_value(namespace, "x" * 8)).data
-        for i, client in enumerate(redis_clients):
-            await _open_connections(client, pool_size, payload, f"#cachecast-replay-probe:{i}")
+        for i, cache in enumerate(caches):
+            await _open_connections(cache.redis, pool_size, payload, f"#cachecast-replay-probe:{i}")
         await asyncio.sleep(_BUFFERS_SETTLE_S)
         await size_cache(caches[0], n_values, flush=flush)
         if watcher is not None:

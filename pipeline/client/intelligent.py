@@ -544,7 +544,7 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             await asyncio.wait({claim}, timeout=self._claim_wait_s)
             claimed, smart = _claim_outcome(claim)
         if claimed is False and demand:
-            deadline = _clock() + int(self.settings.edge_join_wait_s * 1e9)
+            deadline = self._join_deadline(_clock())
             joined = self._claimed_elsewhere(
                 await self._poll_remote(dkey, deadline, True, own=False)
             )
@@ -798,7 +798,7 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             return ABSENT  # our own application load: _load joins it
         poller = self._remote_polls.get(dkey)
         if poller is None:
-            deadline = started + int(self.settings.edge_join_wait_s * 1e9)
+            deadline = self._join_deadline(started)
             poller = self._background(self._poll_remote(dkey, deadline, poll))
             self._remote_polls[dkey] = poller
             poller.add_done_callback(functools.partial(self._poll_done, dkey))

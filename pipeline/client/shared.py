@@ -590,6 +590,11 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
         core.record_miss(namespace, key, elapsed, user, session, emit)
         return value, False
 
+    def _join_deadline(self, since_ns: int) -> int:
+        """When a read that waits for another client's load, from ``since_ns`` on
+        (``perf_counter_ns``), gives up and loads the key itself."""
+        return since_ns + int(self.settings.edge_join_wait_s * 1e9)
+
     def _claimed_elsewhere(self, data: bytes | None) -> Any:
         """What a load whose claim found its key taken gets from the other client's
         load (``data``, polled): its value, a join of that load that cost the origin

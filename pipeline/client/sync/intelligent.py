@@ -365,7 +365,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
             with contextlib.suppress(RedisError):
                 claimed, smart = self._run(self._mark_plan(namespace, key, dkey, mark, timeout))
         if claimed is False and demand:
-            deadline = time.perf_counter_ns() + int(self.settings.edge_join_wait_s * 1e9)
+            deadline = self._join_deadline(time.perf_counter_ns())
             joined = self._claimed_elsewhere(self._poll_remote(dkey, deadline, True, own=False))
             if joined is not ABSENT:
                 return joined
@@ -599,7 +599,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         if polling:
             data = None
             try:
-                data = self._poll_remote(dkey, started + int(wait_s * 1e9), poll)
+                data = self._poll_remote(dkey, self._join_deadline(started), poll)
             finally:
                 with self._flights_lock:
                     if self._remote_polls.get(dkey) is poller:

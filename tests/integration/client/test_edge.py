@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -234,16 +235,7 @@ async def test_another_client_waits_for_the_load_in_flight_instead_of_fetching(
         await first.get("orders", "a", fallback_data=Origin().app_loader("a"))
         assert is_loading_mark(await _marked(first, prefix + "orders:b"))
 
-    if lost_claim:
-        real_claim = second._claim_load
-
-        async def claim_after_the_first(*args: Any) -> tuple[bool | None, int | None]:
-            await start_the_edge_load()
-            return await real_claim(*args)
-
-        monkeypatch.setattr(second, "_claim_load", claim_after_the_first)
-    else:
-        await start_the_edge_load()
+    await _race(monkeypatch, second, start_the_edge_load, lost_claim)
     app_loads = Origin()
     value = await second.get("orders", "b", fallback_data=app_loads.app_loader("b"))
     assert value == {"key": "b", "from": "origin"}
@@ -257,6 +249,26 @@ async def test_another_client_waits_for_the_load_in_flight_instead_of_fetching(
     else:
         assert stats.inflight_joins == 1
         assert stats.edge_hits == 1  # it took the warm marker: the first read
+
+
+async def _race(
+    monkeypatch: pytest.MonkeyPatch,
+    cache: IntelligentCache,
+    start: Callable[[], Awaitable[None]],
+    lost_claim: bool,
+) -> None:
+    """Start another client's load (``start``) now, or, with ``lost_claim``, just
+    before ``cache``'s next claim is sent: after its read found nothing."""
+    if not lost_claim:
+        await start()
+        return
+    real_claim = cache._claim_load
+
+    async def claim_after_the_other(*args: Any) -> tuple[bool | None, int | None]:
+        await start()
+        return await real_claim(*args)
+
+    monkeypatch.setattr(cache, "_claim_load", claim_after_the_other)
 
 
 C = TypeVar("C", IntelligentCache, SyncIntelligentCache)
@@ -309,16 +321,7 @@ async def test_another_client_waits_for_an_application_load_in_flight(
         assert is_loading_mark(await _marked(first, dkey))  # claimed before the load
         _release_on_second_read(second, dkey, gate)
 
-    if lost_claim:
-        real_claim = second._claim_load
-
-        async def claim_after_the_first(*args: Any) -> tuple[bool | None, int | None]:
-            await start_the_first()
-            return await real_claim(*args)
-
-        monkeypatch.setattr(second, "_claim_load", claim_after_the_first)
-    else:
-        await start_the_first()
+    await _race(monkeypatch, second, start_the_first, lost_claim)
     assert await second.get("orders", "k", fallback_data=own) == {"v": 1}
     assert await leader[0] == {"v": 1}
     assert calls == ["first"]  # the origin was asked once
