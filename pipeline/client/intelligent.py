@@ -43,14 +43,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
-from orjson import JSONDecodeError
-from orjson import loads as _loads
 from redis.exceptions import RedisError
 
 from pipeline.client.cached import CachedFunction, KeyBuilder, cached_decorator
 from pipeline.client.connection import DEFAULT_MAX_CONNECTIONS, AsyncRedisClient
 from pipeline.client.core import (
     MISS,
+    SLOW,
     Priority,
     UserContext,
     context_labels,
@@ -62,9 +61,6 @@ from pipeline.client.keys import validate_key
 from pipeline.client.manager import RedisCacheManager
 from pipeline.client.shared import Armed, IntelligentBase
 from pipeline.codec import (
-    HEADER_SIZE,
-    HIT_HEADER,
-    PLAIN_HEAD,
     CodecError,
     is_loading_mark,
     loading_mark,
@@ -265,7 +261,7 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         Without ``fallback_data`` a miss returns None. ``enable_prediction=False``
         keeps this access out of the event stream (and so out of the models).
         """
-        # The hit path is written out in full, without helper calls: it is what
+        # The hit path (its read, CacheCore.read_hit) is what
         # benchmarks/client_overhead.py measures against a bare redis-py GET.
         core = self._core
         base = core.bases.get(namespace) or core.base(namespace)
@@ -293,20 +289,9 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         # The loads this key's prefetch rule names are reserved before its read is
         # sent: a successor asked for while that read is on its way joins them.
         armed = self._arm(namespace, key) if enable_prediction and self._rules_held else None
-        if not core.reads_waiting:
-            core.waiting_since_ns = started
-        core.reads_waiting += 1
         try:
-            if self._cold:
-                await self._warm_up()
-            # The read line if it can take the read; else the pool, through
-            # execute_command (it skips redis-py's get() wrapper: a frame and a dict).
-            sent = self._reads.get(dkey) if self._reads is not None else None
-            data: bytes | None = await (
-                sent if sent is not None else self._redis.execute_command("GET", dkey)
-            )
+            data = await self._read(dkey, started)
         except BaseException as exc:
-            core.reads_waiting -= 1
             if armed is not None:
                 self._settle(armed)
             if not isinstance(exc, RedisError):
@@ -319,38 +304,15 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
                 loader = self._outage_loader(error, fallback_data)
                 return await self._load(namespace, key, dkey, loader, started, user, session)
             armed = None
-        else:
-            core.reads_waiting -= 1
-            core.waiting_since_ns = _clock()
-            if core.down_until:
-                core.redis_answered()
         elapsed = (_clock() - started) // 1000
-        if data is not None and len(data) >= HEADER_SIZE:
-            head, checksum = HIT_HEADER.unpack_from(data)
-            if head == PLAIN_HEAD:  # application-written, uncompressed: the common hit
-                payload = memoryview(data)[HEADER_SIZE:]
-                if _crc32(payload) == checksum:
-                    try:
-                        value = _loads(payload)
-                    except JSONDecodeError:
-                        pass
-                    else:
-                        if armed is not None:
-                            self._settle(armed)  # a hit no warm served: no trigger
-                        stats = core.stats
-                        stats.hits += 1
-                        size = len(data)
-                        stats.bytes_read += size
-                        core.get_latency.record(elapsed)
-                        if enable_prediction:
-                            core.emit(
-                                namespace, key, "get", "hit", elapsed, size, None, user, session
-                            )
-                        if fallback_data is not None and dkey in self._loaded:
-                            self._maybe_refresh(
-                                namespace, key, dkey, data, fallback_data, user, session
-                            )
-                        return value
+        if data is not None:
+            value = core.read_hit(namespace, key, data, elapsed, user, session, enable_prediction)
+            if value is not SLOW:  # application-written, uncompressed: the common hit
+                if armed is not None:
+                    self._settle(armed)  # a hit no warm served: no trigger
+                if fallback_data is not None and dkey in self._loaded:
+                    self._maybe_refresh(namespace, key, dkey, data, fallback_data, user, session)
+                return value
         try:
             return await self._get_slow(
                 namespace,

@@ -343,26 +343,10 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
         if core.down_until and core.breaker_open():
             raise core.rejected("get", namespace, (key,))
         started = time.perf_counter_ns()
-        if not core.reads_waiting:
-            core.waiting_since_ns = started
-        core.reads_waiting += 1
         try:
-            if self._cold:
-                await self._warm_up()
-            sent = self._reads.get(dkey) if self._reads is not None else None
-            data: bytes | None = await (
-                sent if sent is not None else self._redis.execute_command("GET", dkey)
-            )
-        except BaseException as exc:
-            core.reads_waiting -= 1
-            if not isinstance(exc, RedisError):
-                raise
+            data = await self._read(dkey, started)
+        except RedisError as exc:
             data = await self._get_after_error(exc, namespace, key, dkey, started)
-        else:
-            core.reads_waiting -= 1
-            core.waiting_since_ns = time.perf_counter_ns()
-            if core.down_until:
-                core.redis_answered()
         elapsed = (time.perf_counter_ns() - started) // 1000
         if data is None:
             core.record_miss(namespace, key, elapsed, None, None, True)
@@ -374,6 +358,31 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
             if value is MISS:
                 return None
         return value
+
+    async def _read(self, dkey: str, started: int) -> bytes | None:
+        """``GET dkey`` for a read that started at ``started`` (perf_counter_ns).
+
+        On the read line if it can take the read; else the pool, through
+        execute_command (it skips redis-py's get() wrapper: a frame and a dict).
+        While it waits it counts as a waiting read, which the stall watchdog watches.
+        """
+        core = self._core
+        if not core.reads_waiting:
+            core.waiting_since_ns = started
+        core.reads_waiting += 1
+        try:
+            if self._cold:
+                await self._warm_up()
+            sent = self._reads.get(dkey) if self._reads is not None else None
+            data: bytes | None = await (
+                sent if sent is not None else self._redis.execute_command("GET", dkey)
+            )
+        finally:
+            core.reads_waiting -= 1
+        core.waiting_since_ns = time.perf_counter_ns()
+        if core.down_until:
+            core.redis_answered()
+        return data
 
     async def _get_after_error(
         self,
