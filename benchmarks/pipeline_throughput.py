@@ -36,7 +36,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pipeline.config import Settings, load_settings
 from pipeline.devstack import DevStack, free_port
 from pipeline.partitioning import PartitionCache
-from pipeline.replay import BUNDLED_TRACE, load_trace, replay
+from pipeline.replay import replay
+from pipeline.sim.traces import BUNDLED_TRACE, load_trace
 from pipeline.topics import ensure_topics
 from pipeline.worker import WorkerProcess
 from schemas.decode import decode_access_dicts

@@ -36,8 +36,8 @@ from typing import Any
 from river import reco, sketch, stats
 
 from pipeline.models import DecayedFrequency, InterArrival, UserAffinity
-from pipeline.replay import BUNDLED_TRACE, load_trace
 from pipeline.sim.synthetic import session_workload
+from pipeline.sim.traces import BUNDLED_TRACE, load_trace
 
 HALF_LIFE = 10_000
 ALPHA = 0.2

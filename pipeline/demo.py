@@ -30,16 +30,13 @@ from pipeline.config import Settings, load_settings
 from pipeline.devstack import DevStack, free_port
 from pipeline.models.temporal import is_wall_clock
 from pipeline.replay import (
-    BUNDLED_TRACE,
     ORIGIN_MS_ENV,
     ReplayResult,
     add_load_options,
-    add_trace_options,
-    load_trace,
     origin_latency,
     replay,
 )
-from pipeline.sim.traces import Trace
+from pipeline.sim.traces import BUNDLED_TRACE, Trace, add_trace_options, load_trace
 from pipeline.worker import WorkerProcess
 
 __all__ = ["demo_loaders", "register", "result_rows", "run_demo", "summary", "worker_env"]

@@ -41,7 +41,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Final, Protocol, cast, get_args
+from typing import Any, Final, Protocol
 
 import orjson
 import redis.asyncio
@@ -53,13 +53,16 @@ from pipeline.client.keys import escape_glob
 from pipeline.codec import ValueCodec
 from pipeline.config import Settings, load_settings
 from pipeline.histogram import LatencyHistogram
-from pipeline.sim.traces import CsvMapping, Trace, TraceFormat, read_trace
+from pipeline.sim.traces import (
+    BUNDLED_TRACE,
+    Trace,
+    add_trace_options,
+    load_trace,
+)
 from pipeline.transport import kafka_options
 from schemas.decode import InvalidEvent, decode_warmup_outcome_dicts
 
 __all__ = [
-    "BUNDLED_MAPPING",
-    "BUNDLED_TRACE",
     "DEFAULT_ORIGIN_MS",
     "MAX_OUTSTANDING",
     "ORIGIN_MS_ENV",
@@ -67,11 +70,9 @@ __all__ = [
     "PaceReport",
     "ReplayResult",
     "add_load_options",
-    "add_trace_options",
     "clear",
     "dealer",
     "demo_origin",
-    "load_trace",
     "origin_latency",
     "origin_ms",
     "register",
@@ -83,9 +84,6 @@ __all__ = [
     "user_labels",
 ]
 
-BUNDLED_TRACE: Final = Path(__file__).parent / "data" / "cache2k_orm_busy_200k.csv.zst"
-#: The bundled slice's CSV columns (``cachecast simulate --csv-columns`` syntax).
-BUNDLED_MAPPING: Final = "key=1,ts=0,op=none,header=1"
 #: Size of a synthetic value. Values are incompressible (random base64): with
 #: compressible filler a 5% cache would be a few hundred kilobytes, where Redis's
 #: per-connection buffers alone would crowd out a noticeable share of the values.
@@ -168,34 +166,6 @@ def _synthetic_body(namespace: str, key: str, size: int) -> str:
     seed = hashlib.blake2b(f"{namespace}:{key}".encode(), digest_size=8).digest()
     raw = random.Random(seed).randbytes(max(0, size - 80) * 3 // 4)
     return base64.b64encode(raw).decode()
-
-
-def _is_bundled(path: Path) -> bool:
-    try:
-        return path.resolve() == BUNDLED_TRACE.resolve()
-    except OSError:
-        return False
-
-
-def load_trace(
-    path: str | Path,
-    fmt: str | None = None,
-    mapping: str | None = None,
-    max_requests: int | None = None,
-) -> Trace:
-    """Read a trace as ``cachecast simulate`` does (format guessed from the name if None).
-
-    ``mapping`` is a CSV column mapping (``--csv-columns``); without one, the
-    bundled trace is read with its own mapping and other CSV files with the
-    simulator's default (Twitter's format).
-    """
-    path = Path(path)
-    formats: tuple[str, ...] = get_args(TraceFormat)
-    if fmt is not None and fmt not in formats:
-        raise ValueError(f"unknown trace format {fmt!r} ({', '.join(formats)})")
-    spec = mapping or (BUNDLED_MAPPING if _is_bundled(path) else None)
-    csv_mapping = CsvMapping.parse(spec) if spec else None
-    return read_trace(path, cast("TraceFormat | None", fmt), max_requests, csv_mapping)
 
 
 async def clear(cache: IntelligentCache, *, flush: bool = False) -> int:
@@ -913,24 +883,6 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
-
-
-def add_trace_options(parser: argparse.ArgumentParser) -> None:
-    """``--format`` and ``--csv-columns``, as ``cachecast simulate`` has them."""
-    parser.add_argument(
-        "--format",
-        choices=get_args(TraceFormat),
-        default=None,
-        help="trace format (default: guessed from the file name)",
-    )
-    parser.add_argument(
-        "--csv-columns",
-        "--csv-mapping",
-        dest="csv_columns",
-        default="",
-        help="CSV column mapping, e.g. 'key=1,ts=0,op=5,header=0' (default: Twitter format; "
-        f"the bundled trace: {BUNDLED_MAPPING!r})",
-    )
 
 
 def add_load_options(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple, TypedDict, TypeVar, get_args
+from typing import NamedTuple, TypedDict, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -37,7 +37,7 @@ from pipeline.sim.runner import (
     run,
     sweep,
 )
-from pipeline.sim.traces import CsvMapping, TraceFormat, read_trace
+from pipeline.sim.traces import add_trace_options, load_trace
 
 _T = TypeVar("_T")
 
@@ -162,12 +162,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     parser.add_argument("trace", type=Path, help="trace file (.zst compressed or not)")
-    parser.add_argument(
-        "--format",
-        choices=get_args(TraceFormat),
-        default=None,
-        help="trace format (default: guessed from the file name)",
-    )
+    add_trace_options(parser)
     parser.add_argument(
         "--sizes",
         type=_floats,
@@ -278,11 +273,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="PNG for the sweep (default: sweep-TRACE-SIZE.png; one per size)",
     )
-    parser.add_argument(
-        "--csv-columns",
-        default="",
-        help="CSV column mapping, e.g. 'key=1,ts=0,op=5,header=0' (default: Twitter format)",
-    )
     parser.set_defaults(func=simulate_command)
 
 
@@ -330,8 +320,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         err.print(f"[red]no such trace: {args.trace}[/red]")
         return 2
     try:
-        mapping = CsvMapping.parse(args.csv_columns) if args.csv_columns else None
-        trace = read_trace(args.trace, args.format, args.max_requests, mapping)
+        trace = load_trace(args.trace, args.format, args.csv_columns or None, args.max_requests)
     except ValueError as exc:
         err.print(f"[red]cannot read {args.trace}: {exc}[/red]")
         return 2

@@ -7,13 +7,14 @@ field. That field is the future: only the Belady reference may read it.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import os
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Final, Literal, cast, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +22,11 @@ import orjson
 import zstandard
 
 TraceFormat = Literal["oracleGeneral", "csv", "jsonl"]
+
+#: The trace slice that ships with cachecast (the demo's default; docs/simulation.md).
+BUNDLED_TRACE: Final = Path(__file__).parent.parent / "data" / "cache2k_orm_busy_200k.csv.zst"
+#: The bundled slice's CSV columns (``--csv-columns`` syntax).
+BUNDLED_MAPPING: Final = "key=1,ts=0,op=none,header=1"
 
 ORACLE_GENERAL_DTYPE = np.dtype(
     [("ts", "<u4"), ("obj_id", "<u8"), ("obj_size", "<u4"), ("next_access_vtime", "<i8")]
@@ -328,3 +334,50 @@ def read_trace(
     if fmt == "jsonl":
         return read_jsonl(path, max_requests)
     raise ValueError(f"unknown trace format {fmt!r}")
+
+
+def _is_bundled(path: Path) -> bool:
+    try:
+        return path.resolve() == BUNDLED_TRACE.resolve()
+    except OSError:
+        return False
+
+
+def load_trace(
+    path: str | os.PathLike[str],
+    fmt: str | None = None,
+    mapping: str | None = None,
+    max_requests: int | None = None,
+) -> Trace:
+    """Read a trace as the CLI's ``--format`` and ``--csv-columns`` say (format
+    guessed from the name if None).
+
+    ``mapping`` is a CSV column mapping (``--csv-columns``); without one, the
+    bundled trace is read with its own mapping and other CSV files with the
+    default (Twitter's format).
+    """
+    path = Path(path)
+    formats: tuple[str, ...] = get_args(TraceFormat)
+    if fmt is not None and fmt not in formats:
+        raise ValueError(f"unknown trace format {fmt!r} ({', '.join(formats)})")
+    spec = mapping or (BUNDLED_MAPPING if _is_bundled(path) else None)
+    csv_mapping = CsvMapping.parse(spec) if spec else None
+    return read_trace(path, cast("TraceFormat | None", fmt), max_requests, csv_mapping)
+
+
+def add_trace_options(parser: argparse.ArgumentParser) -> None:
+    """``--format`` and ``--csv-columns``: how a command reads its trace (:func:`load_trace`)."""
+    parser.add_argument(
+        "--format",
+        choices=get_args(TraceFormat),
+        default=None,
+        help="trace format (default: guessed from the file name)",
+    )
+    parser.add_argument(
+        "--csv-columns",
+        "--csv-mapping",
+        dest="csv_columns",
+        default="",
+        help="CSV column mapping, e.g. 'key=1,ts=0,op=5,header=0' (default: Twitter format; "
+        f"the bundled trace: {BUNDLED_MAPPING!r})",
+    )

@@ -20,7 +20,7 @@ import json, sys
 from pipeline.config import Settings
 from pipeline.decide import Decider, engine_config
 from pipeline.models import WarmEngine
-from pipeline.replay import BUNDLED_TRACE, load_trace
+from pipeline.sim.traces import BUNDLED_TRACE, load_trace
 from pipeline.sim.synthetic import session_workload, synthetic_workload
 import pipeline.models.engine as module
 trace = load_trace(BUNDLED_TRACE, max_requests=20_000)

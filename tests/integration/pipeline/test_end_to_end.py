@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 import schemas
-from pipeline.replay import BUNDLED_TRACE, load_trace
+from pipeline.sim.traces import BUNDLED_TRACE, load_trace
 from tests.integration.pipeline.conftest import (
     NAMESPACE,
     Replayed,

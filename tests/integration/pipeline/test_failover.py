@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.client.emitter import AccessEmitter
 from pipeline.config import Settings
-from pipeline.replay import BUNDLED_TRACE, load_trace
+from pipeline.sim.traces import BUNDLED_TRACE, load_trace
 from pipeline.worker import WorkerProcess
 from tests.integration.pipeline.conftest import NAMESPACE, StartWorker
 

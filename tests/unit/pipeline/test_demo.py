@@ -12,8 +12,9 @@ import pytest
 from pipeline import demo
 from pipeline.config import load_settings
 from pipeline.loaders import loaders_from_config
-from pipeline.replay import BUNDLED_TRACE, ORIGIN_MS_ENV, ReplayResult
+from pipeline.replay import ORIGIN_MS_ENV, ReplayResult
 from pipeline.sim.synthetic import session_workload
+from pipeline.sim.traces import BUNDLED_TRACE
 
 SERVERS = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "REDIS_HOST": "127.0.0.1", "REDIS_PORT": "2"}
 

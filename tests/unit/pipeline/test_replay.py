@@ -8,7 +8,6 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,11 +16,9 @@ import pytest
 
 from pipeline import replay as rp
 from pipeline.replay import (
-    BUNDLED_TRACE,
     ReplayResult,
     dealer,
     demo_origin,
-    load_trace,
     origin_latency,
     origin_ms,
     run_requests,
@@ -29,7 +26,7 @@ from pipeline.replay import (
     synthetic_value,
     user_labels,
 )
-from pipeline.sim.traces import Trace
+from pipeline.sim.traces import BUNDLED_TRACE, Trace
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -96,38 +93,6 @@ def test_replay_rejects_bad_options(argv: list[str], capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit):
         _parse(argv)
     capsys.readouterr()
-
-
-# -- traces ------------------------------------------------------------------------------------
-
-
-def test_bundled_trace_reads_with_its_own_mapping() -> None:
-    trace = load_trace(BUNDLED_TRACE, max_requests=500)
-    assert len(trace) == 500
-    assert trace.name == "cache2k_orm_busy_200k"
-
-
-def test_csv_trace_with_a_column_mapping(tmp_path: Path) -> None:
-    path = tmp_path / "mine.csv"
-    path.write_text("key,op\na,get\nb,set\na,get\nc,get\n")
-    trace = load_trace(path, "csv", "key=0,ts=none,op=1,header=1")
-    assert len(trace) == 3
-    assert trace.n_unique == 2
-    assert trace.name == "mine"
-    assert len(load_trace(path, None, "key=0,ts=none,op=1,header=1", max_requests=2)) == 2
-    # Without a mapping, a CSV is read as cachecast simulate reads it (Twitter's columns).
-    with pytest.raises(ValueError, match="column"):
-        load_trace(path)
-
-
-def test_jsonl_trace_and_format_guess(tmp_path: Path) -> None:
-    path = tmp_path / "events.jsonl"
-    events = [{"namespace": "n", "key": k, "op": "get"} for k in "abca"]
-    path.write_bytes(b"\n".join(orjson.dumps(e) for e in events))
-    trace = load_trace(path)
-    assert (len(trace), trace.n_unique, trace.name) == (4, 3, "events")
-    with pytest.raises(ValueError, match="unknown trace format"):
-        load_trace(path, "parquet")
 
 
 # -- the origin --------------------------------------------------------------------------------

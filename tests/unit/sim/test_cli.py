@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from pipeline.sim.cli import Timing, main, register, timing_for_rate
+from pipeline.sim.traces import BUNDLED_TRACE
 
 from .conftest import write_oracle_general
 
@@ -142,3 +143,22 @@ def test_timing_defaults_without_a_rate(small_trace: Path, tmp_path: Path) -> No
 )
 def test_bad_timing_options(small_trace: Path, options: list[str]) -> None:
     assert main(["simulate", str(small_trace), "--policies", "lru", *options]) == 2
+
+
+def test_simulate_reads_the_bundled_trace_without_a_column_mapping(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(
+        [
+            "simulate",
+            str(BUNDLED_TRACE),
+            "--sizes",
+            "0.05",
+            "--max-requests",
+            "2000",
+            "--policies",
+            "lru",
+        ]
+    )
+    assert code == 0
+    assert "cache2k_orm_busy_200k: 2,000 requests" in capsys.readouterr().out

@@ -9,7 +9,15 @@ import orjson
 import pytest
 import zstandard
 
-from pipeline.sim.traces import CsvMapping, detect_format, read_csv, read_jsonl, read_trace
+from pipeline.sim.traces import (
+    BUNDLED_TRACE,
+    CsvMapping,
+    detect_format,
+    load_trace,
+    read_csv,
+    read_jsonl,
+    read_trace,
+)
 
 from .conftest import shared_trace, write_oracle_general
 
@@ -107,3 +115,35 @@ def test_csv_with_too_few_columns_for_the_mapping_says_so(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match=r"line 1: 2 column\(s\).*column 5"):
         read_csv(path)  # the default mapping is twitter's, which reads column 5
     assert read_csv(path, CsvMapping.parse("key=1,ts=0,op=none,header=1")).n_unique == 2
+
+
+# -- reading a trace as the CLI does (--format, --csv-columns) -------------------------------
+
+
+def test_bundled_trace_reads_with_its_own_mapping() -> None:
+    trace = load_trace(BUNDLED_TRACE, max_requests=500)
+    assert len(trace) == 500
+    assert trace.name == "cache2k_orm_busy_200k"
+
+
+def test_csv_trace_with_a_column_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "mine.csv"
+    path.write_text("key,op\na,get\nb,set\na,get\nc,get\n")
+    trace = load_trace(path, "csv", "key=0,ts=none,op=1,header=1")
+    assert len(trace) == 3
+    assert trace.n_unique == 2
+    assert trace.name == "mine"
+    assert len(load_trace(path, None, "key=0,ts=none,op=1,header=1", max_requests=2)) == 2
+    # Without a mapping, a CSV other than the bundled one is read in Twitter's columns.
+    with pytest.raises(ValueError, match="column"):
+        load_trace(path)
+
+
+def test_jsonl_trace_and_format_guess(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    events = [{"namespace": "n", "key": k, "op": "get"} for k in "abca"]
+    path.write_bytes(b"\n".join(orjson.dumps(e) for e in events))
+    trace = load_trace(path)
+    assert (len(trace), trace.n_unique, trace.name) == (4, 3, "events")
+    with pytest.raises(ValueError, match="unknown trace format"):
+        load_trace(path, "parquet")
