@@ -289,18 +289,13 @@ def replay_lru(
             # A load that a request joined has ended already (and its key may load again).
             if loading.get(warm_key) == due:
                 del loading[warm_key]
-                cache[warm_key] = _EDGE  # nothing else could insert it: its load was under way
-                expiries.pop(warm_key, None)
-                if len(cache) > cache_size:
-                    pop_lru(last=False)
+                # Nothing else could insert it: its load was under way.
+                _insert(cache, expiries, warm_key, _EDGE, cache_size)
         while landing and landing[0][0] <= index:
             warm_key = landing.popleft()[1]
             if warm_key not in cache and warm_key not in loading:
                 warms += 1
-                cache[warm_key] = _WORKER
-                expiries.pop(warm_key, None)
-                if len(cache) > cache_size:
-                    pop_lru(last=False)
+                _insert(cache, expiries, warm_key, _WORKER, cache_size)
         while published and published[0][0] <= index:
             for trigger, successors in published.popleft()[1]:
                 if successors:
@@ -355,10 +350,7 @@ def replay_lru(
                         landing.append((index + delay, warm_key))
                     elif warm_key not in cache and warm_key not in loading:
                         warms += 1
-                        cache[warm_key] = _WORKER
-                        expiries.pop(warm_key, None)
-                        if len(cache) > cache_size:
-                            pop_lru(last=False)
+                        _insert(cache, expiries, warm_key, _WORKER, cache_size)
         if ttl_policy is not None and not hit:
             # Asked after the warm policy: the engine has seen this access by now.
             ttl = ttl_policy(index, key)
@@ -386,6 +378,17 @@ def replay_lru(
         edge_warms=edge_warms,
         edge_useful=edge_useful,
     )
+
+
+def _insert(
+    cache: OrderedDict[int, int], expiries: dict[int, int], key: int, path: int, size: int
+) -> None:
+    """A warm (``path`` says whose) lands: newest in the LRU order, no expiry yet,
+    the least recently used key evicted if the cache is over ``size``."""
+    cache[key] = path
+    expiries.pop(key, None)
+    if len(cache) > size:
+        cache.popitem(last=False)
 
 
 def _successors(rule: Sequence[tuple[Hashable, float]]) -> tuple[int, ...]:
