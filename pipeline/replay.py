@@ -67,6 +67,7 @@ __all__ = [
     "MAX_OUTSTANDING",
     "ORIGIN_MS_ENV",
     "POOL_SIZE",
+    "Pace",
     "PaceReport",
     "ReplayResult",
     "add_load_options",
@@ -226,15 +227,10 @@ async def size_cache(cache: IntelligentCache, n_values: int, *, flush: bool = Fa
 # -- running the requests ---------------------------------------------------------------
 
 
-@dataclass
-class PaceReport:
-    """How the requests were run: failures, and whether the schedule was kept."""
+@dataclass(kw_only=True)
+class Pace:
+    """Whether a run of requests kept its schedule, and what the application waited."""
 
-    requests: int = 0
-    seconds: float = 0.0
-    #: Requests whose call raised (each counted once; the replay goes on).
-    errors: int = 0
-    error_samples: list[str] = field(default_factory=list)
     #: Times a request was due while ``max_outstanding`` were in flight, and waited.
     backlog_waits: int = 0
     peak_outstanding: int = 0
@@ -248,17 +244,27 @@ class PaceReport:
     latency_p99_ms: float | None = None
     latency_max_ms: float | None = None
 
+
+@dataclass(kw_only=True)
+class PaceReport(Pace):
+    """How the requests were run: failures, and whether the schedule was kept."""
+
+    requests: int = 0
+    seconds: float = 0.0
+    #: Requests whose call raised (each counted once; the replay goes on).
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+
     def record_error(self, exc: BaseException) -> None:
         self.errors += 1
         if len(self.error_samples) < _ERROR_SAMPLES:
             self.error_samples.append(f"{type(exc).__name__}: {exc}")
 
     def result_fields(self) -> dict[str, Any]:
-        """This report as :class:`ReplayResult` fields: all but ``requests`` and ``seconds``
-        (the result has its own), ``errors`` named ``request_errors``."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        del out["requests"], out["seconds"]
-        out["request_errors"] = out.pop("errors")
+        """This report as :class:`ReplayResult` fields: the :class:`Pace`, the errors
+        (named ``request_errors``) and their samples."""
+        out = {f.name: getattr(self, f.name) for f in fields(Pace)}
+        out.update(request_errors=self.errors, error_samples=self.error_samples)
         return out
 
 
@@ -438,7 +444,7 @@ def sum_client_stats(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 @dataclass
-class ReplayResult:
+class ReplayResult(Pace):
     """What one replay measured.
 
     ``misses`` is the clients' miss counter; ``demand_misses`` the origin loads the
@@ -488,15 +494,6 @@ class ReplayResult:
     #: Requests whose ``get`` raised (counted, the replay went on), with a few messages.
     request_errors: int = 0
     error_samples: list[str] = field(default_factory=list)
-    backlog_waits: int = 0
-    peak_outstanding: int = 0
-    start_lag_p50_ms: float | None = None
-    start_lag_p99_ms: float | None = None
-    start_lag_max_ms: float | None = None
-    #: What the application waited per request (see :class:`PaceReport`).
-    latency_p50_ms: float | None = None
-    latency_p99_ms: float | None = None
-    latency_max_ms: float | None = None
 
     @classmethod
     def from_stats(
@@ -855,34 +852,29 @@ async def _replay(
 # -- the command -------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
+def _number(
+    text: str, convert: Callable[[str], float], what: str, ok: Callable[[float], bool], rule: str
+) -> float:
+    """``text`` as a number that passes ``ok`` (an argparse type's work; NaN never does)."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return int(_number(text, int, "a whole number", lambda v: v >= 1, ">= 1"))
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+    return _number(text, float, "a number", lambda v: v > 0, "> 0")
 
 
 def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+    return _number(text, float, "a number", lambda v: v >= 0, ">= 0")
 
 
 def add_load_options(parser: argparse.ArgumentParser) -> None:
