@@ -59,7 +59,7 @@ from pipeline.client.emitter import AccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
 from pipeline.client.keys import validate_key
 from pipeline.client.manager import RedisCacheManager
-from pipeline.client.shared import Armed, IntelligentBase
+from pipeline.client.shared import STILL_LOADING, Armed, IntelligentBase, poll_pauses
 from pipeline.codec import (
     CodecError,
     is_loading_mark,
@@ -780,23 +780,18 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         growing pause (0.5 ms to 5 ms); None when the key is gone, Redis fails, the
         mark is our own with no load behind it (or at all, ``own`` false: a load's
         claim never waits for this client's own marks), or ``deadline`` passes."""
-        pause = 0.0005 if poll else 0.0
-        while _clock() < deadline:
+        for pause in poll_pauses(poll):
+            if _clock() >= deadline:
+                break
             if pause:
                 await asyncio.sleep(pause)
-                pause = min(pause * 2, 0.005)
-            else:
-                pause = 0.0005
             try:
                 data = cast("bytes | None", (await self._execute([("GET", dkey)]))[0])
             except RedisError:
                 return None
-            if data is None:
-                return None
-            if not is_loading_mark(data):
-                return data
-            if self._tokens.owns(data) and not (own and self._loading(dkey)):
-                return None  # our own mark, left by a load that gave up: load again
+            verdict = self._poll_verdict(dkey, data, own)
+            if verdict is not STILL_LOADING:
+                return cast("bytes | None", verdict)
         return None
 
     def _poll_done(self, dkey: str, poller: asyncio.Task[bytes | None]) -> None:

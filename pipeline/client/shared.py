@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -58,12 +58,39 @@ from pipeline.client.rulebook import (
     parse_entries,
     table_rules,
 )
-from pipeline.codec import FLAG_EDGE, CodecError, envelope_flags, written_ms
+from pipeline.codec import FLAG_EDGE, CodecError, envelope_flags, is_loading_mark, written_ms
 from pipeline.config import Settings, cache_settings
 from pipeline.loaders import LoaderConfig, LoadRefused
 from pipeline.prefetch import decode_rule
 
-__all__ = ["Armed", "IntelligentBase", "ManagerBase"]
+__all__ = ["STILL_LOADING", "Armed", "IntelligentBase", "ManagerBase", "poll_pauses"]
+
+
+class _StillLoading:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "STILL_LOADING"
+
+
+#: A poll's read found the loading mark of a load still under way: read again.
+STILL_LOADING: Any = _StillLoading()
+
+
+def poll_pauses(poll: bool) -> Iterator[float]:
+    """The pause before each read of a poll for another load's value: none before
+    the first unless ``poll`` (the caller has just read the key), then from 0.5 ms,
+    doubling, to at most 5 ms.
+
+    >>> from itertools import islice
+    >>> list(islice(poll_pauses(True), 6)), list(islice(poll_pauses(False), 3))
+    ([0.0005, 0.001, 0.002, 0.004, 0.005, 0.005], [0.0, 0.0005, 0.001])
+    """
+    pause = 0.0005 if poll else 0.0
+    while True:
+        yield pause
+        pause = min(pause * 2, 0.005) if pause else 0.0005
+
 
 RedisT = TypeVar("RedisT")
 EmitterT = TypeVar("EmitterT")
@@ -594,6 +621,18 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
         """When a read that waits for another client's load, from ``since_ns`` on
         (``perf_counter_ns``), gives up and loads the key itself."""
         return since_ns + int(self.settings.edge_join_wait_s * 1e9)
+
+    def _poll_verdict(self, dkey: str, data: bytes | None, own: bool) -> bytes | Any | None:
+        """What one read of a key another load holds says to a poll: the value's bytes
+        (the load ended), None (stop waiting: the key is gone, or the mark is our own
+        with no load behind it, or at all, ``own`` false), or :data:`STILL_LOADING`."""
+        if data is None:
+            return None
+        if not is_loading_mark(data):
+            return data
+        if self._tokens.owns(data) and not (own and self._loading(dkey)):
+            return None  # our own mark, left by a load that gave up: load again
+        return STILL_LOADING
 
     def _claimed_elsewhere(self, data: bytes | None) -> Any:
         """What a load whose claim found its key taken gets from the other client's

@@ -33,7 +33,7 @@ from pipeline.client.core import (
 from pipeline.client.edge import ABSENT
 from pipeline.client.emitter import ThreadedAccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
-from pipeline.client.shared import Armed, IntelligentBase
+from pipeline.client.shared import STILL_LOADING, Armed, IntelligentBase, poll_pauses
 from pipeline.client.sync.edge import SyncGuardedLoader, SyncLoaderFunc, sync_loaders
 from pipeline.client.sync.manager import SyncRedisCacheManager
 from pipeline.codec import CodecError, is_loading_mark, loading_mark
@@ -620,23 +620,18 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
 
     def _poll_remote(self, dkey: str, deadline: int, poll: bool, own: bool = True) -> bytes | None:
         """Read ``dkey`` until its loading mark gives way to a value (see the async client)."""
-        pause = 0.0005 if poll else 0.0
-        while time.perf_counter_ns() < deadline:
+        for pause in poll_pauses(poll):
+            if time.perf_counter_ns() >= deadline:
+                break
             if pause:
                 time.sleep(pause)
-                pause = min(pause * 2, 0.005)
-            else:
-                pause = 0.0005
             try:
                 data = cast("bytes | None", self._execute([("GET", dkey)])[0])
             except RedisError:
                 return None
-            if data is None:
-                return None
-            if not is_loading_mark(data):
-                return data
-            if self._tokens.owns(data) and not (own and self._loading(dkey)):
-                return None  # our own mark, left by a load that gave up: load again
+            verdict = self._poll_verdict(dkey, data, own)
+            if verdict is not STILL_LOADING:
+                return cast("bytes | None", verdict)
         return None
 
     # -- early refresh ---------------------------------------------------------------
