@@ -295,10 +295,18 @@ class Settings(BaseSettings):
         description="Events per Kafka record (a JSON array).",
     )
     emitter_linger_ms: float = Field(
-        5.0,
+        20.0,
         ge=0,
         le=10_000,
         validation_alias=_env("CACHECAST_EMITTER_LINGER_MS", "emitter_linger_ms"),
+        description="Longest an event waits for its batch to fill (emitter_min_batch).",
+    )
+    emitter_min_batch: int = Field(
+        16,
+        ge=1,
+        le=10_000,
+        validation_alias=_env("CACHECAST_EMITTER_MIN_BATCH", "emitter_min_batch"),
+        description="Events that make a batch worth sending before the linger is up.",
     )
     client_name: str = Field(
         "cachecast", max_length=128, validation_alias=_env("CACHECAST_CLIENT_NAME", "client_name")

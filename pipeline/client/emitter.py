@@ -1,8 +1,9 @@
 """The access-event emitter: the cache path hands off an event and never waits.
 
 ``emit`` appends a tuple to a bounded in-memory deque and returns: no I/O, no
-lock, no await, no exception. A background task drains the deque every
-``linger`` interval, groups events by the Kafka partition their key hashes to
+lock, no await, no exception. A background task drains the deque once
+``min_batch`` events wait, or the first of them has waited ``linger`` (20 ms by
+default), groups events by the Kafka partition their key hashes to
 (Kafka's own murmur2, so single-event producers in other languages land on the
 same partition for the same key), and sends each group as one record holding a
 JSON array. When Kafka is slow or down the deque fills (bounded in events and in
@@ -78,6 +79,8 @@ _RECONNECT_BASE_S: Final = 0.5
 _RECONNECT_CAP_S: Final = 5.0  # a probe is one TCP connect: cheap, silent
 _PROBE_TIMEOUT_S: Final = 1.0
 _STALL_S: Final = 1.0
+#: How often the sender looks at the buffer while it is idle or a batch is filling.
+_TICK_S: Final = 0.005
 _EVENT_OVERHEAD: Final = 160  # bytes of a queued event beside its strings (tuple, ints, floats)
 
 ProducerFactory = Callable[[], AIOKafkaProducer]
@@ -179,6 +182,11 @@ class AccessEmitter:
         self._sample_rate = settings.emitter_sample_rate
         self._batch_size = settings.emitter_batch_size
         self._linger = settings.emitter_linger_ms / 1000.0
+        self._min_batch = settings.emitter_min_batch
+        #: How often an idle or filling sender looks at the buffer.
+        self._tick = min(self._linger, _TICK_S)
+        #: When the sender first saw the events now waiting (None: nothing waits).
+        self._filling_since: float | None = None
         self._buffer: deque[tuple[Any, ...]] = deque()
         self._max_events = settings.emitter_buffer_size
         self._max_bytes = settings.emitter_buffer_bytes
@@ -374,6 +382,8 @@ class AccessEmitter:
             if await self._stalled():
                 continue
             if self._buffer:
+                if await self._filling():
+                    continue
                 try:
                     await self._send_available()
                 except Exception:  # a bug must not end the sender: the cache path keeps emitting
@@ -383,7 +393,29 @@ class AccessEmitter:
                 await self._wait_in_flight()
                 return
             else:
-                await asyncio.sleep(self._linger)
+                await asyncio.sleep(self._tick)
+
+    async def _filling(self) -> bool:
+        """Whether the waiting events should wait for more (and this waited a tick).
+
+        A drain sends at once when ``emitter_min_batch`` events wait, or when the
+        first of them has waited ``emitter_linger_ms``, or when the emitter stops.
+        Each record costs the client, the broker and the worker about as much as
+        its events (a busy client's batches are full anyway; a client at 500
+        events/s would otherwise send 200 records of 2-3 events a second).
+        """
+        now = time.monotonic()
+        if self._filling_since is None:
+            self._filling_since = now
+        if (
+            len(self._buffer) >= self._min_batch
+            or self._stopping
+            or now - self._filling_since >= self._linger
+        ):
+            self._filling_since = None
+            return False
+        await asyncio.sleep(self._tick)
+        return True
 
     async def _stalled(self) -> bool:
         """Whether the producer must go: its brokers stopped accepting connections.

@@ -99,3 +99,35 @@ async def test_events_are_stamped_with_when_their_operation_started() -> None:
     ts = {e["key"]: e["ts"] for raw in producer.sent for e in orjson.loads(raw)}
     assert ts["slow-miss"] < ts["hit-asked-later"]
     assert before - 0.021 < ts["slow-miss"] <= before - 0.019 + 0.05
+
+
+async def test_a_few_events_wait_for_their_batch_to_fill_and_a_full_batch_goes_at_once() -> None:
+    producer = FakeProducer()
+    emitter = AccessEmitter(
+        Settings(emitter_min_batch=8, emitter_linger_ms=10_000), producer_factory=lambda: producer
+    )
+    await emitter.start()
+    for i in range(3):
+        emitter.emit("shop", f"k{i}", "get", "hit", ts=float(i))
+    await asyncio.sleep(0.05)  # ten of the sender's looks at the buffer
+    assert producer.sent == []  # three events are not worth a record yet
+    for i in range(3, 8):
+        emitter.emit("shop", f"k{i}", "get", "hit", ts=float(i))
+    for _ in range(200):
+        if producer.sent:
+            break
+        await asyncio.sleep(0.005)
+    assert [len(orjson.loads(raw)) for raw in producer.sent] == [8]  # one record of all eight
+    await emitter.close()
+
+
+async def test_a_lone_event_goes_once_its_linger_is_up() -> None:
+    producer = FakeProducer()
+    emitter = AccessEmitter(
+        Settings(emitter_min_batch=100, emitter_linger_ms=20), producer_factory=lambda: producer
+    )
+    await emitter.start()
+    emitter.emit("shop", "alone", "get", "miss", ts=1.0)
+    assert await emitter.flush(2.0)
+    assert [e.key for raw in producer.sent for e in decode_access(raw).records] == ["alone"]
+    await emitter.close()
