@@ -622,7 +622,7 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
         (``perf_counter_ns``), gives up and loads the key itself."""
         return since_ns + int(self.settings.edge_join_wait_s * 1e9)
 
-    def _poll_verdict(self, dkey: str, data: bytes | None, own: bool) -> bytes | Any | None:
+    def _poll_verdict(self, dkey: str, data: bytes | None, own: bool) -> Any:
         """What one read of a key another load holds says to a poll: the value's bytes
         (the load ended), None (stop waiting: the key is gone, or the mark is our own
         with no load behind it, or at all, ``own`` false), or :data:`STILL_LOADING`."""

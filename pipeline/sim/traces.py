@@ -3,6 +3,11 @@
 Every reader returns a :class:`Trace`: integer key ids in request order, their
 timestamps, optional user ids, and, for oracleGeneral, the ``next_access_vtime``
 field. That field is the future: only the Belady reference may read it.
+
+It also owns how a command reads a trace: :func:`load_trace`, the
+``--format``/``--csv-columns`` options that ``simulate``, ``replay`` and ``demo``
+share (:func:`add_trace_options`), and the slice that ships with cachecast
+(:data:`BUNDLED_TRACE`, read with its own column mapping).
 """
 
 from __future__ import annotations
