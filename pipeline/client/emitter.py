@@ -340,7 +340,7 @@ class AccessEmitter:
         while self._buffer or self._in_flight or self._handing_off:
             if time.monotonic() > deadline:
                 return False
-            await asyncio.sleep(self._linger or 0.005)
+            await asyncio.sleep(self._tick or _TICK_S)
         return True
 
     # -- background -----------------------------------------------------------------
@@ -388,7 +388,7 @@ class AccessEmitter:
                     await self._send_available()
                 except Exception:  # a bug must not end the sender: the cache path keeps emitting
                     log.exception("access emitter: unexpected error while sending; carrying on")
-                    await asyncio.sleep(self._linger or 0.005)
+                    await asyncio.sleep(self._tick or _TICK_S)
             elif self._stopping:
                 await self._wait_in_flight()
                 return
