@@ -1,6 +1,10 @@
 """With Kafka stopped the cache path does not notice; events are dropped, counted, then flow again.
 
 This test stops and restarts a broker, so it runs its own (not the session's).
+It checks that no read waits on Kafka at the scale of Kafka's own waits (the
+emitter's one-second stall check, the producer's five-second request timeout);
+how much an outage costs a hit in microseconds is measured, against the broker
+up in the same run, by benchmarks/kafka_outage.py.
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ from tests.integration.client.conftest import Backend, MakeCache
 from tests.integration.client.test_events_kafka import read_events
 
 
-async def _p50_us(cache: IntelligentCache, n: int) -> tuple[float, int]:
-    latencies = []
+async def _longest_get_s(cache: IntelligentCache, n: int) -> float:
+    """The slowest of ``n`` hits, in seconds."""
+    longest = 0
     for _ in range(n):
         started = time.perf_counter_ns()
         assert await cache.get("o", "hot") == {"v": 1}
-        latencies.append(time.perf_counter_ns() - started)
-    latencies.sort()
-    return latencies[n // 2] / 1000, sum(latencies) // 1000
+        longest = max(longest, time.perf_counter_ns() - started)
+    return longest / 1e9
 
 
 async def test_kafka_down_drops_events_without_touching_the_cache_path(
@@ -42,18 +46,19 @@ async def test_kafka_down_drops_events_without_touching_the_cache_path(
     assert emitter is not None
     await cache.start()
     await cache.set("o", "hot", {"v": 1})
-    baseline_p50, _ = await _p50_us(cache, 1_000)
+    await _longest_get_s(cache, 1_000)
     assert await emitter.flush(20.0)
     sent_before = emitter.stats().sent
     assert sent_before == 1_001
 
     await asyncio.to_thread(own_kafka.stop)
-    outage_p50, total_us = await _p50_us(cache, 10_000)
+    began = time.monotonic()
+    longest = await _longest_get_s(cache, 10_000)
     assert cache.core.stats.errors == 0
-    assert total_us < 20_000_000
-    # Generous bound: the machine is shared; a cache path that waited on Kafka
-    # would be slower by orders of magnitude, not by a factor of three.
-    assert outage_p50 < 3 * baseline_p50 + 100, (baseline_p50, outage_p50)
+    # A read that waited on the dead broker would wait for its metadata or its
+    # request timeout (5 s); these bounds are far above any scheduling noise.
+    assert longest < 1.0, longest
+    assert time.monotonic() - began < 20
     # Events already handed to the producer fail when their batch expires; once
     # that settles, every event is accounted for: sent, dropped or still buffered.
     deadline = time.monotonic() + 20
@@ -64,6 +69,7 @@ async def test_kafka_down_drops_events_without_touching_the_cache_path(
         assert time.monotonic() < deadline, during
         await asyncio.sleep(0.1)
     assert during.sent == sent_before
+    assert during.outages == 1  # the emitter noticed, while the reads went on
     assert during.pending <= 2_000
     assert during.dropped >= 10_000 - 2_000  # all that did not fit the buffer: lost, counted
     assert (await cache.get_stats())["emitter"]["dropped"] == during.dropped
