@@ -543,7 +543,7 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
                     plan = core.set_plan(
                         namespace, key, value, ttl, user=user, session=session, now=now
                     )
-                    await self._drive(plan, "set", namespace, (key,), user, session)
+                    await self._run(self._drive(plan, "set", namespace, (key,), user, session))
                 except CacheError as error:
                     self.last_error = error
                 else:
@@ -861,5 +861,5 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             session=session,
             priority=priority,
         )
-        (stored,) = await self._drive(plan, "set", namespace, (key,), user, session)
+        (stored,) = await self._run(self._drive(plan, "set", namespace, (key,), user, session))
         return stored

@@ -35,7 +35,8 @@ from pipeline.client.connection import (
     GatedRetry,
     connect_async,
 )
-from pipeline.client.core import MISS, SLOW, Command, Plan
+from pipeline.client.core import SLOW, Command
+from pipeline.client.driver import Procedure, run
 from pipeline.client.edge import SCALAR_SCRIPTS
 from pipeline.client.emitter import AccessEmitter
 from pipeline.client.keys import pattern_for
@@ -300,39 +301,11 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
         piped: list[Any] = await self._call(pipe.execute)
         return piped
 
-    async def _run(self, plan: Plan[T]) -> T:
-        """Send a plan's command batches, each reply back to it; a Redis error propagates."""
+    async def _run(self, procedure: Procedure[T]) -> T:
+        """Run a plan or procedure (see :mod:`pipeline.client.driver`); a Redis error propagates."""
         if self._cold:
             await self._warm_up()
-        try:
-            commands = next(plan)
-            while True:
-                commands = plan.send(await self._execute(commands))
-        except StopIteration as done:
-            result: T = done.value
-            return result
-
-    async def _drive(
-        self,
-        plan: Plan[T],
-        op: str,
-        namespace: str | None,
-        keys: Sequence[str] = (),
-        user: str | None = None,
-        session: str | None = None,
-        emit: bool = True,
-    ) -> T:
-        """Run a cache operation's plan: refused while the breaker is open, failures reported."""
-        core = self._core
-        started = core.admit(plan, op, namespace, keys, user, session, emit)
-        try:
-            result = await self._run(plan)
-        except RedisError as exc:
-            plan.close()
-            raise core.failure(op, namespace, keys, started, exc, user, session, emit) from exc
-        if core.down_until:
-            core.redis_answered()
-        return result
+        return await run(procedure, self._io)
 
     # -- values ----------------------------------------------------------------------
 
@@ -348,15 +321,11 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
         except RedisError as exc:
             data = await self._get_after_error(exc, namespace, key, dkey, started)
         elapsed = (time.perf_counter_ns() - started) // 1000
-        if data is None:
-            core.record_miss(namespace, key, elapsed, None, None, True)
-            return None
-        value = core.read_hit(namespace, key, data, elapsed, None, None, True)
+        value = (
+            SLOW if data is None else core.read_hit(namespace, key, data, elapsed, None, None, True)
+        )
         if value is SLOW:
-            warmed = core.warm_pending(dkey, data) and await self._consume_warm(namespace, key)
-            value = core.record_hit(namespace, key, data, elapsed, None, None, warmed, True)
-            if value is MISS:
-                return None
+            return await self._run(self._slow_read(namespace, key, dkey, data, elapsed))
         return value
 
     async def _read(self, dkey: str, started: int) -> bytes | None:
@@ -436,23 +405,25 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
         least ``REDIS_COMPRESSION_THRESHOLD`` bytes are compressed.
         """
         plan = self._core.set_plan(namespace, key, value, ttl, tags, compress)
-        (stored,) = await self._drive(plan, "set", namespace, (key,))
+        (stored,) = await self._run(self._drive(plan, "set", namespace, (key,)))
         return stored
 
     async def delete(self, namespace: str, key: str) -> bool:
         """Delete ``key`` (and its tag index); True if it existed."""
         plan = self._core.delete_plan(namespace, (key,))
-        return bool(await self._drive(plan, "delete", namespace, (key,)))
+        return bool(await self._run(self._drive(plan, "delete", namespace, (key,))))
 
     async def exists(self, namespace: str, key: str) -> bool:
         """True if ``key`` is cached."""
-        return await self._drive(
-            self._core.exists_plan(namespace, key), "exists", namespace, (key,)
+        return await self._run(
+            self._drive(self._core.exists_plan(namespace, key), "exists", namespace, (key,))
         )
 
     async def mget(self, namespace: str, keys: Sequence[str]) -> list[Any]:
         """Values of ``keys`` in order, None where missing (one MGET per hash slot)."""
-        return await self._drive(self._core.mget_plan(namespace, keys), "mget", namespace, keys)
+        return await self._run(
+            self._drive(self._core.mget_plan(namespace, keys), "mget", namespace, keys)
+        )
 
     async def mset(
         self,
@@ -464,7 +435,7 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
     ) -> bool:
         """Store many values in one pipelined round trip (not atomic); True if all stored."""
         plan = self._core.mset_plan(namespace, items, ttl, tags, compress)
-        return all(await self._drive(plan, "mset", namespace, list(items)))
+        return all(await self._run(self._drive(plan, "mset", namespace, list(items))))
 
     async def increment(
         self, namespace: str, key: str, amount: int = 1, ttl: int | None = None
@@ -476,12 +447,12 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
         existing counter resets its expiry.
         """
         plan = self._core.increment_plan(namespace, key, amount, ttl)
-        return await self._drive(plan, "incr", namespace, (key,))
+        return await self._run(self._drive(plan, "incr", namespace, (key,)))
 
     async def expire(self, namespace: str, key: str, ttl: int) -> bool:
         """Set ``key`` to expire in ``ttl`` seconds; False if it does not exist."""
-        return await self._drive(
-            self._core.expire_plan(namespace, key, ttl), "expire", namespace, (key,)
+        return await self._run(
+            self._drive(self._core.expire_plan(namespace, key, ttl), "expire", namespace, (key,))
         )
 
     # -- invalidation ----------------------------------------------------------------
@@ -507,15 +478,15 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
             async for found in self._redis.scan_iter(match=match, count=_SCAN_COUNT):
                 batch.append(found)
                 if len(batch) >= _SCAN_COUNT:
-                    deleted += await self._drive(
-                        core.delete_found_plan(namespace, batch), "delete", namespace
+                    deleted += await self._run(
+                        self._drive(core.delete_found_plan(namespace, batch), "delete", namespace)
                     )
                     batch = []
         except RedisError as exc:
             raise core.failure("delete", namespace, (), started, exc) from exc
         if batch:
-            deleted += await self._drive(
-                core.delete_found_plan(namespace, batch), "delete", namespace
+            deleted += await self._run(
+                self._drive(core.delete_found_plan(namespace, batch), "delete", namespace)
             )
         return deleted
 
@@ -541,8 +512,8 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
 
     async def delete_by_tags(self, namespace: str, tags: Iterable[str]) -> int:
         """Delete every value of ``namespace`` tagged with any of ``tags``; returns the count."""
-        return await self._drive(
-            self._core.delete_by_tags_plan(namespace, tags), "delete", namespace
+        return await self._run(
+            self._drive(self._core.delete_by_tags_plan(namespace, tags), "delete", namespace)
         )
 
     # -- health, statistics, configuration -------------------------------------------

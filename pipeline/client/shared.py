@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -30,6 +30,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from pipeline.client.core import (
+    MISS,
     CacheCore,
     Command,
     Plan,
@@ -37,6 +38,7 @@ from pipeline.client.core import (
     summarize_info,
     xfetch_due,
 )
+from pipeline.client.driver import Procedure
 from pipeline.client.edge import (
     ABSENT,
     EDGE_CAS_SCRIPT,
@@ -92,6 +94,7 @@ def poll_pauses(poll: bool) -> Iterator[float]:
         pause = min(pause * 2, 0.005) if pause else 0.0005
 
 
+T = TypeVar("T")
 RedisT = TypeVar("RedisT")
 EmitterT = TypeVar("EmitterT")
 GuardT = TypeVar("GuardT", bound="_Guard")
@@ -182,6 +185,55 @@ class ManagerBase(ABC, Generic[RedisT, EmitterT]):
     @abstractmethod
     def _first_emit(self, *args: Any, **kwargs: Any) -> None:
         """Start the emitter on the first event, then hand the event to it."""
+
+    @abstractmethod
+    def _execute(self, commands: list[Command]) -> Any:
+        """Send one batch of a plan (the asyncio twin returns an awaitable)."""
+
+    @abstractmethod
+    def _consume_warm(self, namespace: str, key: str) -> Any:
+        """Delete the warm marker (see the twins): True for the first reader only."""
+
+    def _io(self, request: Any) -> Any:
+        """A procedure's request (see :mod:`pipeline.client.driver`): a command batch
+        for :meth:`_execute`, or a step: one of this twin's I/O methods, called."""
+        if type(request) is list:
+            return self._execute(request)
+        method, args = request
+        return method(*args)
+
+    def _drive(
+        self,
+        plan: Plan[T],
+        op: str,
+        namespace: str | None,
+        keys: Sequence[str] = (),
+        user: str | None = None,
+        session: str | None = None,
+        emit: bool = True,
+    ) -> Procedure[T]:
+        """A cache operation's plan, refused while the breaker is open, failures reported."""
+        core = self._core
+        started = core.admit(plan, op, namespace, keys, user, session, emit)
+        try:
+            result = yield from plan
+        except RedisError as exc:
+            raise core.failure(op, namespace, keys, started, exc, user, session, emit) from exc
+        if core.down_until:
+            core.redis_answered()
+        return result
+
+    def _slow_read(
+        self, namespace: str, key: str, dkey: str, data: bytes | None, elapsed: int
+    ) -> Procedure[Any]:
+        """A manager's get that is not the common hit: a miss, a warmed or damaged value."""
+        core = self._core
+        if data is None:
+            core.record_miss(namespace, key, elapsed, None, None, True)
+            return None
+        warmed = core.warm_pending(dkey, data) and (yield self._consume_warm, (namespace, key))
+        value = core.record_hit(namespace, key, data, elapsed, None, None, warmed, True)
+        return None if value is MISS else value
 
     def _health(self, started: float, error: BaseException | None = None) -> dict[str, Any]:
         """The :meth:`health_check` document of a PING sent at ``started`` (perf_counter)."""

@@ -391,7 +391,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
                     plan = core.set_plan(
                         namespace, key, value, ttl, user=user, session=session, now=now
                     )
-                    self._drive(plan, "set", namespace, (key,), user, session)
+                    self._run(self._drive(plan, "set", namespace, (key,), user, session))
                 except CacheError as error:
                     self.last_error = error
                 else:
@@ -707,5 +707,5 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
             session=session,
             priority=priority,
         )
-        (stored,) = self._drive(plan, "set", namespace, (key,), user, session)
+        (stored,) = self._run(self._drive(plan, "set", namespace, (key,), user, session))
         return stored

@@ -23,7 +23,8 @@ from pipeline.client.connection import (
     SyncRedisClient,
     connect_sync,
 )
-from pipeline.client.core import MISS, SLOW, Command, Plan
+from pipeline.client.core import SLOW, Command
+from pipeline.client.driver import Procedure, run_blocking
 from pipeline.client.emitter import ThreadedAccessEmitter
 from pipeline.client.keys import pattern_for
 from pipeline.client.shared import ManagerBase, applied_settings
@@ -134,37 +135,9 @@ class SyncRedisCacheManager(ManagerBase[SyncRedisClient, ThreadedAccessEmitter])
         replies: list[Any] = self._call(pipe.execute)
         return replies
 
-    def _run(self, plan: Plan[T]) -> T:
-        """Send a plan's command batches, each reply back to it; a Redis error propagates."""
-        try:
-            commands = next(plan)
-            while True:
-                commands = plan.send(self._execute(commands))
-        except StopIteration as done:
-            result: T = done.value
-            return result
-
-    def _drive(
-        self,
-        plan: Plan[T],
-        op: str,
-        namespace: str | None,
-        keys: Sequence[str] = (),
-        user: str | None = None,
-        session: str | None = None,
-        emit: bool = True,
-    ) -> T:
-        """Run a cache operation's plan: refused while the breaker is open, failures reported."""
-        core = self._core
-        started = core.admit(plan, op, namespace, keys, user, session, emit)
-        try:
-            result = self._run(plan)
-        except RedisError as exc:
-            plan.close()
-            raise core.failure(op, namespace, keys, started, exc, user, session, emit) from exc
-        if core.down_until:
-            core.redis_answered()
-        return result
+    def _run(self, procedure: Procedure[T]) -> T:
+        """Run a plan or procedure (see :mod:`pipeline.client.driver`); a Redis error propagates."""
+        return run_blocking(procedure, self._io)
 
     # -- values ----------------------------------------------------------------------
 
@@ -183,15 +156,11 @@ class SyncRedisCacheManager(ManagerBase[SyncRedisClient, ThreadedAccessEmitter])
             if core.down_until:
                 core.redis_answered()
         elapsed = (time.perf_counter_ns() - started) // 1000
-        if data is None:
-            core.record_miss(namespace, key, elapsed, None, None, True)
-            return None
-        value = core.read_hit(namespace, key, data, elapsed, None, None, True)
+        value = (
+            SLOW if data is None else core.read_hit(namespace, key, data, elapsed, None, None, True)
+        )
         if value is SLOW:
-            warmed = core.warm_pending(dkey, data) and self._consume_warm(namespace, key)
-            value = core.record_hit(namespace, key, data, elapsed, None, None, warmed, True)
-            if value is MISS:
-                return None
+            return self._run(self._slow_read(namespace, key, dkey, data, elapsed))
         return value
 
     def _get_after_error(
@@ -236,21 +205,25 @@ class SyncRedisCacheManager(ManagerBase[SyncRedisClient, ThreadedAccessEmitter])
     ) -> bool:
         """Store ``value`` for ``ttl`` seconds (default ``REDIS_DEFAULT_TTL``) under ``tags``."""
         plan = self._core.set_plan(namespace, key, value, ttl, tags, compress)
-        (stored,) = self._drive(plan, "set", namespace, (key,))
+        (stored,) = self._run(self._drive(plan, "set", namespace, (key,)))
         return stored
 
     def delete(self, namespace: str, key: str) -> bool:
         """Delete ``key`` (and its tag index); True if it existed."""
         plan = self._core.delete_plan(namespace, (key,))
-        return bool(self._drive(plan, "delete", namespace, (key,)))
+        return bool(self._run(self._drive(plan, "delete", namespace, (key,))))
 
     def exists(self, namespace: str, key: str) -> bool:
         """True if ``key`` is cached."""
-        return self._drive(self._core.exists_plan(namespace, key), "exists", namespace, (key,))
+        return self._run(
+            self._drive(self._core.exists_plan(namespace, key), "exists", namespace, (key,))
+        )
 
     def mget(self, namespace: str, keys: Sequence[str]) -> list[Any]:
         """Values of ``keys`` in order, None where missing (one MGET per hash slot)."""
-        return self._drive(self._core.mget_plan(namespace, keys), "mget", namespace, keys)
+        return self._run(
+            self._drive(self._core.mget_plan(namespace, keys), "mget", namespace, keys)
+        )
 
     def mset(
         self,
@@ -262,17 +235,17 @@ class SyncRedisCacheManager(ManagerBase[SyncRedisClient, ThreadedAccessEmitter])
     ) -> bool:
         """Store many values in one pipelined round trip (not atomic); True if all stored."""
         plan = self._core.mset_plan(namespace, items, ttl, tags, compress)
-        return all(self._drive(plan, "mset", namespace, list(items)))
+        return all(self._run(self._drive(plan, "mset", namespace, list(items))))
 
     def increment(self, namespace: str, key: str, amount: int = 1, ttl: int | None = None) -> int:
         """Add ``amount`` to an integer counter and return the new value."""
         plan = self._core.increment_plan(namespace, key, amount, ttl)
-        return self._drive(plan, "incr", namespace, (key,))
+        return self._run(self._drive(plan, "incr", namespace, (key,)))
 
     def expire(self, namespace: str, key: str, ttl: int) -> bool:
         """Set ``key`` to expire in ``ttl`` seconds; False if it does not exist."""
         plan = self._core.expire_plan(namespace, key, ttl)
-        return self._drive(plan, "expire", namespace, (key,))
+        return self._run(self._drive(plan, "expire", namespace, (key,)))
 
     # -- invalidation ----------------------------------------------------------------
 
@@ -290,12 +263,14 @@ class SyncRedisCacheManager(ManagerBase[SyncRedisClient, ThreadedAccessEmitter])
                 batch.append(found)
                 if len(batch) >= _SCAN_COUNT:
                     plan = core.delete_found_plan(namespace, batch)
-                    deleted += self._drive(plan, "delete", namespace)
+                    deleted += self._run(self._drive(plan, "delete", namespace))
                     batch = []
         except RedisError as exc:
             raise core.failure("delete", namespace, (), started, exc) from exc
         if batch:
-            deleted += self._drive(core.delete_found_plan(namespace, batch), "delete", namespace)
+            deleted += self._run(
+                self._drive(core.delete_found_plan(namespace, batch), "delete", namespace)
+            )
         return deleted
 
     def count_keys(self, limit: int = 1_000_000) -> dict[str, Any]:
@@ -313,7 +288,9 @@ class SyncRedisCacheManager(ManagerBase[SyncRedisClient, ThreadedAccessEmitter])
 
     def delete_by_tags(self, namespace: str, tags: Iterable[str]) -> int:
         """Delete every value of ``namespace`` tagged with any of ``tags``; returns the count."""
-        return self._drive(self._core.delete_by_tags_plan(namespace, tags), "delete", namespace)
+        return self._run(
+            self._drive(self._core.delete_by_tags_plan(namespace, tags), "delete", namespace)
+        )
 
     # -- health, statistics, configuration -------------------------------------------
 
