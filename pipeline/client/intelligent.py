@@ -41,14 +41,13 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias
 
 from redis.exceptions import RedisError
 
 from pipeline.client.cached import CachedFunction, KeyBuilder, cached_decorator
 from pipeline.client.connection import DEFAULT_MAX_CONNECTIONS, AsyncRedisClient
 from pipeline.client.core import (
-    MISS,
     SLOW,
     Priority,
     UserContext,
@@ -59,14 +58,12 @@ from pipeline.client.emitter import AccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
 from pipeline.client.keys import validate_key
 from pipeline.client.manager import RedisCacheManager
-from pipeline.client.shared import STILL_LOADING, Armed, IntelligentBase, poll_pauses
+from pipeline.client.shared import Armed, IntelligentBase
 from pipeline.codec import (
-    CodecError,
-    is_loading_mark,
     loading_mark,
 )
 from pipeline.config import Settings
-from pipeline.loaders import GuardedLoader, LoaderConfig, LoadError, LoadRefused
+from pipeline.loaders import GuardedLoader, LoaderConfig
 from schemas.contracts import MAX_KEY_LENGTH, MAX_LABEL_LENGTH
 
 __all__ = ["IntelligentCache", "Loader"]
@@ -176,6 +173,7 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         self._claim_wait_s = (settings.redis_stall_ms or settings.redis_socket_timeout * 1000) / 1e3
         # Code between two awaits runs alone on the loop: the flights need no lock.
         self._flights_lock = contextlib.nullcontext()
+        self._sleep = asyncio.sleep
         self._refreshes: set[asyncio.Task[Any]] = set()
         self._edge_loaders = namespace_loaders(self.settings.loader_config(), loaders)
         self._edge_tasks: set[asyncio.Task[Any]] = set()
@@ -314,99 +312,24 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
                     self._maybe_refresh(namespace, key, dkey, data, fallback_data, user, session)
                 return value
         try:
-            return await self._get_slow(
-                namespace,
-                key,
-                dkey,
-                data,
-                started,
-                elapsed,
-                user,
-                session,
-                enable_prediction,
-                fallback_data,
-                armed,
+            return await self._run(
+                self._slow_get(
+                    namespace,
+                    key,
+                    dkey,
+                    data,
+                    started,
+                    elapsed,
+                    user,
+                    session,
+                    enable_prediction,
+                    fallback_data,
+                    armed,
+                )
             )
         finally:
             if armed is not None:
                 self._settle(armed)  # no trigger after all, or an error
-
-    async def _get_slow(
-        self,
-        namespace: str,
-        key: str,
-        dkey: str,
-        data: bytes | None,
-        started: int,
-        elapsed: int,
-        user: str | None,
-        session: str | None,
-        enable_prediction: bool,
-        fallback_data: Loader | None,
-        armed: Armed | None = None,
-    ) -> Any:
-        """Everything but the common hit: misses, warmed values, counters, damaged values,
-        loads in flight (joined), and the edge warms a miss triggers.
-
-        A read the cache could not serve alone (a miss, a load joined, the first read
-        of a warmed value) triggers its key's prefetch rule at once, before it waits
-        for anything, as the rules were learnt.
-        """
-        core = self._core
-        trigger = enable_prediction  # the rule is still to fire
-        if data is not None and is_loading_mark(data):
-            if trigger:
-                self._prefetch(namespace, key, armed)
-                trigger = False
-            joined = await self._join_remote(
-                namespace, key, dkey, started, user, session, enable_prediction
-            )
-            if joined is not ABSENT:
-                return joined
-            data = None
-            elapsed = (_clock() - started) // 1000
-        if data is not None:
-            warmed = core.warm_pending(dkey, data) and await self._consume_warm(namespace, key)
-            value = core.record_hit(
-                namespace, key, data, elapsed, user, session, warmed, enable_prediction
-            )
-            if value is not MISS:
-                if warmed and trigger:
-                    self._prefetch(namespace, key, armed)
-                if fallback_data is not None and dkey in self._loaded:
-                    self._maybe_refresh(namespace, key, dkey, data, fallback_data, user, session)
-                return value
-        else:
-            if trigger:  # first, so that two reads whose rules name each other never wait
-                self._prefetch(namespace, key, armed)
-                trigger = False
-            reserved = self._reserved.get(dkey)
-            if reserved is not None and not reserved.settled:
-                await self._trigger_settled(reserved)
-            flight = self._flights.get(dkey)
-            if (
-                flight is not None
-                and flight.edge
-                and (not flight.done_ns or flight.done_ns >= started)
-            ):
-                joined = await self._join_edge(
-                    flight, namespace, key, started, user, session, enable_prediction
-                )
-                if joined is not ABSENT:
-                    return joined
-                # Our edge load did not happen (the key was claimed elsewhere): look again.
-                joined = await self._join_remote(
-                    namespace, key, dkey, started, user, session, enable_prediction, poll=False
-                )
-                if joined is not ABSENT:
-                    return joined
-                elapsed = (_clock() - started) // 1000
-            core.record_miss(namespace, key, elapsed, user, session, enable_prediction)
-        if trigger:
-            self._prefetch(namespace, key, armed)
-        if fallback_data is None:
-            return None
-        return await self._load(namespace, key, dkey, fallback_data, started, user, session)
 
     # -- single-flight loading -------------------------------------------------------
 
@@ -508,7 +431,7 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         if claimed is False and demand:
             deadline = self._join_deadline(_clock())
             joined = self._claimed_elsewhere(
-                await self._poll_remote(dkey, deadline, True, own=False)
+                await self._run(self._poll_remote(dkey, deadline, True, own=False))
             )
             if joined is not ABSENT:
                 return joined
@@ -538,17 +461,9 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
                 smart = _claim_outcome(claim)[1]
             ttl = core.load_ttl(namespace, smart)
             if redis_up:
-                now = time.time()
-                try:
-                    plan = core.set_plan(
-                        namespace, key, value, ttl, user=user, session=session, now=now
-                    )
-                    await self._run(self._drive(plan, "set", namespace, (key,), user, session))
-                except CacheError as error:
-                    self.last_error = error
-                else:
-                    written = True
-                    self._remember(dkey, int(now * 1000), now + ttl, load_s)
+                written = await self._run(
+                    self._store_loaded(namespace, key, dkey, value, ttl, user, session, load_s)
+                )
         finally:
             if claim is not None and not written:  # the value did not replace the mark
                 self._background(self._release_claim(claim, dkey, mark))
@@ -575,13 +490,6 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         if claim.cancelled() or claim.exception() is not None or claim.result()[0]:
             with contextlib.suppress(RedisError):
                 await self._execute([self._release_command(dkey, mark)])
-
-    async def _smart_ttl(self, namespace: str, key: str) -> int | None:
-        try:
-            (raw,) = await self._execute([("HGET", self._core.smart_ttl_hash(namespace), key)])
-        except RedisError:
-            return None
-        return self._core.parse_smart_ttl(raw)
 
     # -- edge warms ------------------------------------------------------------------
 
@@ -635,7 +543,8 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
     def _start_edge(
         self, namespace: str, key: str, dkey: str, guard: GuardedLoader, flight: _Flight
     ) -> None:
-        task = self._background(self._edge_fill(namespace, key, dkey, guard, _clock(), flight))
+        fill = self._edge_fill(namespace, key, dkey, guard, flight, _clock())
+        task = self._background(self._run(fill))
         flight.task = task
         task.add_done_callback(functools.partial(self._landed, dkey, flight))
 
@@ -675,124 +584,21 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), pause)
 
-    async def _edge_fill(
-        self,
-        namespace: str,
-        key: str,
-        dkey: str,
-        guard: GuardedLoader,
-        started: int,
-        flight: _Flight,
-    ) -> Any:
-        """Claim the key with a loading mark, load it, and write it in the loading mark's place.
+    def _flight_value(self, flight: _Flight) -> Awaitable[Any]:
+        return asyncio.shield(flight.value)
 
-        The flight's readers get the value as soon as it is loaded, before the write.
-        """
-        core = self._core
-        mark = loading_mark(self._tokens.next())
-        try:
-            ttl = await self._run(self._claim_plan(namespace, key, dkey, guard, mark))
-        except RedisError:
-            return ABSENT
-        if ttl is None:
-            return ABSENT
-        try:
-            value = await guard.load(namespace, key)
-            data = core.codec.encode(value, origin="edge").data
-        except (LoadRefused, LoadError, CodecError) as exc:
-            release = self._edge_failed(namespace, key, dkey, mark, exc, started)
-            with contextlib.suppress(RedisError):
-                await self._execute([release])
-            return ABSENT
+    def _publish(self, flight: _Flight, value: Any) -> None:
         if not flight.value.done():
             flight.value.set_result(value)
-        try:
-            written = await self._run(self._write_plan(namespace, key, dkey, data, ttl, mark))
-        except RedisError:
-            written = False
-        if self._write_settled(flight, written):  # a reader that joined took the warm
-            with contextlib.suppress(RedisError):
-                await self._execute([("DEL", core.marker_key(namespace, key))])
-        self._edge_written(namespace, key, data, ttl, written, started)
-        return value
 
-    async def _join_edge(
-        self,
-        flight: _Flight,
-        namespace: str,
-        key: str,
-        started: int,
-        user: str | None,
-        session: str | None,
-        emit: bool,
-    ) -> Any:
-        """A read that missed while this client's edge load of the key is in flight."""
-        value = await asyncio.shield(flight.value)
-        if value is ABSENT:
-            return ABSENT
-        consumed = self._take_marker(flight)
-        if consumed is None:  # the write landed: the marker is in Redis
-            consumed = await self._consume_warm(namespace, key)
-        self._record_join(namespace, key, started, user, session, emit, 0, consumed)
-        return value
-
-    async def _join_remote(
-        self,
-        namespace: str,
-        key: str,
-        dkey: str,
-        started: int,
-        user: str | None,
-        session: str | None,
-        emit: bool,
-        poll: bool = True,
-    ) -> Any:
-        """A read found another client's loading mark: wait for that load's value.
-
-        Returns :data:`ABSENT` when the load failed, or took longer than
-        ``CACHECAST_EDGE_JOIN_WAIT_S``: the caller then loads the key itself. The
-        readers of one key on this client share one poll (:meth:`_poll_remote`).
-        """
-        flight = self._flights.get(dkey)
-        if flight is not None and not flight.done_ns:
-            if flight.edge:
-                return await self._join_edge(flight, namespace, key, started, user, session, emit)
-            return ABSENT  # our own application load: _load joins it
+    async def _shared_poll(self, dkey: str, deadline: int, poll: bool) -> bytes | None:
+        """The poll of ``dkey`` (see ``_poll_remote``) that this client's readers share."""
         poller = self._remote_polls.get(dkey)
         if poller is None:
-            deadline = self._join_deadline(started)
-            poller = self._background(self._poll_remote(dkey, deadline, poll))
+            poller = self._background(self._run(self._poll_remote(dkey, deadline, poll)))
             self._remote_polls[dkey] = poller
             poller.add_done_callback(functools.partial(self._poll_done, dkey))
-        data = await asyncio.shield(poller)
-        if data is None:
-            return ABSENT
-        value, edge = self._remote_value(namespace, key, data, started, user, session, emit)
-        if edge:
-            consumed = await self._consume_warm(namespace, key)
-            self._record_join(namespace, key, started, user, session, emit, len(data), consumed)
-        return value
-
-    async def _poll_remote(
-        self, dkey: str, deadline: int, poll: bool, own: bool = True
-    ) -> bytes | None:
-        """Read ``dkey`` until its loading mark gives way to a value (its bytes), with a
-        growing pause (0.5 ms to 5 ms); None when the key is gone, Redis fails, the
-        mark is our own with no load behind it (or at all, ``own`` false: a load's
-        claim never waits for this client's own marks), or ``deadline`` passes."""
-        for pause in poll_pauses(poll):
-            if _clock() >= deadline:
-                break
-            if pause:
-                await asyncio.sleep(pause)
-            try:
-                data = cast("bytes | None", (await self._execute([("GET", dkey)]))[0])
-            except RedisError:
-                return None
-            verdict = self._poll_verdict(dkey, data, own)
-            if verdict is not STILL_LOADING:
-                return cast("bytes | None", verdict)
-        return None
+        return await asyncio.shield(poller)
 
     def _poll_done(self, dkey: str, poller: asyncio.Task[bytes | None]) -> None:
         if self._remote_polls.get(dkey) is poller:
@@ -844,22 +650,7 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         under an LFU policy, and edge warms start high-priority keys first and low
         ones last (see :meth:`CacheCore.set_plan`).
         """
-        core = self._core
-        core.data_key(namespace, key)  # validate before any I/O
-        user, session = context_labels(user_context, session_id)
-        if ttl is None:
-            core.ttl_for(None, priority)  # validate before any I/O
-            ttl = core.ttl_for(await self._smart_ttl(namespace, key), priority)
-        plan = core.set_plan(
-            namespace,
-            key,
-            value,
-            ttl,
-            tags,
-            compress,
-            user=user,
-            session=session,
-            priority=priority,
+        set_ = self._set(
+            namespace, key, value, ttl, tags, compress, priority, user_context, session_id
         )
-        (stored,) = await self._run(self._drive(plan, "set", namespace, (key,), user, session))
-        return stored
+        return await self._run(set_)

@@ -19,12 +19,13 @@ checks that the two public APIs stay in step.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from redis.crc import key_slot
 from redis.exceptions import RedisError
@@ -34,6 +35,9 @@ from pipeline.client.core import (
     CacheCore,
     Command,
     Plan,
+    Priority,
+    UserContext,
+    context_labels,
     evict_oldest,
     summarize_info,
     xfetch_due,
@@ -60,9 +64,16 @@ from pipeline.client.rulebook import (
     parse_entries,
     table_rules,
 )
-from pipeline.codec import FLAG_EDGE, CodecError, envelope_flags, is_loading_mark, written_ms
+from pipeline.codec import (
+    FLAG_EDGE,
+    CodecError,
+    envelope_flags,
+    is_loading_mark,
+    loading_mark,
+    written_ms,
+)
 from pipeline.config import Settings, cache_settings
-from pipeline.loaders import LoaderConfig, LoadRefused
+from pipeline.loaders import LoaderConfig, LoadError, LoadRefused
 from pipeline.prefetch import decode_rule
 
 __all__ = ["STILL_LOADING", "Armed", "IntelligentBase", "ManagerBase", "poll_pauses"]
@@ -117,6 +128,8 @@ class _Guard(Protocol):
     def config(self) -> LoaderConfig: ...
 
     def available(self) -> bool: ...
+
+    def load(self, namespace: str, key: str) -> Any: ...
 
 
 class _Wakeable(Protocol):
@@ -741,3 +754,277 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
             return False
         draw = 1.0 - self._random.random()
         return xfetch_due(expires_at, load_s, self.refresh_beta, time.time(), draw)
+
+    # -- procedures both twins run (see pipeline.client.driver) --------------------------
+    # Each yields a command batch, or a step: one of the twin's I/O methods below
+    # and its arguments. The asyncio twin's return awaitables, the blocking twin's
+    # results; neither appears here but through a yield.
+
+    #: Wait for a trigger read whose rule names the key (bounded).
+    _trigger_settled: Callable[..., Any]
+    #: The value an edge flight loaded, once it has one; ABSENT if it failed or
+    #: (blocking twin) did not come within the join wait.
+    _flight_value: Callable[..., Any]
+    #: The bytes another client's load left in ``dkey`` (a poll that the readers of
+    #: one key share), or None.
+    _shared_poll: Callable[..., Any]
+    #: Single-flight load of a key (joins a load in flight).
+    _load: Callable[..., Any]
+    #: Sleep between two polls.
+    _sleep: Callable[[float], Any]
+    #: Delete the warm marker (the manager's); True for the first reader only.
+    _consume_warm: Callable[..., Any]
+    _drive: Callable[..., Procedure[Any]]
+    _prefetch: Callable[..., None]
+    _maybe_refresh: Callable[..., None]
+    _publish: Callable[[Any, Any], None]
+
+    def _slow_get(
+        self,
+        namespace: str,
+        key: str,
+        dkey: str,
+        data: bytes | None,
+        started: int,
+        elapsed: int,
+        user: str | None,
+        session: str | None,
+        enable_prediction: bool,
+        fallback_data: LoaderT | None,
+        armed: Armed | None = None,
+    ) -> Procedure[Any]:
+        """A get that is not the common hit: misses, warmed values, counters, damaged
+        values, loads in flight (joined), and the edge warms a miss triggers.
+
+        A read the cache could not serve alone (a miss, a load joined, the first read
+        of a warmed value) triggers its key's prefetch rule at once, before it waits
+        for anything, as the rules were learnt.
+        """
+        core = self._core
+        trigger = enable_prediction  # the rule is still to fire
+        if data is not None and is_loading_mark(data):
+            if trigger:
+                self._prefetch(namespace, key, armed)
+                trigger = False
+            joined = yield from self._join_remote(
+                namespace, key, dkey, started, user, session, enable_prediction
+            )
+            if joined is not ABSENT:
+                return joined
+            data = None
+            elapsed = (time.perf_counter_ns() - started) // 1000
+        if data is not None:
+            warmed = core.warm_pending(dkey, data) and (yield self._consume_warm, (namespace, key))
+            value = core.record_hit(
+                namespace, key, data, elapsed, user, session, warmed, enable_prediction
+            )
+            if value is not MISS:
+                if warmed and trigger:
+                    self._prefetch(namespace, key, armed)
+                if fallback_data is not None and dkey in self._loaded:
+                    self._maybe_refresh(namespace, key, dkey, data, fallback_data, user, session)
+                return value
+        else:
+            if trigger:  # first, so that two reads whose rules name each other never wait
+                self._prefetch(namespace, key, armed)
+                trigger = False
+            reserved = self._reserved.get(dkey)
+            if reserved is not None and not reserved.settled:
+                yield self._trigger_settled, (reserved,)
+            flight = self._flights.get(dkey)
+            if (
+                flight is not None
+                and flight.edge
+                and (not flight.done_ns or flight.done_ns >= started)
+            ):
+                joined = yield from self._join_edge(
+                    flight, namespace, key, started, user, session, enable_prediction
+                )
+                if joined is not ABSENT:
+                    return joined
+                # Our edge load did not happen (the key was claimed elsewhere): look again.
+                joined = yield from self._join_remote(
+                    namespace, key, dkey, started, user, session, enable_prediction, poll=False
+                )
+                if joined is not ABSENT:
+                    return joined
+                elapsed = (time.perf_counter_ns() - started) // 1000
+            core.record_miss(namespace, key, elapsed, user, session, enable_prediction)
+        if trigger:
+            self._prefetch(namespace, key, armed)
+        if fallback_data is None:
+            return None
+        return (yield self._load, (namespace, key, dkey, fallback_data, started, user, session))
+
+    def _join_edge(
+        self,
+        flight: Any,
+        namespace: str,
+        key: str,
+        started: int,
+        user: str | None,
+        session: str | None,
+        emit: bool,
+    ) -> Procedure[Any]:
+        """A read that missed while this client's edge load of the key is in flight."""
+        value = yield self._flight_value, (flight,)
+        if value is ABSENT:
+            return ABSENT
+        consumed = self._take_marker(flight)
+        if consumed is None:  # the write landed: the marker is in Redis
+            consumed = yield self._consume_warm, (namespace, key)
+        self._record_join(namespace, key, started, user, session, emit, 0, consumed)
+        return value
+
+    def _join_remote(
+        self,
+        namespace: str,
+        key: str,
+        dkey: str,
+        started: int,
+        user: str | None,
+        session: str | None,
+        emit: bool,
+        poll: bool = True,
+    ) -> Procedure[Any]:
+        """A read found another client's loading mark: wait for that load's value.
+
+        Returns :data:`ABSENT` when the load failed, or took longer than
+        ``CACHECAST_EDGE_JOIN_WAIT_S``: the caller then loads the key itself. The
+        readers of one key on this client share one poll (the twins' ``_shared_poll``).
+        """
+        flight = self._flights.get(dkey)
+        if flight is not None and not flight.done_ns:
+            if flight.edge:
+                return (
+                    yield from self._join_edge(flight, namespace, key, started, user, session, emit)
+                )
+            return ABSENT  # our own application load: _load joins it
+        data = yield self._shared_poll, (dkey, self._join_deadline(started), poll)
+        if data is None:
+            return ABSENT
+        value, edge = self._remote_value(namespace, key, data, started, user, session, emit)
+        if edge:
+            consumed = yield self._consume_warm, (namespace, key)
+            self._record_join(namespace, key, started, user, session, emit, len(data), consumed)
+        return value
+
+    def _poll_remote(
+        self, dkey: str, deadline: int, poll: bool, own: bool = True
+    ) -> Procedure[bytes | None]:
+        """Read ``dkey`` until its loading mark gives way to a value (its bytes), with a
+        growing pause (0.5 ms to 5 ms); None when the key is gone, Redis fails, the
+        mark is our own with no load behind it (or at all, ``own`` false: a load's
+        claim never waits for this client's own marks), or ``deadline`` passes."""
+        for pause in poll_pauses(poll):
+            if time.perf_counter_ns() >= deadline:
+                break
+            if pause:
+                yield self._sleep, (pause,)
+            try:
+                (data,) = yield [("GET", dkey)]
+            except RedisError:
+                return None
+            verdict = self._poll_verdict(dkey, data, own)
+            if verdict is not STILL_LOADING:
+                return cast("bytes | None", verdict)
+        return None
+
+    def _edge_fill(
+        self, namespace: str, key: str, dkey: str, guard: GuardT, flight: Any, started: int
+    ) -> Procedure[Any]:
+        """Claim the key with a loading mark, load it, and write it in the loading mark's place.
+
+        The flight's readers get the value as soon as it is loaded, before the write.
+        """
+        core = self._core
+        mark = loading_mark(self._tokens.next())
+        try:
+            ttl = yield from self._claim_plan(namespace, key, dkey, guard, mark)
+        except RedisError:
+            return ABSENT
+        if ttl is None:
+            return ABSENT
+        try:
+            value = yield guard.load, (namespace, key)
+            data = core.codec.encode(value, origin="edge").data
+        except (LoadRefused, LoadError, CodecError) as exc:
+            release = self._edge_failed(namespace, key, dkey, mark, exc, started)
+            with contextlib.suppress(RedisError):
+                yield [release]
+            return ABSENT
+        self._publish(flight, value)
+        try:
+            written = yield from self._write_plan(namespace, key, dkey, data, ttl, mark)
+        except RedisError:
+            written = False
+        if self._write_settled(flight, written):  # a reader that joined took the warm
+            with contextlib.suppress(RedisError):
+                yield [("DEL", core.marker_key(namespace, key))]
+        self._edge_written(namespace, key, data, ttl, written, started)
+        return value
+
+    def _store_loaded(
+        self,
+        namespace: str,
+        key: str,
+        dkey: str,
+        value: Any,
+        ttl: int,
+        user: str | None,
+        session: str | None,
+        load_s: float,
+    ) -> Procedure[bool]:
+        """Write a value this client loaded, with its TTL; whether it was written."""
+        core = self._core
+        now = time.time()
+        try:
+            plan = core.set_plan(namespace, key, value, ttl, user=user, session=session, now=now)
+            yield from self._drive(plan, "set", namespace, (key,), user, session)
+        except CacheError as error:
+            self.last_error = error
+            return False
+        self._remember(dkey, int(now * 1000), now + ttl, load_s)
+        return True
+
+    def _set(
+        self,
+        namespace: str,
+        key: str,
+        value: Any,
+        ttl: int | None,
+        tags: Iterable[str] | None,
+        compress: bool | None,
+        priority: Priority,
+        user_context: UserContext,
+        session_id: str | None,
+    ) -> Procedure[bool]:
+        """``set``: without ``ttl``, the smart TTL (one HGET) scaled by ``priority``."""
+        core = self._core
+        core.data_key(namespace, key)  # validate before any I/O
+        user, session = context_labels(user_context, session_id)
+        if ttl is None:
+            core.ttl_for(None, priority)  # validate before any I/O
+            ttl = core.ttl_for((yield from self._smart_ttl(namespace, key)), priority)
+        plan = core.set_plan(
+            namespace,
+            key,
+            value,
+            ttl,
+            tags,
+            compress,
+            user=user,
+            session=session,
+            priority=priority,
+        )
+        (stored,) = yield from self._drive(plan, "set", namespace, (key,), user, session)
+        return bool(stored)
+
+    def _smart_ttl(self, namespace: str, key: str) -> Procedure[int | None]:
+        """The smart TTL the worker published for ``key`` (None: none, or Redis failed)."""
+        core = self._core
+        try:
+            (raw,) = yield [("HGET", core.smart_ttl_hash(namespace), key)]
+        except RedisError:
+            return None
+        return core.parse_smart_ttl(raw)

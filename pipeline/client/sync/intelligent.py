@@ -17,14 +17,13 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias
 
 from redis.exceptions import RedisError
 
 from pipeline.client.cached import CachedFunction, KeyBuilder, cached_decorator
 from pipeline.client.connection import DEFAULT_MAX_CONNECTIONS, SyncRedisClient
 from pipeline.client.core import (
-    MISS,
     SLOW,
     Priority,
     UserContext,
@@ -33,12 +32,12 @@ from pipeline.client.core import (
 from pipeline.client.edge import ABSENT
 from pipeline.client.emitter import ThreadedAccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
-from pipeline.client.shared import STILL_LOADING, Armed, IntelligentBase, poll_pauses
+from pipeline.client.shared import Armed, IntelligentBase
 from pipeline.client.sync.edge import SyncGuardedLoader, SyncLoaderFunc, sync_loaders
 from pipeline.client.sync.manager import SyncRedisCacheManager
-from pipeline.codec import CodecError, is_loading_mark, loading_mark
+from pipeline.codec import loading_mark
 from pipeline.config import Settings
-from pipeline.loaders import LoaderConfig, LoadError, LoadRefused
+from pipeline.loaders import LoaderConfig
 
 __all__ = ["SyncIntelligentCache", "SyncLoader"]
 
@@ -100,6 +99,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
             breaker_cooldown=breaker_cooldown,
         )
         self._init_state(early_refresh, refresh_beta, tracked_keys, on_error, edge_warming)
+        self._sleep = time.sleep
         self._flights_lock = threading.Lock()
         self._refresher: ThreadPoolExecutor | None = None
         self._edge_loaders = sync_loaders(self.settings.loader_config(), loaders)
@@ -209,7 +209,6 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         """``get`` from its read on; a read the cache could not serve alone triggers its
         key's rule before it waits for anything (see the async client's ``_get_slow``)."""
         core = self._core
-        trigger = enable_prediction  # the rule is still to fire
         try:
             data: bytes | None = self._redis.execute_command("GET", dkey)  # type: ignore[no-untyped-call]
         except RedisError as exc:
@@ -224,62 +223,26 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
             if core.down_until:
                 core.redis_answered()
         elapsed = (time.perf_counter_ns() - started) // 1000
-        if data is not None and is_loading_mark(data):
-            if trigger:
-                self._prefetch(namespace, key, armed)
-                trigger = False
-            joined = self._join_remote(
-                namespace, key, dkey, started, user, session, enable_prediction
-            )
-            if joined is not ABSENT:
-                return joined
-            data = None
-            elapsed = (time.perf_counter_ns() - started) // 1000
         if data is not None:
             value = core.read_hit(namespace, key, data, elapsed, user, session, enable_prediction)
-            if value is SLOW:
-                warmed = core.warm_pending(dkey, data) and self._consume_warm(namespace, key)
-                value = core.record_hit(
-                    namespace, key, data, elapsed, user, session, warmed, enable_prediction
-                )
-                if warmed and trigger:
-                    self._prefetch(namespace, key, armed)
-                    trigger = False
-            if value is not MISS:
+            if value is not SLOW:  # application-written, uncompressed: the common hit
                 if fallback_data is not None and dkey in self._loaded:
                     self._maybe_refresh(namespace, key, dkey, data, fallback_data, user, session)
                 return value
-        else:
-            if trigger:  # first, so that two reads whose rules name each other never wait
-                self._prefetch(namespace, key, armed)
-                trigger = False
-            reserved = self._reserved.get(dkey)
-            if reserved is not None and not reserved.settled:
-                self._trigger_settled(reserved)
-            flight = self._flights.get(dkey)
-            if (
-                flight is not None
-                and flight.edge
-                and (not flight.done_ns or flight.done_ns >= started)
-            ):
-                joined = self._join_edge(
-                    flight, namespace, key, started, user, session, enable_prediction
-                )
-                if joined is not ABSENT:
-                    return joined
-                # Our edge load did not happen (the key was claimed elsewhere): look again.
-                joined = self._join_remote(
-                    namespace, key, dkey, started, user, session, enable_prediction, poll=False
-                )
-                if joined is not ABSENT:
-                    return joined
-                elapsed = (time.perf_counter_ns() - started) // 1000
-            core.record_miss(namespace, key, elapsed, user, session, enable_prediction)
-        if trigger:
-            self._prefetch(namespace, key, armed)
-        if fallback_data is None:
-            return None
-        return self._load(namespace, key, dkey, fallback_data, started, user, session)
+        slow = self._slow_get(
+            namespace,
+            key,
+            dkey,
+            data,
+            started,
+            elapsed,
+            user,
+            session,
+            enable_prediction,
+            fallback_data,
+            armed,
+        )
+        return self._run(slow)
 
     # -- single-flight loading -------------------------------------------------------
 
@@ -366,7 +329,8 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
                 claimed, smart = self._run(self._mark_plan(namespace, key, dkey, mark, timeout))
         if claimed is False and demand:
             deadline = self._join_deadline(time.perf_counter_ns())
-            joined = self._claimed_elsewhere(self._poll_remote(dkey, deadline, True, own=False))
+            poll = self._poll_remote(dkey, deadline, True, own=False)
+            joined = self._claimed_elsewhere(self._run(poll))
             if joined is not ABSENT:
                 return joined
         core.stats.loads += 1
@@ -386,29 +350,13 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         try:
             if redis_up:
                 ttl = core.load_ttl(namespace, smart)
-                now = time.time()
-                try:
-                    plan = core.set_plan(
-                        namespace, key, value, ttl, user=user, session=session, now=now
-                    )
-                    self._run(self._drive(plan, "set", namespace, (key,), user, session))
-                except CacheError as error:
-                    self.last_error = error
-                else:
-                    written = True
-                    self._remember(dkey, int(now * 1000), now + ttl, load_s)
+                store = self._store_loaded(namespace, key, dkey, value, ttl, user, session, load_s)
+                written = self._run(store)
         finally:
             if claimed and not written:  # the value did not replace the mark
                 with contextlib.suppress(RedisError):
                     self._execute([self._release_command(dkey, mark)])
         return value
-
-    def _smart_ttl(self, namespace: str, key: str) -> int | None:
-        try:
-            (raw,) = self._execute([("HGET", self._core.smart_ttl_hash(namespace), key)])
-        except RedisError:
-            return None
-        return self._core.parse_smart_ttl(raw)
 
     # -- edge warms ------------------------------------------------------------------
 
@@ -442,7 +390,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
                 if self._loading(dkey):
                     continue
                 flight = self._flights[dkey] = _Flight(edge=True)
-            self._submit(self._edge_fill, namespace, successor, dkey, guard, flight, _now())
+            self._submit(self._edge_task, namespace, successor, dkey, guard, flight, _now())
 
     def _user_session(self, namespace: str, user: str) -> None:
         """``user``'s session opened here: load what their user rule names, on the edge pool."""
@@ -502,7 +450,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         finally:
             self._edge_queued -= 1
 
-    def _edge_fill(
+    def _edge_task(
         self,
         namespace: str,
         key: str,
@@ -512,127 +460,42 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         started: int,
     ) -> None:
         try:
-            flight.value = self._edge_load(namespace, key, dkey, guard, started, flight)
+            flight.value = self._run(self._edge_fill(namespace, key, dkey, guard, flight, started))
         finally:
             flight.done_ns = _now()
             flight.loaded.set()
 
-    def _edge_load(
-        self,
-        namespace: str,
-        key: str,
-        dkey: str,
-        guard: SyncGuardedLoader,
-        started: int,
-        flight: _Flight,
-    ) -> Any:
-        core = self._core
-        mark = loading_mark(self._tokens.next())
-        try:
-            ttl = self._run(self._claim_plan(namespace, key, dkey, guard, mark))
-        except RedisError:
+    def _flight_value(self, flight: _Flight) -> Any:
+        if not flight.loaded.wait(self.settings.edge_join_wait_s):
             return ABSENT
-        if ttl is None:
-            return ABSENT
-        try:
-            value = guard.load(namespace, key)
-            data = core.codec.encode(value, origin="edge").data
-        except (LoadRefused, LoadError, CodecError) as exc:
-            release = self._edge_failed(namespace, key, dkey, mark, exc, started)
-            with contextlib.suppress(RedisError):
-                self._execute([release])
-            return ABSENT
-        flight.value = value
-        flight.loaded.set()
-        try:
-            written = self._run(self._write_plan(namespace, key, dkey, data, ttl, mark))
-        except RedisError:
-            written = False
-        if self._write_settled(flight, written):  # a reader that joined took the warm
-            with contextlib.suppress(RedisError):
-                self._execute([("DEL", core.marker_key(namespace, key))])
-        self._edge_written(namespace, key, data, ttl, written, started)
-        return value
-
-    def _join_edge(
-        self,
-        flight: _Flight,
-        namespace: str,
-        key: str,
-        started: int,
-        user: str | None,
-        session: str | None,
-        emit: bool,
-    ) -> Any:
-        if not flight.loaded.wait(self.settings.edge_join_wait_s) or flight.value is ABSENT:
-            return ABSENT
-        consumed = self._take_marker(flight)
-        if consumed is None:  # the write landed: the marker is in Redis
-            consumed = self._consume_warm(namespace, key)
-        self._record_join(namespace, key, started, user, session, emit, 0, consumed)
         return flight.value
 
-    def _join_remote(
-        self,
-        namespace: str,
-        key: str,
-        dkey: str,
-        started: int,
-        user: str | None,
-        session: str | None,
-        emit: bool,
-        poll: bool = True,
-    ) -> Any:
-        """Another client's loading mark: wait for its load, as the async client does (the
-        threads reading one key share one poll: the first polls, the others wait for it)."""
-        flight = self._flights.get(dkey)
-        if flight is not None and not flight.done_ns:
-            if flight.edge:
-                return self._join_edge(flight, namespace, key, started, user, session, emit)
-            return ABSENT
-        wait_s = self.settings.edge_join_wait_s
+    def _publish(self, flight: _Flight, value: Any) -> None:
+        flight.value = value
+        flight.loaded.set()
+
+    def _shared_poll(self, dkey: str, deadline: int, poll: bool) -> bytes | None:
+        """The poll of ``dkey`` (see ``_poll_remote``) that this client's threads share:
+        the first polls, the others wait for it."""
         with self._flights_lock:
             poller = self._remote_polls.get(dkey)
             polling = poller is None
             if poller is None:
                 poller = self._remote_polls[dkey] = Future()
-        if polling:
-            data = None
+        if not polling:
             try:
-                data = self._poll_remote(dkey, self._join_deadline(started), poll)
-            finally:
-                with self._flights_lock:
-                    if self._remote_polls.get(dkey) is poller:
-                        del self._remote_polls[dkey]
-                poller.set_result(data)
-        else:
-            try:
-                data = poller.result(timeout=wait_s)
+                return poller.result(timeout=self.settings.edge_join_wait_s)
             except FutureTimeout:
-                data = None
-        if data is None:
-            return ABSENT
-        value, edge = self._remote_value(namespace, key, data, started, user, session, emit)
-        if edge:
-            consumed = self._consume_warm(namespace, key)
-            self._record_join(namespace, key, started, user, session, emit, len(data), consumed)
-        return value
-
-    def _poll_remote(self, dkey: str, deadline: int, poll: bool, own: bool = True) -> bytes | None:
-        """Read ``dkey`` until its loading mark gives way to a value (see the async client)."""
-        for pause in poll_pauses(poll):
-            if time.perf_counter_ns() >= deadline:
-                break
-            if pause:
-                time.sleep(pause)
-            try:
-                data = cast("bytes | None", self._execute([("GET", dkey)])[0])
-            except RedisError:
                 return None
-            verdict = self._poll_verdict(dkey, data, own)
-            if verdict is not STILL_LOADING:
-                return cast("bytes | None", verdict)
-        return None
+        data = None
+        try:
+            data = self._run(self._poll_remote(dkey, deadline, poll))
+        finally:
+            with self._flights_lock:
+                if self._remote_polls.get(dkey) is poller:
+                    del self._remote_polls[dkey]
+            poller.set_result(data)
+        return data
 
     # -- early refresh ---------------------------------------------------------------
 
@@ -690,22 +553,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         session_id: str | None = None,
     ) -> bool:
         """Store ``value``; without ``ttl``, for the smart TTL scaled by ``priority``."""
-        core = self._core
-        core.data_key(namespace, key)
-        user, session = context_labels(user_context, session_id)
-        if ttl is None:
-            core.ttl_for(None, priority)
-            ttl = core.ttl_for(self._smart_ttl(namespace, key), priority)
-        plan = core.set_plan(
-            namespace,
-            key,
-            value,
-            ttl,
-            tags,
-            compress,
-            user=user,
-            session=session,
-            priority=priority,
+        set_ = self._set(
+            namespace, key, value, ttl, tags, compress, priority, user_context, session_id
         )
-        (stored,) = self._run(self._drive(plan, "set", namespace, (key,), user, session))
-        return stored
+        return self._run(set_)
