@@ -2,8 +2,9 @@
 
 Every multi-command operation is written once, here, as a *plan*: a generator
 that yields a list of Redis commands, receives their replies, and finally
-returns the operation's result. The async client drives a plan with
-``await pipeline.execute()``, the sync client with ``pipeline.execute()``; that
+returns the operation's result. One driver (:mod:`pipeline.client.driver`) runs
+a plan for both clients: the async one answers each batch with
+``await pipeline.execute()``, the sync one with ``pipeline.execute()``; that
 is the only difference between them, so the two can never drift apart (the
 sans-I/O style of h11 and friends). The single-command hot paths (``get``)
 are written out in each client for speed and use the helpers here for the

@@ -8,12 +8,15 @@ thread: a flight is a future, background work is a task, the Redis stall
 watchdog is a loop timer, and nothing on its read path takes a lock. The
 blocking client guards its flights with a lock, runs edge loads and early
 refreshes on thread pools, and bounds every wait, because a blocking loader
-cannot be cancelled. So each twin keeps its own I/O drivers (the methods that
-send, wait and start work), and everything else is written once: here (the
-clients' state, the edge-warm, join and early-refresh decisions, the health and
-statistics documents), and in the sans-I/O plans that both drivers run
-(:mod:`pipeline.client.core` for the cache operations, the edge claim and write
-plans below, the rule-following plan). ``tests/unit/client/test_twins.py``
+cannot be cancelled. So each twin keeps its own waits (a flight's value, the
+poll its readers share, a trigger read's outcome, a pause, the single-flight
+load) and its public methods, and everything else is written once: here (the
+clients' state; the edge-warm, join and early-refresh decisions; the
+procedures both twins run through :mod:`pipeline.client.driver`, which are a
+get's slow path, the joins, the remote poll, the edge warm, the write of a
+loaded value and ``set``; the health and statistics documents), and in the
+sans-I/O plans (:mod:`pipeline.client.core` for the cache operations, the edge
+claim and write plans below, the rule-following plan). ``tests/unit/client/test_twins.py``
 checks that the two public APIs stay in step.
 """
 
