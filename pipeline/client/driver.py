@@ -4,8 +4,8 @@ The cache operations are *plans* (:mod:`pipeline.client.core`): generators that
 yield a batch of Redis commands and get the replies back. The clients' own
 procedures (a get's slow path, an edge warm, the write of a loaded value) are
 generators of the same kind that may also yield a :data:`Step`: one of the
-twin's own I/O methods and its arguments (``joined = yield self._join_remote,
-(...)``). Each twin answers a request with its own I/O: the asyncio twin's
+twin's own I/O methods and its arguments (``value = yield self._flight_value,
+(flight,)``). Each twin answers a request with its own I/O: the asyncio twin's
 methods return awaitables, the blocking twin's return results. This module
 runs a procedure for either, so that the procedures, and the loop that feeds
 them, are written once.

@@ -206,8 +206,9 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         fallback_data: SyncLoader | None,
         armed: Armed | None = None,
     ) -> Any:
-        """``get`` from its read on; a read the cache could not serve alone triggers its
-        key's rule before it waits for anything (see the async client's ``_get_slow``)."""
+        """``get`` from its read on: the common hit here, the rest in the shared
+        ``_slow_get`` (a read the cache could not serve alone triggers its key's
+        rule before it waits for anything)."""
         core = self._core
         try:
             data: bytes | None = self._redis.execute_command("GET", dkey)  # type: ignore[no-untyped-call]
