@@ -21,6 +21,7 @@ from typing import Final, Literal
 
 from pydantic import (
     AliasChoices,
+    AliasGenerator,
     Field,
     SecretStr,
     ValidationError,
@@ -106,8 +107,27 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
+def env_name(field: str) -> str:
+    """A setting's environment variable, unless its field names another one.
+
+    The original cache layer's ``redis_*`` and ``kafka_*`` settings keep their
+    names in capitals; every other setting is ``CACHECAST_`` and its name.
+
+    >>> env_name("redis_host"), env_name("rules_interval_s")
+    ('REDIS_HOST', 'CACHECAST_RULES_INTERVAL_S')
+    """
+    prefix = "" if field.startswith(("redis_", "kafka_")) else "CACHECAST_"
+    return prefix + field.upper()
+
+
+def _aliases(field: str) -> AliasChoices:
+    """A field is read from its environment variable, or by its own name."""
+    return AliasChoices(env_name(field), field)
+
+
 class Settings(BaseSettings):
-    """cachecast settings. Environment variable names are given per field."""
+    """cachecast settings, each read from its environment variable (:func:`env_name`,
+    or the one its field names) or given by name."""
 
     model_config = SettingsConfigDict(
         env_prefix="",
@@ -115,50 +135,49 @@ class Settings(BaseSettings):
         extra="ignore",
         populate_by_name=True,
         validate_default=True,
+        alias_generator=AliasGenerator(validation_alias=_aliases),
     )
 
     # --- Redis (the original cache layer's names) -------------------------------------------------
-    redis_host: str = Field("127.0.0.1", validation_alias=_env("REDIS_HOST", "redis_host"))
-    redis_port: int = Field(6379, ge=1, le=65535, validation_alias=_env("REDIS_PORT", "redis_port"))
+    redis_host: str = "127.0.0.1"
+    redis_port: int = Field(
+        6379,
+        ge=1,
+        le=65535,
+    )
     redis_password: SecretStr | None = Field(
         None,
-        validation_alias=_env("REDIS_PASSWORD", "redis_password"),
         description="Never shown in logs or reprs (a SecretStr).",
     )
-    redis_db: int = Field(0, ge=0, le=15, validation_alias=_env("REDIS_DB", "redis_db"))
+    redis_db: int = Field(
+        0,
+        ge=0,
+        le=15,
+    )
     redis_key_prefix: str = Field(
         "cache:",
         max_length=64,
-        validation_alias=_env("REDIS_KEY_PREFIX", "redis_key_prefix"),
         description="Prepended to every key: prefix + namespace + ':' + key.",
     )
     redis_default_ttl: int = Field(
         3600,
         ge=1,
         le=365 * 24 * 3600,
-        validation_alias=_env("REDIS_DEFAULT_TTL", "redis_default_ttl"),
         description="Seconds; used when neither the caller nor the smart TTL gives one.",
     )
     redis_max_memory: str | None = Field(
         None,
-        validation_alias=_env("REDIS_MAX_MEMORY", "redis_max_memory"),
         description="Redis maxmemory to apply with configure_redis, e.g. '256mb'.",
     )
     redis_compression_threshold: int = Field(
         1024,
         ge=0,
-        validation_alias=_env("REDIS_COMPRESSION_THRESHOLD", "redis_compression_threshold"),
         description="Payloads of at least this many bytes are lz4-compressed.",
     )
-    redis_enable_compression: bool = Field(
-        True, validation_alias=_env("REDIS_ENABLE_COMPRESSION", "redis_enable_compression")
-    )
-    redis_enable_clustering: bool = Field(
-        False, validation_alias=_env("REDIS_ENABLE_CLUSTERING", "redis_enable_clustering")
-    )
+    redis_enable_compression: bool = True
+    redis_enable_clustering: bool = False
     redis_cluster_nodes: str = Field(
         "",
-        validation_alias=_env("REDIS_CLUSTER_NODES", "redis_cluster_nodes"),
         description="Comma-separated host:port startup nodes when clustering is on.",
     )
     redis_retry_delay_ms: float = Field(
@@ -169,105 +188,70 @@ class Settings(BaseSettings):
         description="Base delay in milliseconds for exponential backoff between retries.",
     )
     redis_max_retries: int = Field(
-        3, ge=0, le=20, validation_alias=_env("REDIS_MAX_RETRIES", "redis_max_retries")
+        3,
+        ge=0,
+        le=20,
     )
     redis_socket_timeout: float = Field(
-        1.0, gt=0, le=60, validation_alias=_env("REDIS_SOCKET_TIMEOUT", "redis_socket_timeout")
+        1.0,
+        gt=0,
+        le=60,
     )
     redis_username: str | None = Field(
         None,
-        validation_alias=_env("REDIS_USERNAME", "redis_username"),
         description="Redis ACL user (with REDIS_PASSWORD); unset: the default user.",
     )
     redis_tls: bool = Field(
         False,
-        validation_alias=_env("REDIS_TLS", "redis_tls"),
         description="Connect to Redis over TLS (rediss).",
     )
-    redis_tls_ca_file: str | None = Field(
-        None, validation_alias=_env("REDIS_TLS_CA_FILE", "redis_tls_ca_file")
-    )
-    redis_tls_cert_file: str | None = Field(
-        None, validation_alias=_env("REDIS_TLS_CERT_FILE", "redis_tls_cert_file")
-    )
-    redis_tls_key_file: str | None = Field(
-        None, validation_alias=_env("REDIS_TLS_KEY_FILE", "redis_tls_key_file")
-    )
-    redis_tls_check_hostname: bool = Field(
-        True, validation_alias=_env("REDIS_TLS_CHECK_HOSTNAME", "redis_tls_check_hostname")
-    )
+    redis_tls_ca_file: str | None = None
+    redis_tls_cert_file: str | None = None
+    redis_tls_key_file: str | None = None
+    redis_tls_check_hostname: bool = True
 
     # --- Kafka ------------------------------------------------------------------
     topic_namespace: str = Field(
         "cachecast",
         pattern=r"^[A-Za-z0-9._-]{1,200}$",
-        validation_alias=_env("CACHECAST_TOPIC_NAMESPACE", "topic_namespace"),
         description="Topics not named explicitly are called '<namespace>.<role>'.",
     )
-    kafka_bootstrap_servers: str = Field(
-        "127.0.0.1:9092",
-        validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
-    )
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT",
-        validation_alias=_env("KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol"),
         description="How every Kafka client of cachecast connects (Faust, emitter, admin...).",
     )
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
-        "PLAIN", validation_alias=_env("KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism")
-    )
-    kafka_sasl_username: str | None = Field(
-        None, validation_alias=_env("KAFKA_SASL_USERNAME", "kafka_sasl_username")
-    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = Field(
         None,
-        validation_alias=_env("KAFKA_SASL_PASSWORD", "kafka_sasl_password"),
         description="Never shown in logs or reprs (a SecretStr).",
     )
-    kafka_ssl_ca_file: str | None = Field(
-        None, validation_alias=_env("KAFKA_SSL_CA_FILE", "kafka_ssl_ca_file")
-    )
-    kafka_ssl_cert_file: str | None = Field(
-        None, validation_alias=_env("KAFKA_SSL_CERT_FILE", "kafka_ssl_cert_file")
-    )
-    kafka_ssl_key_file: str | None = Field(
-        None, validation_alias=_env("KAFKA_SSL_KEY_FILE", "kafka_ssl_key_file")
-    )
-    kafka_ssl_key_password: SecretStr | None = Field(
-        None, validation_alias=_env("KAFKA_SSL_KEY_PASSWORD", "kafka_ssl_key_password")
-    )
-    kafka_ssl_check_hostname: bool = Field(
-        True, validation_alias=_env("KAFKA_SSL_CHECK_HOSTNAME", "kafka_ssl_check_hostname")
-    )
-    topic_access: str = Field("", validation_alias=_env("CACHECAST_TOPIC_ACCESS", "topic_access"))
-    topic_warmup: str = Field("", validation_alias=_env("CACHECAST_TOPIC_WARMUP", "topic_warmup"))
-    topic_outcomes: str = Field(
-        "",
-        validation_alias=_env("CACHECAST_TOPIC_OUTCOMES", "topic_outcomes"),
-    )
-    topic_metrics: str = Field(
-        "", validation_alias=_env("CACHECAST_TOPIC_METRICS", "topic_metrics")
-    )
-    topic_dead_letter: str = Field(
-        "",
-        validation_alias=_env("CACHECAST_TOPIC_DEAD_LETTER", "topic_dead_letter"),
-    )
+    kafka_ssl_ca_file: str | None = None
+    kafka_ssl_cert_file: str | None = None
+    kafka_ssl_key_file: str | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
+    topic_access: str = ""
+    topic_warmup: str = ""
+    topic_outcomes: str = ""
+    topic_metrics: str = ""
+    topic_dead_letter: str = ""
     topic_partitions: int = Field(
-        4, ge=1, le=1024, validation_alias=_env("CACHECAST_TOPIC_PARTITIONS", "topic_partitions")
+        4,
+        ge=1,
+        le=1024,
     )
     topic_replication: int = Field(
         1,
         ge=1,
         le=16,
-        validation_alias=_env("CACHECAST_TOPIC_REPLICATION", "topic_replication"),
         description="Replication factor of the topics cachecast creates (1 for one broker;"
         " 3 in production).",
     )
 
     # --- Access-event emitter (client side) --------------------------------------
-    emitter_enabled: bool = Field(
-        True, validation_alias=_env("CACHECAST_EMITTER_ENABLED", "emitter_enabled")
-    )
+    emitter_enabled: bool = True
     emitter_sample_rate: float = Field(
         1.0,
         ge=0.0,
@@ -284,7 +268,6 @@ class Settings(BaseSettings):
     emitter_buffer_bytes: int = Field(
         32 * 1024 * 1024,
         ge=64 * 1024,
-        validation_alias=_env("CACHECAST_EMITTER_BUFFER_BYTES", "emitter_buffer_bytes"),
         description="Bytes of events held in memory (estimated); the oldest are dropped.",
     )
     emitter_batch_size: int = Field(
@@ -298,18 +281,17 @@ class Settings(BaseSettings):
         20.0,
         ge=0,
         le=10_000,
-        validation_alias=_env("CACHECAST_EMITTER_LINGER_MS", "emitter_linger_ms"),
         description="Longest an event waits for its batch to fill (emitter_min_batch).",
     )
     emitter_min_batch: int = Field(
         16,
         ge=1,
         le=10_000,
-        validation_alias=_env("CACHECAST_EMITTER_MIN_BATCH", "emitter_min_batch"),
         description="Events that make a batch worth sending before the linger is up.",
     )
     client_name: str = Field(
-        "cachecast", max_length=128, validation_alias=_env("CACHECAST_CLIENT_NAME", "client_name")
+        "cachecast",
+        max_length=128,
     )
 
     # --- Models ------------------------------------------------------------------
@@ -354,7 +336,6 @@ class Settings(BaseSettings):
         0.01,
         ge=0,
         le=10,
-        validation_alias=_env("CACHECAST_REORDER_S", "reorder_s"),
         description="How long the predict agent holds events to restore their time order, at"
         " least: late events raise it, up to 0.5 s or this value if larger; 0 turns holding"
         " off.",
@@ -406,18 +387,16 @@ class Settings(BaseSettings):
     smart_ttl_max: int = Field(
         86_400, ge=1, validation_alias=_env("CACHECAST_TTL_MAX", "smart_ttl_max")
     )
-    seed: int = Field(0, validation_alias=_env("CACHECAST_SEED", "seed"))
+    seed: int = 0
     warm_deadline_s: float = Field(
         5.0,
         gt=0,
         le=3600,
-        validation_alias=_env("CACHECAST_WARM_DEADLINE_S", "warm_deadline_s"),
         description="A warmup command not carried out within this many seconds is stale.",
     )
     warm_dedup_s: float = Field(
         30.0,
         ge=0,
-        validation_alias=_env("CACHECAST_WARM_DEDUP_S", "warm_dedup_s"),
         description="A key warmed this recently is not warmed again.",
     )
     rules_publish: bool = Field(
@@ -429,7 +408,6 @@ class Settings(BaseSettings):
     )
     worker_sequences: bool = Field(
         False,
-        validation_alias=_env("CACHECAST_WORKER_SEQUENCES", "worker_sequences"),
         description="With prefetch rules on, the worker also issues warmup commands for what"
         " the sequence models predict next. Off by default: the rules load those keys at the"
         " edge within milliseconds, while a warm through the worker lands tens of requests"
@@ -440,20 +418,17 @@ class Settings(BaseSettings):
         0.1,
         gt=0,
         le=60,
-        validation_alias=_env("CACHECAST_RULES_INTERVAL_S", "rules_interval_s"),
         description="How often changed prefetch rules are published (a rule is worth the"
         " most right after its trigger's first recurrence).",
     )
     rules_max: int = Field(
         50_000,
         ge=1,
-        validation_alias=_env("CACHECAST_RULES_MAX", "rules_max"),
         description="Most prefetch rules one worker keeps published per namespace (the"
         " ones changed least recently go first).",
     )
     edge_warming: bool = Field(
         True,
-        validation_alias=_env("CACHECAST_EDGE_WARMING", "edge_warming"),
         description="Client: when a key misses, load the keys its prefetch rule names in"
         " the background, through the namespace's loader (CACHECAST_LOADERS or"
         " register_loader).",
@@ -479,7 +454,6 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         le=3600,
-        validation_alias=_env("CACHECAST_LOAD_TIMEOUT_S", "load_timeout_s"),
         description="Client: the longest a get waits for fallback_data (or for another"
         " caller's load of the same key); then it raises LoadTimeoutError and the next"
         " get loads again.",
@@ -488,13 +462,11 @@ class Settings(BaseSettings):
         1.0,
         ge=0,
         le=60,
-        validation_alias=_env("CACHECAST_EDGE_JOIN_WAIT_S", "edge_join_wait_s"),
         description="Client: how long a read waits for a load another client has in flight"
         " (its loading mark in Redis) before loading the key itself.",
     )
     warm_local: bool = Field(
         True,
-        validation_alias=_env("CACHECAST_WARM_LOCAL", "warm_local"),
         description="The predict agent carries out its own warmup commands in-process (no"
         " Kafka hop) and publishes them marked as claimed; off: the writer agent does all.",
     )
@@ -503,26 +475,21 @@ class Settings(BaseSettings):
     app_id: str = Field(
         "cachecast",
         pattern=r"^[A-Za-z0-9._-]+$",
-        validation_alias=_env("CACHECAST_APP_ID", "app_id"),
     )
     topic_state: str = Field(
         "",
-        validation_alias=_env("CACHECAST_TOPIC_STATE", "topic_state"),
         description="Compacted topic of model-state snapshots, one key per access partition.",
     )
     topic_stats: str = Field(
         "",
-        validation_alias=_env("CACHECAST_TOPIC_STATS", "topic_stats"),
         description="Per-batch statistics, re-partitioned by namespace for the stats table.",
     )
     topic_stats_view: str = Field(
         "",
-        validation_alias=_env("CACHECAST_TOPIC_STATS_VIEW", "topic_stats_view"),
         description="Compacted: each namespace's statistics, read by every worker's monitor.",
     )
     topic_sequence: str = Field(
         "",
-        validation_alias=_env("CACHECAST_TOPIC_SEQUENCE", "topic_sequence"),
         description="Access events re-partitioned by user (or session, or client).",
     )
     worker_session_timeout_s: float = Field(
@@ -539,28 +506,27 @@ class Settings(BaseSettings):
         le=60,
         validation_alias=_env("CACHECAST_HEARTBEAT_S", "worker_heartbeat_s"),
     )
-    web_host: str = Field("127.0.0.1", validation_alias=_env("CACHECAST_WEB_HOST", "web_host"))
+    web_host: str = "127.0.0.1"
     web_port: int = Field(
-        6066, ge=1, le=65535, validation_alias=_env("CACHECAST_WEB_PORT", "web_port")
+        6066,
+        ge=1,
+        le=65535,
     )
     checkpoint_s: float = Field(
         10.0,
         gt=0,
         le=3600,
-        validation_alias=_env("CACHECAST_CHECKPOINT_S", "checkpoint_s"),
         description="How often model state is snapshotted and input offsets committed.",
     )
     stats_window_s: float = Field(
         10.0,
         gt=0,
         le=86_400,
-        validation_alias=_env("CACHECAST_STATS_WINDOW_S", "stats_window_s"),
         description="Length of a stats window; a MetricsSnapshot is published per window.",
     )
     loaders: str = Field(
         "",
         repr=False,  # may hold an origin's API key in a header
-        validation_alias=_env("CACHECAST_LOADERS", "loaders"),
         description="Per-namespace loaders as JSON, or @path/to/file.json (see pipeline/loaders).",
     )
     warming_enabled: bool = Field(
@@ -570,7 +536,6 @@ class Settings(BaseSettings):
     )
     api_token: SecretStr | None = Field(
         None,
-        validation_alias=_env("CACHECAST_API_TOKEN", "api_token"),
         description="Bearer token for the monitor API's actions (POST); without one, POST"
         " is refused.",
     )
