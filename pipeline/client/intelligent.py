@@ -59,9 +59,7 @@ from pipeline.client.errors import CacheError, LoadTimeoutError
 from pipeline.client.keys import validate_key
 from pipeline.client.manager import RedisCacheManager
 from pipeline.client.shared import Armed, IntelligentBase
-from pipeline.codec import (
-    loading_mark,
-)
+from pipeline.codec import loading_mark
 from pipeline.config import Settings
 from pipeline.loaders import GuardedLoader, LoaderConfig
 from schemas.contracts import MAX_KEY_LENGTH, MAX_LABEL_LENGTH
