@@ -22,9 +22,11 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+import aiokafka
 import faust
+from faust.transport.drivers import aiokafka as faust_kafka
 
 from pipeline.config import Settings, cache_root
 from pipeline.topics import STATE_MAX_MESSAGE_BYTES, STATE_TOPIC_CONFIG, VIEW_TOPIC_CONFIG
@@ -49,8 +51,46 @@ class Worker(faust.Worker):
         self.spinner = None
 
 
+class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, with fetches that wait for a batch.
+
+    Faust asks aiokafka for ``fetch_max_wait_ms=1500`` and leaves
+    ``fetch_min_bytes`` at 1, with no setting for either: the broker then answers
+    a fetch as soon as one record is there, and under steady traffic every
+    arrival ends a fetch. At 2,000 events/s from four clients, fetches that wait
+    for 64 KiB or 25 ms took the worker from 24-26 s of CPU per demo to 20 s, and
+    the broker from 19 s to 16-17 s (docs/DESIGN.md).
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        settings = cast("_App", self.app).cachecast_settings
+        # Read by the consumer's start(), which hands them to its fetcher.
+        consumer._fetch_min_bytes = settings.worker_fetch_min_bytes
+        consumer._fetch_max_wait_ms = settings.worker_fetch_wait_ms
+        return consumer
+
+
+class _Consumer(faust_kafka.Consumer):
+    def _new_consumer_thread(self) -> faust_kafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_kafka.Transport):
+    Consumer = _Consumer
+
+
+class _App(faust.App):
+    """The Faust app, whose Kafka consumer fetches in batches (see _ConsumerThread)."""
+
+    cachecast_settings: Settings
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+
 def _faust_app(settings: Settings) -> faust.App:
-    return faust.App(
+    app = _App(
         settings.app_id,
         Worker=Worker,
         broker=[f"kafka://{b}" for b in settings.kafka_brokers()],
@@ -74,6 +114,8 @@ def _faust_app(settings: Settings) -> faust.App:
         origin="agents",
         datadir=str(_datadir(settings)),
     )
+    app.cachecast_settings = settings
+    return app
 
 
 def _datadir(settings: Settings) -> Path:

@@ -506,6 +506,21 @@ class Settings(BaseSettings):
         le=60,
         validation_alias=_env("CACHECAST_HEARTBEAT_S", "worker_heartbeat_s"),
     )
+    worker_fetch_min_bytes: int = Field(
+        64 * 1024,
+        ge=1,
+        le=64 * 1024 * 1024,
+        description="A worker's fetch from Kafka waits for this many bytes of records, or"
+        " CACHECAST_WORKER_FETCH_WAIT_MS: fewer, fuller fetches (1: return as soon as any"
+        " record is there).",
+    )
+    worker_fetch_wait_ms: int = Field(
+        25,
+        ge=0,
+        le=1500,
+        description="Longest a worker's fetch waits for CACHECAST_WORKER_FETCH_MIN_BYTES; the"
+        " most it delays an event that arrives alone.",
+    )
     web_host: str = "127.0.0.1"
     web_port: int = Field(
         6066,

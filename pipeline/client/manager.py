@@ -273,8 +273,10 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
         what the pool would have given it. A batch whose line was lost is sent again
         through the pool (with its retries), as the pool's own retry would send it.
         """
+        if self._cold:  # here, so that a failure to start reaches the plan like any other
+            await self._warm_up()
         reads = self._reads
-        if reads is not None and not self._cold:
+        if reads is not None:
             sent = reads.send(commands)
             if sent is not None:
                 try:
@@ -303,8 +305,6 @@ class RedisCacheManager(ManagerBase[AsyncRedisClient, AccessEmitter]):
 
     async def _run(self, procedure: Procedure[T]) -> T:
         """Run a plan or procedure (see :mod:`pipeline.client.driver`); a Redis error propagates."""
-        if self._cold:
-            await self._warm_up()
         return await run(procedure, self._io)
 
     # -- values ----------------------------------------------------------------------
