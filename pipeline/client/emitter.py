@@ -79,8 +79,10 @@ _RECONNECT_BASE_S: Final = 0.5
 _RECONNECT_CAP_S: Final = 5.0  # a probe is one TCP connect: cheap, silent
 _PROBE_TIMEOUT_S: Final = 1.0
 _STALL_S: Final = 1.0
-#: How often the sender looks at the buffer while it is idle or a batch is filling.
+#: How often the sender looks at the buffer while it is idle or a batch is filling
+#: (the linger, if shorter, but never less than _MIN_TICK_S: never a busy loop).
 _TICK_S: Final = 0.005
+_MIN_TICK_S: Final = 0.001
 _EVENT_OVERHEAD: Final = 160  # bytes of a queued event beside its strings (tuple, ints, floats)
 
 ProducerFactory = Callable[[], AIOKafkaProducer]
@@ -184,7 +186,7 @@ class AccessEmitter:
         self._linger = settings.emitter_linger_ms / 1000.0
         self._min_batch = settings.emitter_min_batch
         #: How often an idle or filling sender looks at the buffer.
-        self._tick = min(self._linger, _TICK_S)
+        self._tick = max(_MIN_TICK_S, min(self._linger, _TICK_S))
         #: When the sender first saw the events now waiting (None: nothing waits).
         self._filling_since: float | None = None
         self._buffer: deque[tuple[Any, ...]] = deque()
@@ -340,7 +342,7 @@ class AccessEmitter:
         while self._buffer or self._in_flight or self._handing_off:
             if time.monotonic() > deadline:
                 return False
-            await asyncio.sleep(self._tick or _TICK_S)
+            await asyncio.sleep(self._tick)
         return True
 
     # -- background -----------------------------------------------------------------
@@ -388,7 +390,7 @@ class AccessEmitter:
                     await self._send_available()
                 except Exception:  # a bug must not end the sender: the cache path keeps emitting
                     log.exception("access emitter: unexpected error while sending; carrying on")
-                    await asyncio.sleep(self._tick or _TICK_S)
+                    await asyncio.sleep(self._tick)
             elif self._stopping:
                 await self._wait_in_flight()
                 return

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 
 from pipeline.client.emitter import AccessEmitter
 from pipeline.config import Settings
@@ -131,3 +132,28 @@ async def test_a_lone_event_goes_once_its_linger_is_up() -> None:
     assert await emitter.flush(2.0)
     assert [e.key for raw in producer.sent for e in decode_access(raw).records] == ["alone"]
     await emitter.close()
+
+
+async def test_with_no_linger_an_idle_sender_still_sleeps_between_looks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``emitter_linger_ms=0`` sends at once, but an empty buffer is no reason to spin."""
+    pauses: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(delay: float) -> None:
+        pauses.append(delay)
+        await real_sleep(delay)
+
+    producer = FakeProducer()
+    emitter = AccessEmitter(Settings(emitter_linger_ms=0), producer_factory=lambda: producer)
+    await emitter.start()
+    monkeypatch.setattr("pipeline.client.emitter.asyncio.sleep", recording_sleep)
+    await real_sleep(0.05)
+    emitter.emit("shop", "now", "get", "miss", ts=1.0)
+    assert await emitter.flush(2.0)
+    monkeypatch.undo()
+    await emitter.close()
+    assert pauses
+    assert min(pauses) > 0  # a sleep(0) here would be a busy loop
+    assert [e.key for raw in producer.sent for e in decode_access(raw).records] == ["now"]
