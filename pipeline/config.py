@@ -122,7 +122,7 @@ def env_name(field: str) -> str:
 
 def _aliases(field: str) -> AliasChoices:
     """A field is read from its environment variable, or by its own name."""
-    return AliasChoices(env_name(field), field)
+    return _env(env_name(field), field)
 
 
 class Settings(BaseSettings):

@@ -861,7 +861,7 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
 
     def _join_edge(
         self,
-        flight: Any,
+        flight: _Flight,
         namespace: str,
         key: str,
         started: int,
@@ -934,7 +934,7 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
         return None
 
     def _edge_fill(
-        self, namespace: str, key: str, dkey: str, guard: GuardT, flight: Any, started: int
+        self, namespace: str, key: str, dkey: str, guard: GuardT, flight: _Flight, started: int
     ) -> Procedure[Any]:
         """Claim the key with a loading mark, load it, and write it in the loading mark's place.
 
