@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
 import faust
@@ -29,6 +29,7 @@ from pipeline.checkpoint import (
     load_snapshot_blobs,
     snapshot_key,
 )
+from pipeline.forking import fork_available, fork_child
 from pipeline.topics import STATE_MAX_MESSAGE_BYTES
 from pipeline.transport import kafka_options
 
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 _SEND_ATTEMPTS = 4
 _READ_ATTEMPTS = 4
 _SEND_BACKOFF_S = 0.5
+#: A snapshot child that takes longer is killed and the checkpoint counts as failed.
+_CHILD_TIMEOUT_S = 300.0
 
 
 class Stateful(Protocol):
@@ -82,6 +85,11 @@ class Checkpointer(Generic[M]):
         self.snapshots_written = 0
         self.snapshot_bytes = 0
         self.snapshot_seconds = 0.0
+        #: How long the last checkpoint held the agent (the fork, or the whole encode).
+        self.pause_seconds = 0.0
+        self.mode = "fork" if context.settings.checkpoint_fork and fork_available() else "inline"
+        self.snapshot_failures = 0
+        self._writing: asyncio.Future[None] | None = None
         self.restored = 0
         self.rejected = 0
         #: Runs first at every checkpoint, revocations included (predict feeds its
@@ -98,6 +106,7 @@ class Checkpointer(Generic[M]):
         app = context.app
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
+        app.on_before_shutdown.connect(self._finish_write)
         context.checkpointers.append(self)
 
     def describe(self) -> dict[str, Any]:
@@ -107,6 +116,9 @@ class Checkpointer(Generic[M]):
             "snapshots_written": self.snapshots_written,
             "last_snapshot_bytes": self.snapshot_bytes,
             "last_checkpoint_s": round(self.snapshot_seconds, 4),
+            "last_checkpoint_pause_s": round(self.pause_seconds, 4),
+            "snapshot_mode": self.mode,
+            "snapshot_failures": self.snapshot_failures,
             "pending_records": len(self._pending),
             "partitions_restored": self.restored,
             "snapshots_rejected": self.rejected,
@@ -228,16 +240,25 @@ class Checkpointer(Generic[M]):
             self.offsets[partition] = offset
 
     def due(self) -> bool:
-        return time.monotonic() - self._last >= self.context.settings.checkpoint_s
+        """Whether a checkpoint is due: its interval is up and the last one is written."""
+        writing = self._writing is not None and not self._writing.done()
+        return not writing and time.monotonic() - self._last >= self.context.settings.checkpoint_s
 
     async def checkpoint(self) -> None:
-        """Snapshot every model, wait for Kafka, then ack the records they cover.
+        """Snapshot every model now; write the snapshots and ack the records they cover
+        in the background.
 
-        Call with :attr:`lock` held. A partition whose snapshot is larger than
-        the state topic takes, or could not be written after retries, keeps its
-        records unacked (they are acked by the next checkpoint that writes its
-        snapshot) and says so in the log: its state is never silently lost.
+        Call with :attr:`lock` held; the lock is needed only until this returns,
+        which is when the snapshot is taken: with :attr:`Settings.checkpoint_fork`
+        a forked child encodes it (the agent pauses for the fork), otherwise it is
+        encoded here. The write that follows waits for Kafka, then acks the
+        records the snapshot covers (:meth:`settled` waits for it). A partition
+        whose snapshot is larger than the state topic takes, or could not be
+        written after retries, keeps its records unacked (they are acked by the
+        next checkpoint that writes its snapshot) and says so in the log: its
+        state is never silently lost.
         """
+        await self.settled()  # one write at a time, in order
         if self.before_checkpoint is not None:
             try:
                 await self.before_checkpoint()
@@ -246,16 +267,82 @@ class Checkpointer(Generic[M]):
                 self._last = time.monotonic()
                 return
         started = time.perf_counter()
-        written = 0
-        failed: set[int] = set()
-        # A copy: a partition restored in the background may join while a send waits.
-        for partition, model in list(self.models.items()):
-            offset = max(self.offsets.get(partition, -1), self.covered.get(partition, -1))
-            blob = encode_snapshot(
-                {"offset": offset, "state": model.state_dict()},
-                stage=self.stage,
-                partition=partition,
-            )
+        # A copy: a partition restored in the background may join while the write waits.
+        partitions = sorted(self.models)
+        offsets = {p: max(self.offsets.get(p, -1), self.covered.get(p, -1)) for p in partitions}
+        pending, self._pending = self._pending, []
+        snapshot = self._snapshot(partitions, offsets)
+        self.pause_seconds = time.perf_counter() - started
+        self._writing = asyncio.ensure_future(self._write(snapshot, partitions, pending, started))
+
+    async def settled(self) -> None:
+        """Wait until the last checkpoint's snapshots are written and its records acked."""
+        if self._writing is not None:
+            await asyncio.shield(self._writing)
+
+    async def _finish_write(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """At shutdown, let a snapshot being written reach Kafka (and its child exit)."""
+        await self.settled()
+
+    def _snapshot(
+        self, partitions: list[int], offsets: dict[int, int]
+    ) -> Awaitable[list[tuple[int, bytes]]]:
+        """Each partition's snapshot blob as the models are now: from a forked child, or
+        encoded in-line (no fork on this platform, the setting off, or the fork failed)."""
+        models = self.models
+
+        def encode() -> Iterator[tuple[int, bytes]]:
+            for partition in partitions:
+                state = {"offset": offsets[partition], "state": models[partition].state_dict()}
+                yield partition, encode_snapshot(state, stage=self.stage, partition=partition)
+
+        if self.context.settings.checkpoint_fork and fork_available():
+            try:
+                child = fork_child(encode)
+            except OSError as exc:  # out of memory or processes: encode here this time
+                log.warning("%s: no fork for the snapshot (%r); encoding in-line", self.stage, exc)
+            else:
+                self.mode = "fork"
+                return child.result(_CHILD_TIMEOUT_S)
+        self.mode = "inline"
+        done: asyncio.Future[list[tuple[int, bytes]]] = asyncio.get_running_loop().create_future()
+        try:
+            done.set_result(list(encode()))
+        except Exception as exc:  # as from a child: the write below reports it
+            done.set_exception(exc)
+        return done
+
+    async def _write(
+        self,
+        snapshot: Awaitable[list[tuple[int, bytes]]],
+        partitions: list[int],
+        pending: list[EventT[Any]],
+        started: float,
+    ) -> None:
+        """Write the snapshots, wait for Kafka, ack the records of the partitions written."""
+        failed = set(partitions)
+        try:
+            failed = await self._send_all(await snapshot, failed)
+            await self.context.flush()
+        except Exception as exc:  # the child or the encode failed, or Kafka: keep every record
+            self.snapshot_failures += 1
+            failed = set(partitions)
+            log.error("%s: snapshot not written (%s); its records stay unacked", self.stage, exc)
+        acked: list[EventT[Any]] = []
+        kept: list[EventT[Any]] = []
+        for event in pending:
+            (kept if event.message.partition in failed else acked).append(event)
+        self._pending[:0] = kept  # before the records that arrived meanwhile
+        if self.stream is not None:
+            for event in acked:
+                await self.stream.ack(event)
+        self.snapshot_seconds = time.perf_counter() - started
+        self._last = time.monotonic()
+
+    async def _send_all(self, blobs: list[tuple[int, bytes]], failed: set[int]) -> set[int]:
+        """Send each blob; the partitions of ``failed`` whose snapshot was not written."""
+        failed = set(failed)
+        for partition, blob in blobs:
             self.snapshot_bytes = len(blob)
             if len(blob) > STATE_MAX_MESSAGE_BYTES - 4096:
                 self.refused += 1
@@ -267,24 +354,11 @@ class Checkpointer(Generic[M]):
                     len(blob),
                     STATE_MAX_MESSAGE_BYTES,
                 )
-                failed.add(partition)
                 continue
             if await self._send(partition, blob):
-                written += 1
-            else:
-                failed.add(partition)
-        await self.context.flush()
-        acked: list[EventT[Any]] = []
-        kept: list[EventT[Any]] = []
-        for event in self._pending:
-            (kept if event.message.partition in failed else acked).append(event)
-        self._pending = kept
-        if self.stream is not None:
-            for event in acked:
-                await self.stream.ack(event)
-        self.snapshots_written += written
-        self.snapshot_seconds = time.perf_counter() - started
-        self._last = time.monotonic()
+                self.snapshots_written += 1
+                failed.discard(partition)
+        return failed
 
     async def _send(self, partition: int, blob: bytes) -> bool:
         """Write one snapshot and wait for Kafka, retrying with backoff; False if it failed."""
@@ -319,6 +393,7 @@ class Checkpointer(Generic[M]):
             return
         async with self.lock:
             await self.checkpoint()
+            await self.settled()
             for partition in mine:
                 loading = self._loading.pop(partition, None)
                 if loading is not None:

@@ -533,6 +533,12 @@ class Settings(BaseSettings):
         le=3600,
         description="How often model state is snapshotted and input offsets committed.",
     )
+    checkpoint_fork: bool = Field(
+        True,
+        description="Encode snapshots in a forked child process, so the worker pauses for the"
+        " fork (milliseconds) instead of the whole encode (seconds once the models are full)."
+        " Off, or where the platform cannot fork, snapshots are encoded on the event loop.",
+    )
     stats_window_s: float = Field(
         10.0,
         gt=0,
