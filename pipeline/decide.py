@@ -78,6 +78,20 @@ def _in_time_order(events: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]
     return events
 
 
+def _served(event: dict[str, Any]) -> bool | None:
+    """Whether the cache served a read, as the models learn it (None: unknown).
+
+    A miss that joined a load in flight cost the origin nothing more: to the models
+    it is the hit a cache gives once the first reader's load is in. Counted as a
+    miss, it would open rule trials and grow the waste budget's count of origin
+    reads with every concurrent reader of a key.
+    """
+    outcome = event["outcome"]
+    if outcome == "hit" or event.get("joined", False):
+        return True
+    return False if outcome == "miss" else None
+
+
 #: Events older than this when decided mean the worker is catching up on a backlog:
 #: the lookahead is not retuned from them (nor from warms slower than this).
 LIVE_AGE_S: Final = 1.0
@@ -226,8 +240,7 @@ class Decider:
             if event["op"] not in READ_OPS:
                 continue
             self.requests += 1
-            outcome = event["outcome"]
-            hit = True if outcome == "hit" else False if outcome == "miss" else None
+            hit = _served(event)
             candidates = observe(
                 event["namespace"] + ":" + event["key"],
                 float(self.requests),

@@ -572,12 +572,19 @@ class CacheCore:
         session: str | None,
         emit: bool,
         op: str = "get",
+        joined: bool = False,
     ) -> None:
+        """A read the cache did not serve; ``joined``: it gets its value from a load
+        already in flight, so the origin is asked once (the worker's models take it
+        as a read the cache would have served)."""
         self.stats.misses += 1
         if op == "get":
             self.get_latency.record(elapsed_us)
         if emit:
-            self.emit(namespace, key, op, "miss", elapsed_us, 0, None, user, session, None, False)
+            self.emit(
+                namespace, key, op, "miss", elapsed_us, 0, None, user, session, None, False,
+                joined=joined,
+            )  # fmt: skip
 
     def record_undecodable(self, namespace: str, key: str, exc: CodecError) -> None:
         self.stats.decode_errors += 1

@@ -26,9 +26,10 @@ miss calls ``loader`` and stores what it returns:
   load, here or (through a loading mark in Redis) on any other client;
 * **events**: each access carries the caller's user and session and, on the
   first read of a value the warmer wrote, ``warmed=true`` with the warm's path
-  (``worker`` or ``edge``); a read that joined an edge load in flight says
-  ``joined``, one that joined an application load (here or on another client) is
-  a miss, counted in ``load_joins``.
+  (``worker`` or ``edge``); a read that joined an edge load in flight is a hit
+  that says ``joined``; one that joined an application load (here or on another
+  client) is a miss that says ``joined``, counted in ``load_joins`` (except a read
+  whose own claim lost to another client's load: its event went out before).
 """
 
 from __future__ import annotations

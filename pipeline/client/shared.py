@@ -671,8 +671,8 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
     ) -> tuple[Any, bool]:
         """The value another client's load left (ABSENT if undecodable), and whether it
         was an edge warm (the caller counts the join). A read that waited for an
-        application load is what it is on the loading client: a miss, and a join
-        of that load (it cost the origin nothing more)."""
+        application load is what it is on the loading client, a miss, whose event
+        says it joined that load (it cost the origin nothing more)."""
         try:
             value = self._core.decode(data)
         except CodecError:
@@ -682,8 +682,19 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
         core = self._core
         core.stats.load_joins += 1
         elapsed = (time.perf_counter_ns() - started) // 1000
-        core.record_miss(namespace, key, elapsed, user, session, emit)
+        core.record_miss(namespace, key, elapsed, user, session, emit, joined=True)
         return value, False
+
+    def _joins_flight(self, dkey: str, since_ns: int) -> bool:
+        """Whether a miss at ``since_ns`` will take its value from an application load of
+        ``dkey`` already in flight on this client (``_load`` joins it), so that its event
+        can say so as it is sent: the origin is asked once for both reads."""
+        flight = self._flights.get(dkey)
+        return (
+            flight is not None
+            and not flight.edge
+            and (not flight.done_ns or flight.done_ns >= since_ns)
+        )
 
     def _join_deadline(self, since_ns: int) -> int:
         """When a read that waits for another client's load, from ``since_ns`` on
@@ -852,7 +863,9 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
                 if joined is not ABSENT:
                     return joined
                 elapsed = (time.perf_counter_ns() - started) // 1000
-            core.record_miss(namespace, key, elapsed, user, session, enable_prediction)
+            joins = fallback_data is not None and self._joins_flight(dkey, started)
+            emit = enable_prediction
+            core.record_miss(namespace, key, elapsed, user, session, emit, joined=joins)
         if trigger:
             self._prefetch(namespace, key, armed)
         if fallback_data is None:

@@ -297,7 +297,11 @@ def _release_on_second_read(cache: Any, dkey: str, gate: Any) -> None:
 
 @pytest.mark.parametrize("lost_claim", [False, True], ids=["read-the-mark", "lost-the-claim"])
 async def test_another_client_waits_for_an_application_load_in_flight(
-    backend: Backend, make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch, lost_claim: bool
+    backend: Backend,
+    make_cache: MakeCache,
+    sink: RecordingSink,
+    monkeypatch: pytest.MonkeyPatch,
+    lost_claim: bool,
 ) -> None:
     # lost_claim: the second client reads nothing, and the first starts loading the
     # key before the second's claim lands; else the second reads the first's mark.
@@ -322,11 +326,15 @@ async def test_another_client_waits_for_an_application_load_in_flight(
         _release_on_second_read(second, dkey, gate)
 
     await _race(monkeypatch, second, start_the_first, lost_claim)
-    assert await second.get("orders", "k", fallback_data=own) == {"v": 1}
+    assert await second.get("orders", "k", fallback_data=own, session_id="second") == {"v": 1}
     assert await leader[0] == {"v": 1}
     assert calls == ["first"]  # the origin was asked once
     assert (second.core.stats.loads, second.core.stats.load_joins) == (0, 1)
     assert second.core.stats.misses == 1
+    # A read that found the first's mark says it joined; one whose claim lost the race
+    # had sent its event before it knew.
+    (event,) = [e for e in sink.of("get", "k") if e["session"] == "second"]
+    assert (event["outcome"], event["joined"]) == ("miss", not lost_claim)
 
 
 def _count_reads(cache: Any, dkey: str, gate: Any, open_at: int) -> list[int]:

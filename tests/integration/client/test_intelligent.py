@@ -37,7 +37,7 @@ class CountingLoader:
 
 @pytest.mark.parametrize("delay", [0.0, 0.05], ids=["instant-loader", "slow-loader"])
 async def test_hundred_concurrent_misses_call_the_loader_once(
-    backend: Backend, make_cache: MakeCache, delay: float
+    backend: Backend, make_cache: MakeCache, sink: RecordingSink, delay: float
 ) -> None:
     cache: IntelligentCache = make_cache(backend, IntelligentCache)
     loader = CountingLoader({"profile": 1}, delay=delay)
@@ -50,6 +50,9 @@ async def test_hundred_concurrent_misses_call_the_loader_once(
     assert stats.loads == 1
     assert stats.hits + stats.misses == 100
     assert stats.load_joins == stats.misses - 1
+    # The worker learns one origin read: every other miss says it joined that load.
+    misses = [e for e in sink.of("get", "hot") if e["outcome"] == "miss"]
+    assert [e["joined"] for e in misses] == [False] + [True] * (stats.misses - 1)
     assert await cache.get("profiles", "hot") == {"profile": 1}  # it was stored
 
 

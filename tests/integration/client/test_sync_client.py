@@ -90,6 +90,40 @@ def test_threads_missing_together_call_the_loader_once(
     assert cache.get("p", "hot") == {"v": 1}
 
 
+def test_a_sync_miss_that_joins_a_load_in_flight_says_so(
+    backend: Backend, make_sync_cache: MakeCache, sink: RecordingSink
+) -> None:
+    cache: SyncIntelligentCache = make_sync_cache(backend, SyncIntelligentCache)
+    release = threading.Event()
+
+    def origin() -> dict[str, int]:
+        release.wait(10)
+        return {"v": 1}
+
+    first = threading.Thread(target=lambda: cache.get("p", "k", fallback_data=origin))
+    first.start()
+    dkey = cache.settings.redis_key_prefix + "p:k"
+    deadline = time.monotonic() + 10
+    while dkey not in cache._flights and time.monotonic() < deadline:
+        time.sleep(0.005)
+    second: list[object] = []
+    joiner = threading.Thread(
+        target=lambda: second.append(cache.get("p", "k", fallback_data=origin))
+    )
+    joiner.start()
+    while len(sink.of("get", "k")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    release.set()
+    first.join(10)
+    joiner.join(10)
+    assert second == [{"v": 1}]
+    # The worker's models learn one origin read, not two.
+    assert [(e["outcome"], e["joined"]) for e in sink.of("get", "k")] == [
+        ("miss", False),
+        ("miss", True),
+    ]
+
+
 def test_a_hung_sync_loader_does_not_block_its_key_for_other_threads(
     single: Backend, make_sync_cache: MakeCache
 ) -> None:

@@ -168,3 +168,34 @@ def test_the_worker_issues_user_warms_while_leaving_sequences_to_the_rules() -> 
         reasons.update(command["reason"] for command in decider.decide(engine, batch))
     assert reasons["user"] > 100, reasons
     assert reasons["similarity"] == 0
+
+
+@pytest.mark.parametrize("joined", [False, True], ids=["its-own-load", "joined-a-load"])
+def test_a_miss_that_joined_a_load_in_flight_teaches_the_rules_no_origin_read(
+    joined: bool,
+) -> None:
+    """Clients reading one key at once send one miss and, for the others, misses that
+    joined its load: the origin was read once. The rules learn successors and count
+    origin reads from the misses that loaded, not from every concurrent reader.
+
+    Each visit reads "a", then "b" (its own load, or joining another reader's), then
+    30 keys never seen again."""
+    settings = Settings()
+    engine = WarmEngine(engine_config(settings))
+    decider = Decider(settings, model_version="t", clock=lambda: 0.0)
+    events = []
+    for visit in range(200):
+        reads = [("a", False), ("b", joined)] + [(f"other-{visit}-{n}", False) for n in range(30)]
+        for key, concurrent in reads:
+            events.append(
+                {"namespace": "shop", "key": key, "ts": float(len(events)), "op": "get",
+                 "outcome": "miss", "user": None, "warmed": False, "joined": concurrent}
+            )  # fmt: skip
+    decider.decide(engine, events)
+    rules = dict(engine.rules.changed())
+    if joined:  # "b" never cost a load: it is no successor, and no origin read
+        assert rules.get("shop:a", []) == []
+        assert engine.rules._accesses == 200 * 31
+    else:
+        assert [key for key, _ in rules["shop:a"]] == ["shop:b"]
+        assert engine.rules._accesses == 200 * 32
