@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import faust
 from faust.types import TP, EventT
@@ -87,9 +87,15 @@ class Checkpointer(Generic[M]):
         self.snapshot_seconds = 0.0
         #: How long the last checkpoint held the agent (the fork, or the whole encode).
         self.pause_seconds = 0.0
-        self.mode = "fork" if context.settings.checkpoint_fork and fork_available() else "inline"
+        self.mode: Literal["fork", "inline"] = (
+            "fork" if context.settings.checkpoint_fork and fork_available() else "inline"
+        )
         self.snapshot_failures = 0
         self._writing: asyncio.Future[None] | None = None
+        #: Records whose snapshot is being written (acked when it is in Kafka).
+        self._in_flight = 0
+        #: Set at shutdown: no checkpoint starts after the last one is written.
+        self._closing = False
         self.restored = 0
         self.rejected = 0
         #: Runs first at every checkpoint, revocations included (predict feeds its
@@ -119,7 +125,7 @@ class Checkpointer(Generic[M]):
             "last_checkpoint_pause_s": round(self.pause_seconds, 4),
             "snapshot_mode": self.mode,
             "snapshot_failures": self.snapshot_failures,
-            "pending_records": len(self._pending),
+            "pending_records": len(self._pending) + self._in_flight,
             "partitions_restored": self.restored,
             "snapshots_rejected": self.rejected,
             "snapshots_too_large": self.refused,
@@ -242,7 +248,9 @@ class Checkpointer(Generic[M]):
     def due(self) -> bool:
         """Whether a checkpoint is due: its interval is up and the last one is written."""
         writing = self._writing is not None and not self._writing.done()
-        return not writing and time.monotonic() - self._last >= self.context.settings.checkpoint_s
+        if writing or self._closing:
+            return False
+        return time.monotonic() - self._last >= self.context.settings.checkpoint_s
 
     async def checkpoint(self) -> None:
         """Snapshot every model now; write the snapshots and ack the records they cover
@@ -256,9 +264,12 @@ class Checkpointer(Generic[M]):
         whose snapshot is larger than the state topic takes, or could not be
         written after retries, keeps its records unacked (they are acked by the
         next checkpoint that writes its snapshot) and says so in the log: its
-        state is never silently lost.
+        state is never silently lost. Once the worker shuts down, no checkpoint
+        starts: the records since the last one go to the partition's next owner.
         """
         await self.settled()  # one write at a time, in order
+        if self._closing:
+            return
         if self.before_checkpoint is not None:
             try:
                 await self.before_checkpoint()
@@ -270,18 +281,28 @@ class Checkpointer(Generic[M]):
         # A copy: a partition restored in the background may join while the write waits.
         partitions = sorted(self.models)
         offsets = {p: max(self.offsets.get(p, -1), self.covered.get(p, -1)) for p in partitions}
-        pending, self._pending = self._pending, []
         snapshot = self._snapshot(partitions, offsets)
+        # No await since the snapshot: the records taken are exactly the ones it holds.
+        pending, self._pending = self._pending, []
+        self._in_flight = len(pending)
         self.pause_seconds = time.perf_counter() - started
         self._writing = asyncio.ensure_future(self._write(snapshot, partitions, pending, started))
 
     async def settled(self) -> None:
         """Wait until the last checkpoint's snapshots are written and its records acked."""
-        if self._writing is not None:
-            await asyncio.shield(self._writing)
+        writing = self._writing
+        if writing is None:
+            return
+        try:
+            await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            if not writing.cancelled():
+                raise  # this waiter was cancelled, not the write
 
     async def _finish_write(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        """At shutdown, let a snapshot being written reach Kafka (and its child exit)."""
+        """At shutdown, let a snapshot being written reach Kafka (and its child exit), and
+        start no other: the timers that checkpoint run until after this."""
+        self._closing = True
         await self.settled()
 
     def _snapshot(
@@ -299,11 +320,12 @@ class Checkpointer(Generic[M]):
         if self.context.settings.checkpoint_fork and fork_available():
             try:
                 child = fork_child(encode)
-            except OSError as exc:  # out of memory or processes: encode here this time
+            except Exception as exc:  # out of memory or processes: encode here this time
                 log.warning("%s: no fork for the snapshot (%r); encoding in-line", self.stage, exc)
             else:
                 self.mode = "fork"
-                return child.result(_CHILD_TIMEOUT_S)
+                # A task of its own: the child is collected and reaped whatever the write does.
+                return asyncio.ensure_future(child.result(_CHILD_TIMEOUT_S))
         self.mode = "inline"
         done: asyncio.Future[list[tuple[int, bytes]]] = asyncio.get_running_loop().create_future()
         try:
@@ -319,25 +341,33 @@ class Checkpointer(Generic[M]):
         pending: list[EventT[Any]],
         started: float,
     ) -> None:
-        """Write the snapshots, wait for Kafka, ack the records of the partitions written."""
+        """Write the snapshots, wait for Kafka, ack the records of the partitions written.
+
+        Never raises: a record that was not acked goes back to the pending ones (before
+        those that arrived meanwhile), for the next checkpoint.
+        """
         failed = set(partitions)
+        acked: set[int] = set()  # ids of the records acked
         try:
-            failed = await self._send_all(await snapshot, failed)
-            await self.context.flush()
-        except Exception as exc:  # the child or the encode failed, or Kafka: keep every record
-            self.snapshot_failures += 1
-            failed = set(partitions)
-            log.error("%s: snapshot not written (%s); its records stay unacked", self.stage, exc)
-        acked: list[EventT[Any]] = []
-        kept: list[EventT[Any]] = []
-        for event in pending:
-            (kept if event.message.partition in failed else acked).append(event)
-        self._pending[:0] = kept  # before the records that arrived meanwhile
-        if self.stream is not None:
-            for event in acked:
-                await self.stream.ack(event)
-        self.snapshot_seconds = time.perf_counter() - started
-        self._last = time.monotonic()
+            try:
+                failed = await self._send_all(await snapshot, failed)
+                await self.context.flush()
+            except Exception as exc:  # the child or the encode failed, or Kafka
+                self.snapshot_failures += 1
+                failed = set(partitions)
+                log.error("%s: snapshot not written (%s); records stay unacked", self.stage, exc)
+            for event in pending:
+                if event.message.partition not in failed:
+                    if self.stream is not None:
+                        await self.stream.ack(event)
+                    acked.add(id(event))
+        except Exception:
+            log.exception("%s: records could not be acked; kept for later", self.stage)
+        finally:  # cancelled too: what was not acked is kept
+            self._pending[:0] = [e for e in pending if id(e) not in acked]
+            self._in_flight = 0
+            self.snapshot_seconds = time.perf_counter() - started
+            self._last = time.monotonic()
 
     async def _send_all(self, blobs: list[tuple[int, bytes]], failed: set[int]) -> set[int]:
         """Send each blob; the partitions of ``failed`` whose snapshot was not written."""

@@ -87,9 +87,9 @@ def _served(event: dict[str, Any]) -> bool | None:
     reads with every concurrent reader of a key.
     """
     outcome = event["outcome"]
-    if outcome == "hit" or event.get("joined", False):
-        return True
-    return False if outcome == "miss" else None
+    if outcome == "miss":
+        return bool(event.get("joined", False))
+    return True if outcome == "hit" else None
 
 
 #: Events older than this when decided mean the worker is catching up on a backlog:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from pipeline.config import ConfigError, load_settings
+from pipeline.forking import die_with_parent
 from pipeline.topics import ensure_topics
 
 __all__ = ["WorkerProcess", "register", "run_worker"]
@@ -93,8 +94,6 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, ready_timeout: float = 90.0) -> WorkerProcess:
-        from pipeline.devstack.process import die_with_parent  # demo and test use only
-
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.cli", "worker", "--web-port", str(self.web_port)],

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import ctypes
 import logging
 import os
 import random
@@ -31,6 +30,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, TypeVar
+
+from pipeline.forking import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -116,34 +117,6 @@ def _tcp_open(host: str, port: int, timeout: float) -> bool:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A child-side hook that makes the server die with us, or None where unsafe.
-
-    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child exits, so it is
-    only set from the main thread (which lives as long as the process); elsewhere the
-    atexit handler is the safety net.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    parent = os.getpid()
-    pr_set_pdeathsig = 1
-
-    def setup() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return setup
 
 
 class _Process:

@@ -164,7 +164,7 @@ def replay_through_worker(
         CACHECAST_TOPIC_NAMESPACE=tag,
         # One partition per topic: one worker, and the lowest latency.
         CACHECAST_TOPIC_PARTITIONS="1",
-        # Checkpoints stall the worker for ~0.1-0.3 s; keep them out of the measurement.
+        # Checkpoints fork and write snapshots; keep them out of the measurement.
         CACHECAST_CHECKPOINT_S="60",
         **overrides,
     )

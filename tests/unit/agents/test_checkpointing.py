@@ -12,7 +12,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import orjson
 import pytest
 
 from agents.app import Context
@@ -181,7 +180,95 @@ async def test_a_failed_snapshot_keeps_its_records_for_the_next_checkpoint(
     assert _snapshots(checkpointer)[0]["state"]["items"] == ["p0@0", "p0@1", "p0@2"]
 
 
-async def test_the_setting_reads_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fork", MODES)
+async def test_a_record_whose_ack_fails_is_kept_and_checkpoints_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    checkpointer = _checkpointer(tmp_path, monkeypatch, fork)
+    for offset in range(3):
+        await _learn(checkpointer, 0, offset)
+    stream = checkpointer.stream
+    real_ack = stream.ack
+
+    async def second_ack_fails(event: Any) -> None:
+        if len(stream.acked) == 1:
+            raise RuntimeError("consumer gone")
+        await real_ack(event)
+
+    stream.ack = second_ack_fails
+    async with checkpointer.lock:
+        await checkpointer.checkpoint()
+    await checkpointer.settled()
+    assert stream.acked == [(0, 0)]
+    assert "could not be acked" in caplog.text
+    assert checkpointer.describe()["pending_records"] == 2
+
+    stream.ack = real_ack
+    await _learn(checkpointer, 0, 3)
+    checkpointer._last = time.monotonic() - 7200.0
+    assert checkpointer.due()
+    async with checkpointer.lock:
+        await checkpointer.checkpoint()
+    await checkpointer.settled()
+    assert stream.acked == [(0, 0), (0, 1), (0, 2), (0, 3)]
+
+
+async def test_a_fork_that_fails_falls_back_to_encoding_in_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    checkpointer = _checkpointer(tmp_path, monkeypatch, True)
+    await _learn(checkpointer, 0, 0)
+
+    def no_fork(produce: Any) -> Any:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr("agents.checkpointing.fork_child", no_fork)
+    async with checkpointer.lock:
+        await checkpointer.checkpoint()
+    await checkpointer.settled()
+    assert checkpointer.mode == "inline"
+    assert "encoding in-line" in caplog.text
+    assert _snapshots(checkpointer)[0]["state"]["items"] == ["p0@0"]
+    assert checkpointer.stream.acked == [(0, 0)]
+
+
+async def test_records_being_written_count_as_pending_until_acked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpointer = _checkpointer(tmp_path, monkeypatch, True)
+    await _learn(checkpointer, 0, 0)
+    checkpointer.models[0].delay = 0.5
+    async with checkpointer.lock:
+        await checkpointer.checkpoint()
+    await _learn(checkpointer, 0, 1)
+    assert checkpointer.describe()["pending_records"] == 2
+    await checkpointer.settled()
+    assert checkpointer.describe()["pending_records"] == 1
+
+
+async def test_at_shutdown_the_write_in_flight_ends_and_no_checkpoint_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpointer = _checkpointer(tmp_path, monkeypatch, True)
+    await _learn(checkpointer, 0, 0)
+    checkpointer.models[0].delay = 0.3
+    async with checkpointer.lock:
+        await checkpointer.checkpoint()
+    await checkpointer.context.app.on_before_shutdown.send()
+    assert checkpointer.stream.acked == [(0, 0)]  # written before shutdown went on
+    await _learn(checkpointer, 0, 1)
+    checkpointer._last = time.monotonic() - 7200.0
+    assert not checkpointer.due()
+    async with checkpointer.lock:
+        await checkpointer.checkpoint()  # a timer that fires late: nothing happens
+    await checkpointer.settled()
+    assert checkpointer.describe()["snapshots_written"] == 1
+    assert checkpointer.stream.acked == [(0, 0)]
+
+
+async def test_the_setting_is_on_by_default_and_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().checkpoint_fork is True
     monkeypatch.setenv("CACHECAST_CHECKPOINT_FORK", "false")
     assert load_settings().checkpoint_fork is False
-    assert orjson.dumps(load_settings(checkpoint_fork=True).checkpoint_fork) == b"true"

@@ -183,7 +183,7 @@ def test_a_miss_that_joined_a_load_in_flight_teaches_the_rules_no_origin_read(
     settings = Settings()
     engine = WarmEngine(engine_config(settings))
     decider = Decider(settings, model_version="t", clock=lambda: 0.0)
-    events = []
+    events: list[dict[str, Any]] = []
     for visit in range(200):
         reads = [("a", False), ("b", joined)] + [(f"other-{visit}-{n}", False) for n in range(30)]
         for key, concurrent in reads:

@@ -16,6 +16,14 @@ from pipeline.forking import ChildFailed, fork_available, fork_child
 pytestmark = pytest.mark.skipif(not fork_available(), reason="needs os.fork")
 
 
+def _open_fds() -> int | None:
+    """How many file descriptors this process has open (None where /proc is missing)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except FileNotFoundError:
+        return None
+
+
 async def test_the_child_sees_memory_as_it_was_at_the_fork() -> None:
     items = [b"a", b"bb"]
 
@@ -89,3 +97,20 @@ async def test_a_child_over_its_time_is_killed() -> None:
         await child.result(0.3)
     with pytest.raises(ProcessLookupError):  # killed and reaped: no such process any more
         os.kill(child.pid, 0)
+
+
+async def test_a_child_whose_result_is_cancelled_is_killed_and_leaves_no_fd() -> None:
+    def produce() -> Iterator[tuple[int, bytes]]:
+        time.sleep(60)
+        yield 0, b"late"
+
+    fds = _open_fds()
+    child = fork_child(produce)
+    waiting = asyncio.ensure_future(child.result(30.0))
+    await asyncio.sleep(0.1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    with pytest.raises(ProcessLookupError):
+        os.kill(child.pid, 0)
+    assert _open_fds() == fds
