@@ -95,6 +95,12 @@ async def _learn(checkpointer: Checkpointer[Model], partition: int, offset: int)
     checkpointer.processed(_event(partition, offset))
 
 
+async def _checkpoint(checkpointer: Checkpointer[Model]) -> None:
+    """What an agent does when a checkpoint is due: take it under the models' lock."""
+    async with checkpointer.lock:
+        await checkpointer.checkpoint()
+
+
 def _snapshots(checkpointer: Checkpointer[Model]) -> dict[int, Any]:
     sent = checkpointer.context.topics.state.sent  # type: ignore[attr-defined]
     return {item["partition"]: decode_snapshot(item["value"]) for item in sent}
@@ -109,8 +115,7 @@ async def test_a_snapshot_holds_the_models_as_they_were_when_it_was_taken(
         await _learn(checkpointer, 0, offset)
     await _learn(checkpointer, 1, 10)
     checkpointer.models[0].delay = 0.5
-    async with checkpointer.lock:
-        await checkpointer.checkpoint()
+    await _checkpoint(checkpointer)
     assert checkpointer.mode == ("fork" if fork else "inline")
     # Learnt after the snapshot was taken: in the models, not in the snapshot, not acked.
     await _learn(checkpointer, 0, 3)
@@ -144,8 +149,7 @@ async def test_with_a_fork_the_agent_is_held_for_the_fork_not_the_encode(
     checkpointer.models[0].delay = 2.0
     checkpointer._last = time.monotonic() - 7200.0  # due
     assert checkpointer.due()
-    async with checkpointer.lock:
-        await checkpointer.checkpoint()
+    await _checkpoint(checkpointer)
     assert checkpointer.pause_seconds < 1.0  # the 2 s encode runs in the child
     assert not checkpointer.due()  # one write at a time
     assert checkpointer.stream.acked == []
@@ -163,8 +167,7 @@ async def test_a_failed_snapshot_keeps_its_records_for_the_next_checkpoint(
     await _learn(checkpointer, 0, 0)
     await _learn(checkpointer, 0, 1)
     checkpointer.models[0].broken = True
-    async with checkpointer.lock:
-        await checkpointer.checkpoint()
+    await _checkpoint(checkpointer)
     await _learn(checkpointer, 0, 2)
     await checkpointer.settled()
     assert checkpointer.stream.acked == []
@@ -173,8 +176,7 @@ async def test_a_failed_snapshot_keeps_its_records_for_the_next_checkpoint(
     assert "model broke" in caplog.text
 
     checkpointer.models[0].broken = False
-    async with checkpointer.lock:
-        await checkpointer.checkpoint()
+    await _checkpoint(checkpointer)
     await checkpointer.settled()
     assert checkpointer.stream.acked == [(0, 0), (0, 1), (0, 2)]
     assert _snapshots(checkpointer)[0]["state"]["items"] == ["p0@0", "p0@1", "p0@2"]
@@ -196,8 +198,7 @@ async def test_a_record_whose_ack_fails_is_kept_and_checkpoints_go_on(
         await real_ack(event)
 
     stream.ack = second_ack_fails
-    async with checkpointer.lock:
-        await checkpointer.checkpoint()
+    await _checkpoint(checkpointer)
     await checkpointer.settled()
     assert stream.acked == [(0, 0)]
     assert "could not be acked" in caplog.text
@@ -207,8 +208,7 @@ async def test_a_record_whose_ack_fails_is_kept_and_checkpoints_go_on(
     await _learn(checkpointer, 0, 3)
     checkpointer._last = time.monotonic() - 7200.0
     assert checkpointer.due()
-    async with checkpointer.lock:
-        await checkpointer.checkpoint()
+    await _checkpoint(checkpointer)
     await checkpointer.settled()
     assert stream.acked == [(0, 0), (0, 1), (0, 2), (0, 3)]
 
@@ -223,8 +223,7 @@ async def test_a_fork_that_fails_falls_back_to_encoding_in_line(
         raise OSError(12, "Cannot allocate memory")
 
     monkeypatch.setattr("agents.checkpointing.fork_child", no_fork)
-    async with checkpointer.lock:
-        await checkpointer.checkpoint()
+    await _checkpoint(checkpointer)
     await checkpointer.settled()
     assert checkpointer.mode == "inline"
     assert "encoding in-line" in caplog.text
@@ -238,8 +237,7 @@ async def test_records_being_written_count_as_pending_until_acked(
     checkpointer = _checkpointer(tmp_path, monkeypatch, True)
     await _learn(checkpointer, 0, 0)
     checkpointer.models[0].delay = 0.5
-    async with checkpointer.lock:
-        await checkpointer.checkpoint()
+    await _checkpoint(checkpointer)
     await _learn(checkpointer, 0, 1)
     assert checkpointer.describe()["pending_records"] == 2
     await checkpointer.settled()
@@ -252,15 +250,13 @@ async def test_at_shutdown_the_write_in_flight_ends_and_no_checkpoint_starts(
     checkpointer = _checkpointer(tmp_path, monkeypatch, True)
     await _learn(checkpointer, 0, 0)
     checkpointer.models[0].delay = 0.3
-    async with checkpointer.lock:
-        await checkpointer.checkpoint()
+    await _checkpoint(checkpointer)
     await checkpointer.context.app.on_before_shutdown.send()
     assert checkpointer.stream.acked == [(0, 0)]  # written before shutdown went on
     await _learn(checkpointer, 0, 1)
     checkpointer._last = time.monotonic() - 7200.0
     assert not checkpointer.due()
-    async with checkpointer.lock:
-        await checkpointer.checkpoint()  # a timer that fires late: nothing happens
+    await _checkpoint(checkpointer)  # a timer that fires late: nothing happens
     await checkpointer.settled()
     assert checkpointer.describe()["snapshots_written"] == 1
     assert checkpointer.stream.acked == [(0, 0)]
