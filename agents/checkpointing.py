@@ -63,9 +63,15 @@ class Checkpointer(Generic[M]):
         topic_name: str,
         factory: Callable[[], M],
         extra_stages: tuple[str, ...] = (),
+        *,
+        skip_idle: bool = True,
     ) -> None:
         self.context = context
         self.stage = stage
+        #: Skip a checkpoint when no record was processed since the last one written
+        #: (off for a stage whose models also change on timers).
+        self.skip_idle = skip_idle
+        self.skipped_idle = 0
         #: Other records of the same partition read in the same pass as the snapshot
         #: (undecoded, in :attr:`extras`; an agent's own side state, such as progress).
         self.extra_stages = extra_stages
@@ -125,6 +131,7 @@ class Checkpointer(Generic[M]):
             "last_checkpoint_pause_s": round(self.pause_seconds, 4),
             "snapshot_mode": self.mode,
             "snapshot_failures": self.snapshot_failures,
+            "checkpoints_skipped_idle": self.skipped_idle,
             "pending_records": len(self._pending) + self._in_flight,
             "partitions_restored": self.restored,
             "snapshots_rejected": self.rejected,
@@ -266,9 +273,17 @@ class Checkpointer(Generic[M]):
         next checkpoint that writes its snapshot) and says so in the log: its
         state is never silently lost. Once the worker shuts down, no checkpoint
         starts: the records since the last one go to the partition's next owner.
+        With :attr:`skip_idle`, a checkpoint with no record processed since the
+        last snapshot written is skipped.
         """
         await self.settled()  # one write at a time, in order
         if self._closing:
+            return
+        if self.skip_idle and not self._pending:
+            # Nothing learnt since the last snapshot written (records kept after a failed
+            # write are pending too): at the default bounds a fork costs seconds of a core.
+            self.skipped_idle += 1
+            self._last = time.monotonic()
             return
         if self.before_checkpoint is not None:
             try:

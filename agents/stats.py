@@ -84,8 +84,9 @@ class Stats:
         self.topics = context.topics
         self.name = context.name
         self.window = settings.stats_window_s
+        # Windows close on a timer too, with no record: every checkpoint is written.
         self.state: Checkpointer[StatsPartition] = Checkpointer(
-            context, "stats", settings.topic_stats, StatsPartition
+            context, "stats", settings.topic_stats, StatsPartition, skip_idle=False
         )
         #: Every namespace of the cluster, from the stats-view topic: ns -> (worker,
         #: window start, all-time totals, last closed window).

@@ -262,6 +262,27 @@ async def test_at_shutdown_the_write_in_flight_ends_and_no_checkpoint_starts(
     assert checkpointer.stream.acked == [(0, 0)]
 
 
+async def test_a_checkpoint_with_nothing_new_is_skipped_unless_models_change_on_timers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpointer = _checkpointer(tmp_path, monkeypatch, True)
+    await _learn(checkpointer, 0, 0)
+    for _ in range(3):  # one with a record, then two with nothing new
+        await _checkpoint(checkpointer)
+        await checkpointer.settled()
+    assert checkpointer.describe()["snapshots_written"] == 1
+    assert checkpointer.describe()["checkpoints_skipped_idle"] == 2
+    assert not checkpointer.due()  # a skip counts as a checkpoint for the interval
+
+    timers: Checkpointer[Model] = Checkpointer(
+        checkpointer.context, "stats", "stats", Model, skip_idle=False
+    )
+    timers.models[0] = Model()
+    await _checkpoint(timers)
+    await timers.settled()
+    assert timers.describe()["snapshots_written"] == 1
+
+
 async def test_the_setting_is_on_by_default_and_read_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
