@@ -59,7 +59,7 @@ from pipeline.client.emitter import AccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
 from pipeline.client.keys import validate_key
 from pipeline.client.manager import RedisCacheManager
-from pipeline.client.shared import Armed, IntelligentBase
+from pipeline.client.shared import Armed, IntelligentBase, joinable
 from pipeline.codec import loading_mark
 from pipeline.config import Settings
 from pipeline.loaders import GuardedLoader, LoaderConfig
@@ -343,7 +343,7 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         session: str | None,
     ) -> Any:
         flight = self._flights.get(dkey)
-        if flight is not None and (not flight.done_ns or flight.done_ns >= missed_ns):
+        if joinable(flight, missed_ns):
             value = await asyncio.shield(flight.value)
             if value is not ABSENT:
                 self._core.stats.load_joins += 1

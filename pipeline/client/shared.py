@@ -28,7 +28,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeGuard, TypeVar, cast
 
 from redis.crc import key_slot
 from redis.exceptions import RedisError
@@ -146,6 +146,15 @@ class _Flight(Protocol):
     edge: bool
     taken: bool
     write_settled: bool
+
+
+_FlightT = TypeVar("_FlightT", bound=_Flight)
+
+
+def joinable(flight: _FlightT | None, since_ns: int) -> TypeGuard[_FlightT]:
+    """Whether a read that missed at ``since_ns`` takes its value from ``flight``: it is
+    in flight, or ended after the read began (its value is newer than the miss)."""
+    return flight is not None and (not flight.done_ns or flight.done_ns >= since_ns)
 
 
 class ManagerBase(ABC, Generic[RedisT, EmitterT]):
@@ -690,11 +699,7 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
         ``dkey`` already in flight on this client (``_load`` joins it), so that its event
         can say so as it is sent: the origin is asked once for both reads."""
         flight = self._flights.get(dkey)
-        return (
-            flight is not None
-            and not flight.edge
-            and (not flight.done_ns or flight.done_ns >= since_ns)
-        )
+        return joinable(flight, since_ns) and not flight.edge
 
     def _join_deadline(self, since_ns: int) -> int:
         """When a read that waits for another client's load, from ``since_ns`` on
@@ -846,11 +851,7 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
             if reserved is not None and not reserved.settled:
                 yield self._trigger_settled, (reserved,)
             flight = self._flights.get(dkey)
-            if (
-                flight is not None
-                and flight.edge
-                and (not flight.done_ns or flight.done_ns >= started)
-            ):
+            if joinable(flight, started) and flight.edge:
                 joined = yield from self._join_edge(
                     flight, namespace, key, started, user, session, enable_prediction
                 )
@@ -864,8 +865,9 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
                     return joined
                 elapsed = (time.perf_counter_ns() - started) // 1000
             joins = fallback_data is not None and self._joins_flight(dkey, started)
-            emit = enable_prediction
-            core.record_miss(namespace, key, elapsed, user, session, emit, joined=joins)
+            core.record_miss(
+                namespace, key, elapsed, user, session, enable_prediction, joined=joins
+            )
         if trigger:
             self._prefetch(namespace, key, armed)
         if fallback_data is None:

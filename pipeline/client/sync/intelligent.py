@@ -32,7 +32,7 @@ from pipeline.client.core import (
 from pipeline.client.edge import ABSENT
 from pipeline.client.emitter import ThreadedAccessEmitter
 from pipeline.client.errors import CacheError, LoadTimeoutError
-from pipeline.client.shared import Armed, IntelligentBase
+from pipeline.client.shared import Armed, IntelligentBase, joinable
 from pipeline.client.sync.edge import SyncGuardedLoader, SyncLoaderFunc, sync_loaders
 from pipeline.client.sync.manager import SyncRedisCacheManager
 from pipeline.codec import loading_mark
@@ -259,7 +259,7 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
     ) -> Any:
         with self._flights_lock:
             flight = self._flights.get(dkey)
-            leader = flight is None or bool(flight.done_ns and flight.done_ns < missed_ns)
+            leader = not joinable(flight, missed_ns)
             if leader:
                 flight = self._flights[dkey] = _Flight()
         assert flight is not None
