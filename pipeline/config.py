@@ -367,6 +367,14 @@ class Settings(BaseSettings):
         " from the configured values. Measured to help at 400 requests/s and to diverge at"
         " 2,000/s (see docs/DESIGN.md).",
     )
+    model_max_users: int = Field(
+        0,
+        ge=0,
+        validation_alias=_env("CACHECAST_MAX_USERS", "model_max_users"),
+        description="Most users each predict partition keeps for user affinity and similar"
+        " users (0: CACHECAST_MAX_TRACKED_KEYS / 10); past it, the quarter idle the longest"
+        " is forgotten. Each costs up to 16 keys and their readers.",
+    )
     model_session_gap_s: float = Field(
         1800.0,
         gt=0,

@@ -60,6 +60,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         rule_waste_budget=settings.model_rule_waste_budget,
         wall_clock=False,  # the engine counts requests; events' own times feed wall_time
         wall_time=settings.model_wall_time,
+        max_users=settings.model_max_users,
         session_gap=settings.model_session_gap_s,
         lookahead=2 + settings.model_delay_requests,
         lead=float(settings.model_lead_requests),

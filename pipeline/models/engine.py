@@ -119,6 +119,8 @@ class EngineConfig:
     wall-clock time (``observe(..., wall_ts=...)``) when they carry one."""
     bins_per_day: int = 24
     """Time-of-week profile resolution."""
+    max_users: int = 0
+    """Most users the similarity model keeps (0: a tenth of ``max_keys``, at least 4)."""
     session_gap: float = 1_800.0
     """User silence that opens a new session (user affinity and similar users): in
     seconds of the events' own time when ``observe`` gets it (``event_ts``, or a
@@ -217,7 +219,7 @@ class WarmEngine:
             skip=cfg.replay_skip,
         )
         self.affinity = UserAffinity(
-            max_users=max(4, cfg.max_keys // 10),
+            max_users=max(4, cfg.max_users if cfg.max_users > 0 else cfg.max_keys // 10),
             session_gap=cfg.session_gap,
             top_n=cfg.user_top_n,
             peers=cfg.user_peers,

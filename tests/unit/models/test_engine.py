@@ -93,6 +93,20 @@ def test_snapshot_of_another_config_is_refused() -> None:
         WarmEngine(_config(lookahead=5)).load_state_dict(engine.state_dict())
 
 
+def test_a_snapshot_from_before_the_user_bound_setting_restores() -> None:
+    """Configs written before ``max_users`` existed lack it; its default keeps them equal."""
+    engine = WarmEngine(_config())
+    for ts, key in enumerate(SESSION * 10):
+        engine.observe(key, float(ts), hit=False, user="u")
+    state = engine.state_dict()
+    del state["engine"]["config"]["max_users"]
+    restored = WarmEngine(_config())
+    restored.load_state_dict(state)
+    assert restored.stats() == engine.stats()
+    with pytest.raises(ValueError, match="different EngineConfig"):
+        WarmEngine(_config(max_users=50)).load_state_dict(state)
+
+
 def test_state_is_bounded_under_unique_keys() -> None:
     engine = WarmEngine(_config(max_keys=500, history=1_024))
     sizes = []

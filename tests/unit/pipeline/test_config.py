@@ -96,3 +96,18 @@ def test_the_waste_budgets_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> 
     engine = WarmEngine(engine_config(load_settings()))
     assert engine.scorer.waste_budget == 0.01
     assert engine.rules.waste_budget == 0.05
+
+
+def test_the_user_bound_is_its_own_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default a tenth of the tracked keys; CACHECAST_MAX_USERS sets it apart, and the
+    engine then forgets users past it, whatever its key bound."""
+    monkeypatch.setenv("CACHECAST_MAX_TRACKED_KEYS", "1000")
+    assert WarmEngine(engine_config(load_settings())).affinity.max_users == 100
+    monkeypatch.setenv("CACHECAST_MAX_USERS", "40")
+    engine = WarmEngine(engine_config(load_settings()))
+    for n in range(500):
+        engine.observe(f"item-{n % 30}", float(n), hit=False, user=f"user-{n}")
+    assert 0 < len(engine.affinity._users) <= 40
+    monkeypatch.setenv("CACHECAST_MAX_USERS", "-1")
+    with pytest.raises(ConfigError, match="CACHECAST_MAX_USERS"):
+        load_settings()
