@@ -9,6 +9,11 @@ every miss waits for the synthetic origin (``--origin-ms``), as do the warms.
 The first run learns but does not warm; the second warms. The table at the end
 compares what the application saw, and what each warm path (the worker's, and
 the clients' own edge warms) cost the origin.
+
+Two runs of the same demo differ by a few points at a few thousand requests a
+second (timing decides which concurrent reads join a load). ``--repeat N`` runs
+N such pairs, prints each pair's result, and pools them: the pooled change is
+the pairs' demand misses and origin fetches added up, on against off.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +44,16 @@ from pipeline.replay import (
 from pipeline.sim.traces import BUNDLED_TRACE, Trace, add_trace_options, load_trace
 from pipeline.worker import WorkerProcess
 
-__all__ = ["demo_loaders", "register", "result_rows", "run_demo", "summary", "worker_env"]
+__all__ = [
+    "demo_loaders",
+    "pooled",
+    "pooled_summary",
+    "register",
+    "result_rows",
+    "run_demo",
+    "summary",
+    "worker_env",
+]
 
 NAMESPACE = "orders"
 #: The loader both the worker and the clients use for the demo's namespace.
@@ -80,7 +94,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="send a trace's users with its requests (default on), as an application that"
         " knows who is asking does",
     )
-    parser.add_argument("--json", default=None, help="also write both results as JSON here")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run N pairs (warming off, then on) and pool them: single runs at a few"
+        " thousand requests a second vary by a few points (default 1)",
+    )
+    parser.add_argument(
+        "--json",
+        default=None,
+        help="also write the results as JSON here: {off, on}; with --repeat, off and on"
+        " pooled, and each pair's under pairs",
+    )
     parser.set_defaults(func=run_demo)
 
 
@@ -161,9 +187,10 @@ def _run_once(
     console: Console,
     loaders: str,
     origin_ms: float,
+    pair: str = "",
 ) -> ReplayResult:
     n_values = max(1, int(trace.n_unique * args.cache_fraction))
-    label = "warming on " if warming else "warming off"
+    label = ("warming on " if warming else "warming off") + pair
     with DevStack(kafka=True, redis=True, kafka_partitions=args.partitions) as stack:
         servers = stack.env()
         env = worker_env(args, servers, warming=warming, loaders=loaders, origin_ms=origin_ms)
@@ -324,11 +351,80 @@ def summary(off: ReplayResult, on: ReplayResult) -> str:
     )
 
 
+#: The counts :func:`pooled` adds up over runs.
+_POOLED_COUNTS = (
+    "requests",
+    "hits",
+    "misses",
+    "demand_misses",
+    "load_joins",
+    "inflight_joins",
+    "warmed_hits",
+    "edge_issued",
+    "edge_written",
+    "edge_useful",
+    "warms_written",
+    "origin_fetches",
+)
+
+
+def pooled(results: Sequence[ReplayResult]) -> dict[str, Any]:
+    """Several runs' counts added up, with the ratios of the sums (not means of ratios)."""
+    out: dict[str, Any] = {
+        name: sum(int(getattr(result, name)) for result in results) for name in _POOLED_COUNTS
+    }
+    requests = out["requests"]
+    out["runs"] = len(results)
+    out["hit_ratio"] = out["hits"] / requests if requests else 0.0
+    out["fetches_per_request"] = out["origin_fetches"] / requests if requests else 0.0
+    written = out["edge_written"]
+    out["edge_precision"] = out["edge_useful"] / written if written else None
+    return out
+
+
+def pooled_summary(pairs: Sequence[tuple[ReplayResult, ReplayResult]]) -> str:
+    """One line: the pooled change over ``pairs`` of (off, on) runs, and the pairs' range."""
+    off = pooled([pair[0] for pair in pairs])
+    on = pooled([pair[1] for pair in pairs])
+    line = f"Over {len(pairs)} pairs: demand misses "
+    if off["demand_misses"]:
+        change = (on["demand_misses"] - off["demand_misses"]) / off["demand_misses"]
+        cuts = [
+            (b.demand_misses - a.demand_misses) / a.demand_misses
+            for a, b in pairs
+            if a.demand_misses
+        ]
+        line += (
+            f"{100 * change:+.1f}% ({off['demand_misses']:,} -> {on['demand_misses']:,}; "
+            f"pairs {100 * min(cuts):+.1f}% to {100 * max(cuts):+.1f}%)"
+        )
+    else:
+        line += f"{off['demand_misses']:,} -> {on['demand_misses']:,}"
+    line += "; origin fetches per request "
+    if off["fetches_per_request"]:
+        ratio = on["fetches_per_request"] / off["fetches_per_request"]
+        ratios = [
+            b.fetches_per_request / a.fetches_per_request for a, b in pairs if a.fetches_per_request
+        ]
+        line += f"x{ratio:.3f} (pairs x{min(ratios):.3f} to x{max(ratios):.3f})"
+    else:
+        line += f"{off['fetches_per_request']:.4f} -> {on['fetches_per_request']:.4f}"
+    return line + "."
+
+
 def run_demo(args: argparse.Namespace) -> int:
     console = Console()
     err = Console(stderr=True)
-    if args.requests < 1 or args.rate <= 0 or not 0 < args.cache_fraction <= 1:
-        err.print("[red]--requests must be >= 1, --rate > 0, --cache-fraction in (0, 1][/red]")
+    if (
+        args.requests < 1
+        or args.rate <= 0
+        or not 0 < args.cache_fraction <= 1
+        or not 1 <= args.repeat <= 100
+    ):
+        err.print(
+            "[red]--requests must be >= 1, --rate > 0, --cache-fraction in (0, 1], "
+            "--repeat in [1, 100][/red]"
+        )
         return 2
     if not Path(args.trace).exists():
         err.print(f"[red]no such trace: {args.trace}[/red]")
@@ -355,9 +451,17 @@ def run_demo(args: argparse.Namespace) -> int:
             f"{_users_note(trace, args)}; "
             f"real Kafka + Redis started here. Worker logs in {workdir}."
         )
-        off = _run_once(args, trace, False, workdir, console, loaders, origin_ms)
-        on = _run_once(args, trace, True, workdir, console, loaders, origin_ms)
-    table = Table(title=f"what the application saw ({trace.name})")
+        pairs: list[tuple[ReplayResult, ReplayResult]] = []
+        for n in range(1, args.repeat + 1):
+            pair = f" ({n}/{args.repeat})" if args.repeat > 1 else ""
+            off = _run_once(args, trace, False, workdir, console, loaders, origin_ms, pair)
+            on = _run_once(args, trace, True, workdir, console, loaders, origin_ms, pair)
+            pairs.append((off, on))
+            if args.repeat > 1:
+                console.print(f"Pair {n} of {args.repeat}: {summary(off, on)}")
+    off, on = pairs[-1]
+    last = f", pair {args.repeat} of {args.repeat}" if args.repeat > 1 else ""
+    table = Table(title=f"what the application saw ({trace.name}{last})")
     table.add_column("")
     table.add_column("warming off", justify="right")
     table.add_column("warming on", justify="right")
@@ -365,10 +469,21 @@ def run_demo(args: argparse.Namespace) -> int:
         table.add_row(*row)
     console.print(table)
     console.print(summary(off, on))
-    for result, name in ((off, "off"), (on, "on")):
-        for sample in result.error_samples:
-            err.print(f"[yellow]warming {name}: a request failed: {sample}[/yellow]")
+    if args.repeat > 1:
+        console.print(pooled_summary(pairs))
+    for off, on in pairs:
+        for result, name in ((off, "off"), (on, "on")):
+            for sample in result.error_samples:
+                err.print(f"[yellow]warming {name}: a request failed: {sample}[/yellow]")
     if args.json:
-        doc: dict[str, Any] = {"off": off.as_dict(), "on": on.as_dict()}
+        doc: dict[str, Any]
+        if args.repeat == 1:
+            doc = {"off": off.as_dict(), "on": on.as_dict()}
+        else:
+            doc = {
+                "off": pooled([pair[0] for pair in pairs]),
+                "on": pooled([pair[1] for pair in pairs]),
+                "pairs": [{"off": a.as_dict(), "on": b.as_dict()} for a, b in pairs],
+            }
         Path(args.json).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     return 0

@@ -139,6 +139,7 @@ def test_missing_or_bad_trace_fails_before_any_server(
     empty.write_text("")
     assert demo.run_demo(_parse(["--trace", str(empty), "--csv-columns", "key=0"])) == 2
     assert demo.run_demo(_parse(["--rate", "0"])) == 2
+    assert demo.run_demo(_parse(["--repeat", "0"])) == 2
     err = capsys.readouterr().err
     assert "no such trace" in err
     assert "cannot read" in err
@@ -208,3 +209,66 @@ def test_table_shows_failures_when_there_are_some() -> None:
 def test_summary_without_misses() -> None:
     off = _result(demand_misses=0, requests=0)
     assert "0 -> 0" in demo.summary(off, off)
+
+
+def test_pooled_runs_add_up_their_counts() -> None:
+    """Ratios come from the sums, so a run with more requests weighs more."""
+    a = _result(edge_issued=20, edge_written=20, edge_useful=10)
+    b = _result(requests=3000, hits=2400, demand_misses=500, edge_written=10, edge_useful=9)
+    both = demo.pooled([a, b])
+    assert both["runs"] == 2
+    assert (both["requests"], both["hits"], both["demand_misses"]) == (4000, 3100, 780)
+    # Origin fetches: demand misses plus the edge loads issued (20 + 0).
+    assert both["origin_fetches"] == 800
+    assert both["fetches_per_request"] == pytest.approx(0.2)
+    assert both["hit_ratio"] == pytest.approx(0.775)
+    assert both["edge_precision"] == pytest.approx(19 / 30)
+
+
+def test_repeat_runs_interleaved_pairs_and_pools_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Off, on, off, on...: each pair is reported, then the pooled change and the range."""
+    demand = iter([1000, 800, 1100, 990])  # pairs at -20% and -10%
+    calls: list[bool] = []
+
+    def run_once(
+        args: argparse.Namespace, trace: object, warming: bool, *rest: object
+    ) -> ReplayResult:
+        calls.append(warming)
+        return _result(requests=10_000, demand_misses=next(demand))
+
+    monkeypatch.setattr(demo, "_run_once", run_once)
+    monkeypatch.setenv("CACHECAST_DEMO_DIR", str(tmp_path))
+    out = tmp_path / "demo.json"
+    assert demo.run_demo(_parse(["--repeat", "2", "--requests", "100", "--json", str(out)])) == 0
+    assert calls == [False, True, False, True]
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Pair 1 of 2" in text
+    assert "-20.0% (1,000 -> 800)" in text
+    assert "Pair 2 of 2" in text
+    assert "-10.0% (1,100 -> 990)" in text
+    assert "Over 2 pairs: demand misses -14.8% (2,100 -> 1,790; pairs -20.0% to -10.0%)" in text
+    assert "x0.852 (pairs x0.800 to x0.900)" in text
+    doc = orjson.loads(out.read_bytes())
+    assert doc["off"]["demand_misses"] == 2100
+    assert doc["on"]["demand_misses"] == 1790
+    assert doc["on"]["fetches_per_request"] == pytest.approx(1790 / 20_000)
+    assert [pair["on"]["demand_misses"] for pair in doc["pairs"]] == [800, 990]
+
+
+def test_one_pair_writes_its_two_results_as_before(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = iter([_result(), _result(demand_misses=210)])
+    monkeypatch.setattr(demo, "_run_once", lambda *args: next(results))
+    monkeypatch.setenv("CACHECAST_DEMO_DIR", str(tmp_path))
+    out = tmp_path / "demo.json"
+    assert demo.run_demo(_parse(["--requests", "100", "--json", str(out)])) == 0
+    text = capsys.readouterr().out
+    assert "Over" not in text
+    assert "Pair" not in text
+    doc = orjson.loads(out.read_bytes())
+    assert set(doc) == {"off", "on"}
+    assert doc["on"]["demand_misses"] == 210
+    assert doc["off"]["requests"] == 1000
