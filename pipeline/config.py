@@ -324,7 +324,8 @@ class Settings(BaseSettings):
         validation_alias=_env("CACHECAST_RULE_WASTE_BUDGET", "model_rule_waste_budget"),
         description="Prefetch rules (edge warms): wasted loads allowed per read the origin"
         " would serve with warming off; rules below the probability that fits are not"
-        " published (never below 0.5). About half of it is spent, see docs/DESIGN.md.",
+        " published (never below 0.5). How much of it is spent depends on the traffic, see"
+        " docs/DESIGN.md.",
     )
     model_wall_time: bool = Field(
         True,
@@ -372,8 +373,9 @@ class Settings(BaseSettings):
         ge=0,
         validation_alias=_env("CACHECAST_MAX_USERS", "model_max_users"),
         description="Most users each predict partition keeps for user affinity and similar"
-        " users (0: CACHECAST_MAX_TRACKED_KEYS / 10); past it, the quarter idle the longest"
-        " is forgotten. Each costs up to 16 keys and their readers.",
+        " users (0: CACHECAST_MAX_TRACKED_KEYS / 10; at least 4); past it, the quarter idle"
+        " the longest is forgotten. Each costs up to 16 keys and their readers (about 4.6 KB)."
+        " Changing it starts the partitions' models fresh.",
     )
     model_session_gap_s: float = Field(
         1800.0,

@@ -12,8 +12,10 @@ the clients' own edge warms) cost the origin.
 
 Two runs of the same demo differ by a few points at a few thousand requests a
 second (timing decides which concurrent reads join a load). ``--repeat N`` runs
-N such pairs, prints each pair's result, and pools them: the pooled change is
-the pairs' demand misses and origin fetches added up, on against off.
+N such pairs, prints each pair's result, and pools them: the table and its
+summary add up every pair's counts (so the change is the pairs' demand misses
+and origin fetches added up, on against off), and a last line gives the range
+of the pairs' own changes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import argparse
 import asyncio
 import contextlib
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +50,8 @@ from pipeline.worker import WorkerProcess
 
 __all__ = [
     "demo_loaders",
+    "pairs_range",
     "pooled",
-    "pooled_summary",
     "register",
     "result_rows",
     "run_demo",
@@ -98,14 +102,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--repeat",
         type=int,
         default=1,
-        help="run N pairs (warming off, then on) and pool them: single runs at a few"
-        " thousand requests a second vary by a few points (default 1)",
+        help="run N pairs (warming off, then on; N <= 100) and pool them: single runs at a"
+        " few thousand requests a second vary by a few points (default 1)",
     )
     parser.add_argument(
         "--json",
         default=None,
         help="also write the results as JSON here: {off, on}; with --repeat, off and on"
-        " pooled, and each pair's under pairs",
+        " pooled over the pairs, and each pair's under pairs",
     )
     parser.set_defaults(func=run_demo)
 
@@ -187,10 +191,13 @@ def _run_once(
     console: Console,
     loaders: str,
     origin_ms: float,
-    pair: str = "",
+    pair: int = 0,
 ) -> ReplayResult:
+    """One run on fresh servers; ``pair`` numbers it among ``--repeat`` pairs (0: alone)."""
     n_values = max(1, int(trace.n_unique * args.cache_fraction))
-    label = ("warming on " if warming else "warming off") + pair
+    label = ("warming on " if warming else "warming off") + (
+        f" ({pair}/{args.repeat})" if pair else ""
+    )
     with DevStack(kafka=True, redis=True, kafka_partitions=args.partitions) as stack:
         servers = stack.env()
         env = worker_env(args, servers, warming=warming, loaders=loaders, origin_ms=origin_ms)
@@ -205,7 +212,7 @@ def _run_once(
             loaders=loaders,
             **({} if gap is None else {"model_session_gap_s": gap}),
         )
-        log = workdir / f"worker-{'on' if warming else 'off'}.log"
+        log = workdir / f"worker-{'on' if warming else 'off'}{f'-{pair}' if pair else ''}.log"
         log.unlink(missing_ok=True)
         worker = WorkerProcess(env, log, web_port=free_port()).start()
         try:
@@ -351,80 +358,73 @@ def summary(off: ReplayResult, on: ReplayResult) -> str:
     )
 
 
-#: The counts :func:`pooled` adds up over runs.
-_POOLED_COUNTS = (
-    "requests",
-    "hits",
-    "misses",
-    "demand_misses",
-    "load_joins",
-    "inflight_joins",
-    "warmed_hits",
-    "edge_issued",
-    "edge_written",
-    "edge_useful",
-    "warms_written",
-    "origin_fetches",
+#: Fields a pooled result takes from its first run, and those it takes the highest of.
+_SAME_IN_EVERY_RUN = frozenset(
+    {"namespace", "cache_values", "trace", "clients", "rate", "origin_ms"}
 )
+_HIGHEST = frozenset({"peak_outstanding", "start_lag_max_ms", "latency_max_ms"})
 
 
-def pooled(results: Sequence[ReplayResult]) -> dict[str, Any]:
-    """Several runs' counts added up, with the ratios of the sums (not means of ratios)."""
-    out: dict[str, Any] = {
-        name: sum(int(getattr(result, name)) for result in results) for name in _POOLED_COUNTS
-    }
-    requests = out["requests"]
-    out["runs"] = len(results)
-    out["hit_ratio"] = out["hits"] / requests if requests else 0.0
-    out["fetches_per_request"] = out["origin_fetches"] / requests if requests else 0.0
-    written = out["edge_written"]
-    out["edge_precision"] = out["edge_useful"] / written if written else None
-    return out
+def pooled(results: Sequence[ReplayResult]) -> ReplayResult:
+    """Several runs of the same replay as one: counts and seconds added up (so its
+    ratios are ratios of sums, not means of ratios), the highest peaks kept, the
+    quantiles left out (they do not add up), the error samples of every run kept."""
+    values: dict[str, Any] = {}
+    for spec in fields(ReplayResult):
+        name = spec.name
+        column = [getattr(result, name) for result in results]
+        if name in _SAME_IN_EVERY_RUN:
+            values[name] = column[0]
+        elif name in _HIGHEST:
+            present = [value for value in column if value is not None]
+            values[name] = max(present) if present else None
+        elif name == "warm_outcomes":
+            total: Counter[str] = Counter()
+            for outcomes in column:
+                total.update(outcomes)
+            values[name] = dict(total)
+        elif name == "error_samples":
+            values[name] = [
+                f"run {n}: {sample}" for n, samples in enumerate(column, 1) for sample in samples
+            ]
+        elif "None" in str(spec.type):  # quantiles, the worker's document
+            values[name] = None
+        else:
+            values[name] = sum(column)
+    return ReplayResult(**values)
 
 
-def pooled_summary(pairs: Sequence[tuple[ReplayResult, ReplayResult]]) -> str:
-    """One line: the pooled change over ``pairs`` of (off, on) runs, and the pairs' range."""
-    off = pooled([pair[0] for pair in pairs])
-    on = pooled([pair[1] for pair in pairs])
-    line = f"Over {len(pairs)} pairs: demand misses "
-    if off["demand_misses"]:
-        change = (on["demand_misses"] - off["demand_misses"]) / off["demand_misses"]
-        cuts = [
-            (b.demand_misses - a.demand_misses) / a.demand_misses
-            for a, b in pairs
-            if a.demand_misses
-        ]
-        line += (
-            f"{100 * change:+.1f}% ({off['demand_misses']:,} -> {on['demand_misses']:,}; "
-            f"pairs {100 * min(cuts):+.1f}% to {100 * max(cuts):+.1f}%)"
-        )
-    else:
-        line += f"{off['demand_misses']:,} -> {on['demand_misses']:,}"
-    line += "; origin fetches per request "
-    if off["fetches_per_request"]:
-        ratio = on["fetches_per_request"] / off["fetches_per_request"]
-        ratios = [
-            b.fetches_per_request / a.fetches_per_request for a, b in pairs if a.fetches_per_request
-        ]
-        line += f"x{ratio:.3f} (pairs x{min(ratios):.3f} to x{max(ratios):.3f})"
-    else:
-        line += f"{off['fetches_per_request']:.4f} -> {on['fetches_per_request']:.4f}"
+def pairs_range(pairs: Sequence[tuple[ReplayResult, ReplayResult]]) -> str:
+    """One line: how far the pairs' own changes spread around the pooled one."""
+    cuts = [
+        (on.demand_misses - off.demand_misses) / off.demand_misses
+        for off, on in pairs
+        if off.demand_misses
+    ]
+    ratios = [
+        on.fetches_per_request / off.fetches_per_request
+        for off, on in pairs
+        if off.fetches_per_request
+    ]
+    line = f"The {len(pairs)} pairs, each on its own:"
+    if cuts:
+        line += f" demand misses {100 * min(cuts):+.1f}% to {100 * max(cuts):+.1f}%"
+    if ratios:
+        line += f"{',' if cuts else ''} origin fetches per request"
+        line += f" x{min(ratios):.3f} to x{max(ratios):.3f}"
+    if len(cuts) < len(pairs):
+        line += f" ({len(pairs) - len(cuts)} with no demand miss warming off left out)"
     return line + "."
 
 
 def run_demo(args: argparse.Namespace) -> int:
     console = Console()
     err = Console(stderr=True)
-    if (
-        args.requests < 1
-        or args.rate <= 0
-        or not 0 < args.cache_fraction <= 1
-        or not 1 <= args.repeat <= 100
-    ):
-        err.print(
-            "[red]--requests must be >= 1, --rate > 0, --cache-fraction in (0, 1], "
-            "--repeat in [1, 100][/red]"
-        )
+    if args.requests < 1 or args.rate <= 0 or not 0 < args.cache_fraction <= 1:
+        err.print("[red]--requests must be >= 1, --rate > 0, --cache-fraction in (0, 1][/red]")
+        return 2
+    if not 1 <= args.repeat <= 100:
+        err.print("[red]--repeat must be between 1 and 100[/red]")
         return 2
     if not Path(args.trace).exists():
         err.print(f"[red]no such trace: {args.trace}[/red]")
@@ -453,15 +453,19 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         pairs: list[tuple[ReplayResult, ReplayResult]] = []
         for n in range(1, args.repeat + 1):
-            pair = f" ({n}/{args.repeat})" if args.repeat > 1 else ""
+            pair = n if args.repeat > 1 else 0
             off = _run_once(args, trace, False, workdir, console, loaders, origin_ms, pair)
             on = _run_once(args, trace, True, workdir, console, loaders, origin_ms, pair)
             pairs.append((off, on))
-            if args.repeat > 1:
+            if pair:
                 console.print(f"Pair {n} of {args.repeat}: {summary(off, on)}")
-    off, on = pairs[-1]
-    last = f", pair {args.repeat} of {args.repeat}" if args.repeat > 1 else ""
-    table = Table(title=f"what the application saw ({trace.name}{last})")
+    if args.repeat == 1:
+        off, on = pairs[0]
+        title = f"what the application saw ({trace.name})"
+    else:
+        off, on = pooled([p[0] for p in pairs]), pooled([p[1] for p in pairs])
+        title = f"what the application saw ({trace.name}, {args.repeat} pairs pooled)"
+    table = Table(title=title)
     table.add_column("")
     table.add_column("warming off", justify="right")
     table.add_column("warming on", justify="right")
@@ -470,20 +474,13 @@ def run_demo(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(summary(off, on))
     if args.repeat > 1:
-        console.print(pooled_summary(pairs))
-    for off, on in pairs:
-        for result, name in ((off, "off"), (on, "on")):
-            for sample in result.error_samples:
-                err.print(f"[yellow]warming {name}: a request failed: {sample}[/yellow]")
+        console.print(pairs_range(pairs))
+    for result, name in ((off, "off"), (on, "on")):
+        for sample in result.error_samples:
+            err.print(f"[yellow]warming {name}: a request failed: {sample}[/yellow]")
     if args.json:
-        doc: dict[str, Any]
-        if args.repeat == 1:
-            doc = {"off": off.as_dict(), "on": on.as_dict()}
-        else:
-            doc = {
-                "off": pooled([pair[0] for pair in pairs]),
-                "on": pooled([pair[1] for pair in pairs]),
-                "pairs": [{"off": a.as_dict(), "on": b.as_dict()} for a, b in pairs],
-            }
+        doc: dict[str, Any] = {"off": off.as_dict(), "on": on.as_dict()}
+        if args.repeat > 1:
+            doc["pairs"] = [{"off": a.as_dict(), "on": b.as_dict()} for a, b in pairs]
         Path(args.json).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     return 0

@@ -103,6 +103,8 @@ def test_a_snapshot_from_before_the_user_bound_setting_restores() -> None:
     restored = WarmEngine(_config())
     restored.load_state_dict(state)
     assert restored.stats() == engine.stats()
+    assert restored.affinity._users == engine.affinity._users
+    assert restored.affinity._users
     with pytest.raises(ValueError, match="different EngineConfig"):
         WarmEngine(_config(max_users=50)).load_state_dict(state)
 

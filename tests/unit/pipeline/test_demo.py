@@ -37,6 +37,7 @@ def test_defaults() -> None:
     assert args.tuned is False
     assert args.json is None
     assert args.users == "on"
+    assert args.repeat == 1
     assert args.func is demo.run_demo
 
 
@@ -139,8 +140,10 @@ def test_missing_or_bad_trace_fails_before_any_server(
     empty.write_text("")
     assert demo.run_demo(_parse(["--trace", str(empty), "--csv-columns", "key=0"])) == 2
     assert demo.run_demo(_parse(["--rate", "0"])) == 2
-    assert demo.run_demo(_parse(["--repeat", "0"])) == 2
     err = capsys.readouterr().err
+    for repeat in ("0", "101"):
+        assert demo.run_demo(_parse(["--repeat", repeat])) == 2
+        assert "--repeat must be between 1 and 100" in capsys.readouterr().err
     assert "no such trace" in err
     assert "cannot read" in err
     assert "no requests" in err
@@ -212,47 +215,82 @@ def test_summary_without_misses() -> None:
 
 
 def test_pooled_runs_add_up_their_counts() -> None:
-    """Ratios come from the sums, so a run with more requests weighs more."""
-    a = _result(edge_issued=20, edge_written=20, edge_useful=10)
-    b = _result(requests=3000, hits=2400, demand_misses=500, edge_written=10, edge_useful=9)
+    """Ratios come from the sums, so a run with more requests weighs more; quantiles do
+    not add up and are left out; every run's failures are kept."""
+    a = _result(
+        edge_issued=20,
+        edge_written=20,
+        edge_useful=10,
+        latency_p50_ms=1.0,
+        latency_max_ms=80.0,
+        warm_outcomes={"written": 5},
+        request_errors=1,
+        error_samples=["TimeoutError: slow"],
+    )
+    b = _result(
+        requests=3000,
+        hits=2400,
+        demand_misses=500,
+        edge_written=10,
+        edge_useful=9,
+        latency_p50_ms=2.0,
+        latency_max_ms=90.0,
+        warm_outcomes={"written": 3, "skipped": 1},
+    )
     both = demo.pooled([a, b])
-    assert both["runs"] == 2
-    assert (both["requests"], both["hits"], both["demand_misses"]) == (4000, 3100, 780)
-    # Origin fetches: demand misses plus the edge loads issued (20 + 0).
-    assert both["origin_fetches"] == 800
-    assert both["fetches_per_request"] == pytest.approx(0.2)
-    assert both["hit_ratio"] == pytest.approx(0.775)
-    assert both["edge_precision"] == pytest.approx(19 / 30)
+    assert (both.requests, both.hits, both.demand_misses) == (4000, 3100, 780)
+    assert (both.seconds, both.trace, both.rate) == (5.0, "t", a.rate)
+    # Origin fetches: demand misses plus the edge loads issued (20 + 0) and the worker's warms.
+    assert both.origin_fetches == 808
+    assert both.fetches_per_request == pytest.approx(0.202)
+    assert both.hit_ratio == pytest.approx(0.775)
+    assert both.edge_precision == pytest.approx(19 / 30)
+    assert both.warm_outcomes == {"written": 8, "skipped": 1}
+    assert (both.latency_p50_ms, both.latency_max_ms) == (None, 90.0)
+    assert both.request_errors == 1
+    assert both.error_samples == ["run 1: TimeoutError: slow"]
+    rows = {name: (x, y) for name, x, y in demo.result_rows(both, both)}
+    assert rows["request latency p50 / p99"] == ("-", "-")
+    assert rows["failed requests"] == ("1", "1")
 
 
 def test_repeat_runs_interleaved_pairs_and_pools_them(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Off, on, off, on...: each pair is reported, then the pooled change and the range."""
+    """Off, on, off, on...: each pair is reported, then the pooled table and the range."""
     demand = iter([1000, 800, 1100, 990])  # pairs at -20% and -10%
-    calls: list[bool] = []
+    calls: list[tuple[bool, int]] = []
 
     def run_once(
         args: argparse.Namespace, trace: object, warming: bool, *rest: object
     ) -> ReplayResult:
-        calls.append(warming)
-        return _result(requests=10_000, demand_misses=next(demand))
+        pair = rest[-1]
+        assert isinstance(pair, int)
+        calls.append((warming, pair))
+        failed = ["OSError: origin down"] if pair == 1 and warming else []
+        return _result(requests=10_000, demand_misses=next(demand), error_samples=failed)
 
     monkeypatch.setattr(demo, "_run_once", run_once)
     monkeypatch.setenv("CACHECAST_DEMO_DIR", str(tmp_path))
     out = tmp_path / "demo.json"
     assert demo.run_demo(_parse(["--repeat", "2", "--requests", "100", "--json", str(out)])) == 0
-    assert calls == [False, True, False, True]
-    text = " ".join(capsys.readouterr().out.split())
+    assert calls == [(False, 1), (True, 1), (False, 2), (True, 2)]
+    captured = capsys.readouterr()
+    text = " ".join(captured.out.split())
     assert "Pair 1 of 2" in text
     assert "-20.0% (1,000 -> 800)" in text
     assert "Pair 2 of 2" in text
     assert "-10.0% (1,100 -> 990)" in text
-    assert "Over 2 pairs: demand misses -14.8% (2,100 -> 1,790; pairs -20.0% to -10.0%)" in text
-    assert "x0.852 (pairs x0.800 to x0.900)" in text
+    assert "2 pairs pooled" in text
+    assert "demand misses by -14.8% (2,100 -> 1,790)" in text
+    assert "x0.852 (0.1050 -> 0.0895)" in text
+    assert "The 2 pairs, each on its own: demand misses -20.0% to -10.0%" in text
+    assert "origin fetches per request x0.800 to x0.900" in text
+    assert "warming on: a request failed: run 1: OSError: origin down" in captured.err
     doc = orjson.loads(out.read_bytes())
     assert doc["off"]["demand_misses"] == 2100
     assert doc["on"]["demand_misses"] == 1790
+    assert doc["on"]["requests"] == 20_000
     assert doc["on"]["fetches_per_request"] == pytest.approx(1790 / 20_000)
     assert [pair["on"]["demand_misses"] for pair in doc["pairs"]] == [800, 990]
 
@@ -266,7 +304,7 @@ def test_one_pair_writes_its_two_results_as_before(
     out = tmp_path / "demo.json"
     assert demo.run_demo(_parse(["--requests", "100", "--json", str(out)])) == 0
     text = capsys.readouterr().out
-    assert "Over" not in text
+    assert "pooled" not in text
     assert "Pair" not in text
     doc = orjson.loads(out.read_bytes())
     assert set(doc) == {"off", "on"}
