@@ -11,7 +11,8 @@ compares what the application saw, and what each warm path (the worker's, and
 the clients' own edge warms) cost the origin.
 
 Two runs of the same demo differ by a few points at a few thousand requests a
-second (timing decides which concurrent reads join a load). ``--repeat N`` runs
+second (Redis evicts close to at random when its cache turns over within a
+second, and timing decides which concurrent reads join a load). ``--repeat N`` runs
 N such pairs, prints each pair's result, and pools them: the table and its
 summary add up every pair's counts (so the change is the pairs' demand misses
 and origin fetches added up, on against off), and a last line gives the range

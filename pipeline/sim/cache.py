@@ -17,6 +17,7 @@ cachecast warms a cache on two paths, and :func:`replay_lru` models both at once
 from __future__ import annotations
 
 import heapq
+import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -162,6 +163,73 @@ class ReplayCounts:
         return self.edge_useful / self.edge_warms if self.edge_warms else 0.0
 
 
+@dataclass(frozen=True)
+class SampledEviction:
+    """Evict as Redis's approximated LRU does (``maxmemory-policy allkeys-lru``).
+
+    Redis does not keep an LRU order: to make room it samples ``samples`` keys
+    (``maxmemory-samples``) and evicts the one idle the longest, and it knows a
+    key's last access only to the tick of its LRU clock (one second). When the
+    cache turns over in about a second or less, keys read within the same tick
+    look alike, and the one evicted is close to a random recent key. ``clock`` is
+    the tick in requests (the request rate times one second); ties go to the
+    first key sampled. Redis also keeps a pool of candidates across evictions;
+    this model does not, so it errs on the random side.
+    """
+
+    samples: int = 10
+    clock: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.clock < 1:
+            raise ValueError("samples and clock must be >= 1")
+
+
+class _Sampled:
+    """The sampled eviction's bookkeeping: a slot per key (to sample from) and last reads."""
+
+    def __init__(self, cache: OrderedDict[int, int], eviction: SampledEviction) -> None:
+        self.cache = cache
+        self.samples = eviction.samples
+        self.clock = eviction.clock
+        self.rng = random.Random(eviction.seed)
+        self.slots: list[int] = []
+        self.slot_of: dict[int, int] = {}
+        self.read_at: dict[int, int] = {}
+
+    def touch(self, key: int, index: int) -> None:
+        """``key`` (in the cache, new or not) was read or written at request ``index``."""
+        if key not in self.slot_of:
+            self.slot_of[key] = len(self.slots)
+            self.slots.append(key)
+        self.read_at[key] = index
+
+    def forget(self, key: int) -> None:
+        """``key`` left the cache (expired): its slot goes to the last key's."""
+        slot = self.slot_of.pop(key)
+        last = self.slots.pop()
+        if last != key:
+            self.slots[slot] = last
+            self.slot_of[last] = slot
+        del self.read_at[key]
+
+    def evict(self) -> None:
+        """Make room for the key just added (the last slot): evict the sampled key idle
+        the longest, at the clock's resolution."""
+        candidates = len(self.slots) - 1
+        picks = self.rng.sample(range(candidates), min(self.samples, candidates))
+        victim = self.slots[picks[0]]
+        oldest = self.read_at[victim] // self.clock
+        for pick in picks[1:]:
+            key = self.slots[pick]
+            tick = self.read_at[key] // self.clock
+            if tick < oldest:
+                victim, oldest = key, tick
+        del self.cache[victim]
+        self.forget(victim)
+
+
 def replay_lru(
     keys: Sequence[int],
     cache_size: int,
@@ -176,8 +244,11 @@ def replay_lru(
     rule_lag: int = DEFAULT_RULE_LAG,
     edge_delay: int = DEFAULT_EDGE_DELAY,
     session_opens: Sequence[Hashable | None] | None = None,
+    eviction: SampledEviction | None = None,
 ) -> ReplayCounts:
     """Replay ``keys`` through an exact LRU cache of ``cache_size`` keys, with optional warms.
+
+    With ``eviction``, the cache evicts as Redis does instead (:class:`SampledEviction`).
 
     Worker path: a warm landing for a key not in the cache inserts it at the MRU
     end and counts as an origin fetch; a warm for a cached key, or for a key
@@ -227,6 +298,8 @@ def replay_lru(
     session_opens
         Per request, the user whose session it opens as a client sees it
         (:func:`session_opens`), else None.
+    eviction
+        Evict as Redis's approximated LRU does (None: exact LRU).
 
     Examples
     --------
@@ -263,6 +336,7 @@ def replay_lru(
     cache: OrderedDict[int, int] = OrderedDict()  # key -> _READ, or the path that warmed it
     move_to_end = cache.move_to_end
     pop_lru = cache.popitem
+    sampled = None if eviction is None else _Sampled(cache, eviction)
     landing: deque[tuple[int, int]] = deque()  # worker warms: (due request index, key)
     expiries: dict[int, int] = {}  # key -> request index at which it expires
     expiry_heap: list[tuple[int, int]] = []
@@ -284,18 +358,20 @@ def replay_lru(
                 del expiries[old]
                 if cache.pop(old, None) is not None:
                     expired += 1
+                    if sampled is not None:
+                        sampled.forget(old)
         while edge_landing and edge_landing[0][0] <= index:
             due, warm_key = edge_landing.popleft()
             # A load that a request joined has ended already (and its key may load again).
             if loading.get(warm_key) == due:
                 del loading[warm_key]
                 # Nothing else could insert it: its load was under way.
-                _insert(cache, expiries, warm_key, _EDGE, cache_size)
+                _insert(cache, expiries, warm_key, _EDGE, cache_size, sampled, index)
         while landing and landing[0][0] <= index:
             warm_key = landing.popleft()[1]
             if warm_key not in cache and warm_key not in loading:
                 warms += 1
-                _insert(cache, expiries, warm_key, _WORKER, cache_size)
+                _insert(cache, expiries, warm_key, _WORKER, cache_size, sampled, index)
         while published and published[0][0] <= index:
             for trigger, successors in published.popleft()[1]:
                 if successors:
@@ -314,8 +390,13 @@ def replay_lru(
                 misses += 1
                 hit = warmed = False
             cache[key] = _READ
-            if len(cache) > cache_size:
-                pop_lru(last=False)
+            if sampled is None:
+                if len(cache) > cache_size:
+                    pop_lru(last=False)
+            else:
+                sampled.touch(key, index)
+                if len(cache) > cache_size:
+                    sampled.evict()
             expiries.pop(key, None)
         else:
             hit = True
@@ -328,6 +409,8 @@ def replay_lru(
             else:
                 warmed = False
             move_to_end(key)
+            if sampled is not None:
+                sampled.touch(key, index)
         if edge:
             rule = rules.get(key) if warmed or not hit else None
             opened = None if session_opens is None else session_opens[index]
@@ -350,7 +433,7 @@ def replay_lru(
                         landing.append((index + delay, warm_key))
                     elif warm_key not in cache and warm_key not in loading:
                         warms += 1
-                        _insert(cache, expiries, warm_key, _WORKER, cache_size)
+                        _insert(cache, expiries, warm_key, _WORKER, cache_size, sampled, index)
         if ttl_policy is not None and not hit:
             # Asked after the warm policy: the engine has seen this access by now.
             ttl = ttl_policy(index, key)
@@ -381,14 +464,26 @@ def replay_lru(
 
 
 def _insert(
-    cache: OrderedDict[int, int], expiries: dict[int, int], key: int, path: int, size: int
+    cache: OrderedDict[int, int],
+    expiries: dict[int, int],
+    key: int,
+    path: int,
+    size: int,
+    sampled: _Sampled | None,
+    index: int,
 ) -> None:
-    """A warm (``path`` says whose) lands: newest in the LRU order, no expiry yet,
-    the least recently used key evicted if the cache is over ``size``."""
+    """A warm (``path`` says whose) lands at request ``index``: newest in the LRU
+    order, no expiry yet, a key evicted if the cache is over ``size`` (the least
+    recently used one, or as ``sampled`` picks)."""
     cache[key] = path
     expiries.pop(key, None)
-    if len(cache) > size:
-        cache.popitem(last=False)
+    if sampled is None:
+        if len(cache) > size:
+            cache.popitem(last=False)
+    else:
+        sampled.touch(key, index)
+        if len(cache) > size:
+            sampled.evict()
 
 
 def _successors(rule: Sequence[tuple[Hashable, float]]) -> tuple[int, ...]:

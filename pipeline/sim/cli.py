@@ -26,6 +26,7 @@ from pipeline.sim.cache import (
     DEFAULT_RULE_LAG,
     DEFAULT_RULE_REFRESH,
     ProgressCallback,
+    SampledEviction,
 )
 from pipeline.sim.policies import ABLATIONS, POLICIES
 from pipeline.sim.report import plot_sweep, results_table, write_json
@@ -68,6 +69,7 @@ class _RunOptions(TypedDict):
     edge_delay: int
     rule_refresh: int
     rule_lag: int
+    eviction: SampledEviction | None
 
 
 def timing_for_rate(
@@ -209,6 +211,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--rate", type=float, default=None, help="requests per second the trace is replayed at"
     )
     timing.add_argument(
+        "--redis-eviction",
+        action="store_true",
+        help="evict as Redis's allkeys-lru does, not as an exact LRU: 10 sampled keys"
+        " (the demo's maxmemory-samples), last reads known to the second (needs --rate)",
+    )
+    timing.add_argument(
         "--origin-ms",
         type=float,
         default=None,
@@ -330,6 +338,11 @@ def simulate_command(args: argparse.Namespace) -> int:
     console.print(f"{trace.name}: {len(trace):,} requests, {trace.n_unique:,} unique keys")
     delay = timing.delay
     config = engine_config(delay, args.waste_budget, args.lookahead)
+    eviction = (
+        SampledEviction(samples=10, clock=max(1, round(args.rate)))
+        if args.redis_eviction and args.rate is not None
+        else None
+    )
 
     results: list[SimResult] = []
     with _progress(err) as factory:
@@ -341,6 +354,7 @@ def simulate_command(args: argparse.Namespace) -> int:
             edge_delay=timing.edge_delay,
             rule_refresh=timing.rule_refresh,
             rule_lag=timing.rule_lag,
+            eviction=eviction,
         )
         results += run(trace, args.sizes, args.policies, **options)
         sweeps: list[list[SimResult]] = []
@@ -352,7 +366,8 @@ def simulate_command(args: argparse.Namespace) -> int:
         results_table(
             results,
             f"{trace.name}{rate}: worker delay {delay}, edge delay {timing.edge_delay}, "
-            f"rules every {timing.rule_refresh} requests (+{timing.rule_lag})",
+            f"rules every {timing.rule_refresh} requests (+{timing.rule_lag})"
+            f"{', Redis eviction' if eviction is not None else ''}",
         )
     )
     for size, curve in zip(args.sizes, sweeps, strict=False):
@@ -382,6 +397,8 @@ def _timing_problem(args: argparse.Namespace) -> str | None:
         given = [name for name in _LATENCIES if getattr(args, name) is not None]
         if given:
             return f"--{given[0].replace('_', '-')} needs --rate"
+        if getattr(args, "redis_eviction", False):
+            return "--redis-eviction needs --rate (its clock ticks once a second)"
         return None
     if args.rate <= 0:
         return "--rate must be > 0"

@@ -15,6 +15,7 @@ from pipeline.sim.cache import (
     ProgressCallback,
     ReplayCounts,
     RuleSource,
+    SampledEviction,
     TtlPolicy,
     UserTrigger,
     WarmPolicy,
@@ -107,6 +108,7 @@ def run_policy(
     rule_refresh: int = DEFAULT_RULE_REFRESH,
     rule_lag: int = DEFAULT_RULE_LAG,
     worker_clock: bool = False,
+    eviction: SampledEviction | None = None,
 ) -> ReplayCounts:
     """Replay ``trace`` under one policy at one cache size.
 
@@ -114,13 +116,20 @@ def run_policy(
     ``rule_lag`` time the edge path of the cachecast policies (see
     :func:`~pipeline.sim.cache.replay_lru`). ``worker_clock`` runs the engine on
     the worker's clocks (see :class:`~pipeline.sim.policies.CachecastWarmer`).
+    ``eviction`` makes the LRU policies evict as Redis does (not Belady's).
     """
     key_list = trace.keys.tolist() if keys is None else keys
     if policy == "lru":
-        return replay_lru(key_list, cache_size, progress=progress)
+        return replay_lru(key_list, cache_size, progress=progress, eviction=eviction)
     if policy == "lru+successor":
         return replay_lru(
-            key_list, cache_size, SuccessorWarmer(), delay, max_warms, progress=progress
+            key_list,
+            cache_size,
+            SuccessorWarmer(),
+            delay,
+            max_warms,
+            progress=progress,
+            eviction=eviction,
         )
     if policy.startswith("lru+cachecast"):
         # As in production: with the edge path on, the worker leaves sequences to it.
@@ -159,6 +168,7 @@ def run_policy(
                 trace.ts.tolist(),
                 warmer.engine.config.session_gap,
             ),
+            eviction=eviction,
         )
     if policy == "belady":
         future = trace.next_access if trace.next_access is not None else next_access_of(trace.keys)
@@ -197,6 +207,7 @@ class _Timing(NamedTuple):
     edge_delay: int
     rule_refresh: int
     rule_lag: int
+    eviction: SampledEviction | None = None
 
 
 def _measure(
@@ -226,6 +237,7 @@ def _measure(
         edge_delay=timing.edge_delay,
         rule_refresh=timing.rule_refresh,
         rule_lag=timing.rule_lag,
+        eviction=timing.eviction,
     )
     return SimResult(
         policy,
@@ -253,9 +265,10 @@ def run(
     edge_delay: int = DEFAULT_EDGE_DELAY,
     rule_refresh: int = DEFAULT_RULE_REFRESH,
     rule_lag: int = DEFAULT_RULE_LAG,
+    eviction: SampledEviction | None = None,
 ) -> list[SimResult]:
     """Every policy at every cache size; results in (size, policy) order."""
-    timing = _Timing(delay, max_warms, edge_delay, rule_refresh, rule_lag)
+    timing = _Timing(delay, max_warms, edge_delay, rule_refresh, rule_lag, eviction)
     keys = trace.keys.tolist()
     n_unique = trace.n_unique
     results: list[SimResult] = []
@@ -281,6 +294,7 @@ def sweep(
     edge_delay: int = DEFAULT_EDGE_DELAY,
     rule_refresh: int = DEFAULT_RULE_REFRESH,
     rule_lag: int = DEFAULT_RULE_LAG,
+    eviction: SampledEviction | None = None,
 ) -> list[SimResult]:
     """cachecast at fixed admission thresholds (no waste budget), plus the baselines.
 
@@ -290,7 +304,7 @@ def sweep(
     in ``lru+cachecast``, with its own waste budget.
     """
     base = config or EngineConfig()
-    timing = _Timing(delay, max_warms, edge_delay, rule_refresh, rule_lag)
+    timing = _Timing(delay, max_warms, edge_delay, rule_refresh, rule_lag, eviction)
     keys = trace.keys.tolist()
     size = cache_size_for(trace, size_fraction, trace.n_unique)
     # (policy, config, fixed threshold, progress label): the baselines, then the curve.

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from pipeline.sim.cache import replay_belady, replay_lru
+from pipeline.sim.cache import SampledEviction, replay_belady, replay_lru
 from pipeline.sim.traces import next_access_of
 
 
@@ -49,6 +49,39 @@ def _belady_reference(keys: Sequence[int], size: int) -> int:
             cache.remove(max(cache, key=next_use))
         cache.add(key)
     return misses
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sampling_every_key_at_a_fine_clock_is_exact_lru(seed: int) -> None:
+    """The sampled eviction, given every key and one tick per request, is an exact LRU,
+    also when keys expire (an expired key leaves the sample)."""
+    rng = random.Random(seed)
+    keys = [int(rng.paretovariate(1.0)) % 40 for _ in range(2_000)]
+    every_key = SampledEviction(samples=64, clock=1, seed=seed)
+    assert replay_lru(keys, 10, eviction=every_key).misses == _lru_reference(keys, 10)
+
+    def ttl(index: int, key: int) -> int | None:
+        return 5 if key % 3 == 0 else None
+
+    expiring = replay_lru(keys, 10, ttl_policy=ttl, eviction=every_key)
+    assert expiring == replay_lru(keys, 10, ttl_policy=ttl)
+    assert expiring.expired > 0
+
+
+def test_a_coarse_clock_evicts_about_at_random_as_redis_does() -> None:
+    """Keys read within one tick of the clock look alike, so eviction among them is close
+    to random and loses hits an exact LRU keeps; ten samples at a fine clock come close
+    to LRU. A seed makes a run repeatable."""
+    rng = random.Random(1)
+    keys = [int(rng.paretovariate(0.8)) % 400 for _ in range(20_000)]
+    exact = replay_lru(keys, 40).misses
+    coarse = SampledEviction(samples=10, clock=5_000, seed=1)
+    fine = SampledEviction(samples=10, clock=1, seed=1)
+    assert replay_lru(keys, 40, eviction=coarse).misses > exact * 1.2
+    assert replay_lru(keys, 40, eviction=fine).misses < exact * 1.05
+    assert replay_lru(keys, 40, eviction=coarse) == replay_lru(keys, 40, eviction=coarse)
+    with pytest.raises(ValueError, match="samples and clock"):
+        SampledEviction(samples=0)
 
 
 @pytest.mark.parametrize(("seed", "size"), list(itertools.product(range(4), (1, 3, 10))))

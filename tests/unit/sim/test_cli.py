@@ -119,6 +119,22 @@ def test_rate_sets_the_timing_and_explicit_options_win(small_trace: Path, tmp_pa
     assert rows["lru+cachecast-edge"]["worker_warms"] == 0
 
 
+def test_redis_eviction_loses_hits_an_exact_lru_keeps_at_a_high_rate(
+    small_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At 2,000 requests/s the 4,000 requests span two ticks of Redis's LRU clock."""
+    rows = []
+    for extra in ([], ["--redis-eviction"]):
+        out = tmp_path / f"rows{len(extra)}.json"
+        args = ["simulate", str(small_trace), "--sizes", "0.05", "--max-requests", "4000"]
+        assert main([*args, "--policies", "lru", "--rate", "2000", "--json", str(out), *extra]) == 0
+        (row,) = orjson.loads(out.read_bytes())
+        rows.append(row)
+    exact, redis = rows
+    assert redis["miss_ratio"] > exact["miss_ratio"]
+    assert "Redis eviction" in " ".join(capsys.readouterr().out.split())
+
+
 def test_timing_defaults_without_a_rate(small_trace: Path, tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
     code = main(
@@ -138,6 +154,7 @@ def test_timing_defaults_without_a_rate(small_trace: Path, tmp_path: Path) -> No
         ["--rule-refresh", "0"],
         ["--rate", "0"],
         ["--origin-ms", "5"],  # needs --rate
+        ["--redis-eviction"],  # needs --rate
         ["--rate", "100", "--worker-ms", "-1"],
     ],
 )
