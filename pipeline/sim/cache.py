@@ -1,5 +1,7 @@
 """Exact cache simulators: LRU with warms on two paths, and Belady's offline optimum.
 
+(:class:`SampledEviction` makes the LRU evict as Redis does instead: approximately.)
+
 Objects have unit size (a cache of size ``C`` holds ``C`` keys), as in the
 reference numbers of libCacheSim.
 
@@ -408,8 +410,9 @@ def replay_lru(
                 cache[key] = _READ
             else:
                 warmed = False
-            move_to_end(key)
-            if sampled is not None:
+            if sampled is None:
+                move_to_end(key)
+            else:
                 sampled.touch(key, index)
         if edge:
             rule = rules.get(key) if warmed or not hit else None

@@ -217,6 +217,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         " (the demo's maxmemory-samples), last reads known to the second (needs --rate)",
     )
     timing.add_argument(
+        "--redis-seed",
+        type=int,
+        default=0,
+        help="seed of --redis-eviction's sampling (default: 0)",
+    )
+    timing.add_argument(
         "--origin-ms",
         type=float,
         default=None,
@@ -339,7 +345,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     delay = timing.delay
     config = engine_config(delay, args.waste_budget, args.lookahead)
     eviction = (
-        SampledEviction(samples=10, clock=max(1, round(args.rate)))
+        SampledEviction(samples=10, clock=max(1, round(args.rate)), seed=args.redis_seed)
         if args.redis_eviction and args.rate is not None
         else None
     )

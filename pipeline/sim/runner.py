@@ -54,6 +54,7 @@ class SimResult:
     edge_delay: int = DEFAULT_EDGE_DELAY
     rule_refresh: int = DEFAULT_RULE_REFRESH
     rule_lag: int = DEFAULT_RULE_LAG
+    eviction: SampledEviction | None = None
 
     def row(self) -> dict[str, Any]:
         """The JSON row: policy, size, requests, miss ratio, fetches/request, precision,
@@ -77,6 +78,11 @@ class SimResult:
             "edge_delay": self.edge_delay,
             "rule_refresh": self.rule_refresh,
             "rule_lag": self.rule_lag,
+            # How the cache evicted: "lru" (exact), or Redis's sampling with its clock.
+            "eviction": "lru"
+            if self.eviction is None
+            else f"redis(samples={self.eviction.samples}, clock={self.eviction.clock},"
+            f" seed={self.eviction.seed})",
         }
         if self.threshold is not None:
             row["threshold"] = self.threshold
@@ -250,6 +256,7 @@ def _measure(
         edge_delay=timing.edge_delay,
         rule_refresh=timing.rule_refresh,
         rule_lag=timing.rule_lag,
+        eviction=timing.eviction,
     )
 
 
