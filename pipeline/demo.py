@@ -359,11 +359,13 @@ def summary(off: ReplayResult, on: ReplayResult) -> str:
     )
 
 
-#: Fields a pooled result takes from its first run, and those it takes the highest of.
+#: Fields a pooled result takes from its first run, those it takes the highest of, and
+#: those it leaves out: quantiles do not add up, and the worker's document is per run.
 _SAME_IN_EVERY_RUN = frozenset(
     {"namespace", "cache_values", "trace", "clients", "rate", "origin_ms"}
 )
 _HIGHEST = frozenset({"peak_outstanding", "start_lag_max_ms", "latency_max_ms"})
+_LEFT_OUT_SUFFIXES = ("_p50_ms", "_p99_ms")
 
 
 def pooled(results: Sequence[ReplayResult]) -> ReplayResult:
@@ -388,7 +390,7 @@ def pooled(results: Sequence[ReplayResult]) -> ReplayResult:
             values[name] = [
                 f"run {n}: {sample}" for n, samples in enumerate(column, 1) for sample in samples
             ]
-        elif "None" in str(spec.type):  # quantiles, the worker's document
+        elif name == "worker" or name.endswith(_LEFT_OUT_SUFFIXES):
             values[name] = None
         else:
             values[name] = sum(column)

@@ -206,7 +206,8 @@ def _observe_only(warmer: CachecastWarmer) -> WarmPolicy:
 
 
 class _Timing(NamedTuple):
-    """The warm paths' settings one :func:`run` or :func:`sweep` applies to every policy."""
+    """The warm paths' settings and the cache's eviction, which one :func:`run` or
+    :func:`sweep` applies to every policy."""
 
     delay: int
     max_warms: int
