@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple, TypedDict, TypeVar
+from typing import Final, NamedTuple, TypedDict, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -20,6 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from pipeline.config import Settings
 from pipeline.models import EngineConfig
 from pipeline.sim.cache import (
     DEFAULT_EDGE_DELAY,
@@ -42,8 +43,11 @@ from pipeline.sim.traces import add_trace_options, load_trace
 
 _T = TypeVar("_T")
 
-_LATENCIES = ("origin_ms", "worker_ms", "rules_interval_ms", "rules_lag_ms")
+_LATENCIES = ("origin_ms", "worker_ms", "rules_interval_ms", "rules_lag_ms", "ttl_min")
 """The ``--rate`` options: keyword arguments of :func:`timing_for_rate`."""
+
+#: The pipeline's shortest TTL in seconds by default (``CACHECAST_TTL_MIN``).
+DEFAULT_TTL_MIN_S: Final = float(Settings.model_fields["smart_ttl_min"].default)
 
 
 class Timing(NamedTuple):
@@ -57,6 +61,8 @@ class Timing(NamedTuple):
     """Edge path: between two publications of the prefetch rules."""
     rule_lag: int
     """Edge path: from a publication to the moment clients see it."""
+    ttl_floor: int = 1
+    """The shortest TTL cachecast gives a key (1: none shorter than a request)."""
 
 
 class _RunOptions(TypedDict):
@@ -70,6 +76,7 @@ class _RunOptions(TypedDict):
     rule_refresh: int
     rule_lag: int
     eviction: SampledEviction | None
+    ttl_floor: int
 
 
 def timing_for_rate(
@@ -79,17 +86,20 @@ def timing_for_rate(
     worker_ms: float = 15.0,
     rules_interval_ms: float = 100.0,
     rules_lag_ms: float = 25.0,
+    ttl_min: float = DEFAULT_TTL_MIN_S,
 ) -> Timing:
     """The timing, in requests, of a pipeline serving ``rate`` requests/s.
 
     A latency becomes the requests that arrive meanwhile, rounded up (a warm
     landing a fraction of a request late is late); the publication interval is
-    rounded to the nearest request.
+    rounded to the nearest request. The pipeline never gives a TTL shorter than
+    ``ttl_min`` seconds (its ``CACHECAST_TTL_MIN``): the requests that arrive
+    meanwhile are the floor of the simulated TTLs.
 
     >>> timing_for_rate(400)
-    Timing(delay=6, edge_delay=2, rule_refresh=40, rule_lag=10)
+    Timing(delay=6, edge_delay=2, rule_refresh=40, rule_lag=10, ttl_floor=12000)
     >>> timing_for_rate(2_000, origin_ms=3.0)
-    Timing(delay=30, edge_delay=6, rule_refresh=200, rule_lag=50)
+    Timing(delay=30, edge_delay=6, rule_refresh=200, rule_lag=50, ttl_floor=60000)
     """
     if rate <= 0:
         raise ValueError("rate must be > 0")
@@ -103,6 +113,7 @@ def timing_for_rate(
         edge_delay=requests(origin_ms),
         rule_refresh=max(1, round(rate * rules_interval_ms / 1_000.0)),
         rule_lag=requests(rules_lag_ms),
+        ttl_floor=max(1, math.ceil(round(rate * ttl_min, 9))),
     )
 
 
@@ -120,6 +131,7 @@ def resolve_timing(args: argparse.Namespace) -> Timing:
         edge_delay=_or(args.edge_delay, derived.edge_delay),
         rule_refresh=_or(args.rule_refresh, derived.rule_refresh),
         rule_lag=_or(args.rule_lag, derived.rule_lag),
+        ttl_floor=derived.ttl_floor,
     )
 
 
@@ -204,8 +216,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "With --rate, each latency becomes the requests that arrive meanwhile "
         "(rounded up): delay = rate x worker-ms, edge delay = rate x origin-ms, "
         "rule refresh = rate x rules-interval-ms (rounded), rule lag = rate x "
-        "rules-lag-ms. An explicit --delay, --edge-delay, --rule-refresh or "
-        "--rule-lag wins.",
+        "rules-lag-ms, and no TTL is shorter than rate x ttl-min. An explicit --delay, "
+        "--edge-delay, --rule-refresh or --rule-lag wins.",
     )
     timing.add_argument(
         "--rate", type=float, default=None, help="requests per second the trace is replayed at"
@@ -245,6 +257,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=None,
         help="from a publication to the moment clients see it (default: 25.0)",
+    )
+    timing.add_argument(
+        "--ttl-min",
+        type=float,
+        default=None,
+        help="the pipeline's shortest TTL in seconds, CACHECAST_TTL_MIN: no simulated TTL"
+        f" is shorter than the requests that arrive meanwhile (default: {DEFAULT_TTL_MIN_S:g})",
     )
     parser.add_argument(
         "--max-warms", type=int, default=4, help="most warms per request (default: 4)"
@@ -361,6 +380,7 @@ def simulate_command(args: argparse.Namespace) -> int:
             rule_refresh=timing.rule_refresh,
             rule_lag=timing.rule_lag,
             eviction=eviction,
+            ttl_floor=timing.ttl_floor,
         )
         results += run(trace, args.sizes, args.policies, **options)
         sweeps: list[list[SimResult]] = []
@@ -373,7 +393,8 @@ def simulate_command(args: argparse.Namespace) -> int:
             results,
             f"{trace.name}{rate}: worker delay {delay}, edge delay {timing.edge_delay}, "
             f"rules every {timing.rule_refresh} requests (+{timing.rule_lag})"
-            f"{', Redis eviction' if eviction is not None else ''}",
+            f"{', Redis eviction' if eviction is not None else ''}"
+            f"{f', TTLs >= {timing.ttl_floor:,} requests' if timing.ttl_floor > 1 else ''}",
         )
     )
     for size, curve in zip(args.sizes, sweeps, strict=False):
@@ -409,7 +430,7 @@ def _timing_problem(args: argparse.Namespace) -> str | None:
     if args.rate <= 0:
         return "--rate must be > 0"
     if any(getattr(args, name) is not None and getattr(args, name) < 0 for name in _LATENCIES):
-        return "latencies must be >= 0 ms"
+        return "latencies and --ttl-min must be >= 0"
     return None
 
 

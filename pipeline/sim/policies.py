@@ -71,7 +71,8 @@ class CachecastWarmer:
     worker runs it: the request index is the clock and wall-clock timestamps
     only feed the time-of-week profiles (``wall_ts``). ``delay`` (in requests)
     becomes the engine's ``lead`` in ts units. The engine learns its prefetch rules as it observes:
-    ``warmer.engine.rules`` is the edge path's rule source.
+    ``warmer.engine.rules`` is the edge path's rule source. ``ttl_floor`` is the
+    shortest TTL :meth:`miss_ttl` gives, in requests.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class CachecastWarmer:
         users: npt.NDArray[np.int64] | None = None,
         sequences: bool = True,
         worker_clock: bool = False,
+        ttl_floor: int = 1,
     ) -> None:
         #: Whether the worker path warms sequence predictions too (with prefetch rules on,
         #: production leaves them to the edge: ``CACHECAST_WORKER_SEQUENCES``).
@@ -105,6 +107,9 @@ class CachecastWarmer:
             config = replace(config, lead=float(delay), wall_clock=False)
         self._users: list[int] | None = None if users is None else users.tolist()
         self._requests_per_ts = 1.0 / per_request if wall_clock and per_request > 0 else 1.0
+        #: The shortest TTL a key gets, in requests: production clamps TTLs to
+        #: ``CACHECAST_TTL_MIN`` seconds, which a replay at a known rate can count.
+        self._ttl_floor = max(1, ttl_floor)
         self.engine = WarmEngine(config)
 
     def __call__(self, index: int, key: int, hit: bool, warmed: bool) -> Sequence[int]:
@@ -123,8 +128,9 @@ class CachecastWarmer:
         return [candidate.key for candidate in candidates]  # type: ignore[misc]
 
     def miss_ttl(self, index: int, key: int) -> int | None:
-        """The engine's TTL for a key that just missed, in requests (None: no TTL)."""
+        """The engine's TTL for a key that just missed, in requests (None: no TTL), never
+        shorter than the floor."""
         ttl = self.engine.miss_ttl(key)
         if ttl is None:
             return None
-        return max(1, int(ttl * self._requests_per_ts))
+        return max(self._ttl_floor, int(ttl * self._requests_per_ts))

@@ -55,6 +55,7 @@ class SimResult:
     rule_refresh: int = DEFAULT_RULE_REFRESH
     rule_lag: int = DEFAULT_RULE_LAG
     eviction: SampledEviction | None = None
+    ttl_floor: int = 1
 
     def row(self) -> dict[str, Any]:
         """The JSON row: policy, size, requests, miss ratio, fetches/request, precision,
@@ -83,6 +84,7 @@ class SimResult:
             if self.eviction is None
             else f"redis(samples={self.eviction.samples}, clock={self.eviction.clock},"
             f" seed={self.eviction.seed})",
+            "ttl_floor": self.ttl_floor,
         }
         if self.threshold is not None:
             row["threshold"] = self.threshold
@@ -115,6 +117,7 @@ def run_policy(
     rule_lag: int = DEFAULT_RULE_LAG,
     worker_clock: bool = False,
     eviction: SampledEviction | None = None,
+    ttl_floor: int = 1,
 ) -> ReplayCounts:
     """Replay ``trace`` under one policy at one cache size.
 
@@ -123,6 +126,7 @@ def run_policy(
     :func:`~pipeline.sim.cache.replay_lru`). ``worker_clock`` runs the engine on
     the worker's clocks (see :class:`~pipeline.sim.policies.CachecastWarmer`).
     ``eviction`` makes the LRU policies evict as Redis does (not Belady's).
+    ``ttl_floor`` is the shortest TTL, in requests, cachecast gives a key.
     """
     key_list = trace.keys.tolist() if keys is None else keys
     if policy == "lru":
@@ -141,7 +145,13 @@ def run_policy(
         # As in production: with the edge path on, the worker leaves sequences to it.
         sequences = policy == "lru+cachecast-worker"
         warmer = CachecastWarmer(
-            trace.ts, delay, config, trace.users, sequences=sequences, worker_clock=worker_clock
+            trace.ts,
+            delay,
+            config,
+            trace.users,
+            sequences=sequences,
+            worker_clock=worker_clock,
+            ttl_floor=ttl_floor,
         )
         warm: WarmPolicy | None = warmer
         ttl: TtlPolicy | None = warmer.miss_ttl
@@ -206,8 +216,8 @@ def _observe_only(warmer: CachecastWarmer) -> WarmPolicy:
 
 
 class _Timing(NamedTuple):
-    """The warm paths' settings and the cache's eviction, which one :func:`run` or
-    :func:`sweep` applies to every policy."""
+    """The warm paths' settings, the cache's eviction and the shortest TTL, which one
+    :func:`run` or :func:`sweep` applies to every policy."""
 
     delay: int
     max_warms: int
@@ -215,6 +225,7 @@ class _Timing(NamedTuple):
     rule_refresh: int
     rule_lag: int
     eviction: SampledEviction | None = None
+    ttl_floor: int = 1
 
 
 def _measure(
@@ -245,6 +256,7 @@ def _measure(
         rule_refresh=timing.rule_refresh,
         rule_lag=timing.rule_lag,
         eviction=timing.eviction,
+        ttl_floor=timing.ttl_floor,
     )
     return SimResult(
         policy,
@@ -258,6 +270,7 @@ def _measure(
         rule_refresh=timing.rule_refresh,
         rule_lag=timing.rule_lag,
         eviction=timing.eviction,
+        ttl_floor=timing.ttl_floor,
     )
 
 
@@ -274,9 +287,10 @@ def run(
     rule_refresh: int = DEFAULT_RULE_REFRESH,
     rule_lag: int = DEFAULT_RULE_LAG,
     eviction: SampledEviction | None = None,
+    ttl_floor: int = 1,
 ) -> list[SimResult]:
     """Every policy at every cache size; results in (size, policy) order."""
-    timing = _Timing(delay, max_warms, edge_delay, rule_refresh, rule_lag, eviction)
+    timing = _Timing(delay, max_warms, edge_delay, rule_refresh, rule_lag, eviction, ttl_floor)
     keys = trace.keys.tolist()
     n_unique = trace.n_unique
     results: list[SimResult] = []
@@ -303,6 +317,7 @@ def sweep(
     rule_refresh: int = DEFAULT_RULE_REFRESH,
     rule_lag: int = DEFAULT_RULE_LAG,
     eviction: SampledEviction | None = None,
+    ttl_floor: int = 1,
 ) -> list[SimResult]:
     """cachecast at fixed admission thresholds (no waste budget), plus the baselines.
 
@@ -312,7 +327,7 @@ def sweep(
     in ``lru+cachecast``, with its own waste budget.
     """
     base = config or EngineConfig()
-    timing = _Timing(delay, max_warms, edge_delay, rule_refresh, rule_lag, eviction)
+    timing = _Timing(delay, max_warms, edge_delay, rule_refresh, rule_lag, eviction, ttl_floor)
     keys = trace.keys.tolist()
     size = cache_size_for(trace, size_fraction, trace.n_unique)
     # (policy, config, fixed threshold, progress label): the baselines, then the curve.

@@ -91,10 +91,12 @@ def test_max_requests_and_formats(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_timing_for_rate() -> None:
-    assert timing_for_rate(400) == Timing(delay=6, edge_delay=2, rule_refresh=40, rule_lag=10)
-    assert timing_for_rate(2_000) == Timing(30, 6, 200, 50)
-    slow = timing_for_rate(10, origin_ms=1.0, rules_interval_ms=1.0)
-    assert slow == Timing(delay=1, edge_delay=1, rule_refresh=1, rule_lag=1)
+    assert timing_for_rate(400) == Timing(
+        delay=6, edge_delay=2, rule_refresh=40, rule_lag=10, ttl_floor=12_000
+    )
+    assert timing_for_rate(2_000) == Timing(30, 6, 200, 50, 60_000)
+    slow = timing_for_rate(10, origin_ms=1.0, rules_interval_ms=1.0, ttl_min=0.0)
+    assert slow == Timing(delay=1, edge_delay=1, rule_refresh=1, rule_lag=1, ttl_floor=1)
     with pytest.raises(ValueError, match="rate"):
         timing_for_rate(0)
 
@@ -110,6 +112,7 @@ def test_rate_sets_the_timing_and_explicit_options_win(small_trace: Path, tmp_pa
     for row in rows.values():
         timing = (row["delay"], row["edge_delay"], row["rule_refresh"], row["rule_lag"])
         assert timing == (30, 4, 200, 3)
+        assert row["ttl_floor"] == 60_000  # CACHECAST_TTL_MIN's 30 s at 2,000/s
         assert row["worker_warms"] + row["edge_warms"] == row["warms"]
         assert 0.0 <= row["worker_precision"] <= 1.0
         assert 0.0 <= row["edge_precision"] <= 1.0
@@ -181,3 +184,20 @@ def test_simulate_reads_the_bundled_trace_without_a_column_mapping(
     )
     assert code == 0
     assert "cache2k_orm_busy_200k: 2,000 requests" in capsys.readouterr().out
+
+
+def test_ttl_min_is_counted_at_the_rate_and_needs_one(
+    small_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rows.json"
+    args = ["simulate", str(small_trace), "--sizes", "0.05", "--max-requests", "2000"]
+    args += ["--policies", "lru+cachecast", "--json", str(out)]
+    assert main([*args, "--rate", "100", "--ttl-min", "2.5"]) == 0
+    (row,) = orjson.loads(out.read_bytes())
+    assert row["ttl_floor"] == 250
+    assert "TTLs >= 250 requests" in " ".join(capsys.readouterr().out.split())
+    assert main([*args]) == 0
+    assert orjson.loads(out.read_bytes())[0]["ttl_floor"] == 1  # no rate: no seconds to count
+    assert main([*args, "--ttl-min", "30"]) == 2
+    assert "--ttl-min needs --rate" in capsys.readouterr().err
+    assert main([*args, "--rate", "100", "--ttl-min", "-1"]) == 2

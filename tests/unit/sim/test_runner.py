@@ -190,3 +190,16 @@ def test_users_cut_misses_when_sessions_come_back() -> None:
     assert on < own, (on, own)  # similar users add to the user's own keys
     assert on_fetches <= 1.05 * lru  # paid for with few wasted warms
     assert off_fetches <= 1.05 * lru
+
+
+def test_the_ttl_floor_keeps_short_new_key_ttls_from_expiring_keys() -> None:
+    """Half the reads are keys never read again, so the engine gives new keys a short
+    TTL; production clamps every TTL to ``CACHECAST_TTL_MIN``, which the floor stands for."""
+    rng = np.random.default_rng(0)
+    keys = [int(rng.integers(0, 50)) if rng.random() < 0.5 else 1_000 + i for i in range(20_000)]
+    trace = Trace(np.array(keys, dtype=np.int64), np.arange(len(keys), dtype=np.float64))
+    unfloored = run_policy(trace, "lru+cachecast-ttl", 100)
+    floored = run_policy(trace, "lru+cachecast-ttl", 100, ttl_floor=len(keys))
+    assert unfloored.expired > 1_000
+    assert floored.expired == 0
+    assert floored.misses == run_policy(trace, "lru", 100).misses
