@@ -331,6 +331,11 @@ def result_rows(off: ReplayResult, on: ReplayResult) -> list[tuple[str, str, str
             rows.index(count("edge warms issued", "edge_issued")),
             count("sessions that opened on a user rule", "user_rules_applied"),
         )
+    if off.rule_resyncs or on.rule_resyncs:
+        rows.insert(
+            rows.index(count("edge warms issued", "edge_issued")),
+            count("rule table re-reads (rule stream lost entries)", "rule_resyncs"),
+        )
     if off.request_errors or on.request_errors:
         rows.append(count("failed requests", "request_errors"))
     if off.errors or on.errors:

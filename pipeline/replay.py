@@ -419,6 +419,7 @@ _SUMMED: Final = (
     "rules_applied",
     "user_rule_reads",
     "user_rules_applied",
+    "rule_resyncs",
 )
 #: Client latency figures: the worst of the clients' (quantiles cannot be summed).
 _WORST: Final = ("edge_latency_p50_ms", "edge_latency_p99_ms")
@@ -432,6 +433,7 @@ def sum_client_stats(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
      'inflight_joins': 0, 'edge_issued': 0, 'edge_written': 0, 'edge_failed': 0,
      'edge_refused': 0, 'edge_skipped': 0, 'edge_useful': 0, 'edge_hits': 0,
      'rule_reads': 0, 'rules_applied': 0, 'user_rule_reads': 0, 'user_rules_applied': 0,
+     'rule_resyncs': 0,
      'edge_latency_p50_ms': 4.0, 'edge_latency_p99_ms': None}
     """
     out: dict[str, Any] = {
@@ -483,6 +485,9 @@ class ReplayResult(Pace):
     #: User rules read as users' sessions opened, and those that named something to load.
     user_rule_reads: int = 0
     user_rules_applied: int = 0
+    #: Times a client read the rule table again: the rule stream had lost entries it
+    #: had not read (trimmed, or evicted by Redis), so deletions among them were lost.
+    rule_resyncs: int = 0
     edge_latency_p50_ms: float | None = None
     edge_latency_p99_ms: float | None = None
     warm_outcomes: dict[str, int] = field(default_factory=dict)
@@ -523,6 +528,7 @@ class ReplayResult(Pace):
             rules_applied=int(client.get("rules_applied", 0)),
             user_rule_reads=int(client.get("user_rule_reads", 0)),
             user_rules_applied=int(client.get("user_rules_applied", 0)),
+            rule_resyncs=int(client.get("rule_resyncs", 0)),
             edge_issued=int(client.get("edge_issued", 0)),
             edge_written=int(client.get("edge_written", 0)),
             edge_failed=int(client.get("edge_failed", 0)),

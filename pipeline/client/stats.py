@@ -133,6 +133,7 @@ class ClientStats:
             "rules_applied": self.rules_applied,
             "user_rule_reads": self.user_rule_reads,
             "user_rules_applied": self.user_rules_applied,
+            "rule_resyncs": self.rule_resyncs,
             "edge_issued": self.edge_issued,
             "edge_written": self.edge_written,
             "edge_failed": self.edge_failed,

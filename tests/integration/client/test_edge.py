@@ -802,6 +802,7 @@ async def test_a_client_that_fell_behind_the_trimmed_rule_stream_reads_the_table
         client.close()
     await cache.refresh_rules()  # sees the gap: reads the table again
     assert cache.core.stats.rule_resyncs == 1
+    assert (await cache.get_stats())["client"]["rule_resyncs"] == 1  # and says so
     assert cache._rulebook.get("orders", "a") == (("b", 0.9),)  # without the resync: None
 
 

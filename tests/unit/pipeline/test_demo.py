@@ -193,6 +193,7 @@ def test_table_and_summary() -> None:
     assert rows["worker warm latency p50 / p99"] == ("-", "12.0 ms / 30.0 ms")
     assert "failed requests" not in rows
     assert "client errors" not in rows
+    assert not any(name.startswith("rule table re-reads") for name in rows)
 
     line = demo.summary(off, on)
     assert "+5.00 points" in line
@@ -207,6 +208,14 @@ def test_table_shows_failures_when_there_are_some() -> None:
     assert rows["failed requests"] == ("0", "3")
     assert rows["client errors"] == ("0", "2")
     assert rows["starts held by the in-flight cap"] == ("0", "1")
+
+
+def test_table_shows_rule_table_re_reads_when_there_are_some() -> None:
+    names = [name for name, _, _ in demo.result_rows(_result(), _result(rule_resyncs=14))]
+    row = "rule table re-reads (rule stream lost entries)"
+    assert names.index(row) == names.index("edge warms issued") - 1
+    rows = {name: (a, b) for name, a, b in demo.result_rows(_result(), _result(rule_resyncs=14))}
+    assert rows[row] == ("0", "14")
 
 
 def test_summary_without_misses() -> None:
