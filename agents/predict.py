@@ -227,7 +227,7 @@ class Predict:
         if lost:
             for rule_set in rule_sets:
                 plan = rule_set.restore(lost, now=time.time())
-                self.runtime.counters["rules_restored"] += sum(map(len, plan.writes.values()))
+                self.runtime.counters["rules_restored"] += plan.rules_written
                 await self._write_rules(plan, rule_set)
 
     async def _write_rules(self, plan: RulePlan, rule_set: RuleSet) -> None:
@@ -258,8 +258,8 @@ class Predict:
             log.warning("could not publish %d rule changes: %s", len(plan), exc)
             rule_set.forget()
             return
-        counters["rules_written"] += sum(map(len, plan.writes.values()))
-        counters["rules_deleted"] += sum(map(len, plan.deletes.values()))
+        counters["rules_written"] += plan.rules_written
+        counters["rules_deleted"] += plan.deleted
 
     async def checkpoint_when_quiet(self) -> None:
         async with self.engines.lock:

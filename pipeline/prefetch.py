@@ -17,6 +17,11 @@ TTL in seconds to give the loaded values (0: each key's smart TTL, from
 successors are keys of the same namespace, most probable first, with the
 calibrated probability that they are read soon after the trigger.
 
+A rule with no successors is a *deletion*: in the rule stream it deletes the
+trigger's rule, and in a hash (a tombstone) it tells a client that reads the
+table again after losing stream entries that the rule is gone. Tombstones stay
+``TOMBSTONE_S`` seconds, then the field is deleted.
+
 Everything here is pure: :class:`RuleSet` decides what to write and delete,
 bounded per namespace; the predict agent carries out its plans.
 
@@ -45,6 +50,7 @@ __all__ = [
     "MAX_SUCCESSORS",
     "MAX_UPDATE_BYTES",
     "RULE_FORMAT",
+    "TOMBSTONE_S",
     "PrefetchRule",
     "RulePlan",
     "RuleSet",
@@ -61,6 +67,9 @@ MAX_SUCCESSORS: Final = 8
 MAX_RULE_BYTES: Final = 16 * 1024
 #: Nor is a longer rule-stream entry.
 MAX_UPDATE_BYTES: Final = 64 * 1024 * 1024
+#: How long a deleted rule stays in its hash as a tombstone (an empty rule), so that a
+#: client reading the table after losing stream entries drops it too.
+TOMBSTONE_S: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,12 +167,23 @@ def decode_rule(raw: bytes | str | None) -> PrefetchRule | None:
 
 @dataclass(slots=True)
 class RulePlan:
-    """Redis writes of one publishing round: per hash, fields to set and fields to delete."""
+    """Redis writes of one publishing round: per hash, fields to set and fields to delete.
+
+    ``writes`` holds rules and ``tombstones`` of them (empty rules); ``deleted``
+    counts the rules this round deletes, as tombstones or as fields deleted outright.
+    """
 
     writes: dict[str, dict[str, bytes]] = field(default_factory=dict)
     deletes: dict[str, list[str]] = field(default_factory=dict)
     #: Per namespace, the same changes as one rule-stream entry (:func:`encode_updates`).
     updates: dict[str, list[tuple[str, Sequence[tuple[str, float]]]]] = field(default_factory=dict)
+    deleted: int = 0
+    tombstones: int = 0
+
+    @property
+    def rules_written(self) -> int:
+        """Rules (not tombstones) this plan writes."""
+        return sum(map(len, self.writes.values())) - self.tombstones
 
     def __len__(self) -> int:
         return sum(map(len, self.writes.values())) + sum(map(len, self.deletes.values()))
@@ -180,15 +200,19 @@ class RuleSet:
     ``max_rules`` triggers per namespace at most: past it, the rules changed
     least recently are deleted (hot triggers keep changing, so they stay).
     A trigger whose rule became empty is deleted. A rule that did not change is
-    not written again.
+    not written again. Prefetch rules (the kind clients follow through the rule
+    stream) are deleted as tombstones, at most ``max_rules // 4`` per namespace,
+    each deleted outright after ``TOMBSTONE_S`` (or sooner, past that bound).
 
     >>> rules = RuleSet("c:", max_rules=2)
     >>> plan = rules.plan([("shop:a", [("shop:b", 0.9)]), ("shop:x", [])], now=5.0)
     >>> plan.writes
     {'c:#rules:shop:3': {'a': b'[1,5.0,0,[["b",0.9]]]'}}
     >>> plan = rules.plan([("shop:c", [("shop:d", 0.8)]), ("shop:e", [("shop:f", 0.7)])], now=6.0)
-    >>> sorted(plan.deletes.items())  # 'a' changed least recently: out
-    [('c:#rules:shop:3', ['a'])]
+    >>> plan.writes['c:#rules:shop:3']['a'], plan.deleted  # 'a' changed least recently: out
+    (b'[1,6.0,0,[]]', 1)
+    >>> rules.plan([("shop:c", [("shop:d", 0.1)])], now=6.0 + TOMBSTONE_S).deletes
+    {'c:#rules:shop:3': ['a']}
     """
 
     def __init__(self, prefix: str, max_rules: int = 50_000, kind: str = "rules") -> None:
@@ -203,6 +227,9 @@ class RuleSet:
         self.streamed = kind == "rules"
         #: Per namespace: trigger -> the successors published for it, least recently changed first.
         self._published: dict[str, OrderedDict[str, tuple[tuple[str, float], ...]]] = {}
+        #: Per namespace: trigger -> when its tombstone was written, oldest first.
+        self._tombstones: dict[str, OrderedDict[str, float]] = {}
+        self.max_tombstones = max(1, max_rules // 4)
 
     def __len__(self) -> int:
         return sum(map(len, self._published.values()))
@@ -236,8 +263,7 @@ class RuleSet:
             where = rules_hash(self.prefix, namespace, key, self.kind)
             if not successors:
                 if published.pop(key, None) is not None:
-                    plan.deletes.setdefault(where, []).append(key)
-                    plan.updates.setdefault(namespace, []).append((key, ()))
+                    self._delete(plan, namespace, key, where, now)
                 continue
             old = published.get(key)
             if old is not None and _same_successors(old, successors):
@@ -245,20 +271,56 @@ class RuleSet:
                 continue
             published[key] = successors
             published.move_to_end(key)
+            tombstones = self._tombstones.get(namespace)
+            if tombstones is not None:
+                tombstones.pop(key, None)  # the rule's new value replaces its tombstone
             plan.writes.setdefault(where, {})[key] = encode_rule(successors, compiled_at=now)
             plan.updates.setdefault(namespace, []).append((key, successors))
             while len(published) > self.max_rules:
                 evicted, _ = published.popitem(last=False)
                 evicted_at = rules_hash(self.prefix, namespace, evicted, self.kind)
-                pending = plan.writes.get(evicted_at)
-                if pending is not None:
-                    pending.pop(evicted, None)
-                plan.deletes.setdefault(evicted_at, []).append(evicted)
-                plan.updates.setdefault(namespace, []).append((evicted, ()))
+                self._delete(plan, namespace, evicted, evicted_at, now)
+        self._purge(plan, now)
         plan.writes = {where: fields for where, fields in plan.writes.items() if fields}
         if not self.streamed:
             plan.updates = {}
         return plan
+
+    def _delete(self, plan: RulePlan, namespace: str, key: str, where: str, now: float) -> None:
+        """Delete the published rule of ``key`` (in hash ``where``) in ``plan``."""
+        plan.deleted += 1
+        plan.updates.setdefault(namespace, []).append((key, ()))
+        if not self.streamed:  # nobody reads these hashes as a table: delete the field
+            pending = plan.writes.get(where)
+            if pending is not None:
+                pending.pop(key, None)
+            plan.deletes.setdefault(where, []).append(key)
+            return
+        tombstones = self._tombstones.get(namespace)
+        if tombstones is None:
+            tombstones = self._tombstones[namespace] = OrderedDict()
+        tombstones[key] = now
+        tombstones.move_to_end(key)
+        fields = plan.writes.setdefault(where, {})
+        if key not in fields:
+            plan.tombstones += 1
+        fields[key] = encode_rule((), compiled_at=now)  # a rule of this round replaced
+
+    def _purge(self, plan: RulePlan, now: float) -> None:
+        """Delete tombstones older than ``TOMBSTONE_S``, or past the bound, oldest first."""
+        from pipeline.client.keys import rules_hash
+
+        for namespace, tombstones in self._tombstones.items():
+            while tombstones:
+                key, when = next(iter(tombstones.items()))
+                if now - when < TOMBSTONE_S and len(tombstones) <= self.max_tombstones:
+                    break
+                del tombstones[key]
+                where = rules_hash(self.prefix, namespace, key, self.kind)
+                pending = plan.writes.get(where)
+                if pending is not None and pending.pop(key, None) is not None:
+                    plan.tombstones -= 1  # a tombstone of this round, past the bound
+                plan.deletes.setdefault(where, []).append(key)
 
     def plan_users(
         self, changes: Iterable[tuple[Any, Sequence[tuple[Any, float]]]], *, now: float
@@ -319,11 +381,18 @@ class RuleSet:
                     )
                     if self.streamed:
                         plan.updates.setdefault(namespace, []).append((key, successors))
+        for namespace, tombstones in self._tombstones.items():
+            for key, when in tombstones.items():
+                where = rules_hash(self.prefix, namespace, key, self.kind)
+                if where in gone:  # the deletions it held, for clients yet to read it
+                    plan.writes.setdefault(where, {})[key] = encode_rule((), compiled_at=when)
+                    plan.tombstones += 1
         return plan
 
     def forget(self) -> None:
         """Forget what was published (after the hashes were lost, e.g. Redis restarted)."""
         self._published.clear()
+        self._tombstones.clear()
 
 
 def _same_successors(old: Sequence[tuple[str, float]], new: Sequence[tuple[str, float]]) -> bool:

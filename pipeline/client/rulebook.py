@@ -7,7 +7,9 @@ client loads the table once, then follows the stream (as a Kafka Streams
 GlobalKTable follows a compacted topic), so that when a key misses, its rule is
 a dictionary lookup: no round trip stands between a miss and the loads it
 triggers. Rules the client already holds survive Redis evicting a hash or the
-stream under memory pressure (``allkeys-lru``).
+stream under memory pressure (``allkeys-lru``). A client that lost stream entries
+reads the table again; deletions reach it there too, as tombstones kept for
+:data:`~pipeline.prefetch.TOMBSTONE_S`.
 
 The table is bounded per namespace; past the bound, the rules changed least
 recently go first.
@@ -138,7 +140,12 @@ def newest_id(reply: object) -> bytes:
 
 
 def table_rules(replies: Iterable[object]) -> list[tuple[str, Rule]]:
-    """The rules in ``HGETALL`` replies of the shards (malformed ones skipped)."""
+    """The rules in ``HGETALL`` replies of the shards (malformed ones skipped), as updates:
+    a tombstone (a rule with no successors) deletes the rule the client holds.
+
+    >>> table_rules([{b"a": b'[1,5.0,0,[["b",0.9]]]', b"c": b'[1,6.0,0,[]]', b"d": b"?"}])
+    [('a', (('b', 0.9),)), ('c', ())]
+    """
     out: list[tuple[str, Rule]] = []
     for reply in replies:
         if not isinstance(reply, dict):
@@ -146,7 +153,7 @@ def table_rules(replies: Iterable[object]) -> list[tuple[str, Rule]]:
         for field, raw in reply.items():
             trigger = field.decode("utf-8", "replace") if isinstance(field, bytes) else str(field)
             rule = decode_rule(raw)
-            if rule is not None and rule.successors:
+            if rule is not None:
                 out.append((trigger, rule.successors))
     return out
 

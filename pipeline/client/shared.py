@@ -568,10 +568,11 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
         The table is merged, not swapped in: a rule held here but missing from the
         table was most likely evicted with its hash (``allkeys-lru`` takes rule keys
         like any other, and an evicted stream is what sends a client back to the
-        table), and the worker restores lost hashes from memory. A deletion missed
-        in the gap leaves its rule here until the trigger's rule is published again
-        or the bound drops it: a few extra edge loads, against losing every rule an
-        eviction touched.
+        table), and the worker restores lost hashes from memory. Deletions are in the
+        table as tombstones for a minute (:data:`~pipeline.prefetch.TOMBSTONE_S`):
+        one missed in the gap is lost only with its hash, or by a client a minute
+        behind, and its rule stays here until the trigger's rule is published again
+        or the bound drops it.
         """
         replies = yield bootstrap_commands(self._core.prefix, namespace)
         self._rule_ids[stream] = newest_id(replies[0])

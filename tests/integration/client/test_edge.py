@@ -15,7 +15,7 @@ from pipeline.client.keys import USER_RULES, rules_hash, rules_stream
 from pipeline.client.rulebook import STREAM_FIELD
 from pipeline.codec import CodecError, ValueCodec, is_loading_mark
 from pipeline.loaders import LoaderConfig
-from pipeline.prefetch import encode_rule, encode_updates
+from pipeline.prefetch import RulePlan, RuleSet, encode_rule, encode_updates
 from tests.integration.client.conftest import Backend, MakeCache, RecordingSink
 
 
@@ -804,6 +804,50 @@ async def test_a_client_that_fell_behind_the_trimmed_rule_stream_reads_the_table
     assert cache.core.stats.rule_resyncs == 1
     assert (await cache.get_stats())["client"]["rule_resyncs"] == 1  # and says so
     assert cache._rulebook.get("orders", "a") == (("b", 0.9),)  # without the resync: None
+
+
+async def test_a_client_that_fell_behind_drops_a_rule_deleted_meanwhile(
+    backend: Backend, make_cache: MakeCache
+) -> None:
+    """The deletion's stream entry is trimmed unread; its tombstone in the table is not."""
+    origin = Origin()
+    cache: IntelligentCache = make_cache(backend, IntelligentCache, loaders={"orders": origin})
+    prefix = cache.settings.redis_key_prefix
+    stream = rules_stream(prefix, "orders")
+    rules = RuleSet(prefix)
+    client = backend.raw()
+
+    def carry_out(plan: RulePlan) -> None:  # as the predict agent does
+        for table, fields in plan.writes.items():
+            client.hset(table, mapping=fields)
+        for table, keys in plan.deletes.items():
+            client.hdel(table, *keys)
+        for updates in plan.updates.values():
+            client.xadd(
+                stream, {STREAM_FIELD: encode_updates(updates)}, maxlen=64, approximate=False
+            )
+
+    try:
+        carry_out(
+            rules.plan(
+                [("orders:a", [("orders:b", 0.9)]), ("orders:c", [("orders:d", 0.8)])], now=1.0
+            )
+        )
+        await cache.refresh_rules()
+        assert cache._rulebook.get("orders", "a") == (("b", 0.9),)
+        carry_out(rules.plan([("orders:a", [])], now=2.0))  # the worker deletes a's rule
+        for i in range(80):  # and publishes more rounds than the stream keeps
+            carry_out(rules.plan([(f"orders:x{i}", [("orders:y", 0.9)])], now=3.0))
+    finally:
+        client.close()
+    await cache.refresh_rules()
+    assert cache.core.stats.rule_resyncs == 1
+    assert cache._rulebook.get("orders", "a") is None  # merged without tombstones: still held
+    assert cache._rulebook.get("orders", "c") == (("d", 0.8),)
+    assert cache._rulebook.get("orders", "x79") == (("y", 0.9),)
+    assert await cache.get("orders", "a", fallback_data=origin.app_loader("a")) is not None
+    await settle(cache)
+    assert origin.calls == {"a": 1}  # no edge load of b
 
 
 async def test_rules_held_survive_redis_evicting_the_rule_stream_and_table(

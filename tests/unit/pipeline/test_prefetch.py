@@ -7,8 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.client.keys import RULE_SHARDS, rules_hash
-from pipeline.prefetch import MAX_SUCCESSORS, RuleSet, decode_rule, encode_rule
+from pipeline.client.keys import RULE_SHARDS, USER_RULES, rules_hash
+from pipeline.prefetch import (
+    MAX_SUCCESSORS,
+    TOMBSTONE_S,
+    RulePlan,
+    RuleSet,
+    decode_rule,
+    encode_rule,
+)
 
 
 def test_a_rule_round_trips() -> None:
@@ -59,19 +66,65 @@ def test_a_rule_set_writes_changes_only_and_deletes_emptied_rules() -> None:
     assert not rules.plan([("ns:a", [("ns:b", 0.92)])], now=2.0)  # same rule: nothing
     assert rules.plan([("ns:a", [("ns:b", 0.6)])], now=3.0).writes  # moved: rewritten
     plan = rules.plan([("ns:a", [])], now=4.0)
-    assert plan.deletes == {where: ["a"]}
-    assert not plan.writes
+    # Deleted: an empty rule in the stream, and a tombstone in the hash for a client
+    # that reads the table again after losing stream entries.
+    assert plan.updates == {"ns": [("a", ())]}
+    tombstone = decode_rule(plan.writes[where]["a"])
+    assert tombstone is not None
+    assert tombstone.successors == ()
+    assert (plan.deleted, plan.tombstones, plan.rules_written) == (1, 1, 0)
+    assert not plan.deletes
     assert len(rules) == 0
+    # The tombstone goes with the first round after TOMBSTONE_S.
+    assert not rules.plan([("ns:c", [("ns:d", 0.9)])], now=4.0 + TOMBSTONE_S - 1).deletes
+    assert rules.plan([("ns:e", [("ns:f", 0.9)])], now=4.0 + TOMBSTONE_S).deletes == {where: ["a"]}
+
+
+def _apply(hashes: dict[str, dict[str, bytes]], plan: RulePlan) -> None:
+    """What Redis holds after ``plan`` (HSET, then HDEL, as the predict agent sends them)."""
+    for where, fields in plan.writes.items():
+        hashes.setdefault(where, {}).update(fields)
+    for where, keys in plan.deletes.items():
+        for key in keys:
+            hashes.get(where, {}).pop(key, None)
 
 
 def test_a_rule_set_stays_within_its_bound_per_namespace() -> None:
     rules = RuleSet("p:", max_rules=10)
-    deleted: list[str] = []
+    hashes: dict[str, dict[str, bytes]] = {}
+    deleted = 0
     for i in range(50):
         plan = rules.plan([(f"ns:t{i}", [(f"ns:s{i}", 0.9)])], now=float(i))
-        deleted += [key for keys in plan.deletes.values() for key in keys]
+        deleted += plan.deleted
+        _apply(hashes, plan)
     assert len(rules) == 10
-    assert sorted(deleted) == sorted(f"t{i}" for i in range(40))
+    assert deleted == 40
+    stored = {key: decode_rule(raw) for fields in hashes.values() for key, raw in fields.items()}
+    held = {key for key, rule in stored.items() if rule is not None and rule.successors}
+    assert held == {f"t{i}" for i in range(40, 50)}
+    # The newest deletions stay as tombstones, a quarter of the bound at most.
+    assert set(stored) - held == {"t38", "t39"}
+
+
+def test_a_rule_published_again_keeps_its_field_when_its_tombstone_would_go() -> None:
+    rules = RuleSet("p:")
+    hashes: dict[str, dict[str, bytes]] = {}
+    _apply(hashes, rules.plan([("ns:a", [("ns:b", 0.9)])], now=1.0))
+    _apply(hashes, rules.plan([("ns:a", [])], now=2.0))
+    _apply(hashes, rules.plan([("ns:a", [("ns:c", 0.8)])], now=3.0))
+    _apply(hashes, rules.plan([("ns:x", [("ns:y", 0.9)])], now=3.0 + 2 * TOMBSTONE_S))
+    rule = decode_rule(hashes[rules_hash("p:", "ns", "a")]["a"])
+    assert rule is not None
+    assert rule.successors == (("c", 0.8),)
+
+
+def test_user_rules_are_deleted_outright() -> None:
+    users = RuleSet("p:", kind="userrules")
+    users.plan_users([("ada", [("ns:a", 0.9)])], now=1.0)
+    plan = users.plan_users([("ada", [])], now=2.0)
+    assert plan.deletes == {rules_hash("p:", "ns", "ada", USER_RULES): ["ada"]}
+    assert not plan.writes
+    assert (plan.deleted, plan.tombstones) == (1, 0)
 
 
 def test_a_lost_hash_is_rewritten_and_its_rules_sent_to_followers_again() -> None:
@@ -85,6 +138,18 @@ def test_a_lost_hash_is_rewritten_and_its_rules_sent_to_followers_again() -> Non
     # A client following the rule stream gets the same rules, not only the table.
     assert {trigger for trigger, _ in plan.updates["ns"]} == rewritten
     assert dict(plan.updates["ns"])["t7"] == (("s7", 0.9),)
+
+
+def test_a_lost_hash_gets_its_tombstones_back() -> None:
+    rules = RuleSet("p:")
+    rules.plan([("ns:a", [("ns:b", 0.9)]), ("ns:c", [("ns:d", 0.9)])], now=1.0)
+    rules.plan([("ns:a", [])], now=2.0)
+    lost = rules_hash("p:", "ns", "a")
+    plan = rules.restore([lost], now=3.0)
+    tombstone = decode_rule(plan.writes[lost]["a"])
+    assert tombstone is not None
+    assert tombstone.successors == ()
+    assert plan.rules_written == len(plan.writes[lost]) - 1
 
 
 def test_encode_refuses_what_a_client_would_not_read() -> None:
