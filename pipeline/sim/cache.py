@@ -18,6 +18,7 @@ cachecast warms a cache on two paths, and :func:`replay_lru` models both at once
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import random
 from collections import OrderedDict, deque
@@ -174,18 +175,23 @@ class SampledEviction:
     key's last access only to the tick of its LRU clock (one second). When the
     cache turns over in about a second or less, keys read within the same tick
     look alike, and the one evicted is close to a random recent key. ``clock`` is
-    the tick in requests (the request rate times one second); ties go to the
-    first key sampled. Redis also keeps a pool of candidates across evictions;
-    this model does not, so it errs on the random side.
+    the tick in requests (the request rate times one second).
+
+    Like Redis (``evictionPoolPopulate`` in its ``evict.c``), the sampled keys go
+    into a pool of ``pool`` candidates kept across evictions, ordered by the idle
+    time they had when sampled (a later read does not update it), and the most
+    idle candidate still cached is evicted. ``pool=0`` keeps none: the most idle
+    of this eviction's samples goes, ties to the first sampled.
     """
 
     samples: int = 10
     clock: int = 1
     seed: int = 0
+    pool: int = 16
 
     def __post_init__(self) -> None:
-        if self.samples < 1 or self.clock < 1:
-            raise ValueError("samples and clock must be >= 1")
+        if self.samples < 1 or self.clock < 1 or self.pool < 0:
+            raise ValueError("samples and clock must be >= 1, pool >= 0")
 
 
 class _Sampled:
@@ -199,6 +205,10 @@ class _Sampled:
         self.slots: list[int] = []
         self.slot_of: dict[int, int] = {}
         self.read_at: dict[int, int] = {}
+        self.pool_size = eviction.pool
+        #: Eviction candidates, (idle ticks when sampled, key), least idle first.
+        self.pool: list[tuple[int, int]] = []
+        self.now = 0
 
     def touch(self, key: int, index: int) -> None:
         """``key`` (in the cache, new or not) was read or written at request ``index``."""
@@ -206,6 +216,7 @@ class _Sampled:
             self.slot_of[key] = len(self.slots)
             self.slots.append(key)
         self.read_at[key] = index
+        self.now = index
 
     def forget(self, key: int) -> None:
         """``key`` left the cache (expired): its slot goes to the last key's."""
@@ -219,6 +230,9 @@ class _Sampled:
     def evict(self) -> None:
         """Make room for the key just added (the last slot): evict the sampled key idle
         the longest, at the clock's resolution."""
+        if self.pool_size:
+            self._evict_from_pool()
+            return
         candidates = len(self.slots) - 1
         picks = self.rng.sample(range(candidates), min(self.samples, candidates))
         victim = self.slots[picks[0]]
@@ -230,6 +244,35 @@ class _Sampled:
                 victim, oldest = key, tick
         del self.cache[victim]
         self.forget(victim)
+
+    def _evict_from_pool(self) -> None:
+        """Redis's way: sample into the pool, then evict its most idle candidate still
+        cached (others are dropped as they come up: evicted or expired since)."""
+        candidates = len(self.slots) - 1
+        added = self.slots[-1]
+        now = self.now // self.clock
+        pool = self.pool
+        size = self.pool_size
+        while True:
+            for pick in self.rng.sample(range(candidates), min(self.samples, candidates)):
+                key = self.slots[pick]
+                idle = now - self.read_at[key] // self.clock
+                at = bisect.bisect_left(pool, idle, key=_idle)  # before candidates as idle
+                if len(pool) < size:
+                    pool.insert(at, (idle, key))
+                elif at:  # full: the least idle candidate makes room
+                    pool.pop(0)
+                    pool.insert(at - 1, (idle, key))
+            while pool:
+                victim = pool.pop()[1]
+                if victim != added and victim in self.slot_of:
+                    del self.cache[victim]
+                    self.forget(victim)
+                    return
+
+
+def _idle(candidate: tuple[int, int]) -> int:
+    return candidate[0]
 
 
 def replay_lru(

@@ -82,7 +82,8 @@ class SimResult:
             # How the cache evicted: "lru" (exact), or Redis's sampling with its clock.
             "eviction": "lru"
             if self.eviction is None
-            else f"redis(samples={self.eviction.samples}, clock={self.eviction.clock},"
+            else f"redis(samples={self.eviction.samples}, pool={self.eviction.pool},"
+            f" clock={self.eviction.clock},"
             f" seed={self.eviction.seed})",
             "ttl_floor": self.ttl_floor,
         }

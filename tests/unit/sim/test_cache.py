@@ -53,11 +53,11 @@ def _belady_reference(keys: Sequence[int], size: int) -> int:
 
 @pytest.mark.parametrize(("seed", "size"), list(itertools.product(range(3), (1, 3, 10))))
 def test_sampling_every_key_at_a_fine_clock_is_exact_lru(seed: int, size: int) -> None:
-    """The sampled eviction, given every key and one tick per request, is an exact LRU,
-    also when keys expire (an expired key leaves the sample)."""
+    """The sampled eviction without a pool, given every key and one tick per request, is
+    an exact LRU, also when keys expire (an expired key leaves the sample)."""
     rng = random.Random(seed)
     keys = [int(rng.paretovariate(1.0)) % 40 for _ in range(2_000)]
-    every_key = SampledEviction(samples=64, clock=1, seed=seed)
+    every_key = SampledEviction(samples=64, clock=1, seed=seed, pool=0)
     assert replay_lru(keys, size, eviction=every_key).misses == _lru_reference(keys, size)
 
     def ttl(index: int, key: int) -> int | None:
@@ -83,6 +83,25 @@ def test_a_coarse_clock_evicts_about_at_random_as_redis_does() -> None:
     assert replay_lru(keys, 40, eviction=coarse) == replay_lru(keys, 40, eviction=coarse)
     with pytest.raises(ValueError, match="samples and clock"):
         SampledEviction(samples=0)
+    with pytest.raises(ValueError, match="pool"):
+        SampledEviction(pool=-1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_candidate_pool_brings_few_samples_closer_to_lru(seed: int) -> None:
+    """Redis keeps the best candidates of earlier samplings: with 2 samples an eviction,
+    the pool evicts keys idle longer than the samples alone find, and so misses less.
+    With 1 sample nothing stays in the pool (each eviction takes the one candidate)."""
+    rng = random.Random(seed)
+    keys = [int(rng.paretovariate(0.8)) % 400 for _ in range(20_000)]
+    exact = replay_lru(keys, 40).misses
+
+    def misses(samples: int, pool: int) -> int:
+        eviction = SampledEviction(samples=samples, clock=1, seed=seed, pool=pool)
+        return replay_lru(keys, 40, eviction=eviction).misses
+
+    assert exact < misses(2, 16) < misses(2, 0)
+    assert misses(1, 16) == misses(1, 0)
 
 
 @pytest.mark.parametrize(("seed", "size"), list(itertools.product(range(4), (1, 3, 10))))

@@ -136,7 +136,7 @@ def test_redis_eviction_loses_hits_an_exact_lru_keeps_at_a_high_rate(
     exact, redis = rows
     assert redis["miss_ratio"] > exact["miss_ratio"]
     assert exact["eviction"] == "lru"
-    assert redis["eviction"] == "redis(samples=10, clock=2000, seed=0)"
+    assert redis["eviction"] == "redis(samples=10, pool=16, clock=2000, seed=0)"
     assert "Redis eviction" in " ".join(capsys.readouterr().out.split())
 
 
