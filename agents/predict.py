@@ -29,7 +29,7 @@ from pipeline.client.rulebook import STREAM_FIELD
 from pipeline.decide import Decider, engine_config
 from pipeline.models import WarmEngine
 from pipeline.partitioning import PartitionCache
-from pipeline.prefetch import RulePlan, RuleSet, encode_updates
+from pipeline.prefetch import TOMBSTONE_S, RulePlan, RuleSet, encode_updates
 from pipeline.reorder import Reorderer
 from schemas.decode import InvalidEvent, decode_access_dicts
 
@@ -42,6 +42,12 @@ _RULES_EXPIRY_S: Final = 86_400
 #: Rounds of changes kept in a namespace's rule stream: clients read it every round, so a
 #: few seconds' worth is enough, and it competes with cached values for Redis memory.
 _RULE_STREAM_ENTRIES: Final = 64
+#: Delete a tombstone (a deleted rule's empty value) only if its field still holds it:
+#: another worker may have published the same trigger since.
+_PURGE_TOMBSTONE: Final = (
+    "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then"
+    " return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0"
+)
 #: Seconds between two checks that the rule hashes (the table new clients load) still exist.
 _RESTORE_EVERY_S: Final = 10.0
 #: Most rule changes published per partition and round (the rest wait for the next round).
@@ -69,7 +75,12 @@ class Predict:
         self._warmup_partition = PartitionCache(settings.topic_partitions)
         #: The prefetch rules and the user rules this worker has published (bounded per
         #: namespace).
-        self.rule_set = RuleSet(settings.redis_key_prefix, settings.rules_max)
+        # Tombstones outlive the rule stream's rounds twice over: a client that lost
+        # entries finds the deletions they carried in the table.
+        tombstone_s = max(TOMBSTONE_S, 2 * _RULE_STREAM_ENTRIES * settings.rules_interval_s)
+        self.rule_set = RuleSet(
+            settings.redis_key_prefix, settings.rules_max, tombstone_s=tombstone_s
+        )
         self.user_rule_set = RuleSet(settings.redis_key_prefix, settings.rules_max, USER_RULES)
         self._restored_at = 0.0
         app = context.app
@@ -241,6 +252,9 @@ class Predict:
                     pipe.hset(table, mapping=fields)
                 for table, keys in plan.deletes.items():
                     pipe.hdel(table, *keys)
+                for table, tombstones in plan.purges.items():
+                    for key, tombstone in tombstones.items():
+                        pipe.eval(_PURGE_TOMBSTONE, 1, table, key, tombstone)
                 for table in plan.hashes:
                     pipe.expire(table, _RULES_EXPIRY_S)
                 for namespace, updates in plan.updates.items():

@@ -20,7 +20,8 @@ calibrated probability that they are read soon after the trigger.
 A rule with no successors is a *deletion*: in the rule stream it deletes the
 trigger's rule, and in a hash (a tombstone) it tells a client that reads the
 table again after losing stream entries that the rule is gone. Tombstones stay
-``TOMBSTONE_S`` seconds, then the field is deleted.
+at least ``TOMBSTONE_S`` seconds (longer when the rule stream's rounds are
+sparser), then the field is deleted if it still holds that tombstone.
 
 Everything here is pure: :class:`RuleSet` decides what to write and delete,
 bounded per namespace; the predict agent carries out its plans.
@@ -67,8 +68,8 @@ MAX_SUCCESSORS: Final = 8
 MAX_RULE_BYTES: Final = 16 * 1024
 #: Nor is a longer rule-stream entry.
 MAX_UPDATE_BYTES: Final = 64 * 1024 * 1024
-#: How long a deleted rule stays in its hash as a tombstone (an empty rule), so that a
-#: client reading the table after losing stream entries drops it too.
+#: How long a deleted rule stays in its hash as a tombstone (an empty rule) at least, so
+#: that a client reading the table after losing stream entries drops it too.
 TOMBSTONE_S: Final = 60.0
 
 
@@ -169,14 +170,17 @@ def decode_rule(raw: bytes | str | None) -> PrefetchRule | None:
 class RulePlan:
     """Redis writes of one publishing round: per hash, fields to set and fields to delete.
 
-    ``writes`` holds rules and ``tombstones`` of them (empty rules); ``deleted``
-    counts the rules this round deletes, as tombstones or as fields deleted outright.
+    ``writes`` holds rules and ``tombstones`` (empty rules); ``deleted`` counts the
+    rules this round deletes, as tombstones or as fields deleted outright.
+    ``purges`` are tombstones to delete only if the field still holds the very
+    bytes written (another worker may have published the trigger since).
     """
 
     writes: dict[str, dict[str, bytes]] = field(default_factory=dict)
     deletes: dict[str, list[str]] = field(default_factory=dict)
     #: Per namespace, the same changes as one rule-stream entry (:func:`encode_updates`).
     updates: dict[str, list[tuple[str, Sequence[tuple[str, float]]]]] = field(default_factory=dict)
+    purges: dict[str, dict[str, bytes]] = field(default_factory=dict)
     deleted: int = 0
     tombstones: int = 0
 
@@ -186,12 +190,16 @@ class RulePlan:
         return sum(map(len, self.writes.values())) - self.tombstones
 
     def __len__(self) -> int:
-        return sum(map(len, self.writes.values())) + sum(map(len, self.deletes.values()))
+        return (
+            sum(map(len, self.writes.values()))
+            + sum(map(len, self.deletes.values()))
+            + sum(map(len, self.purges.values()))
+        )
 
     @property
     def hashes(self) -> set[str]:
         """Every hash this plan touches (each gets its expiry renewed)."""
-        return set(self.writes) | set(self.deletes)
+        return set(self.writes) | set(self.deletes) | set(self.purges)
 
 
 class RuleSet:
@@ -202,7 +210,8 @@ class RuleSet:
     A trigger whose rule became empty is deleted. A rule that did not change is
     not written again. Prefetch rules (the kind clients follow through the rule
     stream) are deleted as tombstones, at most ``max_rules // 4`` per namespace,
-    each deleted outright after ``TOMBSTONE_S`` (or sooner, past that bound).
+    each purged after ``tombstone_s`` (or sooner, past that bound; purges happen
+    in rounds that have changes).
 
     >>> rules = RuleSet("c:", max_rules=2)
     >>> plan = rules.plan([("shop:a", [("shop:b", 0.9)]), ("shop:x", [])], now=5.0)
@@ -211,13 +220,21 @@ class RuleSet:
     >>> plan = rules.plan([("shop:c", [("shop:d", 0.8)]), ("shop:e", [("shop:f", 0.7)])], now=6.0)
     >>> plan.writes['c:#rules:shop:3']['a'], plan.deleted  # 'a' changed least recently: out
     (b'[1,6.0,0,[]]', 1)
-    >>> rules.plan([("shop:c", [("shop:d", 0.1)])], now=6.0 + TOMBSTONE_S).deletes
-    {'c:#rules:shop:3': ['a']}
+    >>> rules.plan([("shop:c", [("shop:d", 0.1)])], now=6.0 + TOMBSTONE_S).purges
+    {'c:#rules:shop:3': {'a': b'[1,6.0,0,[]]'}}
     """
 
-    def __init__(self, prefix: str, max_rules: int = 50_000, kind: str = "rules") -> None:
+    def __init__(
+        self,
+        prefix: str,
+        max_rules: int = 50_000,
+        kind: str = "rules",
+        tombstone_s: float = TOMBSTONE_S,
+    ) -> None:
         if max_rules < 1:
             raise ValueError("max_rules must be >= 1")
+        if tombstone_s < 0:
+            raise ValueError("tombstone_s must be >= 0")
         self.prefix = prefix
         self.max_rules = max_rules
         #: ``"rules"`` (prefetch rules: hashes and the rule stream) or ``"userrules"``
@@ -227,9 +244,10 @@ class RuleSet:
         self.streamed = kind == "rules"
         #: Per namespace: trigger -> the successors published for it, least recently changed first.
         self._published: dict[str, OrderedDict[str, tuple[tuple[str, float], ...]]] = {}
-        #: Per namespace: trigger -> when its tombstone was written, oldest first.
-        self._tombstones: dict[str, OrderedDict[str, float]] = {}
+        #: Per namespace: trigger -> (when, the bytes) of its tombstone, oldest first.
+        self._tombstones: dict[str, OrderedDict[str, tuple[float, bytes]]] = {}
         self.max_tombstones = max(1, max_rules // 4)
+        self.tombstone_s = tombstone_s
 
     def __len__(self) -> int:
         return sum(map(len, self._published.values()))
@@ -282,6 +300,11 @@ class RuleSet:
                 self._delete(plan, namespace, evicted, evicted_at, now)
         self._purge(plan, now)
         plan.writes = {where: fields for where, fields in plan.writes.items() if fields}
+        # Every tombstone of this round carries ``now``: count what is left of them.
+        tombstone = encode_rule((), compiled_at=now)
+        plan.tombstones = sum(
+            raw == tombstone for fields in plan.writes.values() for raw in fields.values()
+        )
         if not self.streamed:
             plan.updates = {}
         return plan
@@ -299,28 +322,29 @@ class RuleSet:
         tombstones = self._tombstones.get(namespace)
         if tombstones is None:
             tombstones = self._tombstones[namespace] = OrderedDict()
-        tombstones[key] = now
+        tombstone = encode_rule((), compiled_at=now)
+        tombstones[key] = (now, tombstone)
         tombstones.move_to_end(key)
-        fields = plan.writes.setdefault(where, {})
-        if key not in fields:
-            plan.tombstones += 1
-        fields[key] = encode_rule((), compiled_at=now)  # a rule of this round replaced
+        plan.writes.setdefault(where, {})[key] = tombstone  # over a rule of this round too
 
     def _purge(self, plan: RulePlan, now: float) -> None:
-        """Delete tombstones older than ``TOMBSTONE_S``, or past the bound, oldest first."""
+        """Delete tombstones older than ``tombstone_s``, or past the bound, oldest first."""
         from pipeline.client.keys import rules_hash
 
         for namespace, tombstones in self._tombstones.items():
             while tombstones:
-                key, when = next(iter(tombstones.items()))
-                if now - when < TOMBSTONE_S and len(tombstones) <= self.max_tombstones:
+                key, (when, tombstone) = next(iter(tombstones.items()))
+                if now - when < self.tombstone_s and len(tombstones) <= self.max_tombstones:
                     break
                 del tombstones[key]
                 where = rules_hash(self.prefix, namespace, key, self.kind)
                 pending = plan.writes.get(where)
                 if pending is not None and pending.pop(key, None) is not None:
-                    plan.tombstones -= 1  # a tombstone of this round, past the bound
-                plan.deletes.setdefault(where, []).append(key)
+                    # Written this round, past the bound: what the field holds is this
+                    # worker's deleted rule (or an older tombstone), so it goes outright.
+                    plan.deletes.setdefault(where, []).append(key)
+                else:
+                    plan.purges.setdefault(where, {})[key] = tombstone
 
     def plan_users(
         self, changes: Iterable[tuple[Any, Sequence[tuple[Any, float]]]], *, now: float
@@ -353,10 +377,13 @@ class RuleSet:
         """Every hash that holds rules this worker published (to check they still exist)."""
         from pipeline.client.keys import RULE_SHARDS
 
+        namespaces = [ns for ns, published in self._published.items() if published]
+        namespaces += [
+            ns for ns, tombstones in self._tombstones.items() if tombstones and ns not in namespaces
+        ]
         return [
             f"{self.prefix}#{self.kind}:{namespace}:{shard}"
-            for namespace, published in self._published.items()
-            if published
+            for namespace in namespaces
             for shard in range(RULE_SHARDS)
         ]
 
@@ -382,15 +409,19 @@ class RuleSet:
                     if self.streamed:
                         plan.updates.setdefault(namespace, []).append((key, successors))
         for namespace, tombstones in self._tombstones.items():
-            for key, when in tombstones.items():
+            for key, (when, tombstone) in tombstones.items():
                 where = rules_hash(self.prefix, namespace, key, self.kind)
-                if where in gone:  # the deletions it held, for clients yet to read it
-                    plan.writes.setdefault(where, {})[key] = encode_rule((), compiled_at=when)
+                if where in gone and now - when < self.tombstone_s:
+                    # The deletions it held, for clients yet to read it.
+                    plan.writes.setdefault(where, {})[key] = tombstone
                     plan.tombstones += 1
         return plan
 
     def forget(self) -> None:
-        """Forget what was published (after the hashes were lost, e.g. Redis restarted)."""
+        """Forget what was published (after the hashes were lost, e.g. Redis restarted).
+
+        Tombstones are forgotten too: unpurged, they go with their hash's expiry.
+        """
         self._published.clear()
         self._tombstones.clear()
 

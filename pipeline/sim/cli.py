@@ -226,7 +226,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--redis-eviction",
         action="store_true",
         help="evict as Redis's allkeys-lru does, not as an exact LRU: 10 sampled keys"
-        " (the demo's maxmemory-samples), last reads known to the second (needs --rate)",
+        " (the demo's maxmemory-samples) into a pool of 16 candidates, last reads known"
+        " to the second (needs --rate)",
     )
     timing.add_argument(
         "--redis-seed",
@@ -262,8 +263,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--ttl-min",
         type=float,
         default=None,
-        help="the pipeline's shortest TTL in seconds, CACHECAST_TTL_MIN: no simulated TTL"
-        f" is shorter than the requests that arrive meanwhile (default: {DEFAULT_TTL_MIN_S:g})",
+        help="the pipeline's shortest TTL in seconds (its CACHECAST_TTL_MIN): no simulated"
+        " TTL is shorter than the requests that arrive meanwhile (default:"
+        f" {DEFAULT_TTL_MIN_S:g}, CACHECAST_TTL_MIN's default)",
     )
     parser.add_argument(
         "--max-warms", type=int, default=4, help="most warms per request (default: 4)"

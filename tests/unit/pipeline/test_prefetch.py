@@ -75,18 +75,56 @@ def test_a_rule_set_writes_changes_only_and_deletes_emptied_rules() -> None:
     assert (plan.deleted, plan.tombstones, plan.rules_written) == (1, 1, 0)
     assert not plan.deletes
     assert len(rules) == 0
-    # The tombstone goes with the first round after TOMBSTONE_S.
-    assert not rules.plan([("ns:c", [("ns:d", 0.9)])], now=4.0 + TOMBSTONE_S - 1).deletes
-    assert rules.plan([("ns:e", [("ns:f", 0.9)])], now=4.0 + TOMBSTONE_S).deletes == {where: ["a"]}
+    # The tombstone goes with the first round after TOMBSTONE_S, if its field still holds it.
+    assert not rules.plan([("ns:c", [("ns:d", 0.9)])], now=4.0 + TOMBSTONE_S - 1).purges
+    purge = rules.plan([("ns:e", [("ns:f", 0.9)])], now=4.0 + TOMBSTONE_S).purges
+    assert purge == {where: {"a": plan.writes[where]["a"]}}
 
 
 def _apply(hashes: dict[str, dict[str, bytes]], plan: RulePlan) -> None:
-    """What Redis holds after ``plan`` (HSET, then HDEL, as the predict agent sends them)."""
+    """What Redis holds after ``plan``, as the predict agent sends it: HSET, HDEL, then a
+    purge deletes a field only if it still holds the tombstone."""
     for where, fields in plan.writes.items():
         hashes.setdefault(where, {}).update(fields)
     for where, keys in plan.deletes.items():
         for key in keys:
             hashes.get(where, {}).pop(key, None)
+    for where, tombstones in plan.purges.items():
+        table = hashes.get(where, {})
+        for key, tombstone in tombstones.items():
+            if table.get(key) == tombstone:
+                del table[key]
+
+
+def test_tombstones_are_counted_apart_from_rules_whatever_happens_in_a_round() -> None:
+    rules = RuleSet("p:", max_rules=1)
+    rules.plan([("ns:a", [("ns:b", 0.9)])], now=1.0)
+    # Deleted, then published again in the same round: one rule written, no tombstone.
+    plan = rules.plan([("ns:a", []), ("ns:a", [("ns:c", 0.8)])], now=2.0)
+    assert (plan.rules_written, plan.tombstones, plan.deleted) == (1, 0, 1)
+    # Three new triggers past a bound of one: each pushes the one before out, and the
+    # tombstones past their own bound (a quarter of it, so one) go at once.
+    plan = rules.plan([("ns:x", [("ns:y", 0.9)]), ("ns:z", [("ns:y", 0.9)])], now=3.0)
+    assert plan.rules_written == 1
+    assert plan.deleted == 2
+    written = [key for fields in plan.writes.values() for key in fields]
+    tombstones = [key for key in written if key != "z"]
+    assert plan.tombstones == len(tombstones) == 1
+    assert plan.rules_written + plan.tombstones == len(written)
+
+
+def test_a_purge_leaves_a_rule_another_worker_published_since() -> None:
+    """Workers share the hashes: the tombstone one of them wrote goes only if nobody wrote
+    the trigger's field since."""
+    first, second = RuleSet("p:"), RuleSet("p:")
+    hashes: dict[str, dict[str, bytes]] = {}
+    _apply(hashes, first.plan([("ns:a", [("ns:b", 0.9)])], now=1.0))
+    _apply(hashes, first.plan([("ns:a", [])], now=2.0))
+    _apply(hashes, second.plan([("ns:a", [("ns:c", 0.8)])], now=3.0))
+    _apply(hashes, first.plan([("ns:x", [("ns:y", 0.9)])], now=2.0 + TOMBSTONE_S))
+    rule = decode_rule(hashes[rules_hash("p:", "ns", "a")]["a"])
+    assert rule is not None
+    assert rule.successors == (("c", 0.8),)
 
 
 def test_a_rule_set_stays_within_its_bound_per_namespace() -> None:
@@ -104,6 +142,9 @@ def test_a_rule_set_stays_within_its_bound_per_namespace() -> None:
     assert held == {f"t{i}" for i in range(40, 50)}
     # The newest deletions stay as tombstones, a quarter of the bound at most.
     assert set(stored) - held == {"t38", "t39"}
+    assert all(
+        rule is not None and not rule.successors for key, rule in stored.items() if key not in held
+    )
 
 
 def test_a_rule_published_again_keeps_its_field_when_its_tombstone_would_go() -> None:
@@ -149,7 +190,18 @@ def test_a_lost_hash_gets_its_tombstones_back() -> None:
     tombstone = decode_rule(plan.writes[lost]["a"])
     assert tombstone is not None
     assert tombstone.successors == ()
-    assert plan.rules_written == len(plan.writes[lost]) - 1
+    assert plan.tombstones == 1
+    # Once old enough to be purged, a tombstone is not put back.
+    assert "a" not in rules.restore([lost], now=2.0 + TOMBSTONE_S).writes.get(lost, {})
+
+
+def test_the_hashes_to_watch_include_namespaces_with_only_tombstones() -> None:
+    rules = RuleSet("p:")
+    rules.plan([("ns:a", [("ns:b", 0.9)])], now=1.0)
+    rules.plan([("ns:a", [])], now=2.0)
+    assert rules_hash("p:", "ns", "a") in rules.hashes()
+    with pytest.raises(ValueError, match="tombstone_s"):
+        RuleSet("p:", tombstone_s=-1.0)
 
 
 def test_encode_refuses_what_a_client_would_not_read() -> None:

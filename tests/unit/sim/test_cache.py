@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
-from pipeline.sim.cache import SampledEviction, replay_belady, replay_lru
+from pipeline.sim.cache import SampledEviction, _Sampled, replay_belady, replay_lru
 from pipeline.sim.traces import next_access_of
 
 
@@ -188,3 +189,43 @@ def test_expiry_frees_space_for_other_keys() -> None:
 def test_rejects_empty_cache() -> None:
     with pytest.raises(ValueError, match="cache_size"):
         replay_lru([1], 0)
+
+
+class _Chosen:
+    """A stand-in for the sampler's RNG: each call picks the given keys' slots."""
+
+    def __init__(self, sampled: _Sampled, picks: list[list[int]]) -> None:
+        self.sampled = sampled
+        self.picks = picks
+
+    def sample(self, population: range, k: int) -> list[int]:
+        keys = self.picks.pop(0)
+        assert len(keys) == k
+        return [self.sampled.slot_of[key] for key in keys]
+
+
+@pytest.mark.parametrize(("pool", "evicted"), [(16, 11), (0, 13)])
+def test_a_pooled_candidate_keeps_the_idle_time_it_was_sampled_with(
+    pool: int, evicted: int
+) -> None:
+    """As in Redis: key 11, pooled while idle, is evicted after a read that made it the
+    most recent key; without a pool the sample's most idle key goes."""
+    cache: OrderedDict[int, int] = OrderedDict()
+    sampled = _Sampled(cache, SampledEviction(samples=2, clock=1, pool=pool))
+
+    def add(key: int, index: int) -> None:
+        cache[key] = 0
+        sampled.touch(key, index)
+
+    for index, key in enumerate((10, 11, 12, 13)):
+        add(key, index)
+    sampled.rng = _Chosen(sampled, [[10, 11], [13, 14]])  # type: ignore[assignment]
+    add(14, 10)
+    sampled.evict()  # 10 (idle 10) goes; with a pool, 11 (idle 9) stays a candidate
+    assert 10 not in cache
+    sampled.touch(11, 11)  # read: now the most recent key
+    add(15, 12)
+    sampled.evict()  # samples 13 (idle 9) and 14 (idle 2)
+    assert evicted not in cache
+    assert len(cache) == 4
+    assert 15 in cache  # the key just added is never evicted for itself
