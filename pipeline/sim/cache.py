@@ -194,6 +194,11 @@ class SampledEviction:
             raise ValueError("samples and clock must be >= 1, pool >= 0")
 
 
+Publication = tuple[int, list[tuple[Hashable, tuple[int, ...]]]]
+"""A publication of prefetch rules: the request index from which clients see it, and
+the changed rules ``(trigger, successors)`` (no successors: the rule is deleted)."""
+
+
 class _Sampled:
     """The sampled eviction's bookkeeping: a slot per key (to sample from) and last reads."""
 
@@ -290,6 +295,7 @@ def replay_lru(
     edge_delay: int = DEFAULT_EDGE_DELAY,
     session_opens: Sequence[Hashable | None] | None = None,
     eviction: SampledEviction | None = None,
+    publications: list[Publication] | None = None,
 ) -> ReplayCounts:
     """Replay ``keys`` through an exact LRU cache of ``cache_size`` keys, with optional warms.
 
@@ -345,6 +351,9 @@ def replay_lru(
         (:func:`session_opens`), else None.
     eviction
         Evict as Redis's approximated LRU does (None: exact LRU).
+    publications
+        If given, every publication of the rules is appended to it: the request index
+        from which clients see it, and the (trigger, successors) changes.
 
     Examples
     --------
@@ -493,6 +502,8 @@ def replay_lru(
             published.append(
                 (index + rule_lag, [(trigger, _successors(rule)) for trigger, rule in changes])
             )
+            if publications is not None:
+                publications.append(published[-1])
         if progress is not None and index % _PROGRESS_EVERY == _PROGRESS_EVERY - 1:
             progress(_PROGRESS_EVERY)
     if progress is not None:

@@ -13,6 +13,7 @@ from pipeline.sim.cache import (
     DEFAULT_RULE_LAG,
     DEFAULT_RULE_REFRESH,
     ProgressCallback,
+    Publication,
     ReplayCounts,
     RuleSource,
     SampledEviction,
@@ -119,6 +120,7 @@ def run_policy(
     worker_clock: bool = False,
     eviction: SampledEviction | None = None,
     ttl_floor: int = 1,
+    publications: list[Publication] | None = None,
 ) -> ReplayCounts:
     """Replay ``trace`` under one policy at one cache size.
 
@@ -128,6 +130,8 @@ def run_policy(
     the worker's clocks (see :class:`~pipeline.sim.policies.CachecastWarmer`).
     ``eviction`` makes the LRU policies evict as Redis does (not Belady's).
     ``ttl_floor`` is the shortest TTL, in requests, cachecast gives a key.
+    ``publications`` collects the rules the edge path publishes (see
+    :func:`~pipeline.sim.cache.replay_lru`).
     """
     key_list = trace.keys.tolist() if keys is None else keys
     if policy == "lru":
@@ -186,6 +190,7 @@ def run_policy(
                 warmer.engine.config.session_gap,
             ),
             eviction=eviction,
+            publications=publications,
         )
     if policy == "belady":
         future = trace.next_access if trace.next_access is not None else next_access_of(trace.keys)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.models import EngineConfig
-from pipeline.sim.cache import replay_lru
+from pipeline.sim.cache import Publication, replay_lru
 from pipeline.sim.cli import engine_config
 from pipeline.sim.runner import cache_size_for, run, run_policy, sweep
 from pipeline.sim.synthetic import session_workload
@@ -203,3 +203,22 @@ def test_the_ttl_floor_keeps_short_new_key_ttls_from_expiring_keys() -> None:
     assert unfloored.expired > 1_000
     assert floored.expired == 0
     assert floored.misses == run_policy(trace, "lru", 100).misses
+
+
+def test_the_rules_clients_see_can_be_collected(sequential_trace: Trace) -> None:
+    """``publications`` records each round the edge path publishes: from which request
+    clients see it (a refresh's last request plus the lag) and the rules it changed."""
+    publications: list[Publication] = []
+    counts = run_policy(
+        sequential_trace,
+        "lru+cachecast",
+        cache_size_for(sequential_trace, 0.05),
+        rule_refresh=100,
+        rule_lag=7,
+        publications=publications,
+    )
+    assert counts.edge_warms > 0
+    assert [due for due, _ in publications] == [
+        100 * (n + 1) - 1 + 7 for n in range(len(publications))
+    ]
+    assert any(rule for _, changes in publications for _, rule in changes)
