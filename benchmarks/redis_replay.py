@@ -5,8 +5,10 @@ the demo's slice (the bundled trace's first 40,000 requests, a 5% cache) against
 real ``redis-server`` sized as the demo sizes it (``maxmemory`` for 393 values of
 16 KiB, ``allkeys-lru``, 10 samples), paced at ``--rate`` requests/s (Redis's LRU
 clock is wall time), with no pipeline: one read at a time, a miss writes the value
-at once. Warming off, then on, on the same server (so the same hash seed decides
-which keys Redis samples), ``--pairs`` times. Warming on applies the prefetch rules
+at once (or ``--app-delay`` requests later, claimed meanwhile, as the demo's
+origin takes 3 ms; reads of the key then join that load). Warming off, then on,
+on the same server (so the same hash seed decides which keys Redis samples),
+``--pairs`` times. Warming on applies the prefetch rules
 the simulator publishes for this slice as a client does: on a miss, or on the first
 read of a warmed value, each successor the rule names is claimed with a loading mark
 (``SET NX PX``; a cached key refuses it) and written ``edge-delay`` requests later
@@ -86,6 +88,7 @@ def replay(
     rate: float,
     publications: list[Publication] | None,
     edge_delay: int,
+    app_delay: int = 0,
 ) -> Run:
     """One paced run; with ``publications``, the edge path applies their rules."""
     client.flushall()
@@ -94,6 +97,8 @@ def replay(
     pending = deque(publications or ())
     loading: dict[int, int] = {}  # key -> request index its load lands at
     landing: deque[tuple[int, int]] = deque()
+    fetching: dict[int, int] = {}  # the application's loads: key -> request index they land at
+    fetched: deque[tuple[int, int]] = deque()
     warmed: set[int] = set()
     start = time.perf_counter()
     for index, key in enumerate(keys):
@@ -107,6 +112,11 @@ def replay(
                 client.set(f"v:{loaded}", value(loaded))
                 client.set(f"w:{loaded}", b"1")
                 warmed.add(loaded)
+        while fetched and fetched[0][0] <= index:
+            due, loaded = fetched.popleft()
+            if fetching.get(loaded) == due:
+                del fetching[loaded]
+                client.set(f"v:{loaded}", value(loaded))
         while pending and pending[0][0] <= index:
             for trigger, successors in pending.popleft()[1]:
                 if successors:
@@ -119,9 +129,17 @@ def replay(
             if key in loading:  # join the load under way; it lands now
                 del loading[key]
                 run.useful += 1
+                client.set(f"v:{key}", value(key))
+            elif key in fetching:  # join the application's load under way
+                pass
+            elif app_delay:
+                run.misses += 1
+                client.set(f"v:{key}", b"L", px=1_000)
+                fetching[key] = index + app_delay
+                fetched.append((index + app_delay, key))
             else:
                 run.misses += 1
-            client.set(f"v:{key}", value(key))
+                client.set(f"v:{key}", value(key))
             warmed.discard(key)
         elif key in warmed:
             warmed.discard(key)
@@ -147,6 +165,12 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=2_000.0)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--requests", type=int, default=40_000)
+    parser.add_argument(
+        "--app-delay",
+        type=int,
+        default=0,
+        help="requests an application load takes (0: written at once, as the simulator does)",
+    )
     args = parser.parse_args()
     trace = load_trace(BUNDLED_TRACE, None, None, args.requests)
     keys = trace.keys.tolist()
@@ -185,8 +209,8 @@ def main() -> int:
         client = redis.Redis(host=stack.redis.host, port=stack.redis.port)
         print(f"maxmemory {size_redis(client, size):,} bytes")
         for pair in range(1, args.pairs + 1):
-            off = replay(client, keys, args.rate, None, timing.edge_delay)
-            on = replay(client, keys, args.rate, publications, timing.edge_delay)
+            off = replay(client, keys, args.rate, None, timing.edge_delay, args.app_delay)
+            on = replay(client, keys, args.rate, publications, timing.edge_delay, args.app_delay)
             for total, run in ((total_off, off), (total_on, on)):
                 total.misses += run.misses
                 total.edge += run.edge
