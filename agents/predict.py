@@ -33,7 +33,7 @@ from pipeline.prefetch import TOMBSTONE_S, RulePlan, RuleSet, encode_updates
 from pipeline.reorder import Reorderer
 from schemas.decode import InvalidEvent, decode_access_dicts
 
-__all__ = ["Predict"]
+__all__ = ["PURGE_TOMBSTONE", "Predict"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ _RULES_EXPIRY_S: Final = 86_400
 _RULE_STREAM_ENTRIES: Final = 64
 #: Delete a tombstone (a deleted rule's empty value) only if its field still holds it:
 #: another worker may have published the same trigger since.
-_PURGE_TOMBSTONE: Final = (
+PURGE_TOMBSTONE: Final = (
     "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then"
     " return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0"
 )
@@ -254,7 +254,7 @@ class Predict:
                     pipe.hdel(table, *keys)
                 for table, tombstones in plan.purges.items():
                     for key, tombstone in tombstones.items():
-                        pipe.eval(_PURGE_TOMBSTONE, 1, table, key, tombstone)
+                        pipe.eval(PURGE_TOMBSTONE, 1, table, key, tombstone)
                 for table in plan.hashes:
                     pipe.expire(table, _RULES_EXPIRY_S)
                 for namespace, updates in plan.updates.items():

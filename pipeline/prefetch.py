@@ -340,8 +340,9 @@ class RuleSet:
                 where = rules_hash(self.prefix, namespace, key, self.kind)
                 pending = plan.writes.get(where)
                 if pending is not None and pending.pop(key, None) is not None:
-                    # Written this round, past the bound: what the field holds is this
-                    # worker's deleted rule (or an older tombstone), so it goes outright.
+                    # Written this round, past the bound: the field holds this worker's
+                    # deleted rule or an older tombstone (unless another worker wrote it
+                    # since: workers share the table, the last write wins), so it goes.
                     plan.deletes.setdefault(where, []).append(key)
                 else:
                     plan.purges.setdefault(where, {})[key] = tombstone
@@ -420,7 +421,8 @@ class RuleSet:
     def forget(self) -> None:
         """Forget what was published (after the hashes were lost, e.g. Redis restarted).
 
-        Tombstones are forgotten too: unpurged, they go with their hash's expiry.
+        Tombstones are forgotten too: unpurged, they stay until their hash expires
+        (a day after the last write to it).
         """
         self._published.clear()
         self._tombstones.clear()

@@ -11,11 +11,12 @@ import orjson
 import pytest
 import redis
 
+from agents.predict import PURGE_TOMBSTONE
 from pipeline.build_native import compiled_path
 from pipeline.client import IntelligentCache
 from pipeline.client.keys import RULE_SHARDS, rules_stream
 from pipeline.config import Settings
-from pipeline.prefetch import decode_rule
+from pipeline.prefetch import decode_rule, encode_rule
 from pipeline.replay import synthetic_value
 from tests.integration.pipeline.conftest import NAMESPACE, StartWorker
 
@@ -193,3 +194,23 @@ def _view(port: int, view: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=5) as response:
         doc: dict[str, Any] = orjson.loads(response.read())
     return doc
+
+
+def test_a_tombstone_is_purged_only_while_its_field_still_holds_it(settings: Settings) -> None:
+    """The predict agent's purge on real Redis: another worker's rule written over the
+    tombstone since stays, and a field already gone is no error."""
+    tombstone = encode_rule((), compiled_at=5.0)
+    rule = encode_rule([("b", 0.9)], compiled_at=6.0)
+    table = f"{settings.redis_key_prefix}#rules:purge-test:0"
+    client = redis.Redis(host=settings.redis_host, port=settings.redis_port)
+    try:
+        client.hset(table, mapping={"gone": tombstone, "replaced": rule, "kept": b"x"})
+        purged: list[Any] = [
+            client.eval(PURGE_TOMBSTONE, 1, table, field, tombstone)
+            for field in ("gone", "replaced", "missing")
+        ]
+        assert purged == [1, 0, 0]
+        assert client.hgetall(table) == {b"replaced": rule, b"kept": b"x"}
+    finally:
+        client.delete(table)
+        client.close()

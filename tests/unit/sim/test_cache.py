@@ -217,7 +217,7 @@ def test_a_pooled_candidate_keeps_the_idle_time_it_was_sampled_with(
         cache[key] = 0
         sampled.touch(key, index)
 
-    for index, key in enumerate((10, 11, 12, 13)):
+    for index, key in ((0, 10), (1, 11), (2, 12), (5, 13)):
         add(key, index)
     sampled.rng = _Chosen(sampled, [[10, 11], [13, 14]])  # type: ignore[assignment]
     add(14, 10)
@@ -225,7 +225,7 @@ def test_a_pooled_candidate_keeps_the_idle_time_it_was_sampled_with(
     assert 10 not in cache
     sampled.touch(11, 11)  # read: now the most recent key
     add(15, 12)
-    sampled.evict()  # samples 13 (idle 9) and 14 (idle 2)
+    sampled.evict()  # samples 13 (idle 7) and 14 (idle 2); 11 was pooled at idle 9
     assert evicted not in cache
     assert len(cache) == 4
     assert 15 in cache  # the key just added is never evicted for itself
