@@ -244,8 +244,9 @@ class RuleSet:
         self.streamed = kind == "rules"
         #: Per namespace: trigger -> the successors published for it, least recently changed first.
         self._published: dict[str, OrderedDict[str, tuple[tuple[str, float], ...]]] = {}
-        #: Per namespace: trigger -> (when, the bytes) of its tombstone, oldest first.
-        self._tombstones: dict[str, OrderedDict[str, tuple[float, bytes]]] = {}
+        #: Per namespace: trigger -> when its tombstone was written (its bytes follow from
+        #: that: ``encode_rule((), compiled_at=when)``), oldest first.
+        self._tombstones: dict[str, OrderedDict[str, float]] = {}
         self.max_tombstones = max(1, max_rules // 4)
         self.tombstone_s = tombstone_s
 
@@ -322,10 +323,10 @@ class RuleSet:
         tombstones = self._tombstones.get(namespace)
         if tombstones is None:
             tombstones = self._tombstones[namespace] = OrderedDict()
-        tombstone = encode_rule((), compiled_at=now)
-        tombstones[key] = (now, tombstone)
+        tombstones[key] = now
         tombstones.move_to_end(key)
-        plan.writes.setdefault(where, {})[key] = tombstone  # over a rule of this round too
+        # Over a rule of this round too.
+        plan.writes.setdefault(where, {})[key] = encode_rule((), compiled_at=now)
 
     def _purge(self, plan: RulePlan, now: float) -> None:
         """Delete tombstones older than ``tombstone_s``, or past the bound, oldest first."""
@@ -333,7 +334,7 @@ class RuleSet:
 
         for namespace, tombstones in self._tombstones.items():
             while tombstones:
-                key, (when, tombstone) = next(iter(tombstones.items()))
+                key, when = next(iter(tombstones.items()))
                 if now - when < self.tombstone_s and len(tombstones) <= self.max_tombstones:
                     break
                 del tombstones[key]
@@ -345,7 +346,7 @@ class RuleSet:
                     # since: workers share the table, the last write wins), so it goes.
                     plan.deletes.setdefault(where, []).append(key)
                 else:
-                    plan.purges.setdefault(where, {})[key] = tombstone
+                    plan.purges.setdefault(where, {})[key] = encode_rule((), compiled_at=when)
 
     def plan_users(
         self, changes: Iterable[tuple[Any, Sequence[tuple[Any, float]]]], *, now: float
@@ -410,11 +411,11 @@ class RuleSet:
                     if self.streamed:
                         plan.updates.setdefault(namespace, []).append((key, successors))
         for namespace, tombstones in self._tombstones.items():
-            for key, (when, tombstone) in tombstones.items():
+            for key, when in tombstones.items():
                 where = rules_hash(self.prefix, namespace, key, self.kind)
                 if where in gone and now - when < self.tombstone_s:
                     # The deletions it held, for clients yet to read it.
-                    plan.writes.setdefault(where, {})[key] = tombstone
+                    plan.writes.setdefault(where, {})[key] = encode_rule((), compiled_at=when)
                     plan.tombstones += 1
         return plan
 

@@ -213,7 +213,6 @@ class _Sampled:
         self.pool_size = eviction.pool
         #: Eviction candidates, (idle ticks when sampled, key), least idle first.
         self.pool: list[tuple[int, int]] = []
-        self.now = 0
 
     def touch(self, key: int, index: int) -> None:
         """``key`` (in the cache, new or not) was read or written at request ``index``."""
@@ -221,7 +220,6 @@ class _Sampled:
             self.slot_of[key] = len(self.slots)
             self.slots.append(key)
         self.read_at[key] = index
-        self.now = index
 
     def forget(self, key: int) -> None:
         """``key`` left the cache (expired): its slot goes to the last key's."""
@@ -232,11 +230,11 @@ class _Sampled:
             self.slot_of[last] = slot
         del self.read_at[key]
 
-    def evict(self) -> None:
-        """Make room for the key just added (the last slot): evict the sampled key idle
-        the longest, at the clock's resolution."""
+    def evict(self, index: int) -> None:
+        """Make room for the key just added (the last slot) at request ``index``: evict
+        the sampled key idle the longest, at the clock's resolution."""
         if self.pool_size:
-            self._evict_from_pool()
+            self._evict_from_pool(index // self.clock)
             return
         candidates = len(self.slots) - 1
         picks = self.rng.sample(range(candidates), min(self.samples, candidates))
@@ -250,12 +248,12 @@ class _Sampled:
         del self.cache[victim]
         self.forget(victim)
 
-    def _evict_from_pool(self) -> None:
+    def _evict_from_pool(self, now: int) -> None:
         """Redis's way: sample into the pool, then evict its most idle candidate still
-        cached (others are dropped as they come up: evicted or expired since)."""
+        cached (others are dropped as they come up: evicted or expired since); ``now``
+        is the clock's tick."""
         candidates = len(self.slots) - 1
         added = self.slots[-1]
-        now = self.now // self.clock
         pool = self.pool
         size = self.pool_size
         while True:
@@ -450,7 +448,7 @@ def replay_lru(
             else:
                 sampled.touch(key, index)
                 if len(cache) > cache_size:
-                    sampled.evict()
+                    sampled.evict(index)
             expiries.pop(key, None)
         else:
             hit = True
@@ -540,7 +538,7 @@ def _insert(
     else:
         sampled.touch(key, index)
         if len(cache) > size:
-            sampled.evict()
+            sampled.evict(index)
 
 
 def _successors(rule: Sequence[tuple[Hashable, float]]) -> tuple[int, ...]:

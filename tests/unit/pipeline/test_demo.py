@@ -211,10 +211,11 @@ def test_table_shows_failures_when_there_are_some() -> None:
 
 
 def test_table_shows_rule_table_re_reads_when_there_are_some() -> None:
-    names = [name for name, _, _ in demo.result_rows(_result(), _result(rule_resyncs=14))]
+    table = demo.result_rows(_result(), _result(rule_resyncs=14))
+    names = [name for name, _, _ in table]
     row = "rule table re-reads (rule stream lost entries)"
     assert names.index(row) == names.index("edge warms issued") - 1
-    rows = {name: (a, b) for name, a, b in demo.result_rows(_result(), _result(rule_resyncs=14))}
+    rows = {name: (a, b) for name, a, b in table}
     assert rows[row] == ("0", "14")
 
 

@@ -221,11 +221,11 @@ def test_a_pooled_candidate_keeps_the_idle_time_it_was_sampled_with(
         add(key, index)
     sampled.rng = _Chosen(sampled, [[10, 11], [13, 14]])  # type: ignore[assignment]
     add(14, 10)
-    sampled.evict()  # 10 (idle 10) goes; with a pool, 11 (idle 9) stays a candidate
+    sampled.evict(10)  # 10 (idle 10) goes; with a pool, 11 (idle 9) stays a candidate
     assert 10 not in cache
     sampled.touch(11, 11)  # read: now the most recent key
     add(15, 12)
-    sampled.evict()  # samples 13 (idle 7) and 14 (idle 2); 11 was pooled at idle 9
+    sampled.evict(12)  # samples 13 (idle 7) and 14 (idle 2); 11 was pooled at idle 9
     assert evicted not in cache
     assert len(cache) == 4
     assert 15 in cache  # the key just added is never evicted for itself
