@@ -17,7 +17,7 @@ For each record on the access topic:
 4. re-batch the reads by sequence key (user, else session, else client) onto
    the sequence topic, where the predict agent sees each sequence in order. A
    sequence row keeps only what the models use (ts, namespace, key, op, outcome,
-   user, warmed): half the bytes to compress, send and parse again.
+   user, warmed, joined): half the bytes to compress, send and parse again.
 """
 
 from __future__ import annotations

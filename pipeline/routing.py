@@ -37,7 +37,10 @@ __all__ = ["SEQUENCE_FIELDS", "TTL_OPS", "route", "sequence_key"]
 #: Not ``warm``: an edge warm is the client's guess, not an access.
 TTL_OPS: Final = frozenset({"get", "mget", "set", "mset"})
 #: What a row on the sequence topic keeps of an access event (what the models use).
-SEQUENCE_FIELDS: Final = ("ts", "namespace", "key", "op", "outcome", "user", "warmed")
+#: ``joined`` with ``outcome``: a miss that joined a load in flight is, to the models,
+#: a read the cache served (see :func:`pipeline.decide.Decider`); without it they
+#: would take every concurrent reader of a loading key for a miss.
+SEQUENCE_FIELDS: Final = ("ts", "namespace", "key", "op", "outcome", "user", "warmed", "joined")
 
 
 def sequence_key(event: dict[str, Any]) -> str:
@@ -81,6 +84,7 @@ def route(
                 "outcome": e["outcome"],
                 "user": e["user"],
                 "warmed": e["warmed"],
+                "joined": e["joined"],
             }
             partition = partition_of(sequence_key(e))
             rows = by_partition.get(partition)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.models import SmartTTL
+import orjson
+
+from pipeline.config import Settings
+from pipeline.decide import Decider, engine_config
+from pipeline.models import SmartTTL, WarmEngine
 from pipeline.partitioning import PartitionCache
 from pipeline.routing import SEQUENCE_FIELDS, TTL_OPS, route, sequence_key
 from schemas.contracts import READ_OPS
-from schemas.decode import validate_access_event
+from schemas.decode import decode_access_dicts, validate_access_event
 
 
 def _event(key: str, op: str, outcome: str, ts: float, **extra: Any) -> dict[str, Any]:
@@ -30,8 +34,33 @@ def test_an_edge_warm_goes_to_the_stats_only() -> None:
     assert [e["op"] for e in by_namespace["shop"]] == ["warm", "warm", "get"]
     rows = [row for rows in by_partition.values() for row in rows]
     assert [(row["key"], row["op"]) for row in rows] == [("a", "get")]
-    assert tuple(rows[0]) == SEQUENCE_FIELDS  # warm_path and joined are not forwarded
+    assert tuple(rows[0]) == SEQUENCE_FIELDS  # warm_path is not forwarded
     assert rows[0]["warmed"] is True
+
+
+def test_a_read_that_joined_a_load_reaches_the_models_as_served() -> None:
+    # Each key misses once and two more readers join its load, as at a few thousand
+    # requests a second; the reads go through the sequence topic as the agents send
+    # and decode them. Joined reads are no misses to the models: the cache horizon
+    # (how long a key survives unread) stays where the real misses put it, instead
+    # of collapsing to the few requests between a miss and its joiners.
+    events = []
+    ts = 0.0
+    for i in range(300):
+        for joined in (False, True, True):
+            ts += 0.001
+            events.append(_event(f"k{i % 100}", "get", "miss", ts, joined=joined))
+    _, by_partition = route(events, SmartTTL(), set(), PartitionCache(1))
+    (rows,) = by_partition.values()
+    assert [row["joined"] for row in rows[:3]] == [False, True, True]
+    decoded, rejects = decode_access_dicts(orjson.dumps(rows))
+    assert not rejects
+    settings = Settings()
+    engine = WarmEngine(engine_config(settings))
+    Decider(settings, model_version="test").decide(engine, decoded)
+    # 300 misses, each 300 reads after the key's last read: a horizon near that,
+    # where the joined reads as misses (2 reads after the miss) drive it far below.
+    assert engine.stats()["horizon"] > 250
 
 
 def test_a_smart_ttl_is_not_learnt_from_warms_alone() -> None:
