@@ -281,6 +281,26 @@ def context_labels(user_context: UserContext, session_id: str | None) -> tuple[s
     return _label(user), _label(session)
 
 
+@dataclass(slots=True)
+class DeferredMiss:
+    """The access event of a miss that loads its key itself, held until its claim settles.
+
+    Whether such a read joined a load is known only once its claim answers: a
+    claim that finds the key taken (another client began loading it after this
+    read's GET) waits for that load instead of fetching. ``ts`` is when the read
+    started, so the event keeps its place among the reads however late it goes
+    out. Sent once (:meth:`CacheCore.send_miss`).
+    """
+
+    namespace: str
+    key: str
+    elapsed_us: int
+    user: str | None
+    session: str | None
+    ts: float
+    sent: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class _Write:
     namespace: str
@@ -585,6 +605,31 @@ class CacheCore:
                 namespace, key, op, "miss", elapsed_us, 0, None, user, session, None, False,
                 joined=joined,
             )  # fmt: skip
+
+    def defer_miss(
+        self,
+        namespace: str,
+        key: str,
+        elapsed_us: int,
+        user: str | None,
+        session: str | None,
+    ) -> DeferredMiss:
+        """A miss counted now (:meth:`record_miss` without its event) whose event
+        :meth:`send_miss` sends once the read's load has claimed its key."""
+        self.record_miss(namespace, key, elapsed_us, user, session, False)
+        started = time.time() - elapsed_us * 1e-6
+        return DeferredMiss(namespace, key, elapsed_us, user, session, started)
+
+    def send_miss(self, miss: DeferredMiss | None, joined: bool) -> None:
+        """Send a deferred miss's event (the first call only): ``joined`` when its
+        claim found another client's load and the read took that load's value."""
+        if miss is None or miss.sent:
+            return
+        miss.sent = True
+        self.emit(
+            miss.namespace, miss.key, "get", "miss", miss.elapsed_us, 0, None, miss.user,
+            miss.session, None, False, ts=miss.ts, joined=joined,
+        )  # fmt: skip
 
     def record_undecodable(self, namespace: str, key: str, exc: CodecError) -> None:
         self.stats.decode_errors += 1

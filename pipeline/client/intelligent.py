@@ -28,8 +28,9 @@ miss calls ``loader`` and stores what it returns:
   first read of a value the warmer wrote, ``warmed=true`` with the warm's path
   (``worker`` or ``edge``); a read that joined an edge load in flight is a hit
   that says ``joined``; one that joined an application load (here or on another
-  client) is a miss that says ``joined``, counted in ``load_joins`` (except a read
-  whose own claim lost to another client's load: its event went out before).
+  client) is a miss that says ``joined``, counted in ``load_joins``. The event of a
+  miss that loads its key itself waits for the load's claim (one round trip): a
+  claim that finds another client's load under way joins it, and says so.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from pipeline.client.cached import CachedFunction, KeyBuilder, cached_decorator
 from pipeline.client.connection import DEFAULT_MAX_CONNECTIONS, AsyncRedisClient
 from pipeline.client.core import (
     SLOW,
+    DeferredMiss,
     Priority,
     UserContext,
     context_labels,
@@ -341,18 +343,26 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         missed_ns: int,
         user: str | None,
         session: str | None,
+        miss: DeferredMiss | None = None,
     ) -> Any:
-        flight = self._flights.get(dkey)
-        if joinable(flight, missed_ns):
-            value = await asyncio.shield(flight.value)
-            if value is not ABSENT:
-                self._core.stats.load_joins += 1
-                return value
-        flight = self._start_flight(namespace, key, dkey, loader, user, session)
-        # The reader that started the load returns once the value is cached (read
-        # your writes); readers that joined it return as soon as it is loaded.
-        assert flight.task is not None
-        return await asyncio.shield(flight.task)
+        """Join the key's load in flight, or start one; ``miss`` is this read's event,
+        sent once whether it joined a load is known."""
+        core = self._core
+        try:
+            flight = self._flights.get(dkey)
+            if joinable(flight, missed_ns):
+                value = await asyncio.shield(flight.value)
+                if value is not ABSENT:
+                    core.stats.load_joins += 1
+                    core.send_miss(miss, True)
+                    return value
+            flight = self._start_flight(namespace, key, dkey, loader, user, session, miss=miss)
+            # The reader that started the load returns once the value is cached (read
+            # your writes); readers that joined it return as soon as it is loaded.
+            assert flight.task is not None
+            return await asyncio.shield(flight.task)
+        finally:
+            core.send_miss(miss, False)  # (unless sent: a failed or cancelled read)
 
     def _start_flight(
         self,
@@ -363,11 +373,12 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         user: str | None,
         session: str | None,
         demand: bool = True,
+        miss: DeferredMiss | None = None,
     ) -> _Flight:
         loop = asyncio.get_running_loop()
         flight = _Flight(loop.create_future())
         task = loop.create_task(
-            self._fill(namespace, key, dkey, loader, user, session, flight.value, demand)
+            self._fill(namespace, key, dkey, loader, user, session, flight.value, demand, miss)
         )
         flight.task = task
         self._flights[dkey] = flight
@@ -404,6 +415,7 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         session: str | None,
         settled: asyncio.Future[Any],
         demand: bool,
+        miss: DeferredMiss | None = None,
     ) -> Any:
         """Load the value (``settled`` gets it at once), then write it with its TTL.
 
@@ -413,7 +425,8 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         the mark. A claim that finds the key taken (another client's load began
         after our read) waits for that load's value instead of asking the origin;
         a claim Redis is slow to answer is not waited out. An early refresh
-        (``demand`` false) replaces the value it finds, so it never waits.
+        (``demand`` false) replaces the value it finds, so it never waits. The
+        reader's ``miss`` event goes out once the claim has told which it is.
         """
         core = self._core
         redis_up = not (core.down_until and core.breaker_open())
@@ -421,19 +434,23 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
         claim = None
         claimed: bool | None = None  # unknown: Redis down, failing or slow
         smart = None
-        if redis_up:
-            claim = asyncio.get_running_loop().create_task(
-                self._claim_load(namespace, key, dkey, mark)
-            )
-            await asyncio.wait({claim}, timeout=self._claim_wait_s)
-            claimed, smart = _claim_outcome(claim)
-        if claimed is False and demand:
-            deadline = self._join_deadline(_clock())
-            joined = self._claimed_elsewhere(
-                await self._run(self._poll_remote(dkey, deadline, True, own=False))
-            )
-            if joined is not ABSENT:
-                return joined
+        try:
+            if redis_up:
+                claim = asyncio.get_running_loop().create_task(
+                    self._claim_load(namespace, key, dkey, mark)
+                )
+                await asyncio.wait({claim}, timeout=self._claim_wait_s)
+                claimed, smart = _claim_outcome(claim)
+            if claimed is False and demand:
+                deadline = self._join_deadline(_clock())
+                joined = self._claimed_elsewhere(
+                    await self._run(self._poll_remote(dkey, deadline, True, own=False))
+                )
+                if joined is not ABSENT:
+                    core.send_miss(miss, True)
+                    return joined
+        finally:
+            core.send_miss(miss, False)
         core.stats.loads += 1
         started = time.perf_counter()
         timeout = self.settings.load_timeout_s

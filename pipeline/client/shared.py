@@ -37,6 +37,7 @@ from pipeline.client.core import (
     MISS,
     CacheCore,
     Command,
+    DeferredMiss,
     Plan,
     Priority,
     UserContext,
@@ -822,6 +823,7 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
         """
         core = self._core
         trigger = enable_prediction  # the rule is still to fire
+        deferred: DeferredMiss | None = None
         if data is not None and is_loading_mark(data):
             if trigger:
                 self._prefetch(namespace, key, armed)
@@ -866,14 +868,18 @@ class IntelligentBase(ABC, Generic[GuardT, LoaderT]):
                     return joined
                 elapsed = (time.perf_counter_ns() - started) // 1000
             joins = fallback_data is not None and self._joins_flight(dkey, started)
-            core.record_miss(
-                namespace, key, elapsed, user, session, enable_prediction, joined=joins
-            )
+            if joins or fallback_data is None or not enable_prediction:
+                core.record_miss(
+                    namespace, key, elapsed, user, session, enable_prediction, joined=joins
+                )
+            else:  # it loads the key: whether it joins a load elsewhere, its claim tells
+                deferred = core.defer_miss(namespace, key, elapsed, user, session)
         if trigger:
             self._prefetch(namespace, key, armed)
         if fallback_data is None:
             return None
-        return (yield self._load, (namespace, key, dkey, fallback_data, started, user, session))
+        load = (namespace, key, dkey, fallback_data, started, user, session, deferred)
+        return (yield self._load, load)
 
     def _join_edge(
         self,

@@ -25,6 +25,7 @@ from pipeline.client.cached import CachedFunction, KeyBuilder, cached_decorator
 from pipeline.client.connection import DEFAULT_MAX_CONNECTIONS, SyncRedisClient
 from pipeline.client.core import (
     SLOW,
+    DeferredMiss,
     Priority,
     UserContext,
     context_labels,
@@ -256,28 +257,36 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         missed_ns: int,
         user: str | None,
         session: str | None,
+        miss: DeferredMiss | None = None,
     ) -> Any:
-        with self._flights_lock:
-            flight = self._flights.get(dkey)
-            leader = not joinable(flight, missed_ns)
-            if leader:
-                flight = self._flights[dkey] = _Flight()
-        assert flight is not None
-        if not leader:
-            timeout = self.settings.load_timeout_s
-            if not flight.loaded.wait(timeout):
-                with self._flights_lock:  # a hung load does not block its key: the next get loads
-                    if self._flights.get(dkey) is flight:
-                        del self._flights[dkey]
-                raise LoadTimeoutError(f"the load of {namespace}:{key} took over {timeout:g} s")
-            if flight.error is not None:
-                raise flight.error
-            if flight.value is not ABSENT:
-                self._core.stats.load_joins += 1
-                return flight.value
-            with self._flights_lock:  # an edge load that loaded nothing: load it ourselves
-                flight = self._flights[dkey] = _Flight()
-        return self._run_flight(namespace, key, dkey, loader, user, session, flight)
+        """Join the key's load in flight, or run one; ``miss`` is this read's event,
+        sent once whether it joined a load is known."""
+        core = self._core
+        try:
+            with self._flights_lock:
+                flight = self._flights.get(dkey)
+                leader = not joinable(flight, missed_ns)
+                if leader:
+                    flight = self._flights[dkey] = _Flight()
+            assert flight is not None
+            if not leader:
+                timeout = self.settings.load_timeout_s
+                if not flight.loaded.wait(timeout):
+                    with self._flights_lock:  # a hung load does not block its key
+                        if self._flights.get(dkey) is flight:
+                            del self._flights[dkey]
+                    raise LoadTimeoutError(f"the load of {namespace}:{key} took over {timeout:g} s")
+                if flight.error is not None:
+                    raise flight.error
+                if flight.value is not ABSENT:
+                    core.stats.load_joins += 1
+                    core.send_miss(miss, True)
+                    return flight.value
+                with self._flights_lock:  # an edge load that loaded nothing: load it ourselves
+                    flight = self._flights[dkey] = _Flight()
+            return self._run_flight(namespace, key, dkey, loader, user, session, flight, miss=miss)
+        finally:
+            core.send_miss(miss, False)  # (unless sent: a failed read)
 
     def _run_flight(
         self,
@@ -289,9 +298,12 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         session: str | None,
         flight: _Flight,
         demand: bool = True,
+        miss: DeferredMiss | None = None,
     ) -> Any:
         try:
-            flight.value = self._fill(namespace, key, dkey, loader, user, session, flight, demand)
+            flight.value = self._fill(
+                namespace, key, dkey, loader, user, session, flight, demand, miss
+            )
         except BaseException as exc:
             flight.error = exc  # shared with the callers whose miss predates it
             raise
@@ -311,29 +323,35 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
         session: str | None,
         flight: _Flight,
         demand: bool,
+        miss: DeferredMiss | None = None,
     ) -> Any:
         """Load the value (the flight's joiners get it at once), then write it with its TTL.
 
         The key is marked as loading first, in the round trip that reads its smart
         TTL, so that other clients' reads wait for this load instead of fetching it;
         a demand load that finds the key taken waits for that load (see the async
-        client).
+        client). The reader's ``miss`` event goes out once the claim has told which.
         """
         core = self._core
         redis_up = not (core.down_until and core.breaker_open())
         mark = loading_mark(self._tokens.next())
         claimed: bool | None = None  # unknown: Redis down or failing
         smart = None
-        if redis_up:
-            timeout = self.settings.load_timeout_s
-            with contextlib.suppress(RedisError):
-                claimed, smart = self._run(self._mark_plan(namespace, key, dkey, mark, timeout))
-        if claimed is False and demand:
-            deadline = self._join_deadline(time.perf_counter_ns())
-            poll = self._poll_remote(dkey, deadline, True, own=False)
-            joined = self._claimed_elsewhere(self._run(poll))
-            if joined is not ABSENT:
-                return joined
+        try:
+            if redis_up:
+                timeout = self.settings.load_timeout_s
+                with contextlib.suppress(RedisError):
+                    plan = self._mark_plan(namespace, key, dkey, mark, timeout)
+                    claimed, smart = self._run(plan)
+            if claimed is False and demand:
+                deadline = self._join_deadline(time.perf_counter_ns())
+                poll = self._poll_remote(dkey, deadline, True, own=False)
+                joined = self._claimed_elsewhere(self._run(poll))
+                if joined is not ABSENT:
+                    core.send_miss(miss, True)
+                    return joined
+        finally:
+            core.send_miss(miss, False)
         core.stats.loads += 1
         started = time.perf_counter()
         try:

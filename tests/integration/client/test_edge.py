@@ -243,8 +243,7 @@ async def test_another_client_waits_for_the_load_in_flight_instead_of_fetching(
     assert origin.calls == {"b": 1}
     stats = second.core.stats
     if lost_claim:
-        # Its access event went out as a miss before the claim was sent (sequence
-        # learning needs events in the order of the reads): it stays one, joining a load.
+        # A miss that joined a load (its event, held until the claim answered, says so).
         assert (stats.misses, stats.load_joins, stats.loads, stats.edge_hits) == (1, 1, 0, 0)
     else:
         assert stats.inflight_joins == 1
@@ -331,10 +330,10 @@ async def test_another_client_waits_for_an_application_load_in_flight(
     assert calls == ["first"]  # the origin was asked once
     assert (second.core.stats.loads, second.core.stats.load_joins) == (0, 1)
     assert second.core.stats.misses == 1
-    # A read that found the first's mark says it joined; one whose claim lost the race
-    # had sent its event before it knew.
+    # Either way the read says it joined: one whose claim lost the race holds its
+    # event until the claim answers, and keeps its place among the reads.
     (event,) = [e for e in sink.of("get", "k") if e["session"] == "second"]
-    assert (event["outcome"], event["joined"]) == ("miss", not lost_claim)
+    assert (event["outcome"], event["joined"]) == ("miss", True)
 
 
 def _count_reads(cache: Any, dkey: str, gate: Any, open_at: int) -> list[int]:
@@ -465,7 +464,11 @@ async def test_a_failed_application_load_releases_its_loading_mark(
 
 @pytest.mark.parametrize("lost_claim", [False, True], ids=["read-the-mark", "lost-the-claim"])
 def test_another_sync_client_waits_for_an_application_load_in_flight(
-    single: Backend, make_sync_cache: MakeCache, monkeypatch: pytest.MonkeyPatch, lost_claim: bool
+    single: Backend,
+    make_sync_cache: MakeCache,
+    sink: RecordingSink,
+    monkeypatch: pytest.MonkeyPatch,
+    lost_claim: bool,
 ) -> None:
     # lost_claim: the second client reads nothing, and the first starts loading the
     # key before the second's claim lands; else the second reads the first's mark.
@@ -504,11 +507,14 @@ def test_another_sync_client_waits_for_an_application_load_in_flight(
         monkeypatch.setattr(second, "_mark_plan", claim_after_the_first)
     else:
         start_the_first()
-    assert second.get("o", "k", fallback_data=own) == {"v": 1}
+    assert second.get("o", "k", fallback_data=own, session_id="second") == {"v": 1}
     leader.join(5)
     assert results == [{"v": 1}]
     assert calls == ["first"]  # the origin was asked once
     assert (second.core.stats.loads, second.core.stats.load_joins) == (0, 1)
+    # Its event says it joined: a lost claim's event waited for the claim's answer.
+    (event,) = [e for e in sink.of("get", "k") if e["session"] == "second"]
+    assert (event["outcome"], event["joined"]) == ("miss", True)
 
 
 async def test_with_the_loader_down_gets_are_unaffected_and_edge_loads_stop_at_the_breaker(

@@ -123,6 +123,29 @@ def test_hit_and_miss_statistics_and_events() -> None:
     assert (miss["outcome"], miss["size_bytes"]) == ("miss", 0)
 
 
+def test_a_deferred_miss_is_counted_at_once_and_sent_once_with_its_start_time() -> None:
+    # A read that loads its key learns whether it joined a load elsewhere only when its
+    # claim answers: its event waits for that, stamped with when the read began.
+    core, events = make_core()
+    before = time.time()
+    miss = core.defer_miss("ns", "k", 2_000, "u", "s")
+    assert (core.stats.misses, core.stats.latency["get"].count) == (1, 1)
+    assert events.events == []  # counted, not sent
+    assert before - 0.002 - 0.01 < miss.ts <= time.time() - 0.002 + 0.01
+    core.send_miss(miss, True)
+    core.send_miss(miss, False)  # a later call (a guard on the way out) sends nothing
+    core.send_miss(None, True)
+    (event,) = events.events
+    assert (event["outcome"], event["joined"], event["user"], event["latency_us"]) == (
+        "miss",
+        True,
+        "u",
+        2_000,
+    )
+    assert event["ts"] == miss.ts
+    assert core.stats.misses == 1
+
+
 def test_warm_check_happens_once_per_value() -> None:
     core, _ = make_core()
     warm = core.codec.encode(1, origin="warm", now=100.0).data
