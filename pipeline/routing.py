@@ -12,9 +12,9 @@ sequence models nor a read that restarts a key's life for the smart TTL.
 >>> touched: set[str] = set()
 >>> events = [
 ...     {"ts": 1.0, "namespace": "shop", "key": "a", "op": "get", "outcome": "miss",
-...      "user": "u1", "session": None, "client": "web", "warmed": False},
+...      "user": "u1", "session": None, "client": "web", "warmed": False, "joined": False},
 ...     {"ts": 1.1, "namespace": "shop", "key": "a", "op": "set", "outcome": "none",
-...      "user": "u1", "session": None, "client": "web", "warmed": False},
+...      "user": "u1", "session": None, "client": "web", "warmed": False, "joined": False},
 ... ]
 >>> by_namespace, by_partition = route(events, SmartTTL(), touched, PartitionCache(4))
 >>> sorted(touched), len(by_namespace["shop"])

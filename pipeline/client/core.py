@@ -94,6 +94,7 @@ __all__ = [
     "TAG_ADD_SCRIPT",
     "CacheCore",
     "Command",
+    "DeferredMiss",
     "EmitFn",
     "Plan",
     "Priority",

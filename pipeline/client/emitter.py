@@ -266,7 +266,7 @@ class AccessEmitter:
             (
                 size,
                 # When the operation started: events are emitted as operations end (a
-                # miss after its GET, a join after its load), but the sequence models
+                # miss after its GET or its load's claim, a join after its load), but the models
                 # learn what follows what, so the stream is ordered by start.
                 time.time() - latency_us * 1e-6 if ts is None else ts,
                 namespace,

@@ -30,7 +30,8 @@ miss calls ``loader`` and stores what it returns:
   that says ``joined``; one that joined an application load (here or on another
   client) is a miss that says ``joined``, counted in ``load_joins``. The event of a
   miss that loads its key itself waits for the load's claim (one round trip): a
-  claim that finds another client's load under way joins it, and says so.
+  claim that finds another client's load under way joins it, and says so at once
+  (should that load fail, the read then loads the key itself).
 """
 
 from __future__ import annotations
@@ -442,12 +443,15 @@ class IntelligentCache(RedisCacheManager, IntelligentBase[GuardedLoader, Loader]
                 await asyncio.wait({claim}, timeout=self._claim_wait_s)
                 claimed, smart = _claim_outcome(claim)
             if claimed is False and demand:
+                # Sent now, not after the wait: a read's event held for a whole load
+                # elsewhere would come late to the worker (whose reorder hold grows with
+                # lateness). If that load fails, this read loads the key after all.
+                core.send_miss(miss, True)
                 deadline = self._join_deadline(_clock())
                 joined = self._claimed_elsewhere(
                     await self._run(self._poll_remote(dkey, deadline, True, own=False))
                 )
                 if joined is not ABSENT:
-                    core.send_miss(miss, True)
                     return joined
         finally:
             core.send_miss(miss, False)

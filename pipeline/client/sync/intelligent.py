@@ -344,11 +344,11 @@ class SyncIntelligentCache(SyncRedisCacheManager, IntelligentBase[SyncGuardedLoa
                     plan = self._mark_plan(namespace, key, dkey, mark, timeout)
                     claimed, smart = self._run(plan)
             if claimed is False and demand:
+                core.send_miss(miss, True)  # now, not after the wait (see the async client)
                 deadline = self._join_deadline(time.perf_counter_ns())
                 poll = self._poll_remote(dkey, deadline, True, own=False)
                 joined = self._claimed_elsewhere(self._run(poll))
                 if joined is not ABSENT:
-                    core.send_miss(miss, True)
                     return joined
         finally:
             core.send_miss(miss, False)

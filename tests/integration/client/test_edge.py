@@ -243,7 +243,7 @@ async def test_another_client_waits_for_the_load_in_flight_instead_of_fetching(
     assert origin.calls == {"b": 1}
     stats = second.core.stats
     if lost_claim:
-        # A miss that joined a load (its event, held until the claim answered, says so).
+        # A miss that joined a load (its event, sent when the claim answered, says so).
         assert (stats.misses, stats.load_joins, stats.loads, stats.edge_hits) == (1, 1, 0, 0)
     else:
         assert stats.inflight_joins == 1

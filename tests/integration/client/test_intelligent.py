@@ -58,7 +58,7 @@ async def test_hundred_concurrent_misses_call_the_loader_once(
 
 
 async def test_loader_failure_reaches_every_waiter_and_is_not_cached(
-    backend: Backend, make_cache: MakeCache
+    backend: Backend, make_cache: MakeCache, sink: RecordingSink
 ) -> None:
     cache: IntelligentCache = make_cache(backend, IntelligentCache)
     loader = CountingLoader("v", delay=0.02, fail=1)
@@ -67,6 +67,10 @@ async def test_loader_failure_reaches_every_waiter_and_is_not_cached(
     )
     assert loader.calls == 1
     assert all(isinstance(r, LookupError) for r in results)
+    # A failed load still sends each read's event, once: one origin read, nine joins.
+    misses = [e for e in sink.of("get", "k") if e["outcome"] == "miss"]
+    assert len(misses) == cache.core.stats.misses == 10
+    assert sorted(e["joined"] for e in misses) == [False] + [True] * 9
     assert await cache.get("p", "k", fallback_data=loader) == "v"
     assert loader.calls == 2
     assert cache.core.stats.load_errors == 1
