@@ -49,7 +49,7 @@ from typing import Any
 import redis
 
 from pipeline.devstack import DevStack
-from pipeline.sim.cache import Publication, ReplayCounts, SampledEviction
+from pipeline.sim.cache import Publication, ReplayCounts, SampledEviction, apply_publication
 from pipeline.sim.cli import engine_config, timing_for_rate
 from pipeline.sim.runner import cache_size_for, run_policy
 from pipeline.sim.traces import BUNDLED_TRACE, load_trace
@@ -134,11 +134,7 @@ def replay(
                 del fetching[loaded]
                 client.set(f"v:{loaded}", value(loaded))
         while pending and pending[0][0] <= index:
-            for trigger, successors in pending.popleft()[1]:
-                if successors:
-                    rules[trigger] = successors
-                else:
-                    rules.pop(trigger, None)
+            apply_publication(rules, pending.popleft()[1])
         got = client.get(f"v:{key}")
         if got is None or got == b"L":
             fired = True

@@ -199,6 +199,17 @@ Publication = tuple[int, list[tuple[Hashable, tuple[int, ...]]]]
 the changed rules ``(trigger, successors)`` (no successors: the rule is deleted)."""
 
 
+def apply_publication(
+    rules: dict[Hashable, tuple[int, ...]], changes: list[tuple[Hashable, tuple[int, ...]]]
+) -> None:
+    """Apply one publication's changed rules to the rules a client holds."""
+    for trigger, successors in changes:
+        if successors:
+            rules[trigger] = successors
+        else:
+            rules.pop(trigger, None)
+
+
 class _Sampled:
     """The sampled eviction's bookkeeping: a slot per key (to sample from) and last reads."""
 
@@ -425,11 +436,7 @@ def replay_lru(
                 warms += 1
                 _insert(cache, expiries, warm_key, _WORKER, cache_size, sampled, index)
         while published and published[0][0] <= index:
-            for trigger, successors in published.popleft()[1]:
-                if successors:
-                    rules[trigger] = successors
-                else:
-                    rules.pop(trigger, None)
+            apply_publication(rules, published.popleft()[1])
         flag = cache.get(key)
         if flag is None:
             if key in loading:  # join the edge load under way: no miss, no second fetch
